@@ -1,0 +1,136 @@
+// diffrt._C: the only file that knows about Python. Tensors arrive as raw data pointers (ints)
+// plus sizes; python/diffrt/ops validates them first. Every kernel call releases the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <omp.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "ops.h"
+
+namespace py = pybind11;
+using namespace diffrt;
+
+#if defined(DIFFRT_WITH_CUDA)
+namespace diffrt::cuda {
+int device_count();
+std::string runtime_version();
+}  // namespace diffrt::cuda
+#endif
+
+namespace {
+
+const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
+void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+DType to_dtype(int code) {
+  if (code != int(DType::f32) && code != int(DType::bf16)) throw std::invalid_argument("unsupported dtype code");
+  return DType(code);
+}
+
+void require_per_sample(const std::vector<double>& v, int64_t batch, const char* name) {
+  if (int64_t(v.size()) != batch)
+    throw std::invalid_argument(std::string(name) + " must hold one value per sample");
+}
+
+void ddim_step(int dtype, int64_t batch, int64_t numel, uintptr_t sample, uintptr_t model, uintptr_t model_cond,
+               uintptr_t noise, uintptr_t out, uintptr_t out_x0, const std::vector<double>& alpha_t,
+               const std::vector<double>& alpha_prev, const std::vector<double>& guidance_scale, double eta,
+               double guidance_rescale, int prediction, int clip, double clip_range, double dynamic_quantile,
+               double dynamic_max, bool use_clipped_model_output, int num_threads) {
+  require_per_sample(alpha_t, batch, "alpha_t");
+  require_per_sample(alpha_prev, batch, "alpha_prev");
+  if (model_cond) require_per_sample(guidance_scale, batch, "guidance_scale");
+  DdimStepArgs a{};
+  a.dtype = to_dtype(dtype);
+  a.batch = batch;
+  a.numel = numel;
+  a.sample = cptr(sample);
+  a.model = cptr(model);
+  a.model_cond = cptr(model_cond);
+  a.noise = cptr(noise);
+  a.out = mptr(out);
+  a.out_x0 = mptr(out_x0);
+  a.alpha_t = alpha_t.data();
+  a.alpha_prev = alpha_prev.data();
+  a.guidance_scale = guidance_scale.data();
+  a.eta = eta;
+  a.guidance_rescale = guidance_rescale;
+  a.prediction = Prediction(prediction);
+  a.clip = ClipMode(clip);
+  a.clip_range = clip_range;
+  a.dynamic_quantile = dynamic_quantile;
+  a.dynamic_max = dynamic_max;
+  a.use_clipped_model_output = use_clipped_model_output;
+  a.num_threads = num_threads;
+  cpu::sampler_kernels().ddim_step(a);
+}
+
+void cfg_combine(int dtype, int64_t batch, int64_t numel, uintptr_t uncond, uintptr_t cond, uintptr_t out,
+                 const std::vector<double>& guidance_scale, double guidance_rescale, int num_threads) {
+  require_per_sample(guidance_scale, batch, "guidance_scale");
+  CfgCombineArgs a{to_dtype(dtype), batch, numel, cptr(uncond), cptr(cond), mptr(out),
+                   guidance_scale.data(), guidance_rescale, num_threads};
+  cpu::sampler_kernels().cfg_combine(a);
+}
+
+void mask_blend(int dtype, int64_t batch, int64_t channels, int64_t spatial, uintptr_t mask,
+                int64_t mask_batch_stride, uintptr_t a_ptr, uintptr_t b_ptr, uintptr_t out, int num_threads) {
+  MaskBlendArgs a{to_dtype(dtype), batch, channels, spatial, cptr(mask), mask_batch_stride,
+                  cptr(a_ptr), cptr(b_ptr), mptr(out), num_threads};
+  cpu::sampler_kernels().mask_blend(a);
+}
+
+void diffedit_mask(int dtype, int64_t batch, int64_t draws, int64_t channels, int64_t spatial, uintptr_t query,
+                   uintptr_t ref, uintptr_t out, double clamp_ratio, double threshold, int num_threads) {
+  DiffEditMaskArgs a{to_dtype(dtype), batch, draws, channels, spatial, cptr(query), cptr(ref),
+                     static_cast<float*>(mptr(out)), clamp_ratio, threshold, num_threads};
+  cpu::sampler_kernels().diffedit_mask(a);
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["version"] = DIFFRT_VERSION;
+  d["compiler"] = __VERSION__;
+  d["cxx_flags"] = DIFFRT_CXX_FLAGS;
+  d["openmp"] = _OPENMP;
+  d["isas_compiled"] = std::vector<std::string>{"scalar", "avx2", "avx512"};
+#if defined(DIFFRT_WITH_CUDA)
+  d["cuda"] = true;
+  d["cuda_runtime"] = diffrt::cuda::runtime_version();
+#else
+  d["cuda"] = false;
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "diffrt compiled kernels (framework-free; called through diffrt.ops)";
+  m.attr("__version__") = DIFFRT_VERSION;
+  // Resolve the ISA now so a bad DIFFRT_CPU_ISA fails the import with a clear message.
+  cpu::active_isa();
+
+  auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("ddim_step", &ddim_step, nogil);
+  m.def("cfg_combine", &cfg_combine, nogil);
+  m.def("mask_blend", &mask_blend, nogil);
+  m.def("diffedit_mask", &diffedit_mask, nogil);
+
+  m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+        "The instruction set whose CPU kernels run now.");
+  m.def("set_cpu_isa", [](const std::string& name) { cpu::set_active_isa(cpu::parse_isa(name)); },
+        py::arg("name"), "Select the CPU kernels (scalar, avx2, avx512); raises if this CPU cannot run them.");
+  m.def("supported_cpu_isas", &cpu::supported_isas, "Instruction sets this CPU can run, narrowest first.");
+  m.def("omp_max_threads", [] { return omp_get_max_threads(); });
+  m.def("build_info", &build_info);
+#if defined(DIFFRT_WITH_CUDA)
+  m.def("cuda_device_count", [] { return diffrt::cuda::device_count(); }, nogil);
+#endif
+}

@@ -1,0 +1,33 @@
+// The CPU kernel table. csrc/cpu/*_kernels.cpp are compiled once per instruction set
+// (scalar, avx2, avx512; see CMakeLists.txt), each into its own namespace, and isa.cpp
+// picks the best table the running CPU supports.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "ops.h"
+
+namespace diffrt::cpu {
+
+struct SamplerKernels {
+  void (*ddim_step)(const DdimStepArgs&);
+  void (*cfg_combine)(const CfgCombineArgs&);
+  void (*mask_blend)(const MaskBlendArgs&);
+  void (*diffedit_mask)(const DiffEditMaskArgs&);
+};
+
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+namespace scalar { extern const SamplerKernels sampler_kernels; }
+namespace avx2 { extern const SamplerKernels sampler_kernels; }
+namespace avx512 { extern const SamplerKernels sampler_kernels; }
+
+const char* isa_name(Isa isa);
+Isa best_supported_isa();         // what this CPU (and OS) can run
+std::vector<std::string> supported_isas();
+Isa active_isa();                 // best_supported_isa(), or DIFFRT_CPU_ISA, or set_active_isa()
+void set_active_isa(Isa isa);     // throws std::invalid_argument if the CPU cannot run it
+Isa parse_isa(const std::string& name);  // throws std::invalid_argument
+const SamplerKernels& sampler_kernels();  // table of the active ISA
+
+}  // namespace diffrt::cpu
