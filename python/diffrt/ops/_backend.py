@@ -1,0 +1,102 @@
+"""Backends: where an op can run, and why it cannot.
+
+Each backend declares the devices and dtypes it handles; ``not_supported_reasons`` says why it
+refuses an input. With ``backend=None`` an op runs on the first backend of ``AUTO_ORDER`` that
+implements it and accepts the inputs (the compiled kernels first; the torch reference only for
+inputs no kernel handles, such as float64). Naming a backend that cannot run is an error that
+carries the reasons — never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Tuple
+
+import torch
+
+from .. import _C
+
+AUTO_ORDER = ("cuda", "cpu", "torch")
+
+
+class UnsupportedBackendError(ValueError):
+    """No backend (or not the requested one) can run an op on the given inputs."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    devices: Optional[Tuple[str, ...]]  # None: any device
+    dtypes: Optional[Tuple[torch.dtype, ...]]  # None: any floating dtype
+    unavailable: Optional[str] = None  # why this backend cannot run at all in this process
+
+    def not_supported_reasons(self, device: torch.device, dtype: torch.dtype) -> list:
+        reasons = []
+        if self.unavailable:
+            reasons.append(self.unavailable)
+        if self.devices is not None and device.type not in self.devices:
+            reasons.append(f"device '{device.type}' is not supported (supports {', '.join(self.devices)})")
+        if self.dtypes is not None and dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            reasons.append(f"dtype {str(dtype).replace('torch.', '')} is not supported (supports {names})")
+        return reasons
+
+
+def _cuda_unavailable_reason() -> Optional[str]:
+    if not _C.build_info()["cuda"]:
+        return "diffrt was built without CUDA kernels (no CUDA compiler at build time, or DIFFRT_CUDA=OFF)"
+    return None
+
+
+BACKENDS: Mapping[str, Backend] = {
+    "cuda": Backend(
+        "cuda",
+        "CUDA kernels on torch's current stream",
+        ("cuda",),
+        (torch.float32, torch.bfloat16, torch.float16),
+        _cuda_unavailable_reason(),
+    ),
+    "cpu": Backend(
+        "cpu",
+        f"C++ kernels, OpenMP threads + SIMD (ISA chosen at run time: {_C.cpu_isa()})",
+        ("cpu",),
+        (torch.float32, torch.bfloat16),
+    ),
+    "torch": Backend("torch", "the readable torch reference (any device, any floating dtype)", None, None),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _select(op: str, implemented: Tuple[str, ...], device: torch.device, dtype: torch.dtype, requested):
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise UnsupportedBackendError(
+                f"{op}: unknown backend {requested!r} (expected one of {', '.join(BACKENDS)})"
+            )
+        if requested not in implemented:
+            raise UnsupportedBackendError(f"{op}: backend {requested!r} has no kernel for this op")
+        reasons = BACKENDS[requested].not_supported_reasons(device, dtype)
+        if reasons:
+            raise UnsupportedBackendError(f"{op}: backend {requested!r} cannot run these inputs: " + "; ".join(reasons))
+        return requested
+    why = []
+    for name in AUTO_ORDER:
+        if name not in implemented:
+            continue
+        reasons = BACKENDS[name].not_supported_reasons(device, dtype)
+        if not reasons:
+            return name
+        why.append(f"{name}: " + "; ".join(reasons))
+    raise UnsupportedBackendError(f"{op}: no backend can run these inputs ({' | '.join(why)})")
+
+
+def dispatch(op: str, impls: Mapping[str, Callable], device: torch.device, dtype: torch.dtype, requested) -> Callable:
+    """The implementation of ``op`` to run for inputs on ``device`` with ``dtype``."""
+    return impls[_select(op, tuple(impls), device, dtype, requested)]
+
+
+def backend_table() -> list:
+    """(name, description, reason unavailable or None) for every backend, for diffrt.info."""
+    return [(b.name, b.description, b.unavailable) for b in BACKENDS.values()]

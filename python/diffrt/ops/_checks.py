@@ -1,0 +1,62 @@
+"""Input validation shared by the ops: every error names the argument it is about."""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+Scalar = Union[float, int, torch.Tensor]
+
+
+def tensor(name: str, t, *, ndim: Optional[Sequence[int]] = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if ndim is not None and t.dim() not in ndim:
+        want = " or ".join(str(n) for n in ndim)
+        raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def same_device_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on one device")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; cast one of them")
+
+
+def same_shape(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.shape != ref.shape:
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
+
+
+def finite(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def per_sample(name: str, v: Scalar, n: int, *, lo: float = -math.inf, hi: float = math.inf,
+               lo_open: bool = False) -> List[float]:
+    """A float or a 1-D tensor of n values (or 1) -> a list of n finite floats in [lo, hi] ((lo, hi] if lo_open)."""
+    if isinstance(v, torch.Tensor):
+        if v.dim() > 1 or (v.dim() == 1 and v.numel() not in (1, n)):
+            raise ValueError(f"{name} must be a number or a 1-D tensor of {n} per-sample values, got shape {tuple(v.shape)}")
+        if v.is_complex():
+            raise TypeError(f"{name} must be real, got dtype {v.dtype}")
+        values = [float(x) for x in v.detach().reshape(-1).tolist()]
+    else:
+        values = [finite(name, v)]
+    for x in values:
+        if not math.isfinite(x):
+            raise ValueError(f"{name} must be finite, got {x}")
+        if x < lo or x > hi or (lo_open and x == lo):
+            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+            raise ValueError(f"{name} must lie in {interval}, got {x}")
+    return values * n if len(values) == 1 else values
