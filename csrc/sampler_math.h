@@ -69,15 +69,16 @@ inline GuidanceWeights guidance_weights(double w, double rescale, double std_con
   return GuidanceWeights{float(r * (1.0 - w)), float(r * w)};
 }
 
-// One element of the DDIM update. `lim` and `inv_div` implement both clip modes:
-//   fixed:   x̂0 ← clamp(x̂0, −range, range)              (lim = range, inv_div = 1)
-//   dynamic: x̂0 ← clamp(x̂0, −s, s)/s  (Imagen, Saharia et al. 2022; lim = s, inv_div = 1/s)
+// One element of the DDIM update. `lim` and `divisor` implement both clip modes:
+//   fixed:   x̂0 ← clamp(x̂0, −range, range)              (lim = range, divisor = 1)
+//   dynamic: x̂0 ← clamp(x̂0, −s, s)/s  (Imagen, Saharia et al. 2022; lim = s, divisor = s)
+// A true division (not ·1/s) keeps |x̂0| ≤ 1 exactly after thresholding.
 template <bool kClip, bool kRecomputeEps>
-DIFFRT_HD float ddim_element(const DdimCoeffs& k, float x, float m, float z, float lim, float inv_div, float* x0_out) {
+DIFFRT_HD float ddim_element(const DdimCoeffs& k, float x, float m, float z, float lim, float divisor, float* x0_out) {
   float x0 = k.x0_x * x + k.x0_m * m;
   float eps = k.eps_x * x + k.eps_m * m;
   if (kClip) {
-    x0 = clampf(x0, -lim, lim) * inv_div;
+    x0 = clampf(x0, -lim, lim) / divisor;
     if (kRecomputeEps) eps = k.epsc_x * x + k.epsc_x0 * x0;
   }
   *x0_out = x0;

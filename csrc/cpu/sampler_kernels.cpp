@@ -89,7 +89,7 @@ double quantile_linear(float* v, int64_t n, double p) {
 
 template <typename T, bool kGuided, bool kNoise, bool kClip, bool kRecompute, bool kWriteX0>
 void ddim_pass(const DdimStepArgs& a, const DdimCoeffs* k, const GuidanceWeights* g, const float* lim,
-               const float* inv_div) {
+               const float* divisor) {
   const T* x = in<T>(a.sample);
   const T* mu = in<T>(a.model);
   const T* mc = in<T>(a.model_cond);
@@ -100,7 +100,7 @@ void ddim_pass(const DdimStepArgs& a, const DdimCoeffs* k, const GuidanceWeights
   parallel_rows(a.batch, M, a.num_threads, [&](int64_t r, int64_t b, int64_t e) {
     const DdimCoeffs kr = k[r];
     const float gu = kGuided ? g[r].uncond : 1.f, gc = kGuided ? g[r].cond : 0.f;
-    const float l = kClip ? lim[r] : 0.f, d = kClip ? inv_div[r] : 1.f;
+    const float l = kClip ? lim[r] : 0.f, d = kClip ? divisor[r] : 1.f;
     const int64_t o = r * M;
 #pragma omp simd
     for (int64_t i = o + b; i < o + e; ++i) {
@@ -151,7 +151,7 @@ void ddim_step_typed(const DdimStepArgs& a) {
     g = guidance_weights_for(N, a.numel, a.guidance_scale, a.guidance_rescale, std_cond, std_cfg);
   }
 
-  std::vector<float> lim(N, 0.f), inv_div(N, 1.f);
+  std::vector<float> lim(N, 0.f), divisor(N, 1.f);
   if (a.clip == ClipMode::fixed) {
     std::fill(lim.begin(), lim.end(), float(a.clip_range));
   } else if (a.clip == ClipMode::dynamic) {
@@ -161,7 +161,7 @@ void ddim_step_typed(const DdimStepArgs& a) {
       double s = quantile_linear(scratch.data() + r * a.numel, a.numel, a.dynamic_quantile);
       s = std::min(std::max(s, 1.0), a.dynamic_max);  // s = max(1, q), bounded above
       lim[r] = float(s);
-      inv_div[r] = float(1.0 / s);
+      divisor[r] = float(s);
     });
   }
 
@@ -172,7 +172,7 @@ void ddim_step_typed(const DdimStepArgs& a) {
         with_flag(clip && a.use_clipped_model_output, [&](auto kr) {
           with_flag(a.out_x0 != nullptr, [&](auto kx) {
             ddim_pass<T, decltype(kg)::value, decltype(kn)::value, decltype(kc)::value, decltype(kr)::value,
-                      decltype(kx)::value>(a, k.data(), g.data(), lim.data(), inv_div.data());
+                      decltype(kx)::value>(a, k.data(), g.data(), lim.data(), divisor.data());
           });
         });
       });

@@ -1,1 +1,34 @@
+"""diffrt.ops: the fused kernels behind diffrt's samplers and pipelines.
 
+Every op validates its inputs (errors name the argument), then runs on the fastest backend that
+can (C++ CPU kernels, CUDA kernels, or the torch reference for anything else); ``backend=`` insists
+on one. Each op has its readable torch reference ``<op>_ref`` beside it, exact in float64.
+"""
+
+from ._backend import BACKENDS, UnsupportedBackendError
+from .masks import diffedit_mask, diffedit_mask_ref, mask_blend, mask_blend_ref
+from .sampling import (
+    PREDICTION_TYPES,
+    cfg_combine,
+    cfg_combine_ref,
+    ddim_invert_step,
+    ddim_invert_step_ref,
+    ddim_step,
+    ddim_step_ref,
+)
+
+__all__ = [
+    "BACKENDS",
+    "PREDICTION_TYPES",
+    "UnsupportedBackendError",
+    "cfg_combine",
+    "cfg_combine_ref",
+    "ddim_invert_step",
+    "ddim_invert_step_ref",
+    "ddim_step",
+    "ddim_step_ref",
+    "diffedit_mask",
+    "diffedit_mask_ref",
+    "mask_blend",
+    "mask_blend_ref",
+]

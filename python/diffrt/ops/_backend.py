@@ -47,6 +47,8 @@ class Backend:
 def _cuda_unavailable_reason() -> Optional[str]:
     if not _C.build_info()["cuda"]:
         return "diffrt was built without CUDA kernels (no CUDA compiler at build time, or DIFFRT_CUDA=OFF)"
+    if _C.cuda_device_count() == 0:
+        return "no CUDA device is visible to this process"
     return None
 
 
@@ -60,7 +62,7 @@ BACKENDS: Mapping[str, Backend] = {
     ),
     "cpu": Backend(
         "cpu",
-        f"C++ kernels, OpenMP threads + SIMD (ISA chosen at run time: {_C.cpu_isa()})",
+        "C++ kernels, OpenMP threads + SIMD (instruction set chosen at run time)",
         ("cpu",),
         (torch.float32, torch.bfloat16),
     ),

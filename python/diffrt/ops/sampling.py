@@ -1,0 +1,363 @@
+"""DDIM step and inversion with fused classifier-free guidance, and the guidance combination alone.
+
+Each op: a readable torch reference (``*_ref``, exact in float64) that is the oracle, and the entry
+point that validates its inputs and dispatches to a backend (C++ CPU kernels, or the reference).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple, Union
+
+import torch
+
+from .. import _C
+from . import _alloc, _checks
+from ._backend import dispatch
+
+Scalar = Union[float, torch.Tensor]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_PREDICTION_CODES = {name: i for i, name in enumerate(PREDICTION_TYPES)}  # csrc/sampler_math.h Prediction
+_CLIP_NONE, _CLIP_FIXED, _CLIP_DYNAMIC = 0, 1, 2  # csrc/sampler_math.h ClipMode
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # csrc/common.h DType
+
+
+def _per_sample_view(values: List[float], like: torch.Tensor) -> torch.Tensor:
+    """Per-sample scalars as a (N, 1, ..., 1) tensor that broadcasts over one sample's elements."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+
+
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The references compute in float32 at least (as the kernels do) and in float64 when given it."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# References
+# ---------------------------------------------------------------------------------------------
+
+
+def cfg_combine_ref(model_output: torch.Tensor, guidance_scale: Scalar, *, guidance_rescale: float = 0.0) -> torch.Tensor:
+    """ε̃ = ε_u + w·(ε_c − ε_u) from the batched [uncond; cond] output (Ho & Salimans 2022), then
+    guidance rescale (Lin et al. 2023): ε̃ ← φ·ε̃·std(ε_c)/std(ε̃) + (1−φ)·ε̃, std per sample (unbiased)."""
+    dtype = model_output.dtype
+    uncond, cond = model_output.to(_math_dtype(dtype)).chunk(2)
+    w = _per_sample_view(_checks.per_sample("guidance_scale", guidance_scale, uncond.shape[0]), uncond)
+    guided = uncond + w * (cond - uncond)
+    if guidance_rescale != 0.0:
+        dims = list(range(1, guided.dim()))
+        std_cond = cond.std(dim=dims, keepdim=True)
+        std_cfg = guided.std(dim=dims, keepdim=True)
+        # A constant ε̃ has no spread to match: leave it as it is (factor 1) instead of dividing by 0.
+        ratio = torch.where(std_cfg > 0, std_cond / std_cfg.clamp_min(torch.finfo(std_cfg.dtype).tiny), 1.0)
+        guided = guidance_rescale * guided * ratio + (1.0 - guidance_rescale) * guided
+    return guided.to(dtype)
+
+
+def ddim_step_ref(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_t: Scalar,
+    alpha_prev: Scalar,
+    *,
+    eta: float = 0.0,
+    noise: Optional[torch.Tensor] = None,
+    prediction_type: str = "epsilon",
+    clip_sample_range: Optional[float] = None,
+    dynamic_threshold: Optional[float] = None,
+    dynamic_threshold_max: Optional[float] = None,
+    guidance_scale: Optional[Scalar] = None,
+    guidance_rescale: float = 0.0,
+    use_clipped_model_output: bool = False,
+    return_x0: bool = False,
+):
+    """One DDIM update, written step by step after Song et al. 2021 (notation of the paper)."""
+    dtype = sample.dtype
+    x_t = sample.to(_math_dtype(dtype))
+    n = x_t.shape[0]
+    # 1. model output; with guidance, combine the batched [uncond; cond] halves first
+    if guidance_scale is not None:
+        m = cfg_combine_ref(model_output.to(x_t.dtype), guidance_scale, guidance_rescale=guidance_rescale)
+    else:
+        m = model_output.to(x_t.dtype)
+    # 2. ᾱ_t, ᾱ_prev, β_t = 1 − ᾱ_t (per sample)
+    a_t = _per_sample_view(_checks.per_sample("alpha_t", alpha_t, n), x_t)
+    a_prev = _per_sample_view(_checks.per_sample("alpha_prev", alpha_prev, n), x_t)
+    b_t = 1 - a_t
+    # 3. predicted x0 and ε (eq. 9; v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 for v_prediction)
+    if prediction_type == "epsilon":
+        x0 = (x_t - b_t.sqrt() * m) / a_t.sqrt()
+        eps = m
+    elif prediction_type == "v_prediction":
+        x0 = a_t.sqrt() * x_t - b_t.sqrt() * m
+        eps = a_t.sqrt() * m + b_t.sqrt() * x_t
+    elif prediction_type == "sample":
+        x0 = m
+        eps = (x_t - a_t.sqrt() * x0) / b_t.sqrt()
+    else:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    # 4. clip x0: fixed range, or Imagen's dynamic thresholding (s = max(1, quantile_p |x0|), clamp, divide by s)
+    if dynamic_threshold is not None:
+        flat = x0.reshape(n, -1).abs()
+        s = torch.quantile(flat, dynamic_threshold, dim=1)
+        s = s.clamp(min=1.0, max=math.inf if dynamic_threshold_max is None else dynamic_threshold_max)
+        s = s.view(-1, *([1] * (x0.dim() - 1)))
+        x0 = torch.minimum(torch.maximum(x0, -s), s) / s
+    elif clip_sample_range is not None:
+        x0 = x0.clamp(-clip_sample_range, clip_sample_range)
+    if use_clipped_model_output and (dynamic_threshold is not None or clip_sample_range is not None):
+        eps = (x_t - a_t.sqrt() * x0) / b_t.sqrt()
+    # 5. σ_t(η) (eq. 16)
+    sigma = eta * ((1 - a_prev) / b_t).sqrt() * (1 - a_t / a_prev).sqrt() if eta > 0 else torch.zeros_like(a_t)
+    # 6. x_prev = √ᾱ_prev·x0 + √(1−ᾱ_prev−σ²)·ε + σ·z (eq. 12)
+    x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+    if eta > 0:
+        x_prev = x_prev + sigma * noise.to(x_t.dtype)
+    if return_x0:
+        return x_prev.to(dtype), x0.to(dtype)
+    return x_prev.to(dtype)
+
+
+def ddim_invert_step_ref(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_t: Scalar,
+    alpha_next: Scalar,
+    *,
+    prediction_type: str = "epsilon",
+    clip_sample_range: Optional[float] = None,
+    guidance_scale: Optional[Scalar] = None,
+    guidance_rescale: float = 0.0,
+    return_x0: bool = False,
+):
+    """DDIM inversion x_t → x_next: eq. 12 at η = 0 run towards noise (ᾱ_next ≤ ᾱ_t)."""
+    return ddim_step_ref(
+        sample, model_output, alpha_t, alpha_next, prediction_type=prediction_type,
+        clip_sample_range=clip_sample_range, guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale, return_x0=return_x0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_model_output(sample: torch.Tensor, model_output: torch.Tensor, guided: bool) -> None:
+    _checks.same_device_dtype("model_output", model_output, "sample", sample)
+    if guided:
+        if model_output.shape[1:] != sample.shape[1:] or model_output.shape[0] != 2 * sample.shape[0]:
+            raise ValueError(
+                f"model_output must hold the batched [uncond; cond] outputs of shape "
+                f"{(2 * sample.shape[0], *sample.shape[1:])} when guidance_scale is given, got {tuple(model_output.shape)}"
+            )
+    else:
+        _checks.same_shape("model_output", model_output, "sample", sample)
+
+
+def _check_guidance(guidance_scale, guidance_rescale, n: int) -> Tuple[Optional[List[float]], float]:
+    rescale = _checks.finite("guidance_rescale", guidance_rescale)
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must lie in [0, 1], got {rescale}")
+    if guidance_scale is None:
+        if rescale != 0.0:
+            raise ValueError("guidance_rescale needs guidance_scale (and the batched [uncond; cond] model_output)")
+        return None, rescale
+    return _checks.per_sample("guidance_scale", guidance_scale, n), rescale
+
+
+def _ddim_cpu(sample, model_output, noise, alpha_t, alpha_prev, guidance, *, eta, rescale, prediction, clip,
+              clip_range, dyn_q, dyn_max, use_clipped, return_x0):
+    x = sample.contiguous()
+    m = model_output.contiguous()
+    z = noise.contiguous() if noise is not None else None
+    n, numel = x.shape[0], x.numel() // max(x.shape[0], 1)
+    out = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
+    x0 = _alloc.empty(x.shape, dtype=x.dtype, device=x.device) if return_x0 else None
+    cond_ptr = m.data_ptr() + n * numel * m.element_size() if guidance is not None else 0
+    _C.ddim_step(
+        _DTYPE_CODES[x.dtype], n, numel, x.data_ptr(), m.data_ptr(), cond_ptr,
+        z.data_ptr() if z is not None else 0, out.data_ptr(), x0.data_ptr() if x0 is not None else 0,
+        alpha_t, alpha_prev, guidance if guidance is not None else [], eta, rescale, prediction, clip,
+        clip_range, dyn_q, dyn_max, use_clipped, torch.get_num_threads(),
+    )
+    return (out, x0) if return_x0 else out
+
+
+def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, *, eta, rescale, prediction, clip,
+                clip_range, dyn_q, dyn_max, use_clipped, return_x0):
+    return ddim_step_ref(
+        sample, model_output,
+        torch.tensor(alpha_t, dtype=torch.float64), torch.tensor(alpha_prev, dtype=torch.float64),
+        eta=eta, noise=noise, prediction_type=PREDICTION_TYPES[prediction],
+        clip_sample_range=clip_range if clip == _CLIP_FIXED else None,
+        dynamic_threshold=dyn_q if clip == _CLIP_DYNAMIC else None,
+        dynamic_threshold_max=dyn_max if clip == _CLIP_DYNAMIC else None,
+        guidance_scale=torch.tensor(guidance, dtype=torch.float64) if guidance is not None else None,
+        guidance_rescale=rescale, use_clipped_model_output=use_clipped, return_x0=return_x0,
+    )
+
+
+_DDIM_IMPLS = {"cpu": _ddim_cpu, "torch": _ddim_torch}
+
+
+def ddim_step(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_t: Scalar,
+    alpha_prev: Scalar,
+    *,
+    eta: float = 0.0,
+    noise: Optional[torch.Tensor] = None,
+    prediction_type: str = "epsilon",
+    clip_sample_range: Optional[float] = None,
+    dynamic_threshold: Optional[float] = None,
+    dynamic_threshold_max: Optional[float] = None,
+    guidance_scale: Optional[Scalar] = None,
+    guidance_rescale: float = 0.0,
+    use_clipped_model_output: bool = False,
+    return_x0: bool = False,
+    backend: Optional[str] = None,
+):
+    """One DDIM update x_t → x_prev (Song et al. 2021, eq. 12), in one pass over memory.
+
+    Args:
+        sample: x_t, shape (N, ...), float32 or bfloat16 (any float dtype on the torch backend).
+        model_output: the model's prediction for ``sample`` (N, ...); with ``guidance_scale``, the
+            batched ``[uncond; cond]`` outputs (2N, ...), combined in the same pass.
+        alpha_t, alpha_prev: ᾱ at the current and the previous (less noisy) timestep, in (0, 1];
+            a number or a 1-D tensor of per-sample values.
+        eta: η ≥ 0; σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev). η > 0 needs ``noise`` (N, ...).
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        clip_sample_range: clamp x̂0 to [−r, r].
+        dynamic_threshold: Imagen's dynamic thresholding: p in (0, 1]; s = max(1, quantile_p(|x̂0|))
+            per sample (bounded by ``dynamic_threshold_max``), x̂0 = clamp(x̂0, −s, s)/s.
+        guidance_scale: classifier-free guidance weight w (number or per-sample 1-D tensor).
+        guidance_rescale: φ in [0, 1] of Lin et al. 2023 (needs ``guidance_scale``).
+        use_clipped_model_output: recompute ε̂ from the clipped x̂0 (as diffusers' flag of that name).
+        return_x0: also return the (clipped) x̂0.
+        backend: "cpu", "cuda" or "torch" to insist on one; None picks the fastest that can run.
+
+    Returns:
+        x_prev, or (x_prev, x̂0) with ``return_x0``.
+    """
+    _checks.tensor("sample", sample)
+    _checks.tensor("model_output", model_output)
+    if sample.dim() < 1 or sample.shape[0] == 0:
+        raise ValueError(f"sample must have a non-empty batch dimension, got shape {tuple(sample.shape)}")
+    n = sample.shape[0]
+    guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, n)
+    _check_model_output(sample, model_output, guidance is not None)
+    if prediction_type not in _PREDICTION_CODES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    a_t = _checks.per_sample("alpha_t", alpha_t, n, lo=0.0, hi=1.0, lo_open=True)
+    a_prev = _checks.per_sample("alpha_prev", alpha_prev, n, lo=0.0, hi=1.0, lo_open=True)
+    eta = _checks.finite("eta", eta)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta > 0:
+        if noise is None:
+            raise ValueError("noise is required when eta > 0 (pass z ~ N(0, I) shaped like sample)")
+        _checks.tensor("noise", noise)
+        _checks.same_device_dtype("noise", noise, "sample", sample)
+        _checks.same_shape("noise", noise, "sample", sample)
+        for at, ap in zip(a_t, a_prev):
+            if at >= 1.0 or ap < at:
+                raise ValueError(
+                    f"eta > 0 needs alpha_t < 1 and alpha_prev >= alpha_t (a step towards less noise), "
+                    f"got alpha_t={at}, alpha_prev={ap}"
+                )
+            sigma2 = eta**2 * (1 - ap) / (1 - at) * (1 - at / ap)
+            if 1 - ap - sigma2 < -1e-12:
+                raise ValueError(f"eta={eta} is too large: 1 − alpha_prev − σ² < 0 at alpha_t={at}, alpha_prev={ap}")
+    else:
+        noise = None
+    if (prediction_type == "sample" or use_clipped_model_output) and max(a_t) >= 1.0:
+        raise ValueError("alpha_t must be < 1 when ε̂ is derived from x̂0 (prediction_type='sample' or use_clipped_model_output)")
+    clip, clip_range, dyn_q, dyn_max = _CLIP_NONE, 0.0, 0.0, math.inf
+    if clip_sample_range is not None and dynamic_threshold is not None:
+        raise ValueError("pass either clip_sample_range or dynamic_threshold, not both")
+    if clip_sample_range is not None:
+        clip, clip_range = _CLIP_FIXED, _checks.finite("clip_sample_range", clip_sample_range)
+        if clip_range <= 0:
+            raise ValueError(f"clip_sample_range must be > 0, got {clip_range}")
+    elif dynamic_threshold is not None:
+        clip, dyn_q = _CLIP_DYNAMIC, _checks.finite("dynamic_threshold", dynamic_threshold)
+        if not 0.0 < dyn_q <= 1.0:
+            raise ValueError(f"dynamic_threshold must lie in (0, 1], got {dyn_q}")
+        if dynamic_threshold_max is not None:
+            dyn_max = _checks.finite("dynamic_threshold_max", dynamic_threshold_max)
+            if dyn_max < 1.0:
+                raise ValueError(f"dynamic_threshold_max must be >= 1, got {dyn_max}")
+    elif dynamic_threshold_max is not None:
+        raise ValueError("dynamic_threshold_max needs dynamic_threshold")
+    impl = dispatch("ddim_step", _DDIM_IMPLS, sample.device, sample.dtype, backend)
+    return impl(
+        sample, model_output, noise, a_t, a_prev, guidance, eta=eta, rescale=rescale,
+        prediction=_PREDICTION_CODES[prediction_type], clip=clip, clip_range=clip_range, dyn_q=dyn_q,
+        dyn_max=dyn_max, use_clipped=bool(use_clipped_model_output), return_x0=bool(return_x0),
+    )
+
+
+def ddim_invert_step(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_t: Scalar,
+    alpha_next: Scalar,
+    *,
+    prediction_type: str = "epsilon",
+    clip_sample_range: Optional[float] = None,
+    guidance_scale: Optional[Scalar] = None,
+    guidance_rescale: float = 0.0,
+    return_x0: bool = False,
+    backend: Optional[str] = None,
+):
+    """One DDIM inversion step x_t → x_next (towards noise, ᾱ_next ≤ ᾱ_t): eq. 12 at η = 0,
+    x_next = √ᾱ_next·x̂0 + √(1−ᾱ_next)·ε̂. Used to encode images for DiffEdit, Imagic and unCLIP
+    variations. Same fusion of guidance and the same arguments as :func:`ddim_step`."""
+    return ddim_step(
+        sample, model_output, alpha_t, alpha_next, prediction_type=prediction_type,
+        clip_sample_range=clip_sample_range, guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale, return_x0=return_x0, backend=backend,
+    )
+
+
+def _cfg_cpu(model_output, guidance, rescale):
+    m = model_output.contiguous()
+    n = m.shape[0] // 2
+    numel = m.numel() // m.shape[0]
+    out = _alloc.empty((n, *m.shape[1:]), dtype=m.dtype, device=m.device)
+    _C.cfg_combine(
+        _DTYPE_CODES[m.dtype], n, numel, m.data_ptr(), m.data_ptr() + n * numel * m.element_size(),
+        out.data_ptr(), guidance, rescale, torch.get_num_threads(),
+    )
+    return out
+
+
+def _cfg_torch(model_output, guidance, rescale):
+    return cfg_combine_ref(model_output, torch.tensor(guidance, dtype=torch.float64), guidance_rescale=rescale)
+
+
+_CFG_IMPLS = {"cpu": _cfg_cpu, "torch": _cfg_torch}
+
+
+def cfg_combine(
+    model_output: torch.Tensor,
+    guidance_scale: Scalar,
+    *,
+    guidance_rescale: float = 0.0,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """ε̃ = ε_u + w·(ε_c − ε_u) from the batched ``[uncond; cond]`` model output (2N, ...) → (N, ...),
+    with optional guidance rescale φ (Lin et al. 2023). ``guidance_scale`` is a number or a 1-D tensor
+    of N per-sample weights."""
+    _checks.tensor("model_output", model_output)
+    if model_output.dim() < 1 or model_output.shape[0] == 0 or model_output.shape[0] % 2:
+        raise ValueError(
+            f"model_output must hold the batched [uncond; cond] outputs (an even, non-zero batch), "
+            f"got shape {tuple(model_output.shape)}"
+        )
+    guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, model_output.shape[0] // 2)
+    impl = dispatch("cfg_combine", _CFG_IMPLS, model_output.device, model_output.dtype, backend)
+    return impl(model_output, guidance, rescale)

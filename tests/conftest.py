@@ -1,0 +1,36 @@
+import math
+
+import pytest
+import torch
+
+from diffrt import _C
+from diffrt.ops import _alloc
+
+
+@pytest.fixture(params=_C.supported_cpu_isas())
+def isa(request):
+    """Runs a test once per CPU kernel table this machine can execute (scalar, avx2, avx512)."""
+    previous = _C.cpu_isa()
+    _C.set_cpu_isa(request.param)
+    yield request.param
+    _C.set_cpu_isa(previous)
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every op output starts as NaN, so an element a kernel forgets to write fails the comparison."""
+    real_empty = _alloc.empty
+
+    def poisoned(shape, *, dtype, device):
+        out = real_empty(shape, dtype=dtype, device=device)
+        return out.fill_(math.nan) if out.is_floating_point() else out
+
+    monkeypatch.setattr(_alloc, "empty", poisoned)
+
+
+@pytest.fixture
+def gen():
+    """A fresh, logged seed per test: random inputs differ between runs but a failure can be replayed."""
+    seed = torch.randint(0, 2**31 - 1, ()).item()
+    print(f"seed={seed}")
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,180 @@
+"""ddim_step, ddim_invert_step and cfg_combine against their float64 references."""
+
+import math
+
+import pytest
+import torch
+
+from diffrt import ops
+from tests._helpers import assert_close_to_ref, rand
+
+DTYPES = [torch.float32, torch.bfloat16]
+SHAPES = [(1, 1, 7, 13), (3, 5, 31, 17), (2, 4, 64, 64)]
+
+
+def _scale(sample, model_output, alpha_t, guidance):
+    """Magnitude of the intermediate terms x̂0 and ε̂, for the float32-arithmetic part of the tolerance."""
+    w = 0.0 if guidance is None else float(torch.as_tensor(guidance).abs().max())
+    m = (1 + 2 * w) * model_output.abs().max().item()
+    return (sample.abs().max().item() + m) / math.sqrt(float(torch.as_tensor(alpha_t).min()))
+
+
+def _f64(v):
+    return v.double() if isinstance(v, torch.Tensor) else v
+
+
+def _run_both(sample, model_output, alpha_t, alpha_prev, **kw):
+    out = ops.ddim_step(sample, model_output, alpha_t, alpha_prev, **kw)
+    ref = ops.ddim_step_ref(
+        sample.double(), model_output.double(), _f64(alpha_t), _f64(alpha_prev),
+        **{k: _f64(v) for k, v in kw.items()},
+    )
+    return out, ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("prediction_type", ops.PREDICTION_TYPES)
+@pytest.mark.parametrize("guided", [False, True])
+def test_ddim_step_matches_reference(isa, gen, dtype, shape, prediction_type, guided):
+    n = shape[0]
+    x = rand(gen, *shape, dtype=dtype)
+    m = rand(gen, 2 * n if guided else n, *shape[1:], dtype=dtype)
+    w = 7.5 if guided else None
+    out, ref = _run_both(x, m, 0.35, 0.62, prediction_type=prediction_type, guidance_scale=w)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_close_to_ref(out, ref, dtype=dtype, scale=_scale(x, m, 0.35, w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_ddim_step_with_noise_and_x0(isa, gen, dtype, eta):
+    shape = (3, 5, 31, 17)
+    x, m, z = (rand(gen, *shape, dtype=dtype) for _ in range(3))
+    (out, x0), (ref, ref_x0) = _run_both(x, m, 0.2, 0.5, eta=eta, noise=z, return_x0=True)
+    assert_close_to_ref(out, ref, dtype=dtype, scale=_scale(x, m, 0.2, None))
+    assert_close_to_ref(x0, ref_x0, dtype=dtype, scale=_scale(x, m, 0.2, None))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("use_clipped", [False, True])
+@pytest.mark.parametrize(
+    "clip", [{"clip_sample_range": 1.0}, {"dynamic_threshold": 0.9}, {"dynamic_threshold": 0.995, "dynamic_threshold_max": 1.7}]
+)
+def test_ddim_step_clipping_and_thresholding(isa, gen, dtype, use_clipped, clip):
+    shape = (3, 5, 31, 17)
+    x = rand(gen, *shape, dtype=dtype)
+    m = rand(gen, 2 * shape[0], *shape[1:], dtype=dtype, scale=1.5)
+    (out, x0), (ref, ref_x0) = _run_both(
+        x, m, 0.1, 0.3, guidance_scale=3.0, use_clipped_model_output=use_clipped, return_x0=True, **clip
+    )
+    scale = _scale(x, m, 0.1, 3.0)
+    assert_close_to_ref(x0, ref_x0, dtype=dtype, scale=scale)
+    assert_close_to_ref(out, ref, dtype=dtype, scale=scale)
+    assert x0.abs().max() <= clip.get("clip_sample_range", 1.0)  # both clip modes map into [-1, 1] here
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ddim_step_per_sample_alphas_and_guidance(isa, gen, dtype):
+    shape = (4, 3, 9, 11)
+    x = rand(gen, *shape, dtype=dtype)
+    m = rand(gen, 8, *shape[1:], dtype=dtype)
+    a_t = torch.tensor([0.1, 0.3, 0.5, 0.9])
+    a_prev = torch.tensor([0.2, 0.35, 0.9, 0.95])
+    w = torch.tensor([1.0, 3.0, 7.5, 0.0])
+    out, ref = _run_both(x, m, a_t, a_prev, guidance_scale=w, guidance_rescale=0.7)
+    assert_close_to_ref(out, ref, dtype=dtype, scale=_scale(x, m, a_t, w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rescale", [0.0, 0.7, 1.0])
+def test_ddim_step_guidance_rescale(isa, gen, dtype, rescale):
+    shape = (2, 4, 64, 64)
+    x = rand(gen, *shape, dtype=dtype)
+    m = rand(gen, 4, *shape[1:], dtype=dtype)
+    out, ref = _run_both(x, m, 0.5, 0.7, guidance_scale=7.5, guidance_rescale=rescale, prediction_type="v_prediction")
+    assert_close_to_ref(out, ref, dtype=dtype, scale=_scale(x, m, 0.5, 7.5))
+
+
+def test_ddim_step_non_contiguous_inputs(isa, gen):
+    base = rand(gen, 3, 5, 17, 31)
+    x = base.transpose(2, 3)  # (3, 5, 31, 17), not contiguous
+    m = rand(gen, 6, 5, 31, 34)[..., ::2]
+    z = rand(gen, 3, 17, 5, 31).permute(0, 2, 3, 1)
+    assert not (x.is_contiguous() or m.is_contiguous() or z.is_contiguous())
+    out, ref = _run_both(x, m, 0.3, 0.6, guidance_scale=4.0, eta=1.0, noise=z)
+    assert_close_to_ref(out, ref, dtype=torch.float32, scale=_scale(x, m, 0.3, 4.0))
+
+
+def test_ddim_step_in_place_safe_on_large_batch(isa, gen):
+    """Several OpenMP threads, rows split across threads: compare a large case too."""
+    shape = (8, 3, 96, 80)
+    x = rand(gen, *shape)
+    m = rand(gen, 16, *shape[1:])
+    out, ref = _run_both(x, m, 0.05, 0.2, guidance_scale=5.0, dynamic_threshold=0.95, prediction_type="sample")
+    assert_close_to_ref(out, ref, dtype=torch.float32, scale=_scale(x, m, 0.05, 5.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("prediction_type", ops.PREDICTION_TYPES)
+def test_ddim_invert_step_matches_reference(isa, gen, dtype, prediction_type):
+    shape = (2, 4, 33, 29)
+    x = rand(gen, *shape, dtype=dtype)
+    m = rand(gen, 4, *shape[1:], dtype=dtype)
+    out = ops.ddim_invert_step(x, m, 0.8, 0.6, prediction_type=prediction_type, guidance_scale=2.0)
+    ref = ops.ddim_invert_step_ref(x.double(), m.double(), 0.8, 0.6, prediction_type=prediction_type, guidance_scale=2.0)
+    assert_close_to_ref(out, ref, dtype=dtype, scale=_scale(x, m, 0.6, 2.0))
+
+
+def test_ddim_invert_undoes_ddim_step(gen):
+    """With a model output held fixed, inversion from ᾱ_prev back to ᾱ_t inverts the η = 0 step."""
+    x = rand(gen, 2, 4, 16, 16, dtype=torch.float64)
+    eps = rand(gen, 2, 4, 16, 16, dtype=torch.float64)
+    x_prev = ops.ddim_step(x, eps, 0.3, 0.7)
+    back = ops.ddim_invert_step(x_prev, eps, 0.7, 0.3)
+    torch.testing.assert_close(back, x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rescale", [0.0, 0.5])
+def test_cfg_combine_matches_reference(isa, gen, dtype, rescale):
+    for shape in SHAPES:
+        m = rand(gen, 2 * shape[0], *shape[1:], dtype=dtype)
+        w = torch.linspace(0.0, 9.0, shape[0])
+        out = ops.cfg_combine(m, w, guidance_rescale=rescale)
+        ref = ops.cfg_combine_ref(m.double(), w.double(), guidance_rescale=rescale)
+        assert out.shape == (shape[0], *shape[1:])
+        assert_close_to_ref(out, ref, dtype=dtype, scale=(1 + 2 * 9.0) * m.abs().max().item())
+
+
+def test_cfg_combine_constant_guided_output_is_left_unscaled():
+    m = torch.ones(2, 3, 4, 4)
+    out = ops.cfg_combine(m, 5.0, guidance_rescale=0.7)
+    torch.testing.assert_close(out, torch.ones(1, 3, 4, 4))
+    torch.testing.assert_close(ops.cfg_combine_ref(m, 5.0, guidance_rescale=0.7), out)
+
+
+def test_float64_runs_on_the_reference_backend(gen):
+    x = rand(gen, 2, 3, 5, 5, dtype=torch.float64)
+    m = rand(gen, 2, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(ops.ddim_step(x, m, 0.4, 0.6), ops.ddim_step_ref(x, m, 0.4, 0.6), rtol=0, atol=0)
+
+
+def test_explicit_backends_agree(gen):
+    x = rand(gen, 2, 3, 8, 8)
+    m = rand(gen, 4, 3, 8, 8)
+    cpu = ops.ddim_step(x, m, 0.4, 0.6, guidance_scale=3.0, backend="cpu")
+    ref = ops.ddim_step(x, m, 0.4, 0.6, guidance_scale=3.0, backend="torch")
+    torch.testing.assert_close(cpu, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_calls_from_threads(gen):
+    """The kernels hold no shared state and release the GIL: many threads at once give exact results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [(rand(gen, 2, 4, 40, 40), rand(gen, 4, 4, 40, 40), 1.0 + i) for i in range(16)]
+    expected = [ops.ddim_step(x, m, 0.3, 0.5, guidance_scale=w, guidance_rescale=0.5) for x, m, w in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda c: ops.ddim_step(c[0], c[1], 0.3, 0.5, guidance_scale=c[2], guidance_rescale=0.5), cases))
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)

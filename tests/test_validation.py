@@ -1,0 +1,133 @@
+"""Bad inputs raise ValueError/TypeError whose message names the argument."""
+
+import math
+
+import pytest
+import torch
+
+from diffrt import ops
+
+X = torch.zeros(2, 4, 8, 8)
+M = torch.zeros(2, 4, 8, 8)
+M2 = torch.zeros(4, 4, 8, 8)
+
+
+def raises(exc, name, fn, *args, **kwargs):
+    with pytest.raises(exc) as info:
+        fn(*args, **kwargs)
+    assert name in str(info.value), f"message {str(info.value)!r} does not name {name!r}"
+
+
+@pytest.mark.parametrize(
+    "exc, name, args, kwargs",
+    [
+        (TypeError, "sample", ([1.0], M, 0.5, 0.6), {}),
+        (TypeError, "sample", (X.long(), M, 0.5, 0.6), {}),
+        (TypeError, "model_output", (X, M.int(), 0.5, 0.6), {}),
+        (TypeError, "model_output", (X, M.bfloat16(), 0.5, 0.6), {}),
+        (ValueError, "model_output", (X, M[:1], 0.5, 0.6), {}),
+        (ValueError, "model_output", (X, M, 0.5, 0.6), {"guidance_scale": 7.5}),  # needs 2N rows
+        (ValueError, "model_output", (X, M2[:, :3], 0.5, 0.6), {"guidance_scale": 7.5}),
+        (ValueError, "alpha_t", (X, M, math.nan, 0.6), {}),
+        (ValueError, "alpha_t", (X, M, 0.0, 0.6), {}),
+        (ValueError, "alpha_prev", (X, M, 0.5, 1.5), {}),
+        (ValueError, "alpha_prev", (X, M, 0.5, torch.tensor([0.6, math.inf])), {}),
+        (ValueError, "alpha_t", (X, M, torch.tensor([0.5, 0.5, 0.5]), 0.6), {}),
+        (TypeError, "alpha_t", (X, M, "0.5", 0.6), {}),
+        (ValueError, "eta", (X, M, 0.5, 0.6), {"eta": -0.1}),
+        (ValueError, "eta", (X, M, 0.5, 0.6), {"eta": math.inf}),
+        (ValueError, "noise", (X, M, 0.5, 0.6), {"eta": 1.0}),
+        (ValueError, "noise", (X, M, 0.5, 0.6), {"eta": 1.0, "noise": torch.zeros(2, 4, 8, 7)}),
+        (TypeError, "noise", (X, M, 0.5, 0.6), {"eta": 1.0, "noise": torch.zeros(2, 4, 8, 8, dtype=torch.float64)}),
+        (ValueError, "eta", (X, M, 0.5, 0.6), {"eta": 5.0, "noise": torch.zeros(2, 4, 8, 8)}),
+        (ValueError, "eta", (X, M, 0.6, 0.5), {"eta": 1.0, "noise": torch.zeros(2, 4, 8, 8)}),
+        (ValueError, "prediction_type", (X, M, 0.5, 0.6), {"prediction_type": "x0"}),
+        (ValueError, "guidance_scale", (X, M2, 0.5, 0.6), {"guidance_scale": math.nan}),
+        (ValueError, "guidance_scale", (X, M2, 0.5, 0.6), {"guidance_scale": torch.ones(3)}),
+        (ValueError, "guidance_rescale", (X, M2, 0.5, 0.6), {"guidance_scale": 2.0, "guidance_rescale": 1.5}),
+        (ValueError, "guidance_rescale", (X, M, 0.5, 0.6), {"guidance_rescale": 0.5}),
+        (ValueError, "clip_sample_range", (X, M, 0.5, 0.6), {"clip_sample_range": -1.0}),
+        (ValueError, "dynamic_threshold", (X, M, 0.5, 0.6), {"dynamic_threshold": 1.5}),
+        (ValueError, "dynamic_threshold", (X, M, 0.5, 0.6), {"dynamic_threshold": 0.9, "clip_sample_range": 1.0}),
+        (ValueError, "dynamic_threshold_max", (X, M, 0.5, 0.6), {"dynamic_threshold": 0.9, "dynamic_threshold_max": 0.5}),
+        (ValueError, "alpha_t", (X, M, 1.0, 1.0), {"prediction_type": "sample"}),
+    ],
+)
+def test_ddim_step_rejects(exc, name, args, kwargs):
+    raises(exc, name, ops.ddim_step, *args, **kwargs)
+
+
+def test_ddim_step_rejects_mixed_devices():
+    meta = torch.zeros(2, 4, 8, 8, device="meta")
+    raises(ValueError, "model_output", ops.ddim_step, X, meta, 0.5, 0.6)
+
+
+def test_invert_step_rejects():
+    raises(ValueError, "alpha", ops.ddim_invert_step, X, M, 0.5, -0.1)
+    raises(ValueError, "model_output", ops.ddim_invert_step, X, M[:, :2], 0.5, 0.3)
+
+
+@pytest.mark.parametrize(
+    "exc, name, args, kwargs",
+    [
+        (TypeError, "model_output", (M2.long(), 2.0), {}),
+        (ValueError, "model_output", (M2[:3], 2.0), {}),
+        (ValueError, "guidance_scale", (M2, math.inf), {}),
+        (ValueError, "guidance_scale", (M2, torch.ones(2, 2)), {}),
+        (ValueError, "guidance_rescale", (M2, 2.0), {"guidance_rescale": -0.5}),
+    ],
+)
+def test_cfg_combine_rejects(exc, name, args, kwargs):
+    raises(exc, name, ops.cfg_combine, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "exc, name, args, kwargs",
+    [
+        (TypeError, "mask", (torch.zeros(2, 1, 8, 8, dtype=torch.int64), X, M), {}),
+        (ValueError, "mask", (torch.zeros(2, 4, 8, 8), X, M), {}),
+        (ValueError, "mask", (torch.zeros(3, 1, 8, 8), X, M), {}),
+        (ValueError, "mask", (torch.zeros(1, 1, 8, 7), X, M), {}),
+        (ValueError, "mask", (torch.full((1, 1, 8, 8), 1.5), X, M), {"check_range": True}),
+        (ValueError, "mask", (torch.full((1, 1, 8, 8), math.nan), X, M), {"check_range": True}),
+        (ValueError, "b", (torch.zeros(1, 1, 8, 8), X, M[:1]), {}),
+        (TypeError, "b", (torch.zeros(1, 1, 8, 8), X, M.bfloat16()), {}),
+        (TypeError, "a", (torch.zeros(1, 1, 8, 8), X.int(), M), {}),
+        (ValueError, "a", (torch.zeros(1, 1, 8, 8), X[0], M[0]), {}),
+    ],
+)
+def test_mask_blend_rejects(exc, name, args, kwargs):
+    raises(exc, name, ops.mask_blend, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "exc, name, args, kwargs",
+    [
+        (ValueError, "eps_query", (torch.zeros(4, 8, 8), torch.zeros(4, 8, 8)), {}),
+        (ValueError, "eps_ref", (torch.zeros(3, 4, 8, 8), torch.zeros(2, 4, 8, 8)), {}),
+        (TypeError, "eps_ref", (torch.zeros(3, 4, 8, 8), torch.zeros(3, 4, 8, 8).bfloat16()), {}),
+        (TypeError, "eps_query", (torch.zeros(3, 4, 8, 8, dtype=torch.int32), torch.zeros(3, 4, 8, 8)), {}),
+        (ValueError, "clamp_ratio", (torch.zeros(3, 4, 8, 8), torch.zeros(3, 4, 8, 8)), {"clamp_ratio": 0.0}),
+        (ValueError, "threshold", (torch.zeros(3, 4, 8, 8), torch.zeros(3, 4, 8, 8)), {"threshold": 2.0}),
+        (ValueError, "eps_query", (torch.zeros(0, 4, 8, 8), torch.zeros(0, 4, 8, 8)), {}),
+    ],
+)
+def test_diffedit_mask_rejects(exc, name, args, kwargs):
+    raises(exc, name, ops.diffedit_mask, *args, **kwargs)
+
+
+def test_explicit_backend_that_cannot_run_raises_with_reason():
+    with pytest.raises(ops.UnsupportedBackendError, match="dtype float64 is not supported"):
+        ops.ddim_step(X.double(), M.double(), 0.5, 0.6, backend="cpu")
+    with pytest.raises(ops.UnsupportedBackendError, match="has no kernel|without CUDA|no CUDA device"):
+        ops.cfg_combine(M2, 2.0, backend="cuda")
+    with pytest.raises(ops.UnsupportedBackendError, match="unknown backend"):
+        ops.mask_blend(torch.zeros(1, 1, 8, 8), X, M, backend="fast")
+    assert issubclass(ops.UnsupportedBackendError, ValueError)
+
+
+def test_set_cpu_isa_rejects_unknown_name():
+    from diffrt import _C
+
+    with pytest.raises(ValueError, match="unknown CPU ISA"):
+        _C.set_cpu_isa("sse9")
