@@ -19,13 +19,13 @@ def isa(request):
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """Every op output starts as NaN, so an element a kernel forgets to write fails the comparison."""
-    real_empty = _alloc.empty
+    real_empty, real_empty_like = _alloc.empty, _alloc.empty_like
 
-    def poisoned(shape, *, dtype, device):
-        out = real_empty(shape, dtype=dtype, device=device)
+    def poison(out):
         return out.fill_(math.nan) if out.is_floating_point() else out
 
-    monkeypatch.setattr(_alloc, "empty", poisoned)
+    monkeypatch.setattr(_alloc, "empty", lambda shape, **kw: poison(real_empty(shape, **kw)))
+    monkeypatch.setattr(_alloc, "empty_like", lambda t: poison(real_empty_like(t)))
 
 
 @pytest.fixture

@@ -43,11 +43,31 @@ void guidance_stds(int64_t batch, int64_t numel, const T* uncond, const T* cond,
     const float wr = float(w[r]);
     double sc = 0, scc = 0, sg = 0, sgg = 0;
     const int64_t o = r * numel;
-#pragma omp simd reduction(+ : sc, scc, sg, sgg)
-    for (int64_t i = o + b; i < o + e; ++i) {
-      const float u = load(uncond[i]), c = load(cond[i]);
-      const float g = u + wr * (c - u);
-      sc += c; scc += double(c) * c; sg += g; sgg += double(g) * g;
+    // Lane-wise float accumulators over short blocks vectorise reliably (a double chain per element
+    // is latency-bound, and GCC drops `omp simd reduction` in some instantiations); block sums are
+    // then added in double.
+    constexpr int kLanes = 16;
+    constexpr int64_t kBlock = 64 * kLanes;
+    for (int64_t b0 = o + b; b0 < o + e; b0 += kBlock) {
+      const int64_t e0 = std::min(o + e, b0 + kBlock);
+      float fc[kLanes] = {}, fcc[kLanes] = {}, fg[kLanes] = {}, fgg[kLanes] = {};
+      int64_t i = b0;
+      for (; i + kLanes <= e0; i += kLanes) {
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const float u = load(uncond[i + j]), c = load(cond[i + j]);
+          const float g = u + wr * (c - u);
+          fc[j] += c; fcc[j] += c * c; fg[j] += g; fgg[j] += g * g;
+        }
+      }
+      for (int j = 0; i < e0; ++i, ++j) {
+        const float u = load(uncond[i]), c = load(cond[i]);
+        const float g = u + wr * (c - u);
+        fc[j] += c; fcc[j] += c * c; fg[j] += g; fgg[j] += g * g;
+      }
+      for (int j = 0; j < kLanes; ++j) {
+        sc += fc[j]; scc += fcc[j]; sg += fg[j]; sgg += fgg[j];
+      }
     }
     double* p = &partial[(size_t(omp_get_thread_num()) * batch + r) * 4];
     p[0] += sc; p[1] += scc; p[2] += sg; p[3] += sgg;

@@ -9,7 +9,6 @@ carries the reasons — never a silent fallback.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Tuple
 
@@ -70,7 +69,6 @@ BACKENDS: Mapping[str, Backend] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
 def _select(op: str, implemented: Tuple[str, ...], device: torch.device, dtype: torch.dtype, requested):
     if requested is not None:
         if requested not in BACKENDS:
@@ -95,8 +93,15 @@ def _select(op: str, implemented: Tuple[str, ...], device: torch.device, dtype: 
 
 
 def dispatch(op: str, impls: Mapping[str, Callable], device: torch.device, dtype: torch.dtype, requested) -> Callable:
-    """The implementation of ``op`` to run for inputs on ``device`` with ``dtype``."""
-    return impls[_select(op, tuple(impls), device, dtype, requested)]
+    """The implementation of ``op`` to run for inputs on ``device`` with ``dtype`` (cached per input kind)."""
+    key = (op, device, dtype, requested)
+    impl = _CHOSEN.get(key)
+    if impl is None:
+        impl = _CHOSEN[key] = impls[_select(op, tuple(impls), device, dtype, requested)]
+    return impl
+
+
+_CHOSEN: dict = {}
 
 
 def backend_table() -> list:

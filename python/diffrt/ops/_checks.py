@@ -11,6 +11,8 @@ Scalar = Union[float, int, torch.Tensor]
 
 
 def tensor(name: str, t, *, ndim: Optional[Sequence[int]] = None) -> torch.Tensor:
+    if ndim is None and isinstance(t, torch.Tensor) and t.is_floating_point():
+        return t
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
@@ -22,6 +24,8 @@ def tensor(name: str, t, *, ndim: Optional[Sequence[int]] = None) -> torch.Tenso
 
 
 def same_device_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.dtype is ref.dtype and t.device == ref.device:
+        return
     if t.device != ref.device:
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on one device")
     if t.dtype != ref.dtype:
@@ -34,6 +38,8 @@ def same_shape(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
 
 
 def finite(name: str, v) -> float:
+    if type(v) is float and math.isfinite(v):  # the common case, kept cheap: ops run once per sampler step
+        return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)
@@ -45,6 +51,8 @@ def finite(name: str, v) -> float:
 def per_sample(name: str, v: Scalar, n: int, *, lo: float = -math.inf, hi: float = math.inf,
                lo_open: bool = False) -> List[float]:
     """A float or a 1-D tensor of n values (or 1) -> a list of n finite floats in [lo, hi] ((lo, hi] if lo_open)."""
+    if type(v) is float and math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi:
+        return [v] * n  # the common case, kept cheap
     if isinstance(v, torch.Tensor):
         if v.dim() > 1 or (v.dim() == 1 and v.numel() not in (1, n)):
             raise ValueError(f"{name} must be a number or a 1-D tensor of {n} per-sample values, got shape {tuple(v.shape)}")

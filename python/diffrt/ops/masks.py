@@ -52,7 +52,7 @@ def _blend_cpu(mask, a, b):
     m = mask.to(a.dtype).contiguous()
     n, c = a_.shape[0], a_.shape[1]
     spatial = a_.numel() // (n * c)
-    out = _alloc.empty(a_.shape, dtype=a_.dtype, device=a_.device)
+    out = _alloc.empty_like(a_)
     _C.mask_blend(
         _DTYPE_CODES[a_.dtype], n, c, spatial, m.data_ptr(), spatial if m.shape[0] == n and n > 1 else 0,
         a_.data_ptr(), b_.data_ptr(), out.data_ptr(), torch.get_num_threads(),

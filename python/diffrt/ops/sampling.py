@@ -147,7 +147,8 @@ def ddim_invert_step_ref(
 def _check_model_output(sample: torch.Tensor, model_output: torch.Tensor, guided: bool) -> None:
     _checks.same_device_dtype("model_output", model_output, "sample", sample)
     if guided:
-        if model_output.shape[1:] != sample.shape[1:] or model_output.shape[0] != 2 * sample.shape[0]:
+        xs, ms = sample.shape, model_output.shape
+        if ms[1:] != xs[1:] or ms[0] != 2 * xs[0]:
             raise ValueError(
                 f"model_output must hold the batched [uncond; cond] outputs of shape "
                 f"{(2 * sample.shape[0], *sample.shape[1:])} when guidance_scale is given, got {tuple(model_output.shape)}"
@@ -172,9 +173,10 @@ def _ddim_cpu(sample, model_output, noise, alpha_t, alpha_prev, guidance, *, eta
     x = sample.contiguous()
     m = model_output.contiguous()
     z = noise.contiguous() if noise is not None else None
-    n, numel = x.shape[0], x.numel() // max(x.shape[0], 1)
-    out = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
-    x0 = _alloc.empty(x.shape, dtype=x.dtype, device=x.device) if return_x0 else None
+    n = len(alpha_t)
+    numel = x.numel() // n
+    out = _alloc.empty_like(x)
+    x0 = _alloc.empty_like(x) if return_x0 else None
     cond_ptr = m.data_ptr() + n * numel * m.element_size() if guidance is not None else 0
     _C.ddim_step(
         _DTYPE_CODES[x.dtype], n, numel, x.data_ptr(), m.data_ptr(), cond_ptr,
@@ -244,9 +246,9 @@ def ddim_step(
     """
     _checks.tensor("sample", sample)
     _checks.tensor("model_output", model_output)
-    if sample.dim() < 1 or sample.shape[0] == 0:
+    n = sample.shape[0] if sample.dim() else 0
+    if n == 0:
         raise ValueError(f"sample must have a non-empty batch dimension, got shape {tuple(sample.shape)}")
-    n = sample.shape[0]
     guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, n)
     _check_model_output(sample, model_output, guidance is not None)
     if prediction_type not in _PREDICTION_CODES:
@@ -273,7 +275,7 @@ def ddim_step(
                 raise ValueError(f"eta={eta} is too large: 1 − alpha_prev − σ² < 0 at alpha_t={at}, alpha_prev={ap}")
     else:
         noise = None
-    if (prediction_type == "sample" or use_clipped_model_output) and max(a_t) >= 1.0:
+    if (prediction_type == "sample" or use_clipped_model_output) and 1.0 in a_t:
         raise ValueError("alpha_t must be < 1 when ε̂ is derived from x̂0 (prediction_type='sample' or use_clipped_model_output)")
     clip, clip_range, dyn_q, dyn_max = _CLIP_NONE, 0.0, 0.0, math.inf
     if clip_sample_range is not None and dynamic_threshold is not None:
@@ -325,9 +327,9 @@ def ddim_invert_step(
 
 def _cfg_cpu(model_output, guidance, rescale):
     m = model_output.contiguous()
-    n = m.shape[0] // 2
-    numel = m.numel() // m.shape[0]
-    out = _alloc.empty((n, *m.shape[1:]), dtype=m.dtype, device=m.device)
+    n = len(guidance)
+    numel = m.numel() // (2 * n)
+    out = _alloc.empty_like(m[:n])
     _C.cfg_combine(
         _DTYPE_CODES[m.dtype], n, numel, m.data_ptr(), m.data_ptr() + n * numel * m.element_size(),
         out.data_ptr(), guidance, rescale, torch.get_num_threads(),
