@@ -20,6 +20,9 @@ from .conftest import OURS, record
 
 diffusers = pytest.importorskip("diffusers")
 
+# torch.compile's own import path still touches torch.jit.script_method (deprecated in torch 2.13).
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
 SHAPES = [(2, 4, 64, 64), (2, 4, 128, 128), (8, 3, 256, 256)]
 W = 7.5
 RESCALE = 0.7

@@ -157,6 +157,33 @@ def _check_model_output(sample: torch.Tensor, model_output: torch.Tensor, guided
         _checks.same_shape("model_output", model_output, "sample", sample)
 
 
+# (mode, clip range, dynamic-threshold quantile, dynamic-threshold bound), as the kernels take them
+_NO_CLIP = (_CLIP_NONE, 0.0, 0.0, math.inf)
+
+
+def _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max) -> tuple:
+    if clip_sample_range is not None and dynamic_threshold is not None:
+        raise ValueError("pass either clip_sample_range or dynamic_threshold, not both")
+    if clip_sample_range is not None:
+        clip_range = _checks.finite("clip_sample_range", clip_sample_range)
+        if clip_range <= 0:
+            raise ValueError(f"clip_sample_range must be > 0, got {clip_range}")
+        if dynamic_threshold_max is not None:
+            raise ValueError("dynamic_threshold_max needs dynamic_threshold")
+        return (_CLIP_FIXED, clip_range, 0.0, math.inf)
+    if dynamic_threshold is None:
+        raise ValueError("dynamic_threshold_max needs dynamic_threshold")
+    dyn_q = _checks.finite("dynamic_threshold", dynamic_threshold)
+    if not 0.0 < dyn_q <= 1.0:
+        raise ValueError(f"dynamic_threshold must lie in (0, 1], got {dyn_q}")
+    dyn_max = math.inf
+    if dynamic_threshold_max is not None:
+        dyn_max = _checks.finite("dynamic_threshold_max", dynamic_threshold_max)
+        if dyn_max < 1.0:
+            raise ValueError(f"dynamic_threshold_max must be >= 1, got {dyn_max}")
+    return (_CLIP_DYNAMIC, 0.0, dyn_q, dyn_max)
+
+
 def _check_guidance(guidance_scale, guidance_rescale, n: int) -> Tuple[Optional[List[float]], float]:
     rescale = _checks.finite("guidance_rescale", guidance_rescale)
     if not 0.0 <= rescale <= 1.0:
@@ -168,8 +195,8 @@ def _check_guidance(guidance_scale, guidance_rescale, n: int) -> Tuple[Optional[
     return _checks.per_sample("guidance_scale", guidance_scale, n), rescale
 
 
-def _ddim_cpu(sample, model_output, noise, alpha_t, alpha_prev, guidance, *, eta, rescale, prediction, clip,
-              clip_range, dyn_q, dyn_max, use_clipped, return_x0):
+def _ddim_cpu(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction, clip,
+              use_clipped, return_x0):
     x = sample.contiguous()
     m = model_output.contiguous()
     z = noise.contiguous() if noise is not None else None
@@ -181,14 +208,15 @@ def _ddim_cpu(sample, model_output, noise, alpha_t, alpha_prev, guidance, *, eta
     _C.ddim_step(
         _DTYPE_CODES[x.dtype], n, numel, x.data_ptr(), m.data_ptr(), cond_ptr,
         z.data_ptr() if z is not None else 0, out.data_ptr(), x0.data_ptr() if x0 is not None else 0,
-        alpha_t, alpha_prev, guidance if guidance is not None else [], eta, rescale, prediction, clip,
-        clip_range, dyn_q, dyn_max, use_clipped, torch.get_num_threads(),
+        alpha_t, alpha_prev, guidance if guidance is not None else [], eta, rescale, prediction, *clip,
+        use_clipped, torch.get_num_threads(),
     )
     return (out, x0) if return_x0 else out
 
 
-def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, *, eta, rescale, prediction, clip,
-                clip_range, dyn_q, dyn_max, use_clipped, return_x0):
+def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction, clip,
+                use_clipped, return_x0):
+    clip, clip_range, dyn_q, dyn_max = clip
     return ddim_step_ref(
         sample, model_output,
         torch.tensor(alpha_t, dtype=torch.float64), torch.tensor(alpha_prev, dtype=torch.float64),
@@ -249,7 +277,10 @@ def ddim_step(
     n = sample.shape[0] if sample.dim() else 0
     if n == 0:
         raise ValueError(f"sample must have a non-empty batch dimension, got shape {tuple(sample.shape)}")
-    guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, n)
+    if guidance_scale is None and guidance_rescale == 0.0:
+        guidance, rescale = None, 0.0
+    else:
+        guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, n)
     _check_model_output(sample, model_output, guidance is not None)
     if prediction_type not in _PREDICTION_CODES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -277,28 +308,14 @@ def ddim_step(
         noise = None
     if (prediction_type == "sample" or use_clipped_model_output) and 1.0 in a_t:
         raise ValueError("alpha_t must be < 1 when ε̂ is derived from x̂0 (prediction_type='sample' or use_clipped_model_output)")
-    clip, clip_range, dyn_q, dyn_max = _CLIP_NONE, 0.0, 0.0, math.inf
-    if clip_sample_range is not None and dynamic_threshold is not None:
-        raise ValueError("pass either clip_sample_range or dynamic_threshold, not both")
-    if clip_sample_range is not None:
-        clip, clip_range = _CLIP_FIXED, _checks.finite("clip_sample_range", clip_sample_range)
-        if clip_range <= 0:
-            raise ValueError(f"clip_sample_range must be > 0, got {clip_range}")
-    elif dynamic_threshold is not None:
-        clip, dyn_q = _CLIP_DYNAMIC, _checks.finite("dynamic_threshold", dynamic_threshold)
-        if not 0.0 < dyn_q <= 1.0:
-            raise ValueError(f"dynamic_threshold must lie in (0, 1], got {dyn_q}")
-        if dynamic_threshold_max is not None:
-            dyn_max = _checks.finite("dynamic_threshold_max", dynamic_threshold_max)
-            if dyn_max < 1.0:
-                raise ValueError(f"dynamic_threshold_max must be >= 1, got {dyn_max}")
-    elif dynamic_threshold_max is not None:
-        raise ValueError("dynamic_threshold_max needs dynamic_threshold")
+    if clip_sample_range is None and dynamic_threshold is None and dynamic_threshold_max is None:
+        clip = _NO_CLIP
+    else:
+        clip = _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max)
     impl = dispatch("ddim_step", _DDIM_IMPLS, sample.device, sample.dtype, backend)
     return impl(
-        sample, model_output, noise, a_t, a_prev, guidance, eta=eta, rescale=rescale,
-        prediction=_PREDICTION_CODES[prediction_type], clip=clip, clip_range=clip_range, dyn_q=dyn_q,
-        dyn_max=dyn_max, use_clipped=bool(use_clipped_model_output), return_x0=bool(return_x0),
+        sample, model_output, noise, a_t, a_prev, guidance, eta, rescale, _PREDICTION_CODES[prediction_type],
+        clip, bool(use_clipped_model_output), bool(return_x0),
     )
 
 
