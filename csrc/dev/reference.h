@@ -1,0 +1,128 @@
+// Plain C++ references for the sampler kernels: one sample at a time, double precision, no SIMD,
+// no threads, written to be read against the paper equations (see csrc/sampler_math.h).
+// Used by sampler_kernels_check.cpp; the Python references (diffrt.ops.*_ref) are the test oracle.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops.h"
+
+namespace diffrt::reference {
+
+template <typename T>
+double at(const void* p, int64_t i) {
+  return double(load(static_cast<const T*>(p)[i]));
+}
+
+// DDIM step (Song et al. 2021, eq. 12) with optional [uncond; cond] guidance, rescale and clipping.
+template <typename T>
+void ddim_step(const DdimStepArgs& a, std::vector<double>& out, std::vector<double>& out_x0) {
+  const int64_t M = a.numel;
+  out.assign(a.batch * M, 0.0);
+  out_x0.assign(a.batch * M, 0.0);
+  for (int64_t r = 0; r < a.batch; ++r) {
+    const int64_t o = r * M;
+    // 1. model output, guided: ε̃ = ε_u + w(ε_c − ε_u), rescaled by φ·std(ε_c)/std(ε̃) + (1 − φ)
+    std::vector<double> m(M);
+    for (int64_t i = 0; i < M; ++i) m[i] = at<T>(a.model, o + i);
+    if (a.model_cond) {
+      const double w = a.guidance_scale[r];
+      std::vector<double> c(M);
+      for (int64_t i = 0; i < M; ++i) {
+        c[i] = at<T>(a.model_cond, o + i);
+        m[i] = m[i] + w * (c[i] - m[i]);
+      }
+      if (a.guidance_rescale != 0.0 && M > 1) {
+        auto stddev = [M](const std::vector<double>& v) {
+          double mean = 0, ss = 0;
+          for (double x : v) mean += x;
+          mean /= double(M);
+          for (double x : v) ss += (x - mean) * (x - mean);
+          return std::sqrt(ss / double(M - 1));
+        };
+        const double s_cfg = stddev(m);
+        if (s_cfg > 0) {
+          const double f = 1.0 - a.guidance_rescale + a.guidance_rescale * stddev(c) / s_cfg;
+          for (double& x : m) x *= f;
+        }
+      }
+    }
+    // 2. x̂0 and ε̂ for the prediction type
+    const double at_ = a.alpha_t[r], ap = a.alpha_prev[r];
+    const double sa = std::sqrt(at_), sb = std::sqrt(1 - at_);
+    std::vector<double> x0(M), eps(M);
+    for (int64_t i = 0; i < M; ++i) {
+      const double x = at<T>(a.sample, o + i);
+      switch (a.prediction) {
+        case Prediction::epsilon: x0[i] = (x - sb * m[i]) / sa; eps[i] = m[i]; break;
+        case Prediction::v_prediction: x0[i] = sa * x - sb * m[i]; eps[i] = sa * m[i] + sb * x; break;
+        case Prediction::sample: x0[i] = m[i]; eps[i] = (x - sa * m[i]) / sb; break;
+      }
+    }
+    // 3. clip x̂0: fixed range, or s = clamp(quantile_p |x̂0|, 1, max) then clamp(x̂0, −s, s)/s
+    if (a.clip != ClipMode::none) {
+      double lim = a.clip_range, div = 1.0;
+      if (a.clip == ClipMode::dynamic) {
+        std::vector<double> v(M);
+        for (int64_t i = 0; i < M; ++i) v[i] = std::fabs(x0[i]);
+        std::sort(v.begin(), v.end());
+        const double pos = a.dynamic_quantile * double(M - 1);
+        const int64_t lo = int64_t(std::floor(pos)), hi = std::min<int64_t>(lo + 1, M - 1);
+        const double q = v[lo] + (pos - double(lo)) * (v[hi] - v[lo]);
+        lim = div = std::min(std::max(q, 1.0), a.dynamic_max);
+      }
+      for (int64_t i = 0; i < M; ++i) {
+        x0[i] = std::min(std::max(x0[i], -lim), lim) / div;
+        if (a.use_clipped_model_output) eps[i] = (at<T>(a.sample, o + i) - sa * x0[i]) / sb;
+      }
+    }
+    // 4. σ (eq. 16) and x_prev (eq. 12)
+    const double sigma = a.eta > 0 ? a.eta * std::sqrt((1 - ap) / (1 - at_)) * std::sqrt(1 - at_ / ap) : 0.0;
+    const double dir = std::sqrt(std::max(0.0, 1 - ap - sigma * sigma));
+    for (int64_t i = 0; i < M; ++i) {
+      const double z = a.noise ? at<T>(a.noise, o + i) : 0.0;
+      out[o + i] = std::sqrt(ap) * x0[i] + dir * eps[i] + sigma * z;
+      out_x0[o + i] = x0[i];
+    }
+  }
+}
+
+template <typename T>
+void mask_blend(const MaskBlendArgs& a, std::vector<double>& out) {
+  out.assign(a.batch * a.channels * a.spatial, 0.0);
+  for (int64_t n = 0; n < a.batch; ++n)
+    for (int64_t c = 0; c < a.channels; ++c)
+      for (int64_t i = 0; i < a.spatial; ++i) {
+        const int64_t k = (n * a.channels + c) * a.spatial + i;
+        const double m = at<T>(a.mask, n * a.mask_batch_stride + i);
+        out[k] = m * at<T>(a.a, k) + (1 - m) * at<T>(a.b, k);
+      }
+}
+
+// DiffEdit (Couairon et al. 2022, §3.2): mean |ε_q − ε_r| over draws and channels, clamp, normalise.
+template <typename T>
+void diffedit_mask(const DiffEditMaskArgs& a, std::vector<double>& out) {
+  const int64_t S = a.spatial, planes = a.draws * a.channels;
+  out.assign(a.batch * S, 0.0);
+  for (int64_t b = 0; b < a.batch; ++b) {
+    double mean = 0;
+    for (int64_t i = 0; i < S; ++i) {
+      double acc = 0;
+      for (int64_t p = 0; p < planes; ++p) {
+        const int64_t k = (b * planes + p) * S + i;
+        acc += std::fabs(at<T>(a.eps_query, k) - at<T>(a.eps_ref, k));
+      }
+      out[b * S + i] = acc / double(planes);
+      mean += out[b * S + i] / double(S);
+    }
+    const double bound = a.clamp_ratio * mean;
+    for (int64_t i = 0; i < S; ++i) {
+      double& v = out[b * S + i];
+      v = bound > 0 ? std::min(v, bound) / bound : 0.0;
+      if (a.threshold >= 0) v = v > a.threshold ? 1.0 : 0.0;
+    }
+  }
+}
+
+}  // namespace diffrt::reference
