@@ -45,7 +45,7 @@ def cfg_combine_ref(model_output: torch.Tensor, guidance_scale: Scalar, *, guida
     uncond, cond = model_output.to(_math_dtype(dtype)).chunk(2)
     w = _per_sample_view(_checks.per_sample("guidance_scale", guidance_scale, uncond.shape[0]), uncond)
     guided = uncond + w * (cond - uncond)
-    if guidance_rescale != 0.0:
+    if guidance_rescale != 0.0 and guided[0].numel() > 1:  # one element has no spread to rescale
         dims = list(range(1, guided.dim()))
         std_cond = cond.std(dim=dims, keepdim=True)
         std_cfg = guided.std(dim=dims, keepdim=True)
