@@ -178,3 +178,11 @@ def test_concurrent_calls_from_threads(gen):
         got = list(pool.map(lambda c: ops.ddim_step(c[0], c[1], 0.3, 0.5, guidance_scale=c[2], guidance_rescale=0.5), cases))
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_ddim_step_at_zero_terminal_snr(isa, gen, prediction_type):
+    """ᾱ_t = 0 (pure noise, zero-terminal-SNR schedules) is a valid first step for v and x0 prediction."""
+    x, m = rand(gen, 2, 4, 9, 9), rand(gen, 2, 4, 9, 9)
+    out, ref = _run_both(x, m, 0.0, 0.05, prediction_type=prediction_type)
+    assert_close_to_ref(out, ref, dtype=torch.float32, scale=x.abs().max().item() + m.abs().max().item())

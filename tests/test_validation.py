@@ -29,7 +29,8 @@ def raises(exc, name, fn, *args, **kwargs):
         (ValueError, "model_output", (X, M, 0.5, 0.6), {"guidance_scale": 7.5}),  # needs 2N rows
         (ValueError, "model_output", (X, M2[:, :3], 0.5, 0.6), {"guidance_scale": 7.5}),
         (ValueError, "alpha_t", (X, M, math.nan, 0.6), {}),
-        (ValueError, "alpha_t", (X, M, 0.0, 0.6), {}),
+        (ValueError, "alpha_t", (X, M, 0.0, 0.6), {}),  # ε-prediction needs ᾱ_t > 0
+        (ValueError, "alpha_t", (X, M, -0.1, 0.6), {"prediction_type": "v_prediction"}),
         (ValueError, "alpha_prev", (X, M, 0.5, 1.5), {}),
         (ValueError, "alpha_prev", (X, M, 0.5, torch.tensor([0.6, math.inf])), {}),
         (ValueError, "alpha_t", (X, M, torch.tensor([0.5, 0.5, 0.5]), 0.6), {}),

@@ -256,8 +256,9 @@ def ddim_step(
         sample: x_t, shape (N, ...), float32 or bfloat16 (any float dtype on the torch backend).
         model_output: the model's prediction for ``sample`` (N, ...); with ``guidance_scale``, the
             batched ``[uncond; cond]`` outputs (2N, ...), combined in the same pass.
-        alpha_t, alpha_prev: ᾱ at the current and the previous (less noisy) timestep, in (0, 1];
-            a number or a 1-D tensor of per-sample values.
+        alpha_t, alpha_prev: ᾱ at the current and the previous (less noisy) timestep, in [0, 1]
+            (ᾱ_t = 0, the end of a zero-terminal-SNR schedule, needs v or x0 prediction); a number
+            or a 1-D tensor of per-sample values.
         eta: η ≥ 0; σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev). η > 0 needs ``noise`` (N, ...).
         prediction_type: "epsilon", "v_prediction" or "sample".
         clip_sample_range: clamp x̂0 to [−r, r].
@@ -284,8 +285,10 @@ def ddim_step(
     _check_model_output(sample, model_output, guidance is not None)
     if prediction_type not in _PREDICTION_CODES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    a_t = _checks.per_sample("alpha_t", alpha_t, n, lo=0.0, hi=1.0, lo_open=True)
-    a_prev = _checks.per_sample("alpha_prev", alpha_prev, n, lo=0.0, hi=1.0, lo_open=True)
+    # ᾱ = 0 is the last step of a zero-terminal-SNR schedule: fine for v and x0 prediction, but
+    # ε-prediction divides by √ᾱ_t.
+    a_t = _checks.per_sample("alpha_t", alpha_t, n, lo=0.0, hi=1.0, lo_open=prediction_type == "epsilon")
+    a_prev = _checks.per_sample("alpha_prev", alpha_prev, n, lo=0.0, hi=1.0)
     eta = _checks.finite("eta", eta)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
@@ -296,9 +299,9 @@ def ddim_step(
         _checks.same_device_dtype("noise", noise, "sample", sample)
         _checks.same_shape("noise", noise, "sample", sample)
         for at, ap in zip(a_t, a_prev):
-            if at >= 1.0 or ap < at:
+            if at >= 1.0 or ap < at or ap == 0.0:
                 raise ValueError(
-                    f"eta > 0 needs alpha_t < 1 and alpha_prev >= alpha_t (a step towards less noise), "
+                    f"eta > 0 needs 0 < alpha_prev, alpha_t < 1 and alpha_prev >= alpha_t (a step towards less noise), "
                     f"got alpha_t={at}, alpha_prev={ap}"
                 )
             sigma2 = eta**2 * (1 - ap) / (1 - at) * (1 - at / ap)
