@@ -1,0 +1,143 @@
+"""Noise schedules over the training timesteps and the timestep sequences samplers walk.
+
+A :class:`NoiseSchedule` holds ᾱ_t = Π_{s≤t}(1 − β_s) for the training timesteps; a
+:class:`SamplingSchedule` is the sequence of (t, ᾱ_t, ᾱ_prev) a sampler steps through, where
+"prev" is the **next timestep of the same sequence** for every spacing (diffusers'
+DDIMScheduler subtracts T//N instead, which lands off the sequence for ``linspace`` and for
+``trailing`` when N does not divide T).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, List, Tuple
+
+import numpy as np
+import torch
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def make_betas(kind: str, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+               beta_end: float = 0.012) -> torch.Tensor:
+    """β_t for t = 0 … T−1 in float64.
+
+    linear:            β linearly from beta_start to beta_end (Ho et al. 2020)
+    scaled_linear:     √β linearly from √beta_start to √beta_end (Stable Diffusion)
+    squaredcos_cap_v2: ᾱ(t) = cos²((t/T + 0.008)/1.008 · π/2), β_t = min(1 − ᾱ(t+1)/ᾱ(t), 0.999)
+                       (Nichol & Dhariwal 2021, eq. 17)
+    """
+    if num_train_timesteps < 1:
+        raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+    T = num_train_timesteps
+    if kind == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    if kind == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    if kind == "squaredcos_cap_v2":
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        return torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
+                            dtype=torch.float64)
+    raise ValueError(f"beta schedule must be one of {BETA_SCHEDULES}, got {kind!r}")
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale √ᾱ so that ᾱ_{T−1} = 0 (SNR 0 at the last step) while ᾱ_0 is kept
+    (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1)."""
+    sqrt_ab = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    ab = sqrt_ab**2
+    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    return 1 - alphas
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """ᾱ_t over the training timesteps (float64)."""
+
+    alphas_cumprod: torch.Tensor
+
+    @classmethod
+    def make(cls, kind: str = "scaled_linear", num_train_timesteps: int = 1000, *, beta_start: float = 0.00085,
+             beta_end: float = 0.012, zero_terminal_snr: bool = False) -> "NoiseSchedule":
+        betas = make_betas(kind, num_train_timesteps, beta_start, beta_end)
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        return cls(torch.cumprod(1 - betas, 0))
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.alphas_cumprod.numel()
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε, t per sample (Ho et al. 2020, eq. 4)."""
+        a = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (Salimans & Ho 2022)."""
+        a = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def timesteps(self, num_steps: int, spacing: str = "leading", steps_offset: int = 0) -> List[int]:
+        """The descending timestep sequence of a sampler with ``num_steps`` steps.
+
+        leading:  t_i = i·⌊T/N⌋ + steps_offset             (DDIM's original spacing)
+        trailing: t_i = round(T − i·T/N) − 1, from T−1 down (Lin et al. 2023, Table 2)
+        linspace: t_i = round(linspace(0, T−1, N))          (PNDM / Imagen)
+        """
+        T = self.num_train_timesteps
+        if not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+            raise ValueError(f"num_steps must be an integer in [1, {T}], got {num_steps!r}")
+        if spacing == "leading":
+            ts = [i * (T // num_steps) + steps_offset for i in range(num_steps)][::-1]
+        elif spacing == "trailing":
+            ratio = T / num_steps
+            ts = [int(round(T - i * ratio)) - 1 for i in range(num_steps)]
+        elif spacing == "linspace":
+            ts = [int(v) for v in np.linspace(0, T - 1, num_steps).round()][::-1]
+        else:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+        if ts[0] >= T or ts[-1] < 0:
+            raise ValueError(f"steps_offset={steps_offset} moves timesteps outside [0, {T - 1}]: {ts[-1]}…{ts[0]}")
+        return ts
+
+
+@dataclass(frozen=True)
+class SamplingSchedule:
+    """The steps of a DDIM-style sampler: timesteps t_1 > … > t_N with ᾱ at each, and the ᾱ it
+    steps to — the next timestep of the same sequence, and ``final_alpha`` after the last."""
+
+    timesteps: Tuple[int, ...]
+    alphas: Tuple[float, ...]
+    alphas_prev: Tuple[float, ...]
+
+    @classmethod
+    def ddim(cls, noise: NoiseSchedule, num_steps: int, *, spacing: str = "leading", steps_offset: int = 0,
+             set_alpha_to_one: bool = True) -> "SamplingSchedule":
+        """``set_alpha_to_one``: the last step lands on ᾱ = 1 (a clean sample) rather than on ᾱ_0."""
+        ts = noise.timesteps(num_steps, spacing, steps_offset)
+        ab = noise.alphas_cumprod
+        final = 1.0 if set_alpha_to_one else float(ab[0])
+        alphas = tuple(float(ab[t]) for t in ts)
+        return cls(tuple(ts), alphas, alphas[1:] + (final,))
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def __iter__(self) -> Iterator[Tuple[int, float, float]]:
+        """(t, ᾱ_t, ᾱ_prev) for each sampling step, noisiest first."""
+        return iter(zip(self.timesteps, self.alphas, self.alphas_prev))
+
+    def tail(self, strength: float) -> "SamplingSchedule":
+        """The last ⌈strength·N⌉ steps: encoding to ratio ``strength`` and decoding back from it
+        (img2img, DiffEdit's encoding ratio r). strength = 1 is the whole schedule."""
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must lie in (0, 1], got {strength}")
+        k = max(1, math.ceil(strength * len(self) - 1e-9))
+        return SamplingSchedule(self.timesteps[-k:], self.alphas[-k:], self.alphas_prev[-k:])
