@@ -142,8 +142,8 @@ constexpr bool kBf16Dot = true;
 constexpr bool kBf16Dot = false;
 #endif
 
-constexpr int64_t kQueryTile = 48;  // rows of Q per work item (a multiple of kRows)
-constexpr int64_t kKeyTile = 64;    // keys per online-softmax step; Lk ≤ 2·kKeyTile is one tile
+constexpr int64_t kQueryTile = 96;   // rows of Q per work item (a multiple of kRows)
+constexpr int64_t kKeyTile = 128;   // keys per online-softmax step; Lk ≤ 2·kKeyTile is one tile
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -239,13 +239,20 @@ constexpr std::array<std::array<GemmFn, kMaxNC>, kRows> gemm_table(std::integer_
 template <Init init>
 constexpr auto kGemm = gemm_table<init>(std::make_integer_sequence<int, kRows>{});
 
+// Width of the next column panel: the remaining vectors split evenly into panels of ≤ kMaxNC (5 → 3 + 2,
+// not 4 + 1: a single-vector panel has too few independent accumulators to hide the FMA latency).
+inline int64_t column_chunk(int64_t remaining) {
+  const int64_t panels = (remaining + kMaxNC - 1) / kMaxNC;
+  return (remaining + panels - 1) / panels;
+}
+
 // C (rows × col_vecs·W) = init(C) + out_scale · A (rows × K) · B (K × col_vecs·W). Column panels of B
 // (K × kMaxNC·W) stay in L1 while every row block of A streams past them.
 template <Init init>
 void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
           int64_t b_ks, float* C, int64_t c_rs, const float* row_scale = nullptr, float out_scale = 1.f) {
-  for (int64_t c0 = 0; c0 < col_vecs; c0 += kMaxNC) {
-    const int nc = int(std::min<int64_t>(kMaxNC, col_vecs - c0));
+  for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
+    nc = column_chunk(col_vecs - c0);
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int nr = int(std::min<int64_t>(kRows, rows - r0));
       kGemm<init>[nr - 1][nc - 1](K, A + r0 * a_rs, a_rs, a_ks, B + c0 * W, b_ks, C + r0 * c_rs + c0 * W, c_rs,
@@ -272,8 +279,8 @@ constexpr auto kGemmBf16 = gemm_bf16_table<init>(std::make_integer_sequence<int,
 template <Init init>
 void gemm_bf16(int64_t rows, int64_t col_vecs, int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uint16_t* B,
                int64_t b_ks, float* C, int64_t c_rs, const float* row_scale = nullptr, float out_scale = 1.f) {
-  for (int64_t c0 = 0; c0 < col_vecs; c0 += kMaxNC) {
-    const int nc = int(std::min<int64_t>(kMaxNC, col_vecs - c0));
+  for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
+    nc = column_chunk(col_vecs - c0);
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int nr = int(std::min<int64_t>(kRows, rows - r0));
       kGemmBf16<init>[nr - 1][nc - 1](K_pairs, A + r0 * a_rs, a_rs, B + c0 * 2 * W, b_ks, C + r0 * c_rs + c0 * W,
@@ -345,15 +352,52 @@ T* head_ptr(void* base, const HeadStrides& s, int64_t b, int64_t h) {
   return static_cast<T*>(base) + b * s.batch + h * s.head;
 }
 
+// One row of d elements → float32, zero-filled up to dp (a multiple of W).
+inline void load_row(const float* s, int64_t d, int64_t dp, float* o) {
+#if defined(__AVX512F__)
+  for (int64_t c = 0; c < dp; c += W) {
+    const __mmask16 m = c + W <= d ? __mmask16(0xffff) : __mmask16(c < d ? (1u << (d - c)) - 1 : 0);
+    _mm512_storeu_ps(o + c, _mm512_maskz_loadu_ps(m, s + c));
+  }
+#else
+  for (int64_t c = 0; c < d; ++c) o[c] = s[c];
+  for (int64_t c = d; c < dp; ++c) o[c] = 0.f;
+#endif
+}
+inline void load_row(const bf16* s, int64_t d, int64_t dp, float* o) {
+#if defined(__AVX512F__)
+  for (int64_t c = 0; c < dp; c += W) {
+    const __mmask16 m = c + W <= d ? __mmask16(0xffff) : __mmask16(c < d ? (1u << (d - c)) - 1 : 0);
+    const __m256i bits = _mm256_maskz_loadu_epi16(m, s + c);
+    _mm512_storeu_ps(o + c, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+  }
+#else
+  for (int64_t c = 0; c < d; ++c) o[c] = load(s[c]);
+  for (int64_t c = d; c < dp; ++c) o[c] = 0.f;
+#endif
+}
+
+// d elements of scale·src → dst (float32, or bfloat16 rounded to nearest even).
+inline void store_row(const float* src, float scale, int64_t d, float* dst) {
+  int64_t c = 0;
+  for (; c + W <= d; c += W) vstore(dst + c, vmul(vload(src + c), vset1(scale)));
+  for (; c < d; ++c) dst[c] = src[c] * scale;
+}
+inline void store_row(const float* src, float scale, int64_t d, bf16* dst) {
+  int64_t c = 0;
+#if defined(__AVX512BF16__)
+  for (; c + W <= d; c += W) {
+    const __m256bh x = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(src + c), _mm512_set1_ps(scale)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), (__m256i)x);
+  }
+#endif
+  for (; c < d; ++c) dst[c] = to_bf16(src[c] * scale);
+}
+
 // rows × d (row stride `stride`) → rows × dp float32, zero-padded columns.
 template <typename T>
 void pack_rows_f32(const T* src, int64_t stride, int64_t rows, int64_t d, int64_t dp, float* dst) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* s = src + i * stride;
-    float* o = dst + i * dp;
-    for (int64_t c = 0; c < d; ++c) o[c] = load(s[c]);
-    for (int64_t c = d; c < dp; ++c) o[c] = 0.f;
-  }
+  for (int64_t i = 0; i < rows; ++i) load_row(src + i * stride, d, dp, dst + i * dp);
 }
 
 // Keys [0, Lk) of one head → per key tile a d × width float32 block (Kᵀ), zero-padded.
@@ -375,7 +419,7 @@ void pack_transposed_f32(const T* src, int64_t stride, int64_t kv_len, int64_t d
 
 // Per-thread scratch of the forward.
 struct ForwardScratch {
-  std::vector<float> q, s, o, m, l, alpha;
+  std::vector<float> q, s, o, m, l, alpha, row_sum;
   std::vector<uint16_t> q_bf16, p_bf16;
 };
 
@@ -383,7 +427,7 @@ struct ForwardScratch {
 // updates m, l, writes alpha = 2^(m_old − m_new) and P = 2^(t − m_new) (into t itself, and as bfloat16
 // into p_bf16 when given). A row with no unmasked key so far keeps m = −inf and P = 0.
 void softmax_step(int64_t rows, int64_t width, float* t, const float* bias, float* m, float* l, float* alpha,
-                  uint16_t* p_bf16) {
+                  float* row_sum, uint16_t* p_bf16) {
   const int64_t nv = width / W;
   for (int64_t r = 0; r < rows; ++r) {
     float* row = t + r * width;
@@ -399,7 +443,7 @@ void softmax_step(int64_t rows, int64_t width, float* t, const float* bias, floa
     }
     const float m_new = std::max(m[r], hmax(mx));
     const float m_used = m_new == -kInf ? 0.f : m_new;  // keeps (−inf) − (−inf) out of the exponent
-    alpha[r] = std::exp2(m[r] - m_used);
+    alpha[r] = m[r] - m_used;                           // exponentiated below, W rows at a time
     m[r] = m_new;
     const vf mu = vset1(m_used);
     vf sum = vzero();
@@ -414,7 +458,17 @@ void softmax_step(int64_t rows, int64_t width, float* t, const float* bias, floa
 #endif
       vstore(row + v * W, p);
     }
-    l[r] = l[r] * alpha[r] + hsum(sum);
+    row_sum[r] = hsum(sum);
+  }
+  int64_t r = 0;
+  for (; r + W <= rows; r += W) {
+    const vf al = vexp2(vload(alpha + r));
+    vstore(alpha + r, al);
+    vstore(l + r, vfma(vload(l + r), al, vload(row_sum + r)));
+  }
+  for (; r < rows; ++r) {
+    alpha[r] = std::exp2(alpha[r]);
+    l[r] = l[r] * alpha[r] + row_sum[r];
   }
 }
 
@@ -479,12 +533,13 @@ void forward_typed(const AttentionForwardArgs& a) {
     s.m.resize(kQueryTile);
     s.l.resize(kQueryTile);
     s.alpha.resize(kQueryTile);
+    s.row_sum.resize(kQueryTile);
     if (kDot) {
       s.q_bf16.resize(size_t(kQueryTile * dp));
       s.p_bf16.resize(size_t(kQueryTile * std::max<int64_t>(kt.width, 1)));
     }
 
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)  // items are ≥ 10 µs; dynamic absorbs uneven (shared) cores
     for (int64_t item = 0; item < items; ++item) {
       const int64_t bh = item / q_tiles, q0 = (item % q_tiles) * kQueryTile;
       const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -492,8 +547,8 @@ void forward_typed(const AttentionForwardArgs& a) {
       const T* q = head_ptr<T>(a.q, a.q_strides, b, h) + q0 * a.q_strides.row;
       if (kDot) {
         for (int64_t i = 0; i < rows; ++i) {
-          for (int64_t cc = 0; cc < d; ++cc) s.q_bf16[i * dp + cc] = bf16_bits(q[i * a.q_strides.row + cc]);
-          for (int64_t cc = d; cc < dp; ++cc) s.q_bf16[i * dp + cc] = 0;
+          std::memcpy(s.q_bf16.data() + i * dp, q + i * a.q_strides.row, size_t(d) * sizeof(uint16_t));
+          std::fill(s.q_bf16.data() + i * dp + d, s.q_bf16.data() + (i + 1) * dp, uint16_t(0));
         }
       } else {
         pack_rows_f32(q, a.q_strides.row, rows, d, dp, s.q.data());
@@ -512,7 +567,7 @@ void forward_typed(const AttentionForwardArgs& a) {
           const uint16_t* vtile = v_b16.data() + bh * head_elems + k0 * dp;
           gemm_bf16<Init::zero>(rows, w / W, dp / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
                                 ktile, 2 * w, s.s.data(), w, nullptr, c);
-          softmax_step(rows, w, s.s.data(), bias, s.m.data(), s.l.data(), s.alpha.data(), s.p_bf16.data());
+          softmax_step(rows, w, s.s.data(), bias, s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), s.p_bf16.data());
           gemm_bf16<Init::scale_rows>(rows, dp / W, w / 2, reinterpret_cast<const uint32_t*>(s.p_bf16.data()), w / 2,
                                       vtile, 2 * dp, s.o.data(), dp, s.alpha.data());
           continue;
@@ -521,7 +576,7 @@ void forward_typed(const AttentionForwardArgs& a) {
         const float* ktile = kt_f32.data() + bh * head_elems + k0 * dp;
         const float* vtile = v_f32.data() + bh * head_elems + k0 * dp;
         gemm<Init::zero>(rows, w / W, dp, s.q.data(), dp, 1, ktile, w, s.s.data(), w, nullptr, c);
-        softmax_step(rows, w, s.s.data(), bias, s.m.data(), s.l.data(), s.alpha.data(), nullptr);
+        softmax_step(rows, w, s.s.data(), bias, s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
         gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
       }
 
@@ -529,8 +584,7 @@ void forward_typed(const AttentionForwardArgs& a) {
       T* out = head_ptr<T>(a.out, a.out_strides, b, h) + q0 * a.out_strides.row;
       for (int64_t i = 0; i < rows; ++i) {
         const float l = s.l[i];
-        const float inv = l > 0.f ? 1.f / l : 0.f;
-        for (int64_t cc = 0; cc < d; ++cc) out[i * a.out_strides.row + cc] = store_as<T>(s.o[i * dp + cc] * inv);
+        store_row(s.o.data() + i * dp, l > 0.f ? 1.f / l : 0.f, d, out + i * a.out_strides.row);
         if (a.lse) a.lse[bh * Lq + q0 + i] = l > 0.f ? (s.m[i] + std::log2(l)) * kLn2 : -kInf;
       }
     }
