@@ -44,6 +44,10 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
+// A masked key's score. Finite, so exponents never meet inf − inf and exp2 needs no clamp: 2^(−1e30) = 0.
+constexpr float kMasked = -1e30f;
+// A running max below this means the row has seen no unmasked key yet.
+constexpr float kNoKey = -1e29f;
 
 // ---- W-wide float vectors ------------------------------------------------------------------------
 
@@ -62,18 +66,17 @@ inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
 inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
-// 2^x = 2^n·2^f, n = round(x), |f| ≤ ½; 2^f by Cephes' exp2f polynomial (relative error ≈ 2e-7);
-// scalef applies 2^n and underflows to exactly 0 (x = −inf is clamped to −160 first).
+// 2^x = 2^n·2^f, n = round(x), |f| ≤ ½; 2^f by a degree-5 minimax polynomial (relative error 9e-8, 1.9e-7
+// evaluated in float32); scalef applies 2^n and underflows to exactly 0 for x = kMasked. x = −inf would
+// give NaN (−inf − round(−inf)), which is why masked scores are kMasked and never −inf.
 inline vf vexp2(vf x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-160.f));
   const vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vf f = _mm512_sub_ps(x, n);
-  vf p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  vf p = _mm512_set1_ps(1.3264727080430985e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.671512862324629e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550733745645653e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022242081840833e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931469775965884e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
   return _mm512_scalef_ps(p, n);
 }
@@ -102,18 +105,17 @@ inline float hsum(vf v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-// As the AVX-512 version; 2^n is built in the exponent bits, and x < −126 (incl. −inf) gives 0.
+// As the AVX-512 version; 2^n is built in the exponent bits, and x < −126 gives 0.
 inline vf vexp2(vf x) {
   const vf underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-126.f), _CMP_GE_OQ);
   x = _mm256_max_ps(x, _mm256_set1_ps(-126.f));
   const vf n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vf f = _mm256_sub_ps(x, n);
-  vf p = _mm256_set1_ps(1.535336188319500e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+  vf p = _mm256_set1_ps(1.3264727080430985e-3f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.671512862324629e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550733745645653e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022242081840833e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931469775965884e-1f));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), underflow);
@@ -149,14 +151,46 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ---- the micro-kernels -----------------------------------------------------------------------------
 
-// How C starts: zero, its current value, or its current value times a per-row factor (the online
-// softmax's 2^(m−m_new)).
-enum class Init { zero, load, scale_rows };
+// What the micro-kernel does with the product X = out_scale·A·B (the score modes fuse the softmax's
+// elementwise work into the epilogue, while X is still in registers):
+//   zero:       C = X
+//   load:       C = C + X
+//   scale_rows: C = row_aux[r]·C + X                  (the online softmax's O·2^(m−m_new) + P·V)
+//   scores:     C = X + bias;  row_aux[r·W..] = max(row_aux[r·W..], C)   (per-lane running row max)
+//   probs:      C = 2^(X + bias − row_aux[r])          (P recomputed from the log-sum-exp)
+// bias is per column (the key mask), nullptr for none.
+enum class Init { zero, load, scale_rows, scores, probs };
 
-// C[r][j] = init(C[r][j]) + out_scale · Σ_k A[r·a_rs + k·a_ks] · B[k·b_ks + j],  r < R, j < NC·W.
+// The epilogue shared by the float32 and bfloat16 micro-kernels (see Init).
+template <int R, int NC, Init init>
+inline void store_block(vf (&acc)[R][NC], float* C, int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
+  const vf s = vset1(out_scale);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    float* c = C + r * c_rs;
+    [[maybe_unused]] vf row_max;
+    if constexpr (init == Init::scores) row_max = vload(row_aux + r * W);
+#pragma GCC unroll 8
+    for (int v = 0; v < NC; ++v) {
+      vf base = vzero();
+      if constexpr (init == Init::load) base = vload(c + v * W);
+      if constexpr (init == Init::scale_rows) base = vmul(vload(c + v * W), vset1(row_aux[r]));
+      if constexpr (init == Init::scores || init == Init::probs)
+        if (bias) base = vload(bias + v * W);
+      if constexpr (init == Init::probs) base = vsub(base, vset1(row_aux[r]));
+      vf x = vfma(acc[r][v], s, base);
+      if constexpr (init == Init::probs) x = vexp2(x);
+      if constexpr (init == Init::scores) row_max = vmax(row_max, x);
+      vstore(c + v * W, x);
+    }
+    if constexpr (init == Init::scores) vstore(row_aux + r * W, row_max);
+  }
+}
+
+// C[r][j] = init(C, out_scale · Σ_k A[r·a_rs + k·a_ks] · B[k·b_ks + j]),  r < R, j < NC·W.
 template <int R, int NC, Init init>
 void gemm_block(int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t b_ks, float* C,
-                int64_t c_rs, const float* row_scale, float out_scale) {
+                int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
   vf acc[R][NC];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -173,18 +207,7 @@ void gemm_block(int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const flo
       for (int v = 0; v < NC; ++v) acc[r][v] = vfma(a, b[v], acc[r][v]);
     }
   }
-  const vf s = vset1(out_scale);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    float* c = C + r * c_rs;
-#pragma GCC unroll 8
-    for (int v = 0; v < NC; ++v) {
-      vf base = vzero();
-      if constexpr (init == Init::load) base = vload(c + v * W);
-      if constexpr (init == Init::scale_rows) base = vmul(vload(c + v * W), vset1(row_scale[r]));
-      vstore(c + v * W, vfma(acc[r][v], s, base));
-    }
-  }
+  store_block<R, NC, init>(acc, C, c_rs, row_aux, out_scale, bias);
 }
 
 #if defined(__AVX512BF16__)
@@ -193,7 +216,7 @@ void gemm_block(int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const flo
 // B: pair row p at p·b_ks (bfloat16 elements), lane j's pair at 2j.
 template <int R, int NC, Init init>
 void gemm_block_bf16(int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uint16_t* B, int64_t b_ks, float* C,
-                     int64_t c_rs, const float* row_scale, float out_scale) {
+                     int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
   __m512 acc[R][NC];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -210,24 +233,13 @@ void gemm_block_bf16(int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uin
       for (int v = 0; v < NC; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
     }
   }
-  const __m512 s = _mm512_set1_ps(out_scale);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    float* c = C + r * c_rs;
-#pragma GCC unroll 8
-    for (int v = 0; v < NC; ++v) {
-      __m512 base = _mm512_setzero_ps();
-      if constexpr (init == Init::load) base = _mm512_loadu_ps(c + v * W);
-      if constexpr (init == Init::scale_rows) base = _mm512_mul_ps(_mm512_loadu_ps(c + v * W), _mm512_set1_ps(row_scale[r]));
-      _mm512_storeu_ps(c + v * W, _mm512_fmadd_ps(acc[r][v], s, base));
-    }
-  }
+  store_block<R, NC, init>(acc, C, c_rs, row_aux, out_scale, bias);
 }
 #endif
 
 // Tables of micro-kernels indexed [rows − 1][column vectors − 1], for the edge blocks.
-using GemmFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, const float*,
-                        float);
+using GemmFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, float*, float,
+                        const float*);
 template <Init init, int R, int... NC>
 constexpr std::array<GemmFn, kMaxNC> gemm_row(std::integer_sequence<int, NC...>) {
   return {&gemm_block<R, NC + 1, init>...};
@@ -238,6 +250,11 @@ constexpr std::array<std::array<GemmFn, kMaxNC>, kRows> gemm_table(std::integer_
 }
 template <Init init>
 constexpr auto kGemm = gemm_table<init>(std::make_integer_sequence<int, kRows>{});
+
+// row_aux of the row block starting at r0: W lanes per row for the running max, one float otherwise.
+inline float* row_aux_at(Init init, float* row_aux, int64_t r0) {
+  return row_aux ? row_aux + r0 * (init == Init::scores ? W : 1) : nullptr;
+}
 
 // Width of the next column panel: the remaining vectors split evenly into panels of ≤ kMaxNC (5 → 3 + 2,
 // not 4 + 1: a single-vector panel has too few independent accumulators to hide the FMA latency).
@@ -250,20 +267,21 @@ inline int64_t column_chunk(int64_t remaining) {
 // (K × kMaxNC·W) stay in L1 while every row block of A streams past them.
 template <Init init>
 void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
-          int64_t b_ks, float* C, int64_t c_rs, const float* row_scale = nullptr, float out_scale = 1.f) {
+          int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
+          const float* bias = nullptr) {
   for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
     nc = column_chunk(col_vecs - c0);
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int nr = int(std::min<int64_t>(kRows, rows - r0));
       kGemm<init>[nr - 1][nc - 1](K, A + r0 * a_rs, a_rs, a_ks, B + c0 * W, b_ks, C + r0 * c_rs + c0 * W, c_rs,
-                                  row_scale ? row_scale + r0 : nullptr, out_scale);
+                                  row_aux_at(init, row_aux, r0), out_scale, bias ? bias + c0 * W : nullptr);
     }
   }
 }
 
 #if defined(__AVX512BF16__)
-using GemmBf16Fn = void (*)(int64_t, const uint32_t*, int64_t, const uint16_t*, int64_t, float*, int64_t,
-                            const float*, float);
+using GemmBf16Fn = void (*)(int64_t, const uint32_t*, int64_t, const uint16_t*, int64_t, float*, int64_t, float*,
+                            float, const float*);
 template <Init init, int R, int... NC>
 constexpr std::array<GemmBf16Fn, kMaxNC> gemm_bf16_row(std::integer_sequence<int, NC...>) {
   return {&gemm_block_bf16<R, NC + 1, init>...};
@@ -278,13 +296,14 @@ constexpr auto kGemmBf16 = gemm_bf16_table<init>(std::make_integer_sequence<int,
 // As gemm(), on bfloat16 pairs: A is rows × K_pairs uint32, B is K_pairs pair rows of b_ks elements.
 template <Init init>
 void gemm_bf16(int64_t rows, int64_t col_vecs, int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uint16_t* B,
-               int64_t b_ks, float* C, int64_t c_rs, const float* row_scale = nullptr, float out_scale = 1.f) {
+               int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
+               const float* bias = nullptr) {
   for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
     nc = column_chunk(col_vecs - c0);
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int nr = int(std::min<int64_t>(kRows, rows - r0));
       kGemmBf16<init>[nr - 1][nc - 1](K_pairs, A + r0 * a_rs, a_rs, B + c0 * 2 * W, b_ks, C + r0 * c_rs + c0 * W,
-                                      c_rs, row_scale ? row_scale + r0 : nullptr, out_scale);
+                                      c_rs, row_aux_at(init, row_aux, r0), out_scale, bias ? bias + c0 * W : nullptr);
     }
   }
 }
@@ -314,7 +333,7 @@ KeyTiles key_tiles(int64_t kv_len) {
   return kt;
 }
 
-// Additive key bias in the log2 domain: 0 = attend, −inf = masked by key_padding_mask or padding beyond Lk.
+// Additive key bias in the log2 domain: 0 = attend, kMasked = masked by key_padding_mask or padding beyond Lk.
 // One row per batch item (or a single row without a mask), and which tiles need it at all.
 struct KeyBias {
   std::vector<float> bias;
@@ -335,7 +354,7 @@ KeyBias key_bias(const uint8_t* mask, int64_t batch, int64_t kv_len, const KeyTi
   for (int64_t b = 0; b < kb.rows; ++b) {
     float* row = kb.bias.data() + b * kb.stride;
     for (int64_t j = 0; j < kt.padded_len; ++j)
-      if (j >= kv_len || (mask && !mask[b * kv_len + j])) row[j] = -kInf;
+      if (j >= kv_len || (mask && !mask[b * kv_len + j])) row[j] = kMasked;
     for (int64_t t = 0; t < kt.count; ++t)
       for (int64_t j = kt.begin(t); j < kt.begin(t) + kt.size(t); ++j)
         if (row[j] != 0.f) kb.tile_biased[b * kb.tiles + t] = 1;
@@ -419,30 +438,21 @@ void pack_transposed_f32(const T* src, int64_t stride, int64_t kv_len, int64_t d
 
 // Per-thread scratch of the forward.
 struct ForwardScratch {
-  std::vector<float> q, s, o, m, l, alpha, row_sum;
+  std::vector<float> q, s, o, m, l, alpha, row_sum, row_max;
   std::vector<uint16_t> q_bf16, p_bf16;
 };
 
-// One online-softmax step over a tile of scores t (rows × width, log2 domain, row stride width):
-// updates m, l, writes alpha = 2^(m_old − m_new) and P = 2^(t − m_new) (into t itself, and as bfloat16
-// into p_bf16 when given). A row with no unmasked key so far keeps m = −inf and P = 0.
-void softmax_step(int64_t rows, int64_t width, float* t, const float* bias, float* m, float* l, float* alpha,
+// One online-softmax step over a tile of scores t (rows × width, log2 domain, masked keys at kMasked,
+// row stride width; row_max holds W lanes of each row's max, from the scores epilogue): updates m, l,
+// writes alpha = 2^(m_old − m_new) and P = 2^(t − m_new) (into t itself, or as bfloat16 into p_bf16).
+// A row with no unmasked key so far keeps m ≈ kMasked and gets P = 2^(kMasked − 0) = 0.
+void softmax_step(int64_t rows, int64_t width, float* t, const float* row_max, float* m, float* l, float* alpha,
                   float* row_sum, uint16_t* p_bf16) {
   const int64_t nv = width / W;
   for (int64_t r = 0; r < rows; ++r) {
     float* row = t + r * width;
-    vf mx = vset1(-kInf);
-    if (bias) {
-      for (int64_t v = 0; v < nv; ++v) {
-        const vf x = vadd(vload(row + v * W), vload(bias + v * W));
-        vstore(row + v * W, x);
-        mx = vmax(mx, x);
-      }
-    } else {
-      for (int64_t v = 0; v < nv; ++v) mx = vmax(mx, vload(row + v * W));
-    }
-    const float m_new = std::max(m[r], hmax(mx));
-    const float m_used = m_new == -kInf ? 0.f : m_new;  // keeps (−inf) − (−inf) out of the exponent
+    const float m_new = std::max(m[r], hmax(vload(row_max + r * W)));
+    const float m_used = m_new < kNoKey ? 0.f : m_new;
     alpha[r] = m[r] - m_used;                           // exponentiated below, W rows at a time
     m[r] = m_new;
     const vf mu = vset1(m_used);
@@ -534,6 +544,7 @@ void forward_typed(const AttentionForwardArgs& a) {
     s.l.resize(kQueryTile);
     s.alpha.resize(kQueryTile);
     s.row_sum.resize(kQueryTile);
+    s.row_max.resize(kQueryTile * W);
     if (kDot) {
       s.q_bf16.resize(size_t(kQueryTile * dp));
       s.p_bf16.resize(size_t(kQueryTile * std::max<int64_t>(kt.width, 1)));
@@ -554,20 +565,21 @@ void forward_typed(const AttentionForwardArgs& a) {
         pack_rows_f32(q, a.q_strides.row, rows, d, dp, s.q.data());
       }
       std::fill(s.o.begin(), s.o.end(), 0.f);
-      std::fill(s.m.begin(), s.m.end(), -kInf);
+      std::fill(s.m.begin(), s.m.end(), kMasked);
       std::fill(s.l.begin(), s.l.end(), 0.f);
 
       for (int64_t t = 0; t < kt.count; ++t) {
         const int64_t k0 = kt.begin(t), w = kt.size(t);
         const float* bias = kb.biased(b, t) ? kb.row(b) + k0 : nullptr;
-        // t = c·Q·Kᵀ (rows × w), then the online-softmax step, then O = O·alpha + P·V.
+        std::fill(s.row_max.begin(), s.row_max.end(), kMasked);
+        // t = c·Q·Kᵀ + bias (rows × w) and its row max, then the online-softmax step, then O = O·alpha + P·V.
 #if defined(__AVX512BF16__)
         if (kDot) {
           const uint16_t* ktile = kt_b16.data() + bh * head_elems + k0 * dp;
           const uint16_t* vtile = v_b16.data() + bh * head_elems + k0 * dp;
-          gemm_bf16<Init::zero>(rows, w / W, dp / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
-                                ktile, 2 * w, s.s.data(), w, nullptr, c);
-          softmax_step(rows, w, s.s.data(), bias, s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), s.p_bf16.data());
+          gemm_bf16<Init::scores>(rows, w / W, dp / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
+                                  ktile, 2 * w, s.s.data(), w, s.row_max.data(), c, bias);
+          softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), s.p_bf16.data());
           gemm_bf16<Init::scale_rows>(rows, dp / W, w / 2, reinterpret_cast<const uint32_t*>(s.p_bf16.data()), w / 2,
                                       vtile, 2 * dp, s.o.data(), dp, s.alpha.data());
           continue;
@@ -575,8 +587,8 @@ void forward_typed(const AttentionForwardArgs& a) {
 #endif
         const float* ktile = kt_f32.data() + bh * head_elems + k0 * dp;
         const float* vtile = v_f32.data() + bh * head_elems + k0 * dp;
-        gemm<Init::zero>(rows, w / W, dp, s.q.data(), dp, 1, ktile, w, s.s.data(), w, nullptr, c);
-        softmax_step(rows, w, s.s.data(), bias, s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
+        gemm<Init::scores>(rows, w / W, dp, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c, bias);
+        softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
         gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
       }
 
@@ -646,7 +658,7 @@ void backward_typed(const AttentionBackwardArgs& a) {
           for (int64_t cc = 0; cc < d; ++cc) acc += dout[i * dp + cc] * load(o[i * a.out_strides.row + cc]);
           delta[i] = acc;
           const float lse = a.lse[bh * Lq + i];
-          lse2[i] = lse == -kInf ? kInf : lse * kLog2e;
+          lse2[i] = lse == -kInf ? -kMasked : lse * kLog2e;
         }
         const T* kh = head_ptr<T>(a.k, a.k_strides, b, h);
         pack_rows_f32(kh, a.k_strides.row, Lk, d, dp, k.data());
@@ -666,16 +678,8 @@ void backward_typed(const AttentionBackwardArgs& a) {
           const float* qi = q.data() + q0 * dp;
           const float* doi = dout.data() + q0 * dp;
           // P = 2^(c·Q·Kᵀ + bias − lse2)
-          gemm<Init::zero>(rows, nv, dp, qi, dp, 1, kt_packed.data() + k0 * dp, w, p.data(), w, nullptr, c);
-          for (int64_t r = 0; r < rows; ++r) {
-            float* row = p.data() + r * w;
-            const vf shift = vset1(lse2[q0 + r]);
-            for (int64_t v = 0; v < nv; ++v) {
-              vf x = vload(row + v * W);
-              if (bias) x = vadd(x, vload(bias + v * W));
-              vstore(row + v * W, vexp2(vsub(x, shift)));
-            }
-          }
+          gemm<Init::probs>(rows, nv, dp, qi, dp, 1, kt_packed.data() + k0 * dp, w, p.data(), w, lse2.data() + q0, c,
+                            bias);
           // dV += Pᵀ·dO_i
           gemm<Init::load>(w, dp / W, rows, p.data(), 1, w, doi, dp, dv.data(), dp);
           // dP = dO_i·Vᵀ, then dS = scale·P∘(dP − D)
