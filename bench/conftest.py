@@ -56,6 +56,9 @@ def record(benchmark, table: str, case: str, impl: str, *, bytes_moved: int | No
 
 
 def pytest_terminal_summary(terminalreporter):
+    from .attention_report import terminal_summary as attention_summary
+
+    attention_summary(terminalreporter)
     if not RESULTS:
         return
     tables = defaultdict(list)

@@ -23,6 +23,8 @@ std::string runtime_version();
 }  // namespace diffrt::cuda
 #endif
 
+void bind_attention(py::module_& m);
+
 namespace {
 
 const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
@@ -133,4 +135,5 @@ PYBIND11_MODULE(_C, m) {
 #if defined(DIFFRT_WITH_CUDA)
   m.def("cuda_device_count", [] { return diffrt::cuda::device_count(); }, nogil);
 #endif
+  bind_attention(m);
 }

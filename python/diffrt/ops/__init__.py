@@ -6,6 +6,7 @@ on one. Each op has its readable torch reference ``<op>_ref`` beside it, exact i
 """
 
 from ._backend import BACKENDS, UnsupportedBackendError
+from .attention import attention, attention_ref
 from .masks import diffedit_mask, diffedit_mask_ref, mask_blend, mask_blend_ref
 from .sampling import (
     PREDICTION_TYPES,
@@ -21,6 +22,8 @@ __all__ = [
     "BACKENDS",
     "PREDICTION_TYPES",
     "UnsupportedBackendError",
+    "attention",
+    "attention_ref",
     "cfg_combine",
     "cfg_combine_ref",
     "ddim_invert_step",

@@ -1,0 +1,15 @@
+// Picks the attention kernel table of the active ISA (the selector lives beside isa.cpp's).
+#include "cpu/attention_kernels.h"
+#include "cpu/kernels.h"
+
+namespace diffrt::cpu {
+
+const AttentionKernels& attention_kernels() {
+  switch (active_isa()) {
+    case Isa::avx512: return avx512::attention_kernels;
+    case Isa::avx2: return avx2::attention_kernels;
+    default: return scalar::attention_kernels;
+  }
+}
+
+}  // namespace diffrt::cpu

@@ -1,0 +1,733 @@
+// Fused multi-head attention on the CPU, FlashAttention-style: the Lq×Lk score matrix is never
+// materialised. Compiled once per ISA (DIFFRT_ISA = scalar, avx2, avx512), like sampler_kernels.cpp.
+//
+// Forward, per (batch·head, query tile of kQueryTile rows), over key tiles of ≤ kKeyTile keys, in the
+// log2 domain t = scale·log2(e)·q·k (so the softmax exponential is a cheap exp2):
+//   m_new = max(m, rowmax(t));  l = l·2^(m−m_new) + rowsum(2^(t−m_new));  O = O·2^(m−m_new) + P·V
+//   out = O / l,  lse = (m + log2 l)·ln 2  (= ln Σ_j exp(scale·q·k_j); saved for the backward)
+// Backward (FlashAttention-2), per (batch·head, key tile), over query tiles, recomputing P from lse:
+//   P = exp(scale·QKᵀ − lse),  dV += Pᵀ·dO,  dP = dO·Vᵀ,  dS = P∘(dP − D) with D_i = rowsum(dO_i∘O_i),
+//   dK += scale·dSᵀ·Q,  dQ += scale·dS·K.
+//
+// Every matrix product is one register-blocked micro-kernel: C[R×(NC·W)] (+)= A·B, with A read by
+// broadcasting scalars (any strides, so Pᵀ and dSᵀ need no transpose) and B read as W-wide vectors.
+// K, V are packed once per (batch·head) so that B is always contiguous and zero-padded: Kᵀ per key tile
+// (d × tile) for Q·Kᵀ, V (keys × d) for P·V; the head dim is padded to a multiple of W.
+// bfloat16 on AVX512-BF16: Q·Kᵀ and P·V run on _mm512_dpbf16_ps (pairs along the reduction dim are
+// packed next to each other; P is rounded to bfloat16 as FlashAttention does), all sums in float32.
+// Elsewhere bfloat16 inputs are widened to float32 while packing.
+//
+// Memory traffic (forward): read Q, K, V once (K, V once more from the packed copy per query tile, from
+// L2/L3), write O and lse: the kernel is compute-bound for Lk ≳ 64.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "cpu/attention_kernels.h"
+#include "cpu/parallel.h"
+
+#ifndef DIFFRT_ISA
+#error "DIFFRT_ISA must name the instruction set this file is compiled for"
+#endif
+
+namespace diffrt::cpu::DIFFRT_ISA {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+// A masked key's score. Finite, so exponents never meet inf − inf and exp2 needs no clamp: 2^(−1e30) = 0.
+constexpr float kMasked = -1e30f;
+// A running max below this means the row has seen no unmasked key yet.
+constexpr float kNoKey = -1e29f;
+
+// ---- W-wide float vectors ------------------------------------------------------------------------
+
+#if defined(__AVX512F__)
+constexpr int W = 16;
+constexpr int kRows = 6, kMaxNC = 4;  // 24 accumulators of 32 zmm registers
+using vf = __m512;
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vset1(float x) { return _mm512_set1_ps(x); }
+inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
+inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
+// 2^x = 2^n·2^f, n = round(x), |f| ≤ ½; 2^f by a degree-5 minimax polynomial (relative error 9e-8, 1.9e-7
+// evaluated in float32); scalef applies 2^n and underflows to exactly 0 for x = kMasked. x = −inf would
+// give NaN (−inf − round(−inf)), which is why masked scores are kMasked and never −inf.
+inline vf vexp2(vf x) {
+  const vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf f = _mm512_sub_ps(x, n);
+  vf p = _mm512_set1_ps(1.3264727080430985e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.671512862324629e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550733745645653e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022242081840833e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931469775965884e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+#elif defined(__AVX2__)
+constexpr int W = 8;
+constexpr int kRows = 6, kMaxNC = 2;  // 12 accumulators of 16 ymm registers
+using vf = __m256;
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vset1(float x) { return _mm256_set1_ps(x); }
+inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline float hmax(vf v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+inline float hsum(vf v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+// As the AVX-512 version; 2^n is built in the exponent bits, and x < −126 gives 0.
+inline vf vexp2(vf x) {
+  const vf underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-126.f), _CMP_GE_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-126.f));
+  const vf n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf f = _mm256_sub_ps(x, n);
+  vf p = _mm256_set1_ps(1.3264727080430985e-3f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.671512862324629e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550733745645653e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022242081840833e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931469775965884e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), underflow);
+}
+#else
+constexpr int W = 1;
+constexpr int kRows = 4, kMaxNC = 4;
+using vf = float;
+inline vf vzero() { return 0.f; }
+inline vf vset1(float x) { return x; }
+inline vf vload(const float* p) { return *p; }
+inline void vstore(float* p, vf v) { *p = v; }
+inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
+inline vf vmul(vf a, vf b) { return a * b; }
+inline vf vadd(vf a, vf b) { return a + b; }
+inline vf vsub(vf a, vf b) { return a - b; }
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline float hmax(vf v) { return v; }
+inline float hsum(vf v) { return v; }
+inline vf vexp2(vf x) { return std::exp2(x); }
+#endif
+
+#if defined(__AVX512BF16__)
+constexpr bool kBf16Dot = true;
+#else
+constexpr bool kBf16Dot = false;
+#endif
+
+constexpr int64_t kQueryTile = 96;   // rows of Q per work item (a multiple of kRows)
+constexpr int64_t kKeyTile = 128;   // keys per online-softmax step; Lk ≤ 2·kKeyTile is one tile
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// ---- the micro-kernels -----------------------------------------------------------------------------
+
+// What the micro-kernel does with the product X = out_scale·A·B (the score modes fuse the softmax's
+// elementwise work into the epilogue, while X is still in registers):
+//   zero:       C = X
+//   load:       C = C + X
+//   scale_rows: C = row_aux[r]·C + X                  (the online softmax's O·2^(m−m_new) + P·V)
+//   scores:     C = X + bias;  row_aux[r·W..] = max(row_aux[r·W..], C)   (per-lane running row max)
+//   probs:      C = 2^(X + bias − row_aux[r])          (P recomputed from the log-sum-exp)
+// bias is per column (the key mask), nullptr for none.
+enum class Init { zero, load, scale_rows, scores, probs };
+
+// The epilogue shared by the float32 and bfloat16 micro-kernels (see Init).
+template <int R, int NC, Init init>
+inline void store_block(vf (&acc)[R][NC], float* C, int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
+  const vf s = vset1(out_scale);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    float* c = C + r * c_rs;
+    [[maybe_unused]] vf row_max;
+    if constexpr (init == Init::scores) row_max = vload(row_aux + r * W);
+#pragma GCC unroll 8
+    for (int v = 0; v < NC; ++v) {
+      vf base = vzero();
+      if constexpr (init == Init::load) base = vload(c + v * W);
+      if constexpr (init == Init::scale_rows) base = vmul(vload(c + v * W), vset1(row_aux[r]));
+      if constexpr (init == Init::scores || init == Init::probs)
+        if (bias) base = vload(bias + v * W);
+      if constexpr (init == Init::probs) base = vsub(base, vset1(row_aux[r]));
+      vf x = vfma(acc[r][v], s, base);
+      if constexpr (init == Init::probs) x = vexp2(x);
+      if constexpr (init == Init::scores) row_max = vmax(row_max, x);
+      vstore(c + v * W, x);
+    }
+    if constexpr (init == Init::scores) vstore(row_aux + r * W, row_max);
+  }
+}
+
+// C[r][j] = init(C, out_scale · Σ_k A[r·a_rs + k·a_ks] · B[k·b_ks + j]),  r < R, j < NC·W.
+template <int R, int NC, Init init>
+void gemm_block(int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B, int64_t b_ks, float* C,
+                int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
+  vf acc[R][NC];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NC; ++v) acc[r][v] = vzero();
+  for (int64_t k = 0; k < K; ++k) {
+    vf b[NC];
+#pragma GCC unroll 8
+    for (int v = 0; v < NC; ++v) b[v] = vload(B + k * b_ks + v * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const vf a = vset1(A[r * a_rs + k * a_ks]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NC; ++v) acc[r][v] = vfma(a, b[v], acc[r][v]);
+    }
+  }
+  store_block<R, NC, init>(acc, C, c_rs, row_aux, out_scale, bias);
+}
+
+#if defined(__AVX512BF16__)
+// The bfloat16 twin: A and B hold bfloat16 pairs along the reduction dim; one _mm512_dpbf16_ps adds
+// A[r][2p]·B[2p][j] + A[r][2p+1]·B[2p+1][j] into float32 lane j. A row r: uint32 pairs at r·a_rs + p;
+// B: pair row p at p·b_ks (bfloat16 elements), lane j's pair at 2j.
+template <int R, int NC, Init init>
+void gemm_block_bf16(int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uint16_t* B, int64_t b_ks, float* C,
+                     int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
+  __m512 acc[R][NC];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NC; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < K_pairs; ++p) {
+    __m512bh b[NC];
+#pragma GCC unroll 8
+    for (int v = 0; v < NC; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + p * b_ks + v * 2 * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(A[r * a_rs + p]));
+#pragma GCC unroll 8
+      for (int v = 0; v < NC; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+    }
+  }
+  store_block<R, NC, init>(acc, C, c_rs, row_aux, out_scale, bias);
+}
+#endif
+
+// Tables of micro-kernels indexed [rows − 1][column vectors − 1], for the edge blocks.
+using GemmFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, float*, float,
+                        const float*);
+template <Init init, int R, int... NC>
+constexpr std::array<GemmFn, kMaxNC> gemm_row(std::integer_sequence<int, NC...>) {
+  return {&gemm_block<R, NC + 1, init>...};
+}
+template <Init init, int... R>
+constexpr std::array<std::array<GemmFn, kMaxNC>, kRows> gemm_table(std::integer_sequence<int, R...>) {
+  return {gemm_row<init, R + 1>(std::make_integer_sequence<int, kMaxNC>{})...};
+}
+template <Init init>
+constexpr auto kGemm = gemm_table<init>(std::make_integer_sequence<int, kRows>{});
+
+// row_aux of the row block starting at r0: W lanes per row for the running max, one float otherwise.
+inline float* row_aux_at(Init init, float* row_aux, int64_t r0) {
+  return row_aux ? row_aux + r0 * (init == Init::scores ? W : 1) : nullptr;
+}
+
+// Width of the next column panel: the remaining vectors split evenly into panels of ≤ kMaxNC (5 → 3 + 2,
+// not 4 + 1: a single-vector panel has too few independent accumulators to hide the FMA latency).
+inline int64_t column_chunk(int64_t remaining) {
+  const int64_t panels = (remaining + kMaxNC - 1) / kMaxNC;
+  return (remaining + panels - 1) / panels;
+}
+
+// C (rows × col_vecs·W) = init(C) + out_scale · A (rows × K) · B (K × col_vecs·W). Column panels of B
+// (K × kMaxNC·W) stay in L1 while every row block of A streams past them.
+template <Init init>
+void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
+          int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
+          const float* bias = nullptr) {
+  for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
+    nc = column_chunk(col_vecs - c0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, rows - r0));
+      kGemm<init>[nr - 1][nc - 1](K, A + r0 * a_rs, a_rs, a_ks, B + c0 * W, b_ks, C + r0 * c_rs + c0 * W, c_rs,
+                                  row_aux_at(init, row_aux, r0), out_scale, bias ? bias + c0 * W : nullptr);
+    }
+  }
+}
+
+#if defined(__AVX512BF16__)
+using GemmBf16Fn = void (*)(int64_t, const uint32_t*, int64_t, const uint16_t*, int64_t, float*, int64_t, float*,
+                            float, const float*);
+template <Init init, int R, int... NC>
+constexpr std::array<GemmBf16Fn, kMaxNC> gemm_bf16_row(std::integer_sequence<int, NC...>) {
+  return {&gemm_block_bf16<R, NC + 1, init>...};
+}
+template <Init init, int... R>
+constexpr std::array<std::array<GemmBf16Fn, kMaxNC>, kRows> gemm_bf16_table(std::integer_sequence<int, R...>) {
+  return {gemm_bf16_row<init, R + 1>(std::make_integer_sequence<int, kMaxNC>{})...};
+}
+template <Init init>
+constexpr auto kGemmBf16 = gemm_bf16_table<init>(std::make_integer_sequence<int, kRows>{});
+
+// As gemm(), on bfloat16 pairs: A is rows × K_pairs uint32, B is K_pairs pair rows of b_ks elements.
+template <Init init>
+void gemm_bf16(int64_t rows, int64_t col_vecs, int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uint16_t* B,
+               int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
+               const float* bias = nullptr) {
+  for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
+    nc = column_chunk(col_vecs - c0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, rows - r0));
+      kGemmBf16<init>[nr - 1][nc - 1](K_pairs, A + r0 * a_rs, a_rs, B + c0 * 2 * W, b_ks, C + r0 * c_rs + c0 * W,
+                                      c_rs, row_aux_at(init, row_aux, r0), out_scale, bias ? bias + c0 * W : nullptr);
+    }
+  }
+}
+#endif
+
+// ---- shapes, tiles and masks -------------------------------------------------------------------------
+
+inline uint16_t bf16_bits(float x) { return to_bf16(x).bits; }
+inline uint16_t bf16_bits(bf16 x) { return x.bits; }
+
+// Key tiles: Lk split into tiles of equal width (a multiple of W, ≤ kKeyTile unless Lk ≤ 2·kKeyTile, when
+// one tile holds every key: cross-attention over 77 text tokens is a single online-softmax step).
+// Tile t covers keys [t·width, t·width + width_t); packed buffers hold tile t at offset t·width·dp.
+struct KeyTiles {
+  int64_t count = 0, width = 0, padded_len = 0;
+  int64_t begin(int64_t t) const { return t * width; }
+  int64_t size(int64_t t) const { return std::min(width, padded_len - t * width); }
+};
+
+KeyTiles key_tiles(int64_t kv_len) {
+  KeyTiles kt;
+  kt.padded_len = round_up(kv_len, W);
+  if (kv_len == 0) return kt;
+  const int64_t want = kv_len <= 2 * kKeyTile ? 1 : (kv_len + kKeyTile - 1) / kKeyTile;
+  kt.width = round_up((kv_len + want - 1) / want, W);
+  kt.count = (kv_len + kt.width - 1) / kt.width;
+  return kt;
+}
+
+// Additive key bias in the log2 domain: 0 = attend, kMasked = masked by key_padding_mask or padding beyond Lk.
+// One row per batch item (or a single row without a mask), and which tiles need it at all.
+struct KeyBias {
+  std::vector<float> bias;
+  std::vector<uint8_t> tile_biased;
+  int64_t rows = 0;
+  const float* row(int64_t b) const { return bias.data() + (rows == 1 ? 0 : b) * stride; }
+  bool biased(int64_t b, int64_t t) const { return tile_biased[(rows == 1 ? 0 : b) * tiles + t]; }
+  int64_t stride = 0, tiles = 0;
+};
+
+KeyBias key_bias(const uint8_t* mask, int64_t batch, int64_t kv_len, const KeyTiles& kt) {
+  KeyBias kb;
+  kb.rows = mask ? batch : 1;
+  kb.stride = kt.padded_len;
+  kb.tiles = kt.count;
+  kb.bias.assign(size_t(kb.rows * kb.stride), 0.f);
+  kb.tile_biased.assign(size_t(kb.rows * kb.tiles), 0);
+  for (int64_t b = 0; b < kb.rows; ++b) {
+    float* row = kb.bias.data() + b * kb.stride;
+    for (int64_t j = 0; j < kt.padded_len; ++j)
+      if (j >= kv_len || (mask && !mask[b * kv_len + j])) row[j] = kMasked;
+    for (int64_t t = 0; t < kt.count; ++t)
+      for (int64_t j = kt.begin(t); j < kt.begin(t) + kt.size(t); ++j)
+        if (row[j] != 0.f) kb.tile_biased[b * kb.tiles + t] = 1;
+  }
+  return kb;
+}
+
+template <typename T>
+const T* head_ptr(const void* base, const HeadStrides& s, int64_t b, int64_t h) {
+  return static_cast<const T*>(base) + b * s.batch + h * s.head;
+}
+template <typename T>
+T* head_ptr(void* base, const HeadStrides& s, int64_t b, int64_t h) {
+  return static_cast<T*>(base) + b * s.batch + h * s.head;
+}
+
+// One row of d elements → float32, zero-filled up to dp (a multiple of W).
+inline void load_row(const float* s, int64_t d, int64_t dp, float* o) {
+#if defined(__AVX512F__)
+  for (int64_t c = 0; c < dp; c += W) {
+    const __mmask16 m = c + W <= d ? __mmask16(0xffff) : __mmask16(c < d ? (1u << (d - c)) - 1 : 0);
+    _mm512_storeu_ps(o + c, _mm512_maskz_loadu_ps(m, s + c));
+  }
+#else
+  for (int64_t c = 0; c < d; ++c) o[c] = s[c];
+  for (int64_t c = d; c < dp; ++c) o[c] = 0.f;
+#endif
+}
+inline void load_row(const bf16* s, int64_t d, int64_t dp, float* o) {
+#if defined(__AVX512F__)
+  for (int64_t c = 0; c < dp; c += W) {
+    const __mmask16 m = c + W <= d ? __mmask16(0xffff) : __mmask16(c < d ? (1u << (d - c)) - 1 : 0);
+    const __m256i bits = _mm256_maskz_loadu_epi16(m, s + c);
+    _mm512_storeu_ps(o + c, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+  }
+#else
+  for (int64_t c = 0; c < d; ++c) o[c] = load(s[c]);
+  for (int64_t c = d; c < dp; ++c) o[c] = 0.f;
+#endif
+}
+
+// d elements of scale·src → dst (float32, or bfloat16 rounded to nearest even).
+inline void store_row(const float* src, float scale, int64_t d, float* dst) {
+  int64_t c = 0;
+  for (; c + W <= d; c += W) vstore(dst + c, vmul(vload(src + c), vset1(scale)));
+  for (; c < d; ++c) dst[c] = src[c] * scale;
+}
+inline void store_row(const float* src, float scale, int64_t d, bf16* dst) {
+  int64_t c = 0;
+#if defined(__AVX512BF16__)
+  for (; c + W <= d; c += W) {
+    const __m256bh x = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(src + c), _mm512_set1_ps(scale)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), (__m256i)x);
+  }
+#endif
+  for (; c < d; ++c) dst[c] = to_bf16(src[c] * scale);
+}
+
+// rows × d (row stride `stride`) → rows × dp float32, zero-padded columns.
+template <typename T>
+void pack_rows_f32(const T* src, int64_t stride, int64_t rows, int64_t d, int64_t dp, float* dst) {
+  for (int64_t i = 0; i < rows; ++i) load_row(src + i * stride, d, dp, dst + i * dp);
+}
+
+// Keys [0, Lk) of one head → per key tile a d × width float32 block (Kᵀ), zero-padded.
+template <typename T>
+void pack_transposed_f32(const T* src, int64_t stride, int64_t kv_len, int64_t d, int64_t dp, const KeyTiles& kt,
+                         float* dst) {
+  std::fill(dst, dst + kt.padded_len * dp, 0.f);
+  for (int64_t t = 0; t < kt.count; ++t) {
+    const int64_t k0 = kt.begin(t), w = kt.size(t);
+    float* tile = dst + k0 * dp;
+    for (int64_t j = k0; j < std::min(kv_len, k0 + w); ++j) {
+      const T* s = src + j * stride;
+      for (int64_t c = 0; c < d; ++c) tile[c * w + (j - k0)] = load(s[c]);
+    }
+  }
+}
+
+// ---- forward -------------------------------------------------------------------------------------------
+
+// Per-thread scratch of the forward.
+struct ForwardScratch {
+  std::vector<float> q, s, o, m, l, alpha, row_sum, row_max;
+  std::vector<uint16_t> q_bf16, p_bf16;
+};
+
+// One online-softmax step over a tile of scores t (rows × width, log2 domain, masked keys at kMasked,
+// row stride width; row_max holds W lanes of each row's max, from the scores epilogue): updates m, l,
+// writes alpha = 2^(m_old − m_new) and P = 2^(t − m_new) (into t itself, or as bfloat16 into p_bf16).
+// A row with no unmasked key so far keeps m ≈ kMasked and gets P = 2^(kMasked − 0) = 0.
+void softmax_step(int64_t rows, int64_t width, float* t, const float* row_max, float* m, float* l, float* alpha,
+                  float* row_sum, uint16_t* p_bf16) {
+  const int64_t nv = width / W;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = t + r * width;
+    const float m_new = std::max(m[r], hmax(vload(row_max + r * W)));
+    const float m_used = m_new < kNoKey ? 0.f : m_new;
+    alpha[r] = m[r] - m_used;                           // exponentiated below, W rows at a time
+    m[r] = m_new;
+    const vf mu = vset1(m_used);
+    vf sum = vzero();
+    for (int64_t v = 0; v < nv; ++v) {
+      const vf p = vexp2(vsub(vload(row + v * W), mu));
+      sum = vadd(sum, p);
+#if defined(__AVX512BF16__)
+      if (p_bf16) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p_bf16 + r * width + v * W), (__m256i)_mm512_cvtneps_pbh(p));
+        continue;
+      }
+#endif
+      vstore(row + v * W, p);
+    }
+    row_sum[r] = hsum(sum);
+  }
+  int64_t r = 0;
+  for (; r + W <= rows; r += W) {
+    const vf al = vexp2(vload(alpha + r));
+    vstore(alpha + r, al);
+    vstore(l + r, vfma(vload(l + r), al, vload(row_sum + r)));
+  }
+  for (; r < rows; ++r) {
+    alpha[r] = std::exp2(alpha[r]);
+    l[r] = l[r] * alpha[r] + row_sum[r];
+  }
+}
+
+template <typename T, bool kDot>
+void forward_typed(const AttentionForwardArgs& a) {
+  const int64_t BH = a.batch * a.heads, Lq = a.q_len, Lk = a.kv_len, d = a.head_dim;
+  const int64_t dp = round_up(d, W);  // W is even, so pairs never straddle rows
+  const KeyTiles kt = key_tiles(Lk);
+  const KeyBias kb = key_bias(a.key_padding_mask, a.batch, Lk, kt);
+  const int64_t q_tiles = (Lq + kQueryTile - 1) / kQueryTile;
+  const int64_t items = BH * q_tiles;
+  const float c = a.scale * kLog2e;  // t = c·q·k
+  if (items == 0) return;
+
+  // Packed K and V of every head (float32, or bfloat16 pairs for the dot-product path).
+  const int64_t head_elems = kt.padded_len * dp;
+  std::vector<float> kt_f32, v_f32;
+  std::vector<uint16_t> kt_b16, v_b16;
+  if (kDot) {
+    kt_b16.resize(size_t(BH * head_elems));
+    v_b16.resize(size_t(BH * head_elems));
+  } else {
+    kt_f32.resize(size_t(BH * head_elems));
+    v_f32.resize(size_t(BH * head_elems));
+  }
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, items)));
+
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      const int64_t b = bh / a.heads, h = bh % a.heads;
+      const T* k = head_ptr<T>(a.k, a.k_strides, b, h);
+      const T* v = head_ptr<T>(a.v, a.v_strides, b, h);
+      if (kDot) {
+        // Kᵀ tile: pair row p = (k[j][2p], k[j][2p+1]) for j in the tile; V: pair row = keys (2i, 2i+1).
+        uint16_t* kp = kt_b16.data() + bh * head_elems;
+        uint16_t* vp = v_b16.data() + bh * head_elems;
+        std::fill(kp, kp + head_elems, uint16_t(0));
+        std::fill(vp, vp + head_elems, uint16_t(0));
+        for (int64_t t = 0; t < kt.count; ++t) {
+          const int64_t k0 = kt.begin(t), w = kt.size(t);
+          for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j)
+            for (int64_t cc = 0; cc < d; ++cc)
+              kp[k0 * dp + (cc / 2) * 2 * w + (j - k0) * 2 + (cc & 1)] = bf16_bits(k[j * a.k_strides.row + cc]);
+        }
+        for (int64_t j = 0; j < Lk; ++j)
+          for (int64_t cc = 0; cc < d; ++cc)
+            vp[(j / 2) * 2 * dp + cc * 2 + (j & 1)] = bf16_bits(v[j * a.v_strides.row + cc]);
+      } else {
+        pack_transposed_f32(k, a.k_strides.row, Lk, d, dp, kt, kt_f32.data() + bh * head_elems);
+        float* vp = v_f32.data() + bh * head_elems;
+        pack_rows_f32(v, a.v_strides.row, Lk, d, dp, vp);
+        std::fill(vp + Lk * dp, vp + head_elems, 0.f);
+      }
+    }
+
+    ForwardScratch s;
+    s.q.resize(size_t(kQueryTile * dp));
+    s.o.resize(size_t(kQueryTile * dp));
+    s.s.resize(size_t(kQueryTile * std::max<int64_t>(kt.width, 1)));
+    s.m.resize(kQueryTile);
+    s.l.resize(kQueryTile);
+    s.alpha.resize(kQueryTile);
+    s.row_sum.resize(kQueryTile);
+    s.row_max.resize(kQueryTile * W);
+    if (kDot) {
+      s.q_bf16.resize(size_t(kQueryTile * dp));
+      s.p_bf16.resize(size_t(kQueryTile * std::max<int64_t>(kt.width, 1)));
+    }
+
+#pragma omp for schedule(dynamic, 1)  // items are ≥ 10 µs; dynamic absorbs uneven (shared) cores
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t bh = item / q_tiles, q0 = (item % q_tiles) * kQueryTile;
+      const int64_t b = bh / a.heads, h = bh % a.heads;
+      const int64_t rows = std::min(kQueryTile, Lq - q0);
+      const T* q = head_ptr<T>(a.q, a.q_strides, b, h) + q0 * a.q_strides.row;
+      if (kDot) {
+        for (int64_t i = 0; i < rows; ++i) {
+          std::memcpy(s.q_bf16.data() + i * dp, q + i * a.q_strides.row, size_t(d) * sizeof(uint16_t));
+          std::fill(s.q_bf16.data() + i * dp + d, s.q_bf16.data() + (i + 1) * dp, uint16_t(0));
+        }
+      } else {
+        pack_rows_f32(q, a.q_strides.row, rows, d, dp, s.q.data());
+      }
+      std::fill(s.o.begin(), s.o.end(), 0.f);
+      std::fill(s.m.begin(), s.m.end(), kMasked);
+      std::fill(s.l.begin(), s.l.end(), 0.f);
+
+      for (int64_t t = 0; t < kt.count; ++t) {
+        const int64_t k0 = kt.begin(t), w = kt.size(t);
+        const float* bias = kb.biased(b, t) ? kb.row(b) + k0 : nullptr;
+        std::fill(s.row_max.begin(), s.row_max.end(), kMasked);
+        // t = c·Q·Kᵀ + bias (rows × w) and its row max, then the online-softmax step, then O = O·alpha + P·V.
+#if defined(__AVX512BF16__)
+        if (kDot) {
+          const uint16_t* ktile = kt_b16.data() + bh * head_elems + k0 * dp;
+          const uint16_t* vtile = v_b16.data() + bh * head_elems + k0 * dp;
+          gemm_bf16<Init::scores>(rows, w / W, dp / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
+                                  ktile, 2 * w, s.s.data(), w, s.row_max.data(), c, bias);
+          softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), s.p_bf16.data());
+          gemm_bf16<Init::scale_rows>(rows, dp / W, w / 2, reinterpret_cast<const uint32_t*>(s.p_bf16.data()), w / 2,
+                                      vtile, 2 * dp, s.o.data(), dp, s.alpha.data());
+          continue;
+        }
+#endif
+        const float* ktile = kt_f32.data() + bh * head_elems + k0 * dp;
+        const float* vtile = v_f32.data() + bh * head_elems + k0 * dp;
+        gemm<Init::scores>(rows, w / W, dp, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c, bias);
+        softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
+        gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
+      }
+
+      // out = O / l (0 for a row without keys), lse = (m + log2 l)·ln 2.
+      T* out = head_ptr<T>(a.out, a.out_strides, b, h) + q0 * a.out_strides.row;
+      for (int64_t i = 0; i < rows; ++i) {
+        const float l = s.l[i];
+        store_row(s.o.data() + i * dp, l > 0.f ? 1.f / l : 0.f, d, out + i * a.out_strides.row);
+        if (a.lse) a.lse[bh * Lq + q0 + i] = l > 0.f ? (s.m[i] + std::log2(l)) * kLn2 : -kInf;
+      }
+    }
+  }
+}
+
+void attention_forward(const AttentionForwardArgs& a) {
+  if (a.dtype == DType::bf16) {
+    if constexpr (kBf16Dot)
+      forward_typed<bf16, true>(a);
+    else
+      forward_typed<bf16, false>(a);
+  } else {
+    forward_typed<float, false>(a);
+  }
+}
+
+// ---- backward ------------------------------------------------------------------------------------------
+
+template <typename T>
+void backward_typed(const AttentionBackwardArgs& a) {
+  const int64_t BH = a.batch * a.heads, Lq = a.q_len, Lk = a.kv_len, d = a.head_dim;
+  const int64_t dp = round_up(d, W);
+  const KeyTiles kt = key_tiles(Lk);
+  const KeyBias kb = key_bias(a.key_padding_mask, a.batch, Lk, kt);
+  const float c = a.scale * kLog2e;
+  const int threads = std::max(1, a.num_threads);
+  // Each item owns whole key tiles, so dK, dV need no synchronisation; dQ gets one float32 partial per
+  // key chunk, summed at the end. With fewer heads than threads a head's key tiles are split in chunks.
+  const int64_t chunks = BH >= threads || kt.count == 0 ? 1 : std::min<int64_t>(kt.count, (threads + BH - 1) / BH);
+  const int64_t items = BH * chunks;
+  if (BH == 0) return;
+  std::vector<float> dq_partial(size_t(chunks * BH * Lq * dp), 0.f);
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
+
+#pragma omp parallel num_threads(nt)
+  {
+    const size_t q_elems = size_t(Lq * dp), k_elems = size_t(kt.padded_len * dp);
+    std::vector<float> q(q_elems), dout(q_elems), delta(static_cast<size_t>(Lq)), lse2(static_cast<size_t>(Lq));
+    std::vector<float> k(k_elems), kt_packed(k_elems), vt_packed(k_elems);
+    const int64_t width = std::max<int64_t>(kt.width, 1);
+    std::vector<float> p(size_t(kQueryTile * width)), ds(size_t(kQueryTile * width));
+    std::vector<float> dk(size_t(width * dp)), dv(size_t(width * dp));
+    int64_t packed_bh = -1;
+
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t bh = item / chunks, chunk = item % chunks;
+      const int64_t b = bh / a.heads, h = bh % a.heads;
+      if (packed_bh != bh) {
+        // Q, dO as float32 rows; D_i = rowsum(dO_i ∘ O_i); lse in the log2 domain (+inf for a row with no
+        // key, so that its P = 2^(t − inf) = 0); K as rows (for dQ), Kᵀ and Vᵀ per key tile.
+        packed_bh = bh;
+        pack_rows_f32(head_ptr<T>(a.q, a.q_strides, b, h), a.q_strides.row, Lq, d, dp, q.data());
+        pack_rows_f32(head_ptr<T>(a.dout, a.dout_strides, b, h), a.dout_strides.row, Lq, d, dp, dout.data());
+        const T* o = head_ptr<T>(a.out, a.out_strides, b, h);
+        for (int64_t i = 0; i < Lq; ++i) {
+          float acc = 0.f;
+          for (int64_t cc = 0; cc < d; ++cc) acc += dout[i * dp + cc] * load(o[i * a.out_strides.row + cc]);
+          delta[i] = acc;
+          const float lse = a.lse[bh * Lq + i];
+          lse2[i] = lse == -kInf ? -kMasked : lse * kLog2e;
+        }
+        const T* kh = head_ptr<T>(a.k, a.k_strides, b, h);
+        pack_rows_f32(kh, a.k_strides.row, Lk, d, dp, k.data());
+        std::fill(k.begin() + Lk * dp, k.end(), 0.f);
+        pack_transposed_f32(kh, a.k_strides.row, Lk, d, dp, kt, kt_packed.data());
+        pack_transposed_f32(head_ptr<T>(a.v, a.v_strides, b, h), a.v_strides.row, Lk, d, dp, kt, vt_packed.data());
+      }
+      float* dq = dq_partial.data() + (chunk * BH + bh) * Lq * dp;
+      const int64_t t_begin = kt.count * chunk / chunks, t_end = kt.count * (chunk + 1) / chunks;
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t k0 = kt.begin(t), w = kt.size(t), nv = w / W;
+        const float* bias = kb.biased(b, t) ? kb.row(b) + k0 : nullptr;
+        std::fill(dk.begin(), dk.end(), 0.f);
+        std::fill(dv.begin(), dv.end(), 0.f);
+        for (int64_t q0 = 0; q0 < Lq; q0 += kQueryTile) {
+          const int64_t rows = std::min(kQueryTile, Lq - q0);
+          const float* qi = q.data() + q0 * dp;
+          const float* doi = dout.data() + q0 * dp;
+          // P = 2^(c·Q·Kᵀ + bias − lse2)
+          gemm<Init::probs>(rows, nv, dp, qi, dp, 1, kt_packed.data() + k0 * dp, w, p.data(), w, lse2.data() + q0, c,
+                            bias);
+          // dV += Pᵀ·dO_i
+          gemm<Init::load>(w, dp / W, rows, p.data(), 1, w, doi, dp, dv.data(), dp);
+          // dP = dO_i·Vᵀ, then dS = scale·P∘(dP − D)
+          gemm<Init::zero>(rows, nv, dp, doi, dp, 1, vt_packed.data() + k0 * dp, w, ds.data(), w);
+          for (int64_t r = 0; r < rows; ++r) {
+            const vf dr = vset1(delta[q0 + r]), sc = vset1(a.scale);
+            float* dsr = ds.data() + r * w;
+            const float* pr = p.data() + r * w;
+            for (int64_t v = 0; v < nv; ++v)
+              vstore(dsr + v * W, vmul(vmul(vload(pr + v * W), sc), vsub(vload(dsr + v * W), dr)));
+          }
+          // dK += dSᵀ·Q_i,  dQ_i += dS·K
+          gemm<Init::load>(w, dp / W, rows, ds.data(), 1, w, qi, dp, dk.data(), dp);
+          gemm<Init::load>(rows, dp / W, w, ds.data(), w, 1, k.data() + k0 * dp, dp, dq + q0 * dp, dp);
+        }
+        T* dk_out = head_ptr<T>(a.dk, HeadStrides{a.heads * Lk * d, Lk * d, d}, b, h);
+        T* dv_out = head_ptr<T>(a.dv, HeadStrides{a.heads * Lk * d, Lk * d, d}, b, h);
+        for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j)
+          for (int64_t cc = 0; cc < d; ++cc) {
+            dk_out[j * d + cc] = store_as<T>(dk[(j - k0) * dp + cc]);
+            dv_out[j * d + cc] = store_as<T>(dv[(j - k0) * dp + cc]);
+          }
+      }
+    }
+
+    // dQ = Σ over key chunks of the partials.
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      T* dq_out = static_cast<T*>(a.dq) + bh * Lq * d;
+      for (int64_t i = 0; i < Lq; ++i)
+        for (int64_t cc = 0; cc < d; ++cc) {
+          float acc = 0.f;
+          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[((ch * BH + bh) * Lq + i) * dp + cc];
+          dq_out[i * d + cc] = store_as<T>(acc);
+        }
+    }
+  }
+}
+
+void attention_backward(const AttentionBackwardArgs& a) {
+  if (a.dtype == DType::bf16)
+    backward_typed<bf16>(a);
+  else
+    backward_typed<float>(a);
+}
+
+}  // namespace
+
+extern const AttentionKernels attention_kernels = {attention_forward, attention_backward, kBf16Dot};
+
+}  // namespace diffrt::cpu::DIFFRT_ISA

@@ -1,0 +1,120 @@
+"""Run diffusers' attention layers on diffrt's fused kernel: ``unet.set_attn_processor(DiffrtAttnProcessor())``.
+
+``DiffrtAttnProcessor`` reproduces diffusers' ``AttnProcessor2_0`` step for step (spatial norm, group
+norm, q/k/v projections, q/k norms, output projection, residual connection, rescale factor) and swaps
+torch's scaled_dot_product_attention for :func:`diffrt.ops.attention`.
+
+Masks: diffusers hands the processor an additive bias (UNets turn ``encoder_attention_mask`` into
+0 / −10000) or a boolean mask. When it is a key-padding mask — the same for every head and query, each
+key either at the row's maximum bias or at least 10⁴ below it (its weight e^(−10⁴) is exactly 0 in float32),
+or constant over the row (softmax is shift-invariant) — it becomes the kernel's boolean key_padding_mask,
+with identical results. Any other mask (per-query or per-head masks, soft biases) has no kernel
+equivalent and runs through torch's SDPA exactly as ``AttnProcessor2_0`` would.
+
+diffusers itself is never imported here: the processor only calls the ``Attention`` module it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.attention import attention
+
+__all__ = ["DiffrtAttnProcessor"]
+
+# Bias gap beyond which a key's softmax weight underflows to exactly 0 in float32 (e^-10000 ≪ 2^-149).
+_MASKED_GAP = 1.0e4
+
+
+def key_padding_from_attention_mask(mask: torch.Tensor, batch: int, heads: int) -> Optional[torch.Tensor]:
+    """A (batch, Lk) bool key-padding mask equivalent to diffusers' prepared mask (batch, heads, Lq or 1, Lk), or
+    None when the mask is not a key-padding mask."""
+    if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[2] != 1:
+        return None
+    if mask.shape[1] != 1 and not torch.equal(mask, mask[:, :1].expand_as(mask)):
+        return None
+    rows = mask[:, 0, 0, :]  # (batch, Lk)
+    if rows.dtype == torch.bool:
+        return rows if bool(rows.any(dim=-1).all()) else None  # SDPA returns NaN for a row of all False
+    top = rows.max(dim=-1, keepdim=True).values
+    keep = rows == top
+    far = rows <= top - _MASKED_GAP
+    if not bool((keep | far).all()) or not bool(torch.isfinite(top).all()):
+        return None
+    return keep
+
+
+class DiffrtAttnProcessor:
+    """diffusers attention processor backed by diffrt's fused attention (``backend`` as in diffrt.ops)."""
+
+    def __init__(self, backend: Optional[str] = None):
+        self.backend = backend
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
+                 *args, **kwargs) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        # (B, L, H·d) viewed as (B, H, L, d): the kernel reads these strides directly, no copy.
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        # AttnProcessor2_0 calls SDPA with its default scale 1/√d, which is attn.scale for every Attention
+        # built with scale_qk=True (the only case where diffusers picks AttnProcessor2_0 itself).
+        key_padding_mask = None
+        if attention_mask is not None:
+            key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, attn.heads)
+        if attention_mask is not None and key_padding_mask is None:
+            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=0.0, is_causal=False, scale=attn.scale)
+        else:
+            hidden_states = attention(query, key, value, key_padding_mask=key_padding_mask, scale=attn.scale,
+                                      backend=self.backend)
+
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+
+        hidden_states = attn.to_out[0](hidden_states)  # linear projection
+        hidden_states = attn.to_out[1](hidden_states)  # dropout
+
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        hidden_states = hidden_states / attn.rescale_output_factor
+        return hidden_states

@@ -1,0 +1,157 @@
+"""Fused multi-head attention: softmax(scale·Q·Kᵀ + key-padding mask)·V.
+
+``attention`` runs the compiled CPU kernel (csrc/cpu/attention_kernels.cpp: FlashAttention-style online
+softmax, the Lq×Lk score matrix is never materialised; float32 and bfloat16) and differentiates through
+its fused backward. ``attention_ref`` is the readable torch oracle (any floating dtype, float64 included).
+
+Shapes: q (B, H, Lq, d), k and v (B, H, Lk, d), key_padding_mask (B, Lk) bool with True = attend.
+A query whose keys are all masked gets a zero output (not NaN) and zero gradients.
+FLOPs: 4·B·H·Lq·Lk·d forward (two matrix products), 10·B·H·Lq·Lk·d backward (five, P recomputed).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .. import _C
+from . import _alloc, _backend, _checks
+
+__all__ = ["attention", "attention_ref"]
+
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                  key_padding_mask: Optional[torch.Tensor] = None, scale: Optional[float] = None) -> torch.Tensor:
+    """softmax(scale·q·kᵀ, masked keys → −inf)·v in q's dtype, materialising the (Lq, Lk) scores."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
+    if key_padding_mask is None:
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+    keep = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, Lk)
+    has_key = keep.any(dim=-1, keepdim=True)  # rows with at least one key to attend to
+    scores = scores.masked_fill(~keep, float("-inf")).masked_fill(~has_key, 0.0)
+    probs = torch.softmax(scores, dim=-1).masked_fill(~has_key, 0.0)
+    return torch.matmul(probs, v)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+              key_padding_mask: Optional[torch.Tensor] = None, scale: Optional[float] = None,
+              backend: Optional[str] = None) -> torch.Tensor:
+    """Multi-head scaled dot-product attention, fused (see the module docstring for shapes).
+
+    scale defaults to 1/√d. backend: None (best available), "cpu" (compiled kernel) or "torch" (reference).
+    """
+    _checks.tensor("q", q, ndim=(4,))
+    _checks.tensor("k", k, ndim=(4,))
+    _checks.tensor("v", v, ndim=(4,))
+    _checks.same_device_dtype("k", k, "q", q)
+    _checks.same_device_dtype("v", v, "q", q)
+    B, H, Lq, d = q.shape
+    if k.shape[0] != B:
+        raise ValueError(f"k must have batch size {B} like q, got shape {tuple(k.shape)}")
+    if k.shape[1] != H:
+        raise ValueError(f"k must have {H} heads like q, got shape {tuple(k.shape)}")
+    if k.shape[3] != d:
+        raise ValueError(f"k must have head dim {d} like q, got shape {tuple(k.shape)}")
+    _checks.same_shape("v", v, "k", k)
+    if d == 0:
+        raise ValueError(f"q must have a nonzero head dim, got shape {tuple(q.shape)}")
+    Lk = k.shape[2]
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor):
+            raise TypeError(f"key_padding_mask must be a torch.Tensor, got {type(key_padding_mask).__name__}")
+        if key_padding_mask.dtype != torch.bool:
+            raise TypeError(f"key_padding_mask must be a bool tensor (True = attend), got dtype {key_padding_mask.dtype}")
+        if tuple(key_padding_mask.shape) != (B, Lk):
+            raise ValueError(f"key_padding_mask must have shape (batch, kv_len) = {(B, Lk)}, "
+                             f"got {tuple(key_padding_mask.shape)}")
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
+    scale = 1.0 / math.sqrt(d) if scale is None else _checks.finite("scale", scale)
+
+    impl = _backend.dispatch("attention", {"cpu": _attention_cpu, "torch": _attention_torch}, q.device, q.dtype,
+                             backend)
+    return impl(q, k, v, key_padding_mask, scale)
+
+
+def _attention_torch(q, k, v, key_padding_mask, scale):
+    return attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
+
+
+def _attention_cpu(q, k, v, key_padding_mask, scale):
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _FusedAttention.apply(q, k, v, key_padding_mask, scale)
+    out, _ = _forward(q, k, v, key_padding_mask, scale, need_lse=False)
+    return out
+
+
+def _dense_last(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take any batch/head/row strides but need a dense head dim."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _strides(t: torch.Tensor):
+    return list(t.stride()[:3])
+
+
+def _mask_ptr(key_padding_mask: Optional[torch.Tensor]) -> tuple:
+    if key_padding_mask is None:
+        return None, 0
+    mask = key_padding_mask.contiguous()  # bool is one byte of 0/1: read as uint8
+    return mask, mask.data_ptr()
+
+
+def _forward(q, k, v, key_padding_mask, scale, *, need_lse: bool):
+    q, k, v = _dense_last(q), _dense_last(k), _dense_last(v)
+    B, H, Lq, d = q.shape
+    Lk = k.shape[2]
+    out = _alloc.empty((B, H, Lq, d), dtype=q.dtype, device=q.device)
+    lse = _alloc.empty((B, H, Lq), dtype=torch.float32, device=q.device) if need_lse else None
+    if out.numel() == 0:
+        if lse is not None:
+            lse.fill_(float("-inf"))
+        return out, lse
+    mask, mask_ptr = _mask_ptr(key_padding_mask)
+    _C.attention_forward(_DTYPE_CODES[q.dtype], B, H, Lq, Lk, d,
+                         q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
+                         mask_ptr, out.data_ptr(), _strides(out), lse.data_ptr() if lse is not None else 0,
+                         float(scale), torch.get_num_threads())
+    del mask
+    return out, lse
+
+
+class _FusedAttention(torch.autograd.Function):
+    """The compiled forward (saving lse) and its fused backward, which recomputes P from lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_padding_mask, scale):
+        out, lse = _forward(q, k, v, key_padding_mask, scale, need_lse=True)
+        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+        q, k, v, dout = _dense_last(q), _dense_last(k), _dense_last(v), _dense_last(dout)
+        B, H, Lq, d = q.shape
+        Lk = k.shape[2]
+        dq = _alloc.empty((B, H, Lq, d), dtype=q.dtype, device=q.device)
+        dk = _alloc.empty((B, H, Lk, d), dtype=q.dtype, device=q.device)
+        dv = _alloc.empty((B, H, Lk, d), dtype=q.dtype, device=q.device)
+        if Lq == 0 or Lk == 0:
+            return dq.zero_(), dk.zero_(), dv.zero_(), None, None
+        if out.numel():
+            mask, mask_ptr = _mask_ptr(key_padding_mask)
+            _C.attention_backward(_DTYPE_CODES[q.dtype], B, H, Lq, Lk, d,
+                                  q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
+                                  out.data_ptr(), _strides(out), dout.data_ptr(), _strides(dout), mask_ptr,
+                                  lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), float(ctx.scale),
+                                  torch.get_num_threads())
+            del mask
+        return dq, dk, dv, None, None
