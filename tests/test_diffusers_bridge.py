@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffrt import ddim_sample
-from diffrt.integrations.diffusers_models import DiffusersLatentCodec, DiffusersUNetDenoiser, schedules_from_diffusers
+from diffrt.integrations.diffusers import DiffusersLatentCodec, DiffusersUNetDenoiser, schedules_from_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 

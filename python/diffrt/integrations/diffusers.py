@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from ..ops.attention import attention
 
-__all__ = ["DiffrtAttnProcessor"]
+from .diffusers_models import DiffusersLatentCodec, DiffusersUNetDenoiser, schedules_from_diffusers  # noqa: E402
+
+__all__ = ["DiffrtAttnProcessor", "DiffusersLatentCodec", "DiffusersUNetDenoiser", "schedules_from_diffusers"]
 
 # Bias gap beyond which a key's softmax weight underflows to exactly 0 in float32 (e^-10000 ≪ 2^-149).
 _MASKED_GAP = 1.0e4

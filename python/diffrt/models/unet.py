@@ -1,0 +1,273 @@
+"""A small text-conditional UNet in the shape of Imagen's Efficient U-Net (Saharia et al. 2022,
+App. B): ResBlocks with GroupNorm and a timestep scale-shift, skip connections scaled by 1/√2,
+self- and cross-attention on text tokens (through :func:`diffrt.ops.attention`, with the text
+padding mask) at chosen resolutions. Optional conditioning, each off by default:
+
+- ``cond_image``: the full-resolution image + mask of Imagen Editor, through a learned strided conv
+  (:class:`DownsampleCond`, zero-initialised: the model starts out equal to one without it),
+  written into the channel slice of the input buffer;
+- ``low_res_channels``: a low-resolution image (upsampled, concatenated) plus its noise-augmentation
+  level added to the time embedding — the super-resolution stage of a cascade;
+- ``image_embed_dim``: a CLIP image embedding, projected and added to the time embedding and into
+  4 extra context tokens (the GLIDE-style unCLIP decoder, Ramesh et al. 2022 §2.1);
+- ``pooled_text_dim``: a pooled caption embedding added to the time embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..ops import PREDICTION_TYPES
+from .layers import timestep_embedding
+from .serialization import SavableModel
+
+SKIP_SCALE = 1 / math.sqrt(2)
+NUM_IMAGE_EMBED_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    image_size: int = 32
+    base_channels: int = 64
+    channel_mult: Tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: Tuple[int, ...] = (16, 8)
+    head_dim: int = 32
+    groups: int = 8
+    context_dim: Optional[int] = 128  # text token width; None: no cross-attention
+    pooled_text_dim: Optional[int] = None
+    prediction_type: str = "epsilon"
+    # Imagen Editor image + mask conditioning
+    cond_image: bool = False
+    cond_image_size: int = 0  # full-resolution side of the conditioning image (0: image_size)
+    cond_channels: int = 16
+    # super-resolution stage
+    low_res_channels: int = 0
+    # unCLIP decoder
+    image_embed_dim: Optional[int] = None
+
+    def __post_init__(self):
+        problems = []
+        if self.prediction_type not in PREDICTION_TYPES:
+            problems.append(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        widths = [self.base_channels * m for m in self.channel_mult] + [self.cond_channels if self.cond_image else self.groups]
+        for w in widths:
+            if w % self.groups:
+                problems.append(f"channel count {w} is not divisible by groups={self.groups} (GroupNorm)")
+        resolutions = [self.image_size >> i for i in range(len(self.channel_mult))]
+        if self.image_size % (1 << (len(self.channel_mult) - 1)):
+            problems.append(f"image_size {self.image_size} must be divisible by 2^{len(self.channel_mult) - 1}")
+        missing = sorted(set(self.attention_resolutions) - set(resolutions))
+        if missing:
+            problems.append(f"attention_resolutions {missing} are not UNet resolutions (levels run at {resolutions})")
+        for level, res in enumerate(resolutions):
+            width = self.base_channels * self.channel_mult[level]
+            if res in self.attention_resolutions and width % self.head_dim:
+                problems.append(f"level width {width} at resolution {res} is not a multiple of head_dim {self.head_dim}")
+        if self.cond_image:
+            side = self.cond_image_size or self.image_size
+            if side % self.image_size:
+                problems.append(f"cond_image_size {side} must be a multiple of image_size {self.image_size}")
+        if problems:
+            raise ValueError("invalid UNetConfig: " + "; ".join(problems))
+
+    @property
+    def cond_stride(self) -> int:
+        return (self.cond_image_size or self.image_size) // self.image_size
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, time embedding as scale and shift, GroupNorm → SiLU → conv, plus a
+    (1×1-projected) skip, scaled by 1/√2 (Imagen's efficient U-Net)."""
+
+    def __init__(self, cin: int, cout: int, time_dim: int, groups: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.GroupNorm(groups, cin), nn.GroupNorm(groups, cout)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.time = nn.Linear(time_dim, 2 * cout)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.time(temb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return (h + self.skip(x)) * SKIP_SCALE
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H·W positions, then cross-attention to the text tokens (keys masked
+    where the text is padding), both through diffrt's fused attention."""
+
+    def __init__(self, channels: int, head_dim: int, groups: int, context_dim: Optional[int]):
+        super().__init__()
+        self.heads = channels // head_dim
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        self.cross = context_dim is not None
+        if self.cross:
+            self.norm_cross = nn.LayerNorm(channels)
+            self.q = nn.Linear(channels, channels)
+            self.kv = nn.Linear(context_dim, 2 * channels)
+            self.proj_cross = nn.Linear(channels, channels)
+            nn.init.zeros_(self.proj_cross.weight)
+            nn.init.zeros_(self.proj_cross.bias)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor], context_mask: Optional[torch.Tensor]):
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = (self._heads(t) for t in self.qkv(tokens).chunk(3, dim=-1))
+        a = ops.attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        y = x.flatten(2).transpose(1, 2) + self.proj(a)
+        if self.cross and context is not None:
+            q = self._heads(self.q(self.norm_cross(y)))
+            k, v = (self._heads(t) for t in self.kv(context.to(y.dtype)).chunk(2, dim=-1))
+            a = ops.attention(q, k, v, key_padding_mask=context_mask).transpose(1, 2).reshape(b, h * w, c)
+            y = y + self.proj_cross(a)
+        return y.transpose(1, 2).reshape(b, c, h, w)
+
+
+class UNet(nn.Module, SavableModel):
+    """``unet(x_t, t, cond)`` (a :class:`diffrt.Denoiser`); ``cond`` is a dict with, as configured:
+    ``context`` (B, L, context_dim) and ``context_mask`` (B, L; True = token), ``pooled`` (B, D),
+    ``image`` (B, 3, S, S) in [−1, 1] and ``mask`` (B, 1, S, S) (1 = repaint), ``low_res``
+    (B, low_res_channels, h, w) with ``noise_level`` (B,) augmentation timesteps, ``image_embed`` (B, E)."""
+
+    config_class = UNetConfig
+
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.config = c = config
+        self.prediction_type = c.prediction_type
+        self.in_channels, self.out_channels = c.in_channels, c.out_channels
+        time_dim = 4 * c.base_channels
+        self.time_embed = nn.Sequential(nn.Linear(c.base_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.pooled_proj = nn.Linear(c.pooled_text_dim, time_dim) if c.pooled_text_dim else None
+        self.noise_level_embed = (
+            nn.Sequential(nn.Linear(c.base_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+            if c.low_res_channels else None
+        )
+        if c.image_embed_dim:
+            if c.context_dim is None:
+                raise ValueError("invalid UNetConfig: image_embed_dim needs context_dim (the 4 extra context tokens)")
+            self.image_embed_time = nn.Linear(c.image_embed_dim, time_dim)
+            self.image_embed_tokens = nn.Linear(c.image_embed_dim, NUM_IMAGE_EMBED_TOKENS * c.context_dim)
+        self.cond_conv = None
+        if c.cond_image:
+            from .downsample_cond import DownsampleCond
+
+            s = c.cond_stride
+            self.cond_conv = DownsampleCond(4, c.cond_channels, kernel_size=s, stride=s, padding=0)
+        self.input_channels = c.in_channels + c.low_res_channels + (c.cond_channels if c.cond_image else 0)
+        self.conv_in = nn.Conv2d(self.input_channels, c.base_channels, 3, padding=1)
+
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        widths, ch, res = [c.base_channels], c.base_channels, c.image_size
+        for level, mult in enumerate(c.channel_mult):
+            out = c.base_channels * mult
+            for _ in range(c.num_res_blocks):
+                attn = AttentionBlock(out, c.head_dim, c.groups, c.context_dim) if res in c.attention_resolutions else None
+                self.down.append(nn.ModuleList([ResBlock(ch, out, time_dim, c.groups), attn or nn.Identity()]))
+                ch = out
+                widths.append(ch)
+            if level < len(c.channel_mult) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                widths.append(ch)
+                res //= 2
+        mid_attn = AttentionBlock(ch, c.head_dim, c.groups, c.context_dim) if ch % c.head_dim == 0 else None
+        self.mid = nn.ModuleList([ResBlock(ch, ch, time_dim, c.groups), mid_attn or nn.Identity(),
+                                  ResBlock(ch, ch, time_dim, c.groups)])
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            out = c.base_channels * mult
+            for i in range(c.num_res_blocks + 1):
+                attn = AttentionBlock(out, c.head_dim, c.groups, c.context_dim) if res in c.attention_resolutions else None
+                self.up.append(nn.ModuleList([ResBlock(ch + widths.pop(), out, time_dim, c.groups), attn or nn.Identity()]))
+                ch = out
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+                res *= 2
+        self.norm_out = nn.GroupNorm(c.groups, ch)
+        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _inputs(self, x_t: torch.Tensor, cond: Dict[str, Any]) -> torch.Tensor:
+        c = self.config
+        b, _, h, w = x_t.shape
+        if (h, w) != (c.image_size, c.image_size):
+            raise ValueError(f"x_t must be {c.image_size}×{c.image_size}, got {h}×{w}")
+        parts = [x_t]
+        if c.low_res_channels:
+            low = cond["low_res"].to(x_t.dtype)
+            parts.append(F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False, antialias=False))
+        if self.cond_conv is None:
+            return torch.cat(parts, dim=1) if len(parts) > 1 else x_t
+        # [x_t | low_res | cond]: the strided conv writes its channels straight into the buffer's slice.
+        buf = x_t.new_empty(b, self.input_channels, h, w)
+        torch.cat(parts, dim=1, out=buf[:, : self.input_channels - c.cond_channels])
+        image, mask = cond["image"].to(x_t.dtype), cond["mask"].to(x_t.dtype)
+        side = c.cond_image_size or c.image_size
+        if image.shape[-2:] != (side, side) or mask.shape[-2:] != (side, side):
+            raise ValueError(f"image and mask must be {side}×{side}, got {tuple(image.shape[-2:])} and {tuple(mask.shape[-2:])}")
+        return self.cond_conv(image, mask, out=buf, channel_offset=self.input_channels - c.cond_channels)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+        c = self.config
+        cond = cond or {}
+        temb = self.time_embed(timestep_embedding(t, c.base_channels).to(x_t.dtype))
+        if self.pooled_proj is not None and cond.get("pooled") is not None:
+            temb = temb + self.pooled_proj(cond["pooled"].to(x_t.dtype))
+        if self.noise_level_embed is not None:
+            temb = temb + self.noise_level_embed(timestep_embedding(cond["noise_level"], c.base_channels).to(x_t.dtype))
+        context, context_mask = cond.get("context"), cond.get("context_mask")
+        if c.image_embed_dim and cond.get("image_embed") is not None:
+            emb = cond["image_embed"].to(x_t.dtype)
+            temb = temb + self.image_embed_time(emb)
+            extra = self.image_embed_tokens(emb).view(emb.shape[0], NUM_IMAGE_EMBED_TOKENS, c.context_dim)
+            if context is None:
+                context, context_mask = extra, None
+            else:
+                context = torch.cat([context.to(x_t.dtype), extra], dim=1)
+                if context_mask is not None:
+                    context_mask = torch.cat([context_mask, context_mask.new_ones(emb.shape[0], NUM_IMAGE_EMBED_TOKENS)], 1)
+        h = self.conv_in(self._inputs(x_t, cond))
+        skips = [h]
+        for block in self.down:
+            if isinstance(block, nn.ModuleList):
+                h = block[0](h, temb)
+                if isinstance(block[1], AttentionBlock):
+                    h = block[1](h, context, context_mask)
+            else:
+                h = block(h)
+            skips.append(h)
+        h = self.mid[0](h, temb)
+        if isinstance(self.mid[1], AttentionBlock):
+            h = self.mid[1](h, context, context_mask)
+        h = self.mid[2](h, temb)
+        for block in self.up:
+            if isinstance(block, nn.ModuleList):
+                h = block[0](torch.cat([h, skips.pop()], dim=1), temb)
+                if isinstance(block[1], AttentionBlock):
+                    h = block[1](h, context, context_mask)
+            else:
+                h = block(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,117 @@
+"""The UNet: forward shapes for every conditioning combination, zero-init equivalence of the image
+conditioning, save/load, bad configs, and sampling through the Denoiser protocol."""
+
+import itertools
+
+import pytest
+import torch
+
+import diffrt
+from diffrt import NoiseSchedule, SamplingSchedule, ddim_sample
+from diffrt.models.unet import UNet, UNetConfig
+
+BASE = dict(image_size=16, base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+            head_dim=16, groups=8, context_dim=24)
+
+
+def randomise(model, seed=0, skip=()):
+    """Replace the zero initialisations with random values so outputs depend on every path."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not any(name.startswith(s) for s in skip):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def make_cond(cfg, b, g):
+    cond = {}
+    if cfg.context_dim:
+        cond["context"] = torch.randn(b, 6, cfg.context_dim, generator=g)
+        cond["context_mask"] = torch.arange(6)[None].repeat(b, 1) < torch.tensor([[3], [6]])[:b]
+    if cfg.pooled_text_dim:
+        cond["pooled"] = torch.randn(b, cfg.pooled_text_dim, generator=g)
+    if cfg.low_res_channels:
+        cond["low_res"] = torch.randn(b, cfg.low_res_channels, cfg.image_size // 2, cfg.image_size // 2, generator=g)
+        cond["noise_level"] = torch.tensor([0, 250])[:b]
+    if cfg.image_embed_dim:
+        cond["image_embed"] = torch.randn(b, cfg.image_embed_dim, generator=g)
+    if cfg.cond_image:
+        side = cfg.cond_image_size or cfg.image_size
+        cond["image"] = torch.rand(b, 3, side, side, generator=g) * 2 - 1
+        cond["mask"] = (torch.rand(b, 1, side, side, generator=g) > 0.5).float()
+    return cond
+
+
+# The image-embedding tokens extend the text context, so they come only with text.
+COMBINATIONS = [c for c in itertools.product([None, 16], [0, 3], [None, 20], [True, False]) if c[3] or not c[2]]
+
+
+@pytest.mark.parametrize("pooled,low_res,image_embed,text", COMBINATIONS)
+def test_forward_shapes_for_every_conditioning(pooled, low_res, image_embed, text):
+    cfg = UNetConfig(**{**BASE, "context_dim": 24 if text else None}, pooled_text_dim=pooled, low_res_channels=low_res,
+                     image_embed_dim=image_embed)
+    model = randomise(UNet(cfg))
+    g = torch.Generator().manual_seed(1)
+    out = model(torch.randn(2, 3, 16, 16, generator=g), torch.tensor([3, 700]), make_cond(cfg, 2, g))
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+    assert isinstance(model, diffrt.Denoiser)
+
+
+def test_context_padding_is_masked():
+    """Changing the padded text tokens must not change the output."""
+    cfg = UNetConfig(**BASE)
+    model = randomise(UNet(cfg))
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([10, 10])
+    cond = make_cond(cfg, 2, g)
+    other = {**cond, "context": cond["context"].clone()}
+    other["context"][0, 3:] += 5.0  # row 0 attends to its first 3 tokens only
+    torch.testing.assert_close(model(x, t, cond), model(x, t, other))
+
+
+def test_gradients_reach_every_parameter():
+    cfg = UNetConfig(**BASE, pooled_text_dim=8, low_res_channels=3, image_embed_dim=12)
+    model = randomise(UNet(cfg))
+    g = torch.Generator().manual_seed(3)
+    out = model(torch.randn(2, 3, 16, 16, generator=g), torch.tensor([1, 2]), make_cond(cfg, 2, g))
+    out.square().mean().backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, silent
+
+
+def test_save_load_round_trip(tmp_path):
+    model = randomise(UNet(UNetConfig(**BASE, low_res_channels=3)))
+    model.save_pretrained(tmp_path)
+    again = UNet.from_pretrained(tmp_path)
+    assert again.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(base_channels=30), "divisible by groups"),
+    (dict(attention_resolutions=(4,)), "not UNet resolutions"),
+    (dict(image_size=15), "divisible"),
+    (dict(prediction_type="score"), "prediction_type"),
+    (dict(head_dim=24), "head_dim"),
+])
+def test_bad_configs_are_rejected(bad, match):
+    with pytest.raises(ValueError, match=match):
+        UNetConfig(**{**BASE, **bad})
+
+
+def test_samples_through_ddim_sample():
+    cfg = UNetConfig(**BASE, prediction_type="v_prediction")
+    model = randomise(UNet(cfg)).eval()
+    g = torch.Generator().manual_seed(4)
+    cond = make_cond(cfg, 2, g)
+    uncond = {"context": torch.zeros_like(cond["context"]), "context_mask": cond["context_mask"]}
+    x = ddim_sample(model, torch.randn(2, 3, 16, 16, generator=g), SamplingSchedule.ddim(NoiseSchedule.make(), 4),
+                    cond=cond, uncond=uncond, guidance=3.0, progress=False)
+    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+
+
+def test_wrong_input_size_is_rejected():
+    model = UNet(UNetConfig(**BASE))
+    with pytest.raises(ValueError, match="16×16"):
+        model(torch.randn(1, 3, 8, 8), torch.tensor([1]), {})
