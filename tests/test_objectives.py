@@ -1,0 +1,84 @@
+"""Each model kind's training objective runs, reaches every trainable parameter and lowers its loss."""
+
+import pytest
+import torch
+
+from diffrt.models.clip import CLIP, CLIPConfig
+from diffrt.models.prior import DiffusionPrior, PriorConfig
+from diffrt.models.text_encoder import TextEncoder
+from diffrt.models.tokenizer import Tokenizer
+from diffrt.models.unet import UNet, UNetConfig
+from diffrt.schedules import NoiseSchedule
+from diffrt.train import TrainConfig, Trainer
+from diffrt.train.objectives import CLIPObjective, PriorObjective, UNetObjective, drop_prompts
+
+PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow star"]
+
+
+@pytest.fixture(scope="module")
+def parts():
+    tok = Tokenizer.train(PROMPTS, vocab_size=340, max_length=8)
+    clip = CLIP(CLIPConfig(vocab_size=tok.vocab_size, max_length=8, text_width=32, text_layers=1, text_heads=4,
+                           image_size=16, patch_size=4, image_width=32, image_layers=1, image_heads=4, embed_dim=16))
+    return tok, clip, TextEncoder(tok, clip)
+
+
+def batch(n=4, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, 4:12, 4:12] = 1
+    return {"image": torch.rand(n, 3, size, size, generator=g) * 2 - 1, "mask": mask, "prompt": PROMPTS[:n]}
+
+
+def unet(**kw):
+    return UNet(UNetConfig(image_size=16, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                           attention_resolutions=(8,), head_dim=16, context_dim=32, pooled_text_dim=16, **kw))
+
+
+def train_steps(model, objective, steps=15, lr=3e-3):
+    data = batch()
+    cfg = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_steps=1, ema_decay=None, checkpoint_every=1000)
+    t = Trainer(model, objective, lambda start: iter(lambda: data, None), cfg, "/tmp/diffrt-objective-test", progress=False)
+    first = objective(model, data, torch.Generator().manual_seed(0))[0].item()
+    t.run()
+    return first, objective(model, data, torch.Generator().manual_seed(0))[0].item()
+
+
+def test_caption_dropout():
+    g = torch.Generator().manual_seed(0)
+    assert drop_prompts(PROMPTS, 0.0, g) == PROMPTS and drop_prompts(PROMPTS, 1.0, g) == [""] * 4
+
+
+@pytest.mark.parametrize("kind", ["inpainting", "super_resolution", "unclip_decoder"])
+def test_unet_objectives_train(parts, kind):
+    tok, clip, text = parts
+    if kind != "unclip_decoder":
+        pytest.importorskip("diffrt.models.downsample_cond")
+    noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
+    if kind == "inpainting":
+        model = unet(cond_image=True, prediction_type="v_prediction")
+        objective = UNetObjective(noise, text, prediction_type="v_prediction")
+    elif kind == "super_resolution":
+        model = unet(low_res_channels=3, cond_image=True)
+        objective = UNetObjective(noise, text, prediction_type="epsilon", sr_factor=2)
+    else:
+        model = unet(image_embed_dim=16, cond_image=False)
+        objective = UNetObjective(noise, text, prediction_type="epsilon", image_conditioning=False,
+                                  image_encoder=clip.encode_image)
+    first, last = train_steps(model, objective)
+    assert last < first
+
+
+def test_clip_objective_trains(parts):
+    tok, clip, _ = parts
+    model = CLIP(clip.config)
+    first, last = train_steps(model, CLIPObjective(tok), steps=20)
+    assert last < first
+
+
+def test_prior_objective_trains(parts):
+    tok, clip, text = parts
+    prior = DiffusionPrior(PriorConfig(embed_dim=16, text_width=32, max_length=8, width=32, layers=2, heads=4))
+    objective = PriorObjective(NoiseSchedule.make("squaredcos_cap_v2"), text, clip.encode_image)
+    first, last = train_steps(prior, objective, steps=25)
+    assert last < first
