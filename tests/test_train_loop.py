@@ -169,3 +169,18 @@ def test_ddp_two_processes_match_one(tmp_path):
     ddp = torch.load(tmp_path / "ddp.pt")
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_preview_grids_use_ema_weights_and_restore_live_ones(tmp_path):
+    seen = []
+
+    def preview(model):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return torch.rand(4, 3, 8, 8) * 2 - 1
+
+    t = Trainer(toy_model(), loss_fn, make_batches(), config(preview_every=4, checkpoint_every=100), tmp_path,
+                progress=False, preview=preview)
+    t.run(8)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_00000004.png", "step_00000008.png"]
+    assert states_equal(seen[-1], {k: v.to(seen[-1][k].dtype) for k, v in t.ema.shadow.items()})
+    assert not states_equal(seen[-1], t.model.state_dict())  # the live weights are back

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..images import save_grid
 from .checkpoint import Checkpointer, CheckpointError
 
 LossFn = Callable[[nn.Module, dict, torch.Generator], Tuple[torch.Tensor, Dict[str, float]]]
@@ -49,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 10
+    preview_every: int = 0  # write a PNG grid of samples every N steps (0: never)
     seed: int = 0
 
     def __post_init__(self):
@@ -100,8 +102,12 @@ def _set_rng_state(state: dict) -> None:
 
 class Trainer:
     def __init__(self, model: nn.Module, loss_fn: LossFn, make_batches: Callable[[int], Iterator[dict]],
-                 config: TrainConfig, run_dir, *, progress: bool = True):
+                 config: TrainConfig, run_dir, *, progress: bool = True,
+                 preview: Optional[Callable[[nn.Module], torch.Tensor]] = None):
+        """``preview(model) -> images`` (B, 3, H, W) in [−1, 1] is called with the EMA weights loaded
+        every ``config.preview_every`` steps and saved as run_dir/samples/step_XXXXXXXX.png."""
         self.config = config
+        self.preview = preview
         self.run_dir = Path(run_dir)
         self.loss_fn, self.make_batches, self.progress = loss_fn, make_batches, progress
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -153,6 +159,23 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.step = state["step"]
         return self.step
+
+    def write_preview(self) -> Optional[Path]:
+        """Samples from the EMA weights (the live weights without EMA) as a PNG grid."""
+        if self.rank != 0 or self.preview is None:
+            return None
+        live = {k: v.clone() for k, v in self.model.state_dict().items()} if self.ema is not None else None
+        try:
+            if self.ema is not None:
+                self.ema.copy_to(self.model)
+            self.model.eval()
+            with torch.no_grad():
+                images = self.preview(self.model)
+        finally:
+            if live is not None:
+                self.model.load_state_dict(live)
+            self.model.train()
+        return save_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png")
 
     # -- the loop ------------------------------------------------------------------------------
     def _autocast(self):
@@ -214,6 +237,8 @@ class Trainer:
                 bar.update(1)
                 if self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
+                if self.preview is not None and c.preview_every and self.step % c.preview_every == 0:
+                    self.write_preview()
             if self._stop:  # SIGTERM / Ctrl-C: keep the work done so far
                 self.save_checkpoint()
         finally:
