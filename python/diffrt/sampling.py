@@ -119,13 +119,15 @@ def ddim_sample(
     dynamic_threshold: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callable[[dict], None]] = None,
+    after_step: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12; η = 0 deterministic, η = 1 DDPM-like).
 
     Guidance runs when both ``uncond`` and ``guidance`` are given; a step whose weight is 1 needs
-    only the conditional output and skips the unconditional half. ``callback`` receives
-    {"i", "t", "x", "x0"} after every step; η-noise comes from ``generator``.
+    only the conditional output and skips the unconditional half. ``after_step(i, x)`` may replace
+    the sample after step i (DiffEdit's and inpainting's mask blending); ``callback`` then receives
+    {"i", "t", "x", "x0"}; η-noise comes from ``generator``.
     """
     _check_inputs(model, x_T, schedule, eta)
     weights = as_guidance_schedule(guidance) if uncond is not None else None
@@ -141,11 +143,11 @@ def ddim_sample(
             clip_sample_range=clip_sample_range, dynamic_threshold=dynamic_threshold, guidance_scale=w,
             guidance_rescale=guidance_rescale if w is not None else 0.0, return_x0=callback is not None,
         )
+        x, x0 = result if callback is not None else (result, None)
+        if after_step is not None:
+            x = after_step(i, x)
         if callback is not None:
-            x, x0 = result
             callback({"i": i, "t": t, "x": x, "x0": x0})
-        else:
-            x = result
     return x
 
 
