@@ -1,5 +1,6 @@
-"""Pipelines, one file per paper: DiffEdit (more follow: Imagen Editor cascade, Imagic, unCLIP)."""
+"""Pipelines, one file per paper: DiffEdit, Imagic (more follow: Imagen Editor cascade, unCLIP)."""
 
 from .diffedit import DiffEditOutput, DiffEditPipeline
+from .imagic import ImagicPipeline, ImagicResult, interpolate_condition
 
-__all__ = ["DiffEditOutput", "DiffEditPipeline"]
+__all__ = ["DiffEditOutput", "DiffEditPipeline", "ImagicPipeline", "ImagicResult", "interpolate_condition"]

@@ -1,0 +1,69 @@
+"""Imagic on a tiny UNet: stage A moves the embedding, stage B fits the image, η = 0 reproduces
+the input closely, η interpolates, everything is seeded, the base model is untouched."""
+
+import pytest
+import torch
+
+from diffrt import NoiseSchedule
+from diffrt.models.unet import UNet, UNetConfig
+from diffrt.pipelines import ImagicPipeline, interpolate_condition
+
+PROMPTS = {"": 0, "a red square": 1, "a blue square": 2}
+
+
+def encode_prompt(prompts):
+    table = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(0))
+    idx = torch.tensor([PROMPTS[p] for p in prompts])
+    return {"context": table[idx], "context_mask": torch.ones(len(prompts), 4, dtype=torch.bool)}
+
+
+def tiny_unet():
+    """A stand-in for a pretrained model: the zero-initialised output layers get small weights, so
+    the text context reaches the output (it does not through an untrained cross-attention)."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(image_size=8, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                            attention_resolutions=(4,), head_dim=16, context_dim=16, prediction_type="sample"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and not p.any():
+                p.normal_(0, 0.05)
+    return model
+
+
+def test_interpolation_of_conditions():
+    a, b = encode_prompt(["a red square"]), encode_prompt(["a blue square"])
+    mid = interpolate_condition(a, b, 0.25)
+    torch.testing.assert_close(mid["context"], 0.25 * a["context"] + 0.75 * b["context"])
+    assert mid["context_mask"] is a["context_mask"]
+
+
+def test_imagic_reproduces_its_input_at_eta_zero():
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., 2:6, 2:6] = 0.8  # a square
+    base = tiny_unet()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    pipe = ImagicPipeline(base, NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02), encode_prompt,
+                          num_steps=20)
+    pipe.fit(image, "a blue square", embedding_steps=30, embedding_lr=1e-2, finetune_steps=150, finetune_lr=3e-3,
+             generator=torch.Generator().manual_seed(1), progress=False)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())  # base model untouched
+    assert not torch.equal(pipe.e_opt["context"], pipe.e_tgt["context"])
+    out = pipe([0.0, 1.0], guidance_scale=None, output_type="pt", generator=torch.Generator().manual_seed(2),
+               progress=False)
+    assert out.images.shape == (2, 3, 8, 8) and out.etas == [0.0, 1.0]
+    err = (out.images[0] - image[0]).abs().mean().item()
+    print("mean abs error at eta=0:", err)
+    assert err < 0.1, err
+    again = pipe([0.0, 1.0], guidance_scale=None, output_type="pt", generator=torch.Generator().manual_seed(2),
+                 progress=False)
+    assert torch.equal(out.images, again.images)
+
+
+def test_imagic_validation():
+    pipe = ImagicPipeline(tiny_unet(), NoiseSchedule.make(), encode_prompt, num_steps=5)
+    with pytest.raises(RuntimeError, match="fit"):
+        pipe([0.5])
+    with pytest.raises(ValueError, match="one image"):
+        pipe.fit(torch.zeros(2, 3, 8, 8), "a red square", progress=False)
+    with pytest.raises(ValueError, match="finetune"):
+        pipe.fit(torch.zeros(1, 3, 8, 8), "a red square", finetune="lora", progress=False)
