@@ -1,6 +1,19 @@
-"""Pipelines, one file per paper: DiffEdit, Imagic (more follow: Imagen Editor cascade, unCLIP)."""
+"""Pipelines, one file per paper: Imagen Editor (cascade inpainting), DiffEdit, Imagic, unCLIP."""
 
 from .diffedit import DiffEditOutput, DiffEditPipeline
+from .imagen_editor import CascadeOutput, ImagenEditorPipeline
 from .imagic import ImagicPipeline, ImagicResult, interpolate_condition
+from .unclip import UnCLIPOutput, UnCLIPPipeline, slerp
 
-__all__ = ["DiffEditOutput", "DiffEditPipeline", "ImagicPipeline", "ImagicResult", "interpolate_condition"]
+__all__ = [
+    "CascadeOutput",
+    "DiffEditOutput",
+    "DiffEditPipeline",
+    "ImagenEditorPipeline",
+    "ImagicPipeline",
+    "ImagicResult",
+    "UnCLIPOutput",
+    "UnCLIPPipeline",
+    "interpolate_condition",
+    "slerp",
+]

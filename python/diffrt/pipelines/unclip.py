@@ -1,0 +1,168 @@
+"""unCLIP / DALL-E 2 (Ramesh et al. 2022): text → prior → CLIP image embedding → decoder → SR.
+
+- generation: the prior samples two image embeddings per caption and keeps the one with the
+  higher cosine similarity to the caption's text embedding (§2.1); the decoder, conditioned on
+  the embedding (GLIDE-style: time embedding + 4 context tokens), samples the image; an optional
+  super-resolution UNet upsamples it.
+- variations (§3.1): DDIM-invert the decoder on the input image to get x_T, then decode with η > 0.
+- interpolation (§3.2): slerp between two image embeddings, decoded from the same x_T.
+- text diffs (§3.3): z_d = normalise(z_t − z_t0); z_θ = slerp(z_i, z_d, θ).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..denoiser import check_denoiser
+from ..sampling import Guidance, ddim_invert, ddim_sample
+from ..schedules import NoiseSchedule, SamplingSchedule
+from ._common import check_image, convert_output, prompt_list
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation of the directions of a and b (rows), with their norms interpolated
+    linearly: exact endpoints, constant angular speed, falls back to lerp for (anti)parallel rows."""
+    if t == 0:
+        return a.clone()
+    if t == 1:
+        return b.clone()
+    na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    ua, ub = a / na.clamp_min(1e-12), b / nb.clamp_min(1e-12)
+    cos = (ua * ub).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+    omega = torch.acos(cos)
+    so = torch.sin(omega)
+    safe = so.abs() > 1e-6
+    wa = torch.where(safe, torch.sin((1 - t) * omega) / so.clamp_min(1e-12), torch.full_like(so, 1 - t))
+    wb = torch.where(safe, torch.sin(t * omega) / so.clamp_min(1e-12), torch.full_like(so, t))
+    direction = wa * ua + wb * ub
+    return F.normalize(direction, dim=-1) * ((1 - t) * na + t * nb)
+
+
+@dataclass
+class UnCLIPOutput:
+    images: Any
+    image_embeds: torch.Tensor
+
+
+class UnCLIPPipeline:
+    def __init__(self, prior: Any, decoder: Any, text_encoder: Any, image_encoder: Callable[[torch.Tensor], torch.Tensor],
+                 *, noise_schedule: NoiseSchedule, prior_noise_schedule: Optional[NoiseSchedule] = None,
+                 super_resolution: Any = None, num_steps: int = 50, prior_steps: int = 25, sr_steps: int = 25,
+                 spacing: str = "trailing"):
+        """``text_encoder(prompts) -> {"context", "context_mask", "pooled"}``; ``image_encoder(images)``
+        gives normalised CLIP image embeddings (``clip.encode_image``)."""
+        for m in (prior, decoder) + ((super_resolution,) if super_resolution is not None else ()):
+            check_denoiser(m)
+        self.prior, self.decoder, self.sr = prior, decoder, super_resolution
+        self.text_encoder, self.image_encoder = text_encoder, image_encoder
+        self.noise_schedule = noise_schedule
+        prior_noise = prior_noise_schedule or noise_schedule
+        self.schedule = SamplingSchedule.ddim(noise_schedule, num_steps, spacing=spacing)
+        self.prior_schedule = SamplingSchedule.ddim(prior_noise, prior_steps, spacing=spacing)
+        self.sr_schedule = SamplingSchedule.ddim(noise_schedule, sr_steps, spacing=spacing)
+
+    # -- stages ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_image_embeds(self, prompts: List[str], *, guidance: Guidance = 4.0, candidates: int = 2,
+                            generator=None, progress=True, return_candidates: bool = False):
+        """Prior sampling, best of ``candidates`` by cosine similarity to the text embedding
+        (and all candidates (B, candidates, E) with ``return_candidates``)."""
+        text, empty = self.text_encoder(prompts), self.text_encoder([""] * len(prompts))
+        rep = lambda d: {k: v.repeat_interleave(candidates, 0) for k, v in d.items()}  # noqa: E731
+        prior_cond = lambda d: {"text_tokens": d["context"], "text_mask": d["context_mask"],  # noqa: E731
+                                "text_embed": d["pooled"]}
+        b, e = len(prompts), self.prior.out_channels
+        z_T = torch.randn(b * candidates, e, generator=generator)
+        z = ddim_sample(self.prior, z_T, self.prior_schedule, cond=prior_cond(rep(text)), uncond=prior_cond(rep(empty)),
+                        guidance=guidance, progress=progress).view(b, candidates, e)
+        score = F.cosine_similarity(z, text["pooled"][:, None], dim=-1)
+        best = z[torch.arange(b), score.argmax(dim=1)]
+        return (best, z) if return_candidates else best
+
+    def _decoder_cond(self, text: dict, embeds: torch.Tensor) -> dict:
+        return {**text, "image_embed": embeds}
+
+    @torch.no_grad()
+    def decode(self, image_embeds: torch.Tensor, prompts: Optional[List[str]] = None, *, x_T=None,
+               guidance: Guidance = 3.0, eta: float = 0.0, generator=None, sr_guidance: Guidance = 3.0,
+               callback=None, progress=True) -> torch.Tensor:
+        """Decoder (and SR) from image embeddings; ``prompts`` add the caption tokens as context."""
+        b = image_embeds.shape[0]
+        text = self.text_encoder(prompts if prompts is not None else [""] * b)
+        empty = self.text_encoder([""] * b)
+        s = self.decoder.config.image_size
+        if x_T is None:
+            x_T = torch.randn(b, self.decoder.in_channels, s, s, generator=generator)
+        uncond = self._decoder_cond(empty, torch.zeros_like(image_embeds))
+        x = ddim_sample(self.decoder, x_T, self.schedule, cond=self._decoder_cond(text, image_embeds), uncond=uncond,
+                        guidance=guidance, eta=eta, generator=generator, callback=callback, progress=progress)
+        x = x.clamp(-1, 1)
+        if self.sr is not None:
+            side = self.sr.config.image_size
+            cond = {**text, "low_res": x, "noise_level": torch.zeros(b, dtype=torch.long)}
+            x = ddim_sample(self.sr, torch.randn(b, 3, side, side, generator=generator), self.sr_schedule, cond=cond,
+                            uncond={**empty, "low_res": x, "noise_level": cond["noise_level"]}, guidance=sr_guidance,
+                            generator=generator, progress=progress).clamp(-1, 1)
+        return x
+
+    # -- the four uses -----------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: Union[str, Sequence[str]], *, num_images_per_prompt: int = 1,
+                 prior_guidance: Guidance = 4.0, guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
+                 callback=None, progress: bool = True) -> UnCLIPOutput:
+        prompts = [p for p in prompt_list("prompt", prompt) for _ in range(num_images_per_prompt)]
+        z = self.sample_image_embeds(prompts, guidance=prior_guidance, generator=generator, progress=progress)
+        images = self.decode(z, prompts, guidance=guidance, generator=generator, callback=callback, progress=progress)
+        return UnCLIPOutput(convert_output(images, output_type), z)
+
+    def _embed(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(check_image("image", image))
+
+    def _decoder_input(self, image: torch.Tensor) -> torch.Tensor:
+        s = self.decoder.config.image_size
+        return image if image.shape[-1] == s else F.interpolate(image, size=(s, s), mode="area")
+
+    @torch.no_grad()
+    def variations(self, image: torch.Tensor, *, num_variations: int = 4, eta: float = 1.0, guidance: Guidance = 3.0,
+                   generator=None, output_type: str = "pil", progress: bool = True) -> UnCLIPOutput:
+        """Decode the image's own embedding from its DDIM-inverted x_T with η > 0 noise."""
+        z = self._embed(image)
+        empty = self.text_encoder([""] * image.shape[0])
+        x_T = ddim_invert(self.decoder, self._decoder_input(image), self.schedule,
+                          cond=self._decoder_cond(empty, z), progress=progress)[-1]
+        z = z.repeat_interleave(num_variations, 0)
+        x_T = x_T.repeat_interleave(num_variations, 0)
+        images = self.decode(z, x_T=x_T, guidance=guidance, eta=eta, generator=generator, progress=progress)
+        return UnCLIPOutput(convert_output(images, output_type), z)
+
+    @torch.no_grad()
+    def interpolate(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor, ts: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+                    *, guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
+                    progress: bool = True) -> UnCLIPOutput:
+        """Decode slerp(z_a, z_b, t) for each t from one shared x_T (pass image embeddings, e.g.
+        ``pipe.image_encoder(images)``)."""
+        s = self.decoder.config.image_size
+        x_T = torch.randn(1, self.decoder.in_channels, s, s, generator=generator)
+        z = torch.cat([slerp(embeds_a, embeds_b, float(t)) for t in ts])
+        images = self.decode(z, x_T=x_T.expand(len(ts), -1, -1, -1).clone(), guidance=guidance, progress=progress)
+        return UnCLIPOutput(convert_output(images, output_type), z)
+
+    @torch.no_grad()
+    def text_diff(self, image: torch.Tensor, source_caption: str, target_caption: str,
+                  amounts: Sequence[float] = (0.0, 0.25, 0.5), *, guidance: Guidance = 3.0, generator=None,
+                  output_type: str = "pil", progress: bool = True) -> UnCLIPOutput:
+        """Move the image embedding towards the caption change: z_θ = slerp(z_i, normalise(z_t − z_t0), θ)."""
+        prompt_list("source_caption", source_caption)
+        prompt_list("target_caption", target_caption)
+        z_i = self._embed(image)[:1]
+        captions = self.text_encoder([source_caption, target_caption])["pooled"]
+        z_d = F.normalize(captions[1:] - captions[:1], dim=-1)
+        s = self.decoder.config.image_size
+        x_T = torch.randn(1, self.decoder.in_channels, s, s, generator=generator)
+        z = torch.cat([slerp(z_i, z_d * z_i.norm(dim=-1, keepdim=True), float(a)) for a in amounts])
+        images = self.decode(z, x_T=x_T.expand(len(amounts), -1, -1, -1).clone(), guidance=guidance, progress=progress)
+        return UnCLIPOutput(convert_output(images, output_type), z)

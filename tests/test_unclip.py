@@ -1,0 +1,93 @@
+"""unCLIP on tiny models: slerp, best-of-2 prior sampling, decoding, variations, interpolation
+endpoints and a zero text diff."""
+
+import math
+
+import pytest
+import torch
+
+from diffrt import NoiseSchedule
+from diffrt.models.clip import CLIP, CLIPConfig
+from diffrt.models.prior import DiffusionPrior, PriorConfig
+from diffrt.models.text_encoder import TextEncoder
+from diffrt.models.tokenizer import Tokenizer
+from diffrt.models.unet import UNet, UNetConfig
+from diffrt.pipelines import UnCLIPPipeline, slerp
+
+PROMPTS = ["a red circle", "a blue square"]
+
+
+def test_slerp_on_the_sphere():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1), torch.nn.functional.normalize(
+        torch.randn(3, 16, generator=g), dim=-1)
+    assert torch.equal(slerp(a, b, 0.0), a) and torch.equal(slerp(a, b, 1.0), b)
+    omega = torch.acos((a * b).sum(-1))
+    for t in (0.25, 0.5, 0.8):
+        m = slerp(a, b, t)
+        torch.testing.assert_close(m.norm(dim=-1), torch.ones(3))
+        torch.testing.assert_close(torch.acos((a * m).sum(-1).clamp(-1, 1)), t * omega, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(slerp(a, a, 0.3), a)  # parallel rows do not divide by sin 0
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    tok = Tokenizer.train(PROMPTS, vocab_size=340, max_length=8)
+    clip = CLIP(CLIPConfig(vocab_size=tok.vocab_size, max_length=8, text_width=32, text_layers=1, text_heads=4,
+                           image_size=16, patch_size=4, image_width=32, image_layers=1, image_heads=4, embed_dim=16))
+    prior = DiffusionPrior(PriorConfig(embed_dim=16, text_width=32, max_length=8, width=32, layers=1, heads=4))
+    decoder = UNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_resolutions=(8,), head_dim=16, context_dim=32, image_embed_dim=16))
+    with torch.no_grad():  # small non-zero output layers: outputs depend on every input
+        for name, p in decoder.named_parameters():
+            if name.endswith("weight") and not p.any():
+                p.normal_(0, 0.05)
+    return UnCLIPPipeline(prior, decoder, TextEncoder(tok, clip), clip.encode_image,
+                          noise_schedule=NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02),
+                          num_steps=4, prior_steps=3)
+
+
+def test_generation_is_seeded_and_keeps_the_best_of_two(pipe):
+    run = lambda: pipe(PROMPTS, output_type="pt", generator=torch.Generator().manual_seed(5), progress=False)  # noqa: E731
+    a, b = run(), run()
+    assert a.images.shape == (2, 3, 16, 16) and torch.equal(a.images, b.images)
+    z = pipe.sample_image_embeds(PROMPTS, generator=torch.Generator().manual_seed(5), progress=False)
+    assert torch.equal(z, a.image_embeds)
+    # the kept embedding is the best of the 2 candidates by similarity to the caption embedding
+    best, candidates = pipe.sample_image_embeds(PROMPTS, generator=torch.Generator().manual_seed(5), progress=False,
+                                                return_candidates=True)
+    text = pipe.text_encoder(PROMPTS)["pooled"]
+    assert candidates.shape == (2, 2, 16) and torch.equal(best, z)
+    sims = torch.cosine_similarity(candidates, text[:, None], dim=-1)
+    assert torch.equal(best, candidates[torch.arange(2), sims.argmax(1)])
+
+
+def test_interpolation_endpoints_equal_decoding_each_endpoint(pipe):
+    za = pipe.image_encoder(torch.rand(1, 3, 16, 16) * 2 - 1)
+    zb = pipe.image_encoder(torch.rand(1, 3, 16, 16) * 2 - 1)
+    out = pipe.interpolate(za, zb, ts=(0.0, 0.5, 1.0), output_type="pt", generator=torch.Generator().manual_seed(1),
+                           progress=False)
+    x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ends = pipe.decode(torch.cat([za, zb]), x_T=x_T.expand(2, -1, -1, -1).clone(), progress=False)
+    # equal up to float32 rounding, which differs between batch sizes and grows through the sampler
+    torch.testing.assert_close(out.images[[0, 2]], ends, rtol=1e-3, atol=1e-3)
+
+
+def test_zero_text_diff_changes_nothing(pipe):
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    out = pipe.text_diff(image, "a red circle", "a blue square", amounts=(0.0, 0.5), output_type="pt",
+                         generator=torch.Generator().manual_seed(2), progress=False)
+    torch.testing.assert_close(out.image_embeds[0], pipe.image_encoder(image)[0])
+    assert not torch.allclose(out.image_embeds[1], out.image_embeds[0])
+    x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out.images[:1], pipe.decode(out.image_embeds[:1], x_T=x_T, progress=False),
+                               rtol=1e-3, atol=1e-3)  # batch of 2 vs 1: float32 rounding only
+
+
+def test_variations(pipe):
+    out = pipe.variations(torch.rand(1, 3, 16, 16) * 2 - 1, num_variations=3, output_type="np",
+                          generator=torch.Generator().manual_seed(3), progress=False)
+    assert out.images.shape == (3, 16, 16, 3) and out.images.dtype.name == "uint8"
+    assert not (out.images[0] == out.images[1]).all()  # η > 0: each variation differs
+    assert math.isfinite(float(out.image_embeds.sum()))
