@@ -1,0 +1,102 @@
+"""The ``diffrt`` command.
+
+    diffrt info                                   what this build contains
+    diffrt train KIND --config run.toml [--resume] [--run-dir DIR] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+
+def _train(args) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from .train import TrainConfig, Trainer
+    from .train.kinds import batch_factory, build
+
+    config_file = Path(args.config)
+    if not config_file.is_file():
+        print(f"diffrt train: {config_file}: no such config file", file=sys.stderr)
+        return 2
+    try:
+        config = tomllib.loads(config_file.read_text())
+    except tomllib.TOMLDecodeError as e:
+        print(f"diffrt train: {config_file}: not valid TOML ({e})", file=sys.stderr)
+        return 2
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # launched by torchrun
+    train_values = dict(config.get("train", {}))
+    if args.steps is not None:
+        train_values["steps"] = args.steps
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(train_values) - known)
+    if unknown:
+        print(f"diffrt train: {config_file}: [train] has unknown keys {unknown}", file=sys.stderr)
+        return 2
+    train_config = TrainConfig(**train_values)
+    run_dir = Path(args.run_dir or config.get("run_dir") or Path("runs") / args.kind)
+    kind = build(args.kind, config)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    micro = train_config.batch_size // (world * train_config.grad_accum)
+    trainer = Trainer(kind.model, kind.objective, batch_factory(config.get("data", {}), micro, kind.masking, rank, world),
+                      train_config, run_dir, preview=kind.preview)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(config_file.read_text())
+    if args.resume:
+        print(f"resuming from step {trainer.resume()}", file=sys.stderr)
+    metrics = trainer.run()
+    if trainer.step >= train_config.steps and rank == 0:
+        trainer.save_checkpoint()
+        if trainer.ema is not None:
+            trainer.ema.copy_to(kind.model)
+        kind.save(kind.model, run_dir / "final")
+        print(f"trained {args.kind} for {trainer.step} steps; final loss {metrics.get('loss', float('nan')):.4f}; "
+              f"weights in {run_dir / 'final'}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def _info(args) -> int:
+    from .info import main as info_main
+
+    info_main()
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .train.kinds import KINDS
+
+    parser = argparse.ArgumentParser(prog="diffrt", description="diffrt: a compiled diffusion sampling runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="what this build contains").set_defaults(run=_info)
+    train = sub.add_parser("train", help="train a model kind from a TOML config")
+    train.add_argument("kind", choices=KINDS)
+    train.add_argument("--config", required=True, help="TOML file with [train], [model], [data], [diffusion], [text]")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    train.add_argument("--run-dir", help="output folder (default: run_dir from the config, or runs/KIND)")
+    train.add_argument("--steps", type=int, help="override [train] steps")
+    train.set_defaults(run=_train)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"diffrt {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
