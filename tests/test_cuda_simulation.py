@@ -5,6 +5,7 @@ partial blocks, several samples and float32/bfloat16/float16 against the double-
 Needs no GPU and no CUDA toolkit; what it cannot show (speed, the device's own float rounding) is left to
 tests/test_cuda_ops.py on a machine with a GPU."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,12 +21,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_cuda_kernels_match_reference_under_host_simulation(tmp_path):
-    binary = tmp_path / "sim_check"
+def _build(source: str, binary: Path) -> Path:
     subprocess.run(
         ["g++", "-std=c++17", "-O1", "-pthread", "-Wall", "-Werror", "-DDIFFRT_CUDA_SIM", f"-I{ROOT / 'csrc'}",
-         f"-I{SIM}", str(SIM / "sim_check.cpp"), "-o", str(binary)],
+         f"-I{SIM}", str(SIM / source), "-o", str(binary)],
         check=True,
     )
+    return binary
+
+
+def test_simulation_itself_is_faithful(tmp_path):
+    """Shuffles, shared memory across a barrier, one block at a time, launch errors — and a thread that
+    skips __syncthreads is reported as a deadlock instead of passing silently."""
+    binary = _build("shim_selftest.cpp", tmp_path / "shim_selftest")
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout + result.stderr
+    env = {**os.environ, "CUDA_SIM_DEADLOCK_SECONDS": "1"}
+    result = subprocess.run([str(binary), "deadlock"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0 and "deadlock at" in result.stderr, result.stdout + result.stderr
+
+
+def test_cuda_kernels_match_reference_under_host_simulation(tmp_path):
+    binary = _build("sim_check.cpp", tmp_path / "sim_check")
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout[-5000:] + result.stderr

@@ -10,8 +10,8 @@
 //     variables can be plain statics: exactly one block uses them at a time;
 //   - __syncthreads() is a barrier over the block's threads; __shfl_*_sync exchange values
 //     through a per-warp buffer between two barriers over the warp's 32 threads;
-//   - a barrier nobody completes within kDeadlockSeconds (a thread skipped __syncthreads or
-//     returned early) aborts with a message instead of hanging;
+//   - a barrier nobody completes within CUDA_SIM_DEADLOCK_SECONDS (default 60; a thread skipped
+//     __syncthreads or returned early) aborts with a message instead of hanging;
 //   - device memory is host memory; cudaMallocAsync fills it with 0xFF bytes (NaN as float or
 //     double) so a kernel that reads scratch it never wrote produces NaN; streams run in order.
 #pragma once
@@ -61,7 +61,14 @@ namespace cuda_sim {
 inline thread_local cudaError_t last_error = cudaSuccess;
 inline std::atomic<long> live_allocations{0};
 inline thread_local int current_device = 0;
-constexpr int kDeadlockSeconds = 60;
+// How long a barrier may wait before it is reported as a deadlock (CUDA_SIM_DEADLOCK_SECONDS).
+inline int deadlock_seconds() {
+  static const int seconds = [] {
+    const char* env = std::getenv("CUDA_SIM_DEADLOCK_SECONDS");
+    return env && std::atoi(env) > 0 ? std::atoi(env) : 60;
+  }();
+  return seconds;
+}
 }  // namespace cuda_sim
 
 inline const char* cudaGetErrorName(cudaError_t e) {
@@ -129,7 +136,7 @@ class Barrier {
       released_.notify_all();
       return;
     }
-    if (!released_.wait_for(lock, std::chrono::seconds(kDeadlockSeconds), [&] { return generation_ != generation; })) {
+    if (!released_.wait_for(lock, std::chrono::seconds(deadlock_seconds()), [&] { return generation_ != generation; })) {
       std::fprintf(stderr, "cuda_sim: deadlock at %s: %d of %d threads arrived (block %u,%u thread %u)\n", what,
                    arrived_, count_, blockIdx.x, blockIdx.y, threadIdx.x);
       std::abort();
