@@ -45,3 +45,13 @@ def test_cuda_kernels_match_reference_under_host_simulation(tmp_path):
     binary = _build("sim_check.cpp", tmp_path / "sim_check")
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout[-5000:] + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_check_harness_also_compiles_for_the_gpu(tmp_path):
+    """The same cases build with nvcc into a GPU check-and-time harness (run it on a machine with a GPU)."""
+    subprocess.run(
+        ["nvcc", "-std=c++17", "-O1", "-arch=sm_80", f"-I{ROOT / 'csrc'}", "-x", "cu", str(SIM / "sim_check.cpp"),
+         "-o", str(tmp_path / "cuda_check")],
+        check=True,
+    )

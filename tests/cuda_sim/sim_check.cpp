@@ -1,11 +1,16 @@
-// Runs the CUDA sampler kernels on the CPU: csrc/cuda/sampler_kernels.cu is compiled unchanged by
-// g++ against cuda_shim.h (threads, barriers, shared memory, warp shuffles) and each host entry
-// point runs on small shapes — odd sizes, rows shorter than a block, rows of several partial
-// blocks, several samples, float32 / bfloat16 / float16 — against the double-precision reference
-// (csrc/dev/reference.h). Outputs start as NaN, so an element no thread writes fails.
+// Check harness of the CUDA sampler kernels: each host entry point of csrc/cuda/sampler_kernels.cu
+// (included, not copied) runs on small shapes — odd sizes, rows shorter than a block, rows of
+// several partial blocks, several samples, float32 / bfloat16 / float16 — against the
+// double-precision reference (csrc/dev/reference.h). Outputs start as NaN, so an element no thread
+// writes fails.
 //
+// Without a GPU, g++ compiles it against the host simulation cuda_shim.h (threads, barriers, shared
+// memory, warp shuffles) — tests/test_cuda_simulation.py does this:
 //   g++ -std=c++17 -O1 -pthread -DDIFFRT_CUDA_SIM -Icsrc -Itests/cuda_sim tests/cuda_sim/sim_check.cpp -o sim_check
-//   ./sim_check
+// On a GPU, nvcc compiles the same cases for the device and adds timings (GB/s) on larger shapes:
+//   nvcc -std=c++17 -O3 -arch=native -Icsrc -x cu tests/cuda_sim/sim_check.cpp -o cuda_check
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -48,6 +53,39 @@ template <typename T>
 std::vector<T> poisoned(int64_t n) {
   return std::vector<T>(n, store_as<T>(NAN));
 }
+
+// A host vector and the copy the kernels see: the vector itself under the simulation, a device
+// buffer on a GPU (fetch() copies it back after the kernels ran).
+template <typename T>
+class Mirror {
+ public:
+  explicit Mirror(std::vector<T>& host) : host_(host) {
+#if defined(DIFFRT_CUDA_SIM)
+    dev_ = host.data();
+#else
+    cuda::check(cudaMalloc(&dev_, host.size() * sizeof(T)), "check", "cudaMalloc");
+    cuda::check(cudaMemcpy(dev_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "check", "cudaMemcpy");
+#endif
+  }
+  ~Mirror() {
+#if !defined(DIFFRT_CUDA_SIM)
+    cudaFree(dev_);
+#endif
+  }
+  Mirror(const Mirror&) = delete;
+  Mirror& operator=(const Mirror&) = delete;
+  T* dev() const { return dev_; }
+  void fetch() {
+#if !defined(DIFFRT_CUDA_SIM)
+    cuda::check(cudaDeviceSynchronize(), "check", "kernel execution");
+    cuda::check(cudaMemcpy(host_.data(), dev_, host_.size() * sizeof(T), cudaMemcpyDeviceToHost), "check", "cudaMemcpy");
+#endif
+  }
+
+ private:
+  std::vector<T>& host_;
+  T* dev_ = nullptr;
+};
 
 void record(const std::string& name, bool ok, const std::string& detail) {
   ++checks;
@@ -104,21 +142,24 @@ void check_ddim(int64_t N, int64_t M, const DdimCase& c) {
     w[r] = 1.0 + 2.5 * double(r);
   }
   const std::vector<T> x_in = x;  // the reference reads the original x_t when the step runs in place
+  Mirror<T> dx(x), dmodel(model), dz(z), dout(out), dx0(x0);
   DdimStepArgs a{};
   a.dtype = dtype_of<T>();
   a.batch = N; a.numel = M;
-  a.sample = x.data(); a.model = model.data(); a.model_cond = c.guided ? model.data() + N * M : nullptr;
-  a.noise = c.eta > 0 ? z.data() : nullptr;
-  a.out = c.in_place ? x.data() : out.data();
-  a.out_x0 = c.write_x0 ? x0.data() : nullptr;
+  a.sample = dx.dev(); a.model = dmodel.dev(); a.model_cond = c.guided ? dmodel.dev() + N * M : nullptr;
+  a.noise = c.eta > 0 ? dz.dev() : nullptr;
+  a.out = c.in_place ? dx.dev() : dout.dev();
+  a.out_x0 = c.write_x0 ? dx0.dev() : nullptr;
   a.alpha_t = a_t.data(); a.alpha_prev = a_prev.data(); a.guidance_scale = w.data();
   a.eta = c.eta; a.guidance_rescale = c.rescale; a.prediction = c.pred; a.clip = c.clip;
   a.clip_range = c.clip_range; a.dynamic_quantile = c.quantile; a.dynamic_max = c.dynamic_max;
   a.use_clipped_model_output = c.use_clipped;
   cuda::ddim_step(a, 0, nullptr);
+  dx.fetch(); dout.fetch(); dx0.fetch();
 
-  DdimStepArgs ra = a;
-  ra.sample = x_in.data();
+  DdimStepArgs ra = a;  // the same arguments over the host copies
+  ra.sample = x_in.data(); ra.model = model.data(); ra.model_cond = c.guided ? model.data() + N * M : nullptr;
+  ra.noise = c.eta > 0 ? z.data() : nullptr;
   std::vector<double> ref, ref_x0;
   reference::ddim_step<T>(ra, ref, ref_x0);
   const double scale = (1 + 2 * w.back()) * 7.5 / std::sqrt(std::min(a_t[0], 1 - a_t.back()));
@@ -134,10 +175,14 @@ void check_cfg(int64_t N, int64_t M, double rescale) {
   auto out = poisoned<T>(N * M);
   std::vector<double> w(N);
   for (int64_t r = 0; r < N; ++r) w[r] = 9.0 * double(r) / double(N > 1 ? N - 1 : 1);
-  CfgCombineArgs a{dtype_of<T>(), N, M, model.data(), model.data() + N * M, out.data(), w.data(), rescale, 0};
+  Mirror<T> dmodel(model), dout(out);
+  CfgCombineArgs a{dtype_of<T>(), N, M, dmodel.dev(), dmodel.dev() + N * M, dout.dev(), w.data(), rescale, 0};
   cuda::cfg_combine(a, 0, nullptr);
+  dout.fetch();
+  CfgCombineArgs ra = a;
+  ra.uncond = model.data(); ra.cond = model.data() + N * M;
   std::vector<double> ref;
-  reference::cfg_combine<T>(a, ref);
+  reference::cfg_combine<T>(ra, ref);
   compare(std::string("cfg_combine ") + name_of<T>() + " N=" + std::to_string(N) + " M=" + std::to_string(M) +
               " rescale=" + std::to_string(rescale).substr(0, 3),
           out.data(), ref, (1 + 2 * 9.0) * 5.0);
@@ -150,8 +195,12 @@ void check_mask_blend(int64_t N, int64_t C, int64_t S, bool shared_mask, bool bi
   std::vector<T> m((shared_mask ? 1 : N) * S);
   for (auto& v : m) v = store_as<T>(binary ? float(u(rng) > 0.5f) : u(rng));
   auto out = poisoned<T>(N * C * S);
-  MaskBlendArgs a{dtype_of<T>(), N, C, S, m.data(), shared_mask ? 0 : S, a_.data(), b_.data(), out.data(), 0};
+  Mirror<T> dm(m), da(a_), db(b_), dout(out);
+  MaskBlendArgs a{dtype_of<T>(), N, C, S, dm.dev(), shared_mask ? 0 : S, da.dev(), db.dev(), dout.dev(), 0};
   cuda::mask_blend(a, 0, nullptr);
+  dout.fetch();
+  MaskBlendArgs ra = a;
+  ra.mask = m.data(); ra.a = a_.data(); ra.b = b_.data();
   const std::string name = std::string("mask_blend ") + name_of<T>() + " " + std::to_string(N) + "x" +
                            std::to_string(C) + "x" + std::to_string(S) + (shared_mask ? " shared" : " per-sample") +
                            (binary ? " binary" : " soft");
@@ -166,7 +215,7 @@ void check_mask_blend(int64_t N, int64_t C, int64_t S, bool shared_mask, bool bi
     return;
   }
   std::vector<double> ref;
-  reference::mask_blend<T>(a, ref);
+  reference::mask_blend<T>(ra, ref);
   compare(name, out.data(), ref, 10.0);
 }
 
@@ -174,13 +223,18 @@ template <typename T>
 void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold) {
   auto q = random_tensor<T>(B * n * C * S), r = random_tensor<T>(B * n * C * S);
   std::vector<float> out(B * S, NAN);
-  DiffEditMaskArgs a{dtype_of<T>(), B, n, C, S, q.data(), r.data(), out.data(), 2.0, threshold, 0};
+  Mirror<T> dq(q), dr(r);
+  Mirror<float> dout(out);
+  DiffEditMaskArgs a{dtype_of<T>(), B, n, C, S, dq.dev(), dr.dev(), dout.dev(), 2.0, threshold, 0};
   cuda::diffedit_mask(a, 0, nullptr);
+  dout.fetch();
+  DiffEditMaskArgs ra = a;
+  ra.eps_query = q.data(); ra.eps_ref = r.data();
   const std::string name = std::string("diffedit_mask ") + name_of<T>() + " " + std::to_string(B) + "x" +
                            std::to_string(n) + "x" + std::to_string(C) + "x" + std::to_string(S) +
                            (threshold >= 0 ? " binary" : " soft");
   if (threshold >= 0) {  // compare the decision where float32 and float64 cannot disagree
-    DiffEditMaskArgs soft = a;
+    DiffEditMaskArgs soft = ra;
     soft.threshold = -1.0;
     std::vector<double> ref;
     reference::diffedit_mask<T>(soft, ref);
@@ -196,7 +250,7 @@ void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold
     return;
   }
   std::vector<double> ref;
-  reference::diffedit_mask<T>(a, ref);
+  reference::diffedit_mask<T>(ra, ref);
   compare(name, out.data(), ref, double(n * C));
 }
 
@@ -206,10 +260,12 @@ void check_deterministic() {
   auto model = random_tensor<float>(2 * N * M);
   std::vector<float> out1(N * M), out2(N * M);
   std::vector<double> w = {3.0, 7.5};
-  CfgCombineArgs a{DType::f32, N, M, model.data(), model.data() + N * M, out1.data(), w.data(), 0.7, 0};
+  Mirror<float> dmodel(model), dout1(out1), dout2(out2);
+  CfgCombineArgs a{DType::f32, N, M, dmodel.dev(), dmodel.dev() + N * M, dout1.dev(), w.data(), 0.7, 0};
   cuda::cfg_combine(a, 0, nullptr);
-  a.out = out2.data();
+  a.out = dout2.dev();
   cuda::cfg_combine(a, 0, nullptr);
+  dout1.fetch(); dout2.fetch();
   record("cfg_combine rescale: two runs bit-identical", std::memcmp(out1.data(), out2.data(), N * M * 4) == 0, "");
 }
 
@@ -245,10 +301,59 @@ void ddim_suite(int64_t N, int64_t M) {
   check_ddim<T>(N, M, c);
 }
 
-}  // namespace
+#if !defined(DIFFRT_CUDA_SIM)
+// Best of 20 runs (CUDA events), as effective GB/s over the bytes the op must move.
+template <typename F>
+void report_speed(const std::string& name, double bytes, F&& run) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  run();
+  float best = 1e30f;
+  for (int rep = 0; rep < 20; ++rep) {
+    cudaEventRecord(start);
+    run();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, start, stop);
+    best = std::min(best, ms);
+  }
+  cuda::check(cudaGetLastError(), "check", "timed runs");
+  std::printf("%-50s %9.1f us  %7.1f GB/s\n", name.c_str(), best * 1e3, bytes / (best * 1e-3) / 1e9);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
 
-int main() {
+template <typename T>
+void speed_suite(int64_t N, int64_t M) {
+  auto x = random_tensor<T>(N * M), model = random_tensor<T>(2 * N * M), out = poisoned<T>(N * M);
+  Mirror<T> dx(x), dmodel(model), dout(out);
+  std::vector<double> a_t(N, 0.3), a_prev(N, 0.5), w(N, 7.5);
+  DdimStepArgs a{};
+  a.dtype = dtype_of<T>(); a.batch = N; a.numel = M;
+  a.sample = dx.dev(); a.model = dmodel.dev(); a.model_cond = dmodel.dev() + N * M; a.out = dout.dev();
+  a.alpha_t = a_t.data(); a.alpha_prev = a_prev.data(); a.guidance_scale = w.data();
+  a.dynamic_quantile = 0.995; a.dynamic_max = 1e30;
+  const std::string tag = std::string(name_of<T>()) + " N=" + std::to_string(N) + " M=" + std::to_string(M);
+  const double s = sizeof(T);
+  report_speed("ddim_step cfg " + tag, s * N * M * 4, [&] { cuda::ddim_step(a, 0, nullptr); });
+  a.guidance_rescale = 0.7;
+  report_speed("ddim_step cfg+rescale " + tag, s * N * M * 4, [&] { cuda::ddim_step(a, 0, nullptr); });
+  a.guidance_rescale = 0.0;
+  a.clip = ClipMode::dynamic;
+  report_speed("ddim_step cfg+dynamic threshold " + tag, s * N * M * 4, [&] { cuda::ddim_step(a, 0, nullptr); });
+  MaskBlendArgs b{dtype_of<T>(), N, 1, M, dx.dev(), M, dmodel.dev(), dmodel.dev() + N * M, dout.dev(), 0};
+  report_speed("mask_blend " + tag, s * N * M * 4, [&] { cuda::mask_blend(b, 0, nullptr); });
+}
+#endif
+
+int run_checks() {
+#if defined(DIFFRT_CUDA_SIM)
   std::printf("diffrt CUDA sampler kernels under the host simulation (blocks of %d threads)\n", cuda::kThreads);
+#else
+  std::printf("diffrt CUDA sampler kernels on the GPU (blocks of %d threads)\n", cuda::kThreads);
+#endif
   check_launch_error_is_reported();
   // Shapes: a row shorter than one block (M=91), one just past a block's 4 items/thread (1031),
   // rows of three partial blocks (2635), many tiny rows (7).
@@ -299,8 +404,25 @@ int main() {
   check_diffedit<f16>(2, 2, 3, 91, -1.0);
   check_diffedit<float>(2, 4, 4, 1031, 0.5);
 
+#if defined(DIFFRT_CUDA_SIM)
   record("every workspace allocation freed", cuda_sim::live_allocations == 0,
          std::to_string(cuda_sim::live_allocations.load()) + " live");
+#else
+  speed_suite<float>(8, 4 * 128 * 128);
+  speed_suite<bf16>(8, 4 * 128 * 128);
+  speed_suite<f16>(8, 4 * 128 * 128);
+#endif
   std::printf(failures ? "FAILED: %d of %d checks\n" : "ALL OK (%d checks)\n", failures ? failures : checks, checks);
   return failures ? 1 : 0;
+}
+
+}  // namespace
+
+int main() {
+  try {
+    return run_checks();
+  } catch (const std::exception& e) {  // e.g. no usable GPU for the nvcc build
+    std::printf("error: %s\n", e.what());
+    return 2;
+  }
 }
