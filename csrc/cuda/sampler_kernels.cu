@@ -3,8 +3,10 @@
 // with the CPU kernels; this file adds the launch geometry and the per-sample reductions.
 // Storage float32, bfloat16 or float16; arithmetic float32; per-sample statistics in double.
 //
-// Geometry: a 2-D grid, blockIdx.y = sample ("row"), blockIdx.x strides over that row's elements,
+// Geometry: a 2-D grid, blockIdx.y = sample ("row"), blockIdx.x strides over the row's elements,
 // so per-sample parameters are one broadcast load per block and no element index is divided.
+// The one-pass elementwise kernels move 16 bytes per access (4 float32 or 8 16-bit values) when
+// every pointer is 16-byte aligned and rows are a whole number of such packs; otherwise one element.
 // Per-sample sums are block reductions (warp shuffles, then shared memory) written as one partial
 // per block and added in a fixed order by a second kernel: deterministic, no atomics on globals.
 //
@@ -18,6 +20,7 @@
 //   diffedit_mask      read ε_q, ε_r once; write the map, then read and rewrite it to normalise
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 #include <type_traits>
@@ -64,8 +67,42 @@ dim3 row_grid(int64_t rows, int64_t row_len) {
 
 dim3 rows_grid(int64_t rows) { return dim3(unsigned(rows < kMaxGridY ? rows : kMaxGridY)); }
 
-// This thread's first element of a row and the stride to its next (coalesced: neighbouring threads
-// touch neighbouring elements).
+// kVec consecutive elements, read or written with one access (16 bytes when kVec = 16 / sizeof(T)).
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+
+template <typename T>
+constexpr int kPackOf = 16 / int(sizeof(T));
+
+// Pack number i of p (p must be aligned to a pack: see packs_fit).
+template <int kVec, typename T>
+__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p, int64_t i) {
+#if defined(DIFFRT_CUDA_SIM)
+  if (reinterpret_cast<uintptr_t>(p + i * kVec) % alignof(Pack<T, kVec>)) __builtin_trap();  // a misaligned pack
+#endif
+  return reinterpret_cast<const Pack<T, kVec>*>(p)[i];
+}
+template <int kVec, typename T>
+__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T, kVec>& v) {
+#if defined(DIFFRT_CUDA_SIM)
+  if (reinterpret_cast<uintptr_t>(p + i * kVec) % alignof(Pack<T, kVec>)) __builtin_trap();
+#endif
+  reinterpret_cast<Pack<T, kVec>*>(p)[i] = v;
+}
+
+// Whether rows of row_len elements can be read in 16-byte packs through all these pointers.
+template <typename T>
+bool packs_fit(int64_t row_len, std::initializer_list<const void*> pointers) {
+  if (row_len % kPackOf<T>) return false;
+  for (const void* p : pointers)
+    if (reinterpret_cast<uintptr_t>(p) % 16) return false;
+  return true;
+}
+
+// This thread's first element (or pack) of a row and the stride to its next (coalesced:
+// neighbouring threads touch neighbouring elements).
 __device__ __forceinline__ int64_t row_begin() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t row_step() { return int64_t(gridDim.x) * blockDim.x; }
 
@@ -219,46 +256,65 @@ dynamic_threshold_kernel(RowParams* rows, int64_t batch, int64_t numel, const fl
 
 // ---- the DDIM update (eq. 12), one pass --------------------------------------------------------
 
-template <typename T, bool kGuided, bool kClip, bool kRecomputeEps>
+// Indices below count packs of kVec elements (kVec = 1: single elements).
+template <typename T, int kVec, bool kGuided, bool kClip, bool kRecomputeEps>
 __global__ void __launch_bounds__(kThreads)
 ddim_step_kernel(DdimTensors<T> t, const RowParams* rows, int64_t batch, int64_t numel) {
+  const int64_t packs = numel / kVec;
   for (int64_t r = blockIdx.y; r < batch; r += gridDim.y) {
     const RowParams p = rows[r];
-    const int64_t o = r * numel;
-    for (int64_t i = row_begin(); i < numel; i += row_step()) {
-      const int64_t e = o + i;
-      float m = load(t.model[e]);
-      if constexpr (kGuided) m = p.g.uncond * m + p.g.cond * load(t.model_cond[e]);
-      const float z = t.noise ? load(t.noise[e]) : 0.f;  // noise and x̂0: uniform branches, no extra kernels
-      float x0;
-      const float x_prev = ddim_element<kClip, kRecomputeEps>(p.k, load(t.x[e]), m, z, p.lim, p.divisor, &x0);
-      t.out[e] = store_as<T>(x_prev);  // out may alias x: each element is read before it is written
-      if (t.out_x0) t.out_x0[e] = store_as<T>(x0);
+    for (int64_t i = row_begin(); i < packs; i += row_step()) {
+      const int64_t e = r * packs + i;
+      const Pack<T, kVec> x = load_pack<kVec>(t.x, e), mu = load_pack<kVec>(t.model, e);
+      Pack<T, kVec> mc{}, z{}, x_prev, x0;
+      if constexpr (kGuided) mc = load_pack<kVec>(t.model_cond, e);
+      if (t.noise) z = load_pack<kVec>(t.noise, e);  // noise and x̂0: uniform branches, no extra kernels
+      for (int j = 0; j < kVec; ++j) {
+        float m = load(mu.v[j]);
+        if constexpr (kGuided) m = p.g.uncond * m + p.g.cond * load(mc.v[j]);
+        float x0j;
+        const float xp = ddim_element<kClip, kRecomputeEps>(p.k, load(x.v[j]), m, t.noise ? load(z.v[j]) : 0.f,
+                                                            p.lim, p.divisor, &x0j);
+        x_prev.v[j] = store_as<T>(xp);
+        x0.v[j] = store_as<T>(x0j);
+      }
+      store_pack<kVec>(t.out, e, x_prev);  // out may alias x: each pack is read before it is written
+      if (t.out_x0) store_pack<kVec>(t.out_x0, e, x0);
     }
   }
 }
 
-template <typename T>
+template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
 cfg_combine_kernel(const T* uncond, const T* cond, T* out, const RowParams* rows, int64_t batch, int64_t numel) {
+  const int64_t packs = numel / kVec;
   for (int64_t r = blockIdx.y; r < batch; r += gridDim.y) {
     const GuidanceWeights g = rows[r].g;
-    const int64_t o = r * numel;
-    for (int64_t i = row_begin(); i < numel; i += row_step())
-      out[o + i] = store_as<T>(g.uncond * load(uncond[o + i]) + g.cond * load(cond[o + i]));
+    for (int64_t i = row_begin(); i < packs; i += row_step()) {
+      const int64_t e = r * packs + i;
+      const Pack<T, kVec> u = load_pack<kVec>(uncond, e), c = load_pack<kVec>(cond, e);
+      Pack<T, kVec> o;
+      for (int j = 0; j < kVec; ++j) o.v[j] = store_as<T>(g.uncond * load(u.v[j]) + g.cond * load(c.v[j]));
+      store_pack<kVec>(out, e, o);
+    }
   }
 }
 
 // Rows are (sample, channel) planes; the mask row is the sample's (or the one shared mask).
-template <typename T>
+template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
 mask_blend_kernel(const T* mask, int64_t mask_batch_stride, const T* a, const T* b, T* out, int64_t planes,
                   int64_t channels, int64_t spatial) {
+  const int64_t packs = spatial / kVec;
   for (int64_t r = blockIdx.y; r < planes; r += gridDim.y) {
     const T* m = mask + (r / channels) * mask_batch_stride;
-    const int64_t o = r * spatial;
-    for (int64_t i = row_begin(); i < spatial; i += row_step())
-      out[o + i] = store_as<T>(blend_element(load(m[i]), load(a[o + i]), load(b[o + i])));
+    for (int64_t i = row_begin(); i < packs; i += row_step()) {
+      const int64_t e = r * packs + i;
+      const Pack<T, kVec> mi = load_pack<kVec>(m, i), ai = load_pack<kVec>(a, e), bi = load_pack<kVec>(b, e);
+      Pack<T, kVec> o;
+      for (int j = 0; j < kVec; ++j) o.v[j] = store_as<T>(blend_element(load(mi.v[j]), load(ai.v[j]), load(bi.v[j])));
+      store_pack<kVec>(out, e, o);
+    }
   }
 }
 
@@ -329,6 +385,15 @@ void with_flag(bool flag, F&& fn) {
     fn(std::true_type{});
   else
     fn(std::false_type{});
+}
+
+// Runs fn with the pack width: with_pack<T>(fits, [&](auto kv) { f<decltype(kv)::value>(); }).
+template <typename T, typename F>
+void with_pack(bool fits, F&& fn) {
+  if (fits)
+    fn(std::integral_constant<int, kPackOf<T>>{});
+  else
+    fn(std::integral_constant<int, 1>{});
 }
 
 template <typename F>
@@ -410,15 +475,19 @@ void ddim_step_typed(const DdimStepArgs& a, cudaStream_t stream) {
            static_cast<const float*>(scratch), a.dynamic_quantile, a.dynamic_max);
   }
   const bool clip = a.clip != ClipMode::none;
-  with_flag(guided, [&](auto kg) {
-    using Guided = decltype(kg);  // a type, so the nested lambdas need not capture kg
-    with_flag(clip, [&](auto kc) {
-      using Clip = decltype(kc);
-      with_flag(clip && a.use_clipped_model_output, [&](auto kr) {
-        using Recompute = decltype(kr);
-        if constexpr (Clip::value || !Recompute::value)  // recomputing ε̂ needs a clipped x̂0: no such kernel
-          launch(op, ddim_step_kernel<T, Guided::value, Clip::value, Recompute::value>, grid, block, stream, t,
-                 static_cast<const RowParams*>(rows), N, M);
+  const bool packed = packs_fit<T>(M, {t.x, t.model, t.model_cond, t.noise, t.out, t.out_x0});
+  with_pack<T>(packed, [&](auto kv) {
+    using Vec = decltype(kv);  // types, so the nested lambdas need not capture the tags
+    with_flag(guided, [&](auto kg) {
+      using Guided = decltype(kg);
+      with_flag(clip, [&](auto kc) {
+        using Clip = decltype(kc);
+        with_flag(clip && a.use_clipped_model_output, [&](auto kr) {
+          using Recompute = decltype(kr);
+          if constexpr (Clip::value || !Recompute::value)  // recomputing ε̂ needs a clipped x̂0: no such kernel
+            launch(op, ddim_step_kernel<T, Vec::value, Guided::value, Clip::value, Recompute::value>,
+                   row_grid(N, M / Vec::value), block, stream, t, static_cast<const RowParams*>(rows), N, M);
+        });
       });
     });
   });
@@ -434,15 +503,22 @@ void cfg_combine_typed(const CfgCombineArgs& a, cudaStream_t stream) {
   RowParams* rows = upload_rows(
       op, ws, host_row_params(a.batch, nullptr, nullptr, 0.0, Prediction::epsilon, a.guidance_scale, ClipMode::none, 0.0),
       u, c, a.numel, a.guidance_rescale, stream);
-  launch(op, cfg_combine_kernel<T>, row_grid(a.batch, a.numel), dim3(kThreads), stream, u, c, out_ptr<T>(a.out),
-         static_cast<const RowParams*>(rows), a.batch, a.numel);
+  with_pack<T>(packs_fit<T>(a.numel, {u, c, a.out}), [&](auto kv) {
+    using Vec = decltype(kv);
+    launch(op, cfg_combine_kernel<T, Vec::value>, row_grid(a.batch, a.numel / Vec::value), dim3(kThreads), stream,
+           u, c, out_ptr<T>(a.out), static_cast<const RowParams*>(rows), a.batch, a.numel);
+  });
 }
 
 template <typename T>
 void mask_blend_typed(const MaskBlendArgs& a, cudaStream_t stream) {
   const int64_t planes = a.batch * a.channels;
-  launch("mask_blend", mask_blend_kernel<T>, row_grid(planes, a.spatial), dim3(kThreads), stream, in<T>(a.mask),
-         a.mask_batch_stride, in<T>(a.a), in<T>(a.b), out_ptr<T>(a.out), planes, a.channels, a.spatial);
+  with_pack<T>(packs_fit<T>(a.spatial, {a.mask, a.a, a.b, a.out}), [&](auto kv) {
+    using Vec = decltype(kv);
+    launch("mask_blend", mask_blend_kernel<T, Vec::value>, row_grid(planes, a.spatial / Vec::value), dim3(kThreads),
+           stream, in<T>(a.mask), a.mask_batch_stride, in<T>(a.a), in<T>(a.b), out_ptr<T>(a.out), planes,
+           a.channels, a.spatial);
+  });
 }
 
 template <typename T>

@@ -273,7 +273,7 @@ void check_deterministic() {
 void check_launch_error_is_reported() {
   std::string message;
   try {
-    cuda::launch("mask_blend", cuda::mask_blend_kernel<float>, dim3(1, 70000), dim3(256), nullptr,
+    cuda::launch("mask_blend", cuda::mask_blend_kernel<float, 1>, dim3(1, 70000), dim3(256), nullptr,
                  static_cast<const float*>(nullptr), int64_t(0), static_cast<const float*>(nullptr),
                  static_cast<const float*>(nullptr), static_cast<float*>(nullptr), int64_t(0), int64_t(1), int64_t(0));
   } catch (const std::runtime_error& e) {
@@ -356,12 +356,15 @@ int run_checks() {
 #endif
   check_launch_error_is_reported();
   // Shapes: a row shorter than one block (M=91), one just past a block's 4 items/thread (1031),
-  // rows of three partial blocks (2635), many tiny rows (7).
-  for (auto [N, M] : {std::pair<int64_t, int64_t>{1, 91}, {3, 2635}, {2, 1031}, {5, 7}}) {
+  // rows of three partial blocks (2635), many tiny rows (7) — all read element by element — and
+  // rows of whole 16-byte packs, read pack by pack: 1000 (one partial block), 4104 (float32: two
+  // blocks of 4-element packs, the second partial).
+  for (auto [N, M] : {std::pair<int64_t, int64_t>{1, 91}, {3, 2635}, {2, 1031}, {5, 7}, {3, 1000}, {2, 4104}}) {
     ddim_suite<float>(N, M);
     ddim_suite<bf16>(N, M);
   }
   ddim_suite<f16>(3, 2635);
+  ddim_suite<f16>(2, 4104);
 
   // Dynamic thresholding edge cases: heavy ties, the maximum (p = 1), an exact rank (pos integral),
   // a bound below the quantile, a single element per sample, unguided, no x̂0 output.
@@ -387,6 +390,9 @@ int run_checks() {
     check_cfg<bf16>(3, 2635, rescale);
     check_cfg<f16>(2, 1031, rescale);
   }
+  check_cfg<float>(2, 4104, 0.5);
+  check_cfg<bf16>(3, 1000, 0.0);
+  check_cfg<f16>(2, 4104, 0.7);
   check_cfg<float>(2, 1, 0.7);  // one element: std undefined, the weights stay unrescaled
   check_deterministic();
 
@@ -397,6 +403,9 @@ int run_checks() {
   check_mask_blend<float>(2, 3, 1031, false, true);
   check_mask_blend<bf16>(2, 3, 527, true, true);
   check_mask_blend<f16>(1, 2, 91, false, true);
+  check_mask_blend<float>(2, 3, 4104, false, false);
+  check_mask_blend<bf16>(3, 2, 1000, true, false);
+  check_mask_blend<f16>(2, 2, 1000, false, true);
 
   check_diffedit<float>(2, 10, 4, 527, -1.0);
   check_diffedit<float>(1, 3, 4, 2635, -1.0);
