@@ -37,7 +37,10 @@ constexpr int kThreads = 256;            // threads per block: 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr int kItemsPerThread = 4;       // elements per thread before the row loop wraps
 constexpr int64_t kMaxBlocksPerRow = 1024;
-constexpr int64_t kMaxGridY = 65535;     // CUDA's limit on gridDim.y; rows beyond it loop
+#ifndef DIFFRT_CUDA_MAX_ROW_BLOCKS  // the simulation lowers it, to run the row loops on small batches
+#define DIFFRT_CUDA_MAX_ROW_BLOCKS 65535  // CUDA's limit on gridDim.y
+#endif
+constexpr int64_t kMaxGridY = DIFFRT_CUDA_MAX_ROW_BLOCKS;  // rows beyond it loop within a block
 
 // Everything one sample needs: DDIM coefficients, guidance weights, clip bounds. Filled on the host;
 // guidance_rescale rewrites `g` and dynamic thresholding rewrites `lim`/`divisor` on the device.

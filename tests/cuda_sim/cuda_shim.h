@@ -5,28 +5,32 @@
 // (the shared math is host-tested already; see tests/test_cuda_simulation.py).
 //
 // Model:
-//   - every thread of a block is a std::thread with its own threadIdx/blockIdx (thread_local);
-//     the blocks of a launch run one after another on the same threads, so `__shared__`
-//     variables can be plain statics: exactly one block uses them at a time;
-//   - __syncthreads() is a barrier over the block's threads; __shfl_*_sync exchange values
-//     through a per-warp buffer between two barriers over the warp's 32 threads;
-//   - a barrier nobody completes within CUDA_SIM_DEADLOCK_SECONDS (default 60; a thread skipped
-//     __syncthreads or returned early) aborts with a message instead of hanging;
+//   - every thread of a block is a fiber (ucontext) with its own threadIdx; the fibers of a block
+//     take turns on one OS thread, switching only at barriers, so a run is deterministic;
+//   - blocks of a launch run one after another, so `__shared__` variables can be plain statics:
+//     exactly one block uses them at a time;
+//   - __syncthreads() is a barrier over the block's fibers; __shfl_*_sync exchange values through
+//     a per-warp buffer between two barriers over the warp's 32 fibers;
+//   - at every switch the lowest-numbered runnable fiber runs next, or the highest with
+//     CUDA_SIM_SCHEDULE=reverse: run under both, a read that a missing barrier lets happen too
+//     early (before the writer, or after the next overwrite) shows up in one of the two orders;
+//   - when no fiber can run and some have not finished (one skipped a barrier or returned early)
+//     the launch aborts with a deadlock report instead of hanging;
 //   - device memory is host memory; cudaMallocAsync fills it with 0xFF bytes (NaN as float or
 //     double) so a kernel that reads scratch it never wrote produces NaN; streams run in order.
 #pragma once
+#include <ucontext.h>
+
 #include <array>
 #include <atomic>
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <mutex>
-#include <thread>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -61,14 +65,6 @@ namespace cuda_sim {
 inline thread_local cudaError_t last_error = cudaSuccess;
 inline std::atomic<long> live_allocations{0};
 inline thread_local int current_device = 0;
-// How long a barrier may wait before it is reported as a deadlock (CUDA_SIM_DEADLOCK_SECONDS).
-inline int deadlock_seconds() {
-  static const int seconds = [] {
-    const char* env = std::getenv("CUDA_SIM_DEADLOCK_SECONDS");
-    return env && std::atoi(env) > 0 ? std::atoi(env) : 60;
-  }();
-  return seconds;
-}
 }  // namespace cuda_sim
 
 inline const char* cudaGetErrorName(cudaError_t e) {
@@ -120,49 +116,67 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cud
   return cudaSuccess;
 }
 
-// ---- blocks, barriers, warps -------------------------------------------------------------------
+// ---- blocks of fibers, barriers, warps --------------------------------------------------------
 
 namespace cuda_sim {
 
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait(const char* what) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const unsigned long generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      released_.notify_all();
-      return;
-    }
-    if (!released_.wait_for(lock, std::chrono::seconds(deadlock_seconds()), [&] { return generation_ != generation; })) {
-      std::fprintf(stderr, "cuda_sim: deadlock at %s: %d of %d threads arrived (block %u,%u thread %u)\n", what,
-                   arrived_, count_, blockIdx.x, blockIdx.y, threadIdx.x);
-      std::abort();
-    }
-  }
+inline bool reverse_schedule() {
+  static const bool reverse = [] {
+    const char* env = std::getenv("CUDA_SIM_SCHEDULE");
+    return env && std::string(env) == "reverse";
+  }();
+  return reverse;
+}
 
- private:
-  std::mutex mutex_;
-  std::condition_variable released_;
-  int count_, arrived_ = 0;
-  unsigned long generation_ = 0;
+struct Fiber {
+  enum State { runnable, at_sync, at_warp, done };
+  ucontext_t context;
+  uint3 thread;
+  State state = runnable;
 };
 
 struct Block {
-  explicit Block(int threads) : sync(threads), end(threads), exchange(threads) {
-    for (int w = 0; w < threads / 32; ++w) warps.emplace_back(new Barrier(32));
-  }
-  Barrier sync;  // __syncthreads
-  Barrier end;   // all threads finished this block (a separate barrier, so an early return is caught)
-  std::vector<std::unique_ptr<Barrier>> warps;
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler;
+  int current = 0;
+  int waiting_at_sync = 0;
+  std::vector<int> waiting_at_warp;                    // per warp
   std::vector<std::array<unsigned char, 8>> exchange;  // one shuffle slot per thread
+  std::function<void()> body;                          // the kernel with its arguments
 };
 
 inline thread_local Block* block = nullptr;
 
+inline void fiber_main() {
+  block->body();
+  block->fibers[block->current].state = Fiber::done;
+}  // returns to uc_link: the scheduler
+
+// The running fiber gives up the CPU; the scheduler resumes it once its state is runnable again.
+inline void yield_to_scheduler(Fiber::State state) {
+  Fiber& me = block->fibers[block->current];
+  me.state = state;
+  swapcontext(&me.context, &block->scheduler);
+}
+
+// Arrival at a barrier over fibers [first, first + count): the last to arrive releases the others;
+// all of them (the last too) then wait for the scheduler, which picks who goes first.
+inline void arrive(int& waiting, int first, int count, Fiber::State state) {
+  if (++waiting == count) {
+    waiting = 0;
+    for (int t = first; t < first + count; ++t)
+      if (block->fibers[t].state == state) block->fibers[t].state = Fiber::runnable;
+    yield_to_scheduler(Fiber::runnable);
+  } else {
+    yield_to_scheduler(state);
+  }
+}
+
 inline unsigned linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+inline void sync_block() { arrive(block->waiting_at_sync, 0, int(block->fibers.size()), Fiber::at_sync); }
+
+inline void sync_warp(unsigned warp) { arrive(block->waiting_at_warp[warp], int(warp) * 32, 32, Fiber::at_warp); }
 
 template <typename T, typename Source>
 T shuffle(unsigned mask, T v, Source source_lane, const char* what) {
@@ -173,15 +187,72 @@ T shuffle(unsigned mask, T v, Source source_lane, const char* what) {
   }
   const unsigned t = linear_thread(), lane = t % 32, warp = t / 32;
   std::memcpy(block->exchange[t].data(), &v, sizeof(T));
-  block->warps[warp]->wait(what);
+  sync_warp(warp);
   const unsigned src = source_lane(lane);
   T out = v;
   if (src < 32) std::memcpy(&out, block->exchange[warp * 32 + src].data(), sizeof(T));
-  block->warps[warp]->wait(what);  // nobody overwrites a slot before every lane has read it
+  sync_warp(warp);  // nobody overwrites a slot before every lane has read it
   return out;
 }
 
-// Runs the grid: one std::thread per thread of a block, looping over the blocks in order.
+[[noreturn]] inline void report_deadlock(const Block& b) {
+  int sync = 0, warp = 0, done = 0;
+  for (const Fiber& f : b.fibers) {
+    sync += f.state == Fiber::at_sync;
+    warp += f.state == Fiber::at_warp;
+    done += f.state == Fiber::done;
+  }
+  std::fprintf(stderr,
+               "cuda_sim: deadlock at a barrier in block (%u,%u): %d of %zu threads wait at __syncthreads, %d at a "
+               "warp shuffle, %d returned\n",
+               blockIdx.x, blockIdx.y, sync, b.fibers.size(), warp, done);
+  std::abort();
+}
+
+// Runs one block to completion: resume the first (or last) runnable fiber until all are done.
+inline void run_block(Block& b, char* stacks, size_t stack_bytes) {
+  const int n = int(b.fibers.size());
+  for (int t = 0; t < n; ++t) {
+    Fiber& f = b.fibers[t];
+    f.state = Fiber::runnable;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = stacks + size_t(t) * stack_bytes;
+    f.context.uc_stack.ss_size = stack_bytes;
+    f.context.uc_link = &b.scheduler;
+    makecontext(&f.context, fiber_main, 0);
+  }
+  const bool reverse = reverse_schedule();
+  for (;;) {
+    int next = -1, done = 0;
+    for (int k = 0; k < n; ++k) {
+      const int t = reverse ? n - 1 - k : k;
+      done += b.fibers[t].state == Fiber::done;
+      if (next < 0 && b.fibers[t].state == Fiber::runnable) next = t;
+    }
+    if (next < 0) {
+      if (done == n) return;
+      report_deadlock(b);
+    }
+    b.current = next;
+    threadIdx = b.fibers[next].thread;
+    swapcontext(&b.scheduler, &b.fibers[next].context);
+  }
+}
+
+constexpr size_t kStackBytes = size_t(1) << 16;  // per fiber; the kernels' frames are small
+
+// Stacks for `threads` fibers, reused by every launch; pages are touched only as stacks grow.
+inline char* fiber_stacks(unsigned long threads) {
+  static thread_local std::unique_ptr<char[]> stacks;
+  static thread_local unsigned long capacity = 0;
+  if (capacity < threads) {
+    stacks.reset(new char[threads * kStackBytes]);
+    capacity = threads;
+  }
+  return stacks.get();
+}
+
+// Runs the grid: the blocks in order, each as blockDim fibers.
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block_dim, cudaStream_t, Args&&... args) {
   const unsigned long threads = (unsigned long)block_dim.x * block_dim.y * block_dim.z;
@@ -195,32 +266,31 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block_dim, cudaStr
     std::abort();
   }
   const std::tuple<Params...> params(static_cast<Params>(args)...);  // converted once, as at a real launch
-  Block state{int(threads)};
-  std::vector<std::thread> workers;
-  workers.reserve(threads);
-  for (unsigned t = 0; t < threads; ++t) {
-    workers.emplace_back([&, t] {
-      block = &state;
-      blockDim = block_dim;
-      gridDim = grid;
-      threadIdx = uint3{t % block_dim.x, (t / block_dim.x) % block_dim.y, t / (block_dim.x * block_dim.y)};
-      for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-          for (unsigned x = 0; x < grid.x; ++x) {
-            blockIdx = uint3{x, y, z};
-            std::apply(kernel, params);
-            state.end.wait("the end of a block");
-          }
-    });
-  }
-  for (auto& w : workers) w.join();
+  Block state;
+  state.fibers.resize(threads);
+  for (unsigned t = 0; t < threads; ++t)
+    state.fibers[t].thread = uint3{t % block_dim.x, (t / block_dim.x) % block_dim.y, t / (block_dim.x * block_dim.y)};
+  state.waiting_at_warp.assign(threads / 32, 0);
+  state.exchange.resize(threads);
+  state.body = [&] { std::apply(kernel, params); };
+  Block* const outer = block;
+  block = &state;
+  blockDim = block_dim;
+  gridDim = grid;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        run_block(state, fiber_stacks(threads), kStackBytes);
+      }
+  block = outer;
 }
 
 }  // namespace cuda_sim
 
 // ---- device intrinsics -------------------------------------------------------------------------
 
-inline void __syncthreads() { cuda_sim::block->sync.wait("__syncthreads"); }
+inline void __syncthreads() { cuda_sim::sync_block(); }
 
 template <typename T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta) {

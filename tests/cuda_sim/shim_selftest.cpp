@@ -1,6 +1,7 @@
 // Checks the CUDA host simulation itself (cuda_shim.h) on kernels whose results are known exactly:
 // warp shuffles, shared memory that needs the barrier, one block at a time, launch-configuration
-// errors; `shim_selftest deadlock` runs a kernel with a divergent __syncthreads, which must abort.
+// errors; `shim_selftest deadlock` runs a kernel with a divergent __syncthreads, which must abort
+// with a deadlock report.
 #include <cstdio>
 #include <string>
 #include <vector>

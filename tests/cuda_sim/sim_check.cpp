@@ -412,6 +412,8 @@ int run_checks() {
   check_diffedit<bf16>(1, 3, 4, 1031, -1.0);
   check_diffedit<f16>(2, 2, 3, 91, -1.0);
   check_diffedit<float>(2, 4, 4, 1031, 0.5);
+  check_diffedit<bf16>(3, 2, 4, 1000, -1.0);  // three images: with the row-block limit lowered, a block loops
+  check_diffedit<float>(3, 3, 2, 527, 0.5);
 
 #if defined(DIFFRT_CUDA_SIM)
   record("every workspace allocation freed", cuda_sim::live_allocations == 0,
