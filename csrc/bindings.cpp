@@ -21,6 +21,9 @@ namespace diffrt::cuda {
 int device_count();
 std::string runtime_version();
 }  // namespace diffrt::cuda
+namespace diffrt {
+void bind_cuda_sampler(py::module_& m);  // csrc/cuda/bindings_cuda.cpp
+}  // namespace diffrt
 #endif
 
 void bind_attention(py::module_& m);
@@ -134,6 +137,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info);
 #if defined(DIFFRT_WITH_CUDA)
   m.def("cuda_device_count", [] { return diffrt::cuda::device_count(); }, nogil);
+  bind_cuda_sampler(m);
 #endif
   bind_attention(m);
 }

@@ -59,11 +59,12 @@ inline DdimCoeffs ddim_coefficients(double alpha_t, double alpha_prev, double et
 //   ε̃ = ε_u + w·(ε_c − ε_u)                                   (Ho & Salimans 2022)
 //   ε̃ ← φ·ε̃·std(ε_c)/std(ε̃) + (1−φ)·ε̃ = r·ε̃,  r = 1 − φ + φ·std(ε_c)/std(ε̃)   (Lin et al. 2023)
 // so ε̃ = r(1−w)·ε_u + r·w·ε_c. std is the unbiased per-sample std over all elements (as diffusers).
+// Host and device: the CUDA kernels evaluate it right after their on-device std reduction.
 struct GuidanceWeights {
   float uncond, cond;
 };
 
-inline GuidanceWeights guidance_weights(double w, double rescale, double std_cond, double std_cfg) {
+DIFFRT_HD GuidanceWeights guidance_weights(double w, double rescale, double std_cond, double std_cfg) {
   double r = 1.0;
   if (rescale != 0.0 && std_cfg > 0.0) r = 1.0 - rescale + rescale * std_cond / std_cfg;
   return GuidanceWeights{float(r * (1.0 - w)), float(r * w)};

@@ -88,6 +88,37 @@ void ddim_step(const DdimStepArgs& a, std::vector<double>& out, std::vector<doub
   }
 }
 
+// Classifier-free guidance alone: ε̃ = ε_u + w(ε_c − ε_u), rescaled as in ddim_step above.
+template <typename T>
+void cfg_combine(const CfgCombineArgs& a, std::vector<double>& out) {
+  const int64_t M = a.numel;
+  out.assign(a.batch * M, 0.0);
+  for (int64_t r = 0; r < a.batch; ++r) {
+    const int64_t o = r * M;
+    const double w = a.guidance_scale[r];
+    std::vector<double> c(M);
+    double mean_c = 0, mean_g = 0;
+    for (int64_t i = 0; i < M; ++i) {
+      const double u = at<T>(a.uncond, o + i);
+      c[i] = at<T>(a.cond, o + i);
+      out[o + i] = u + w * (c[i] - u);
+      mean_c += c[i] / double(M);
+      mean_g += out[o + i] / double(M);
+    }
+    if (a.guidance_rescale != 0.0 && M > 1) {
+      double ss_c = 0, ss_g = 0;
+      for (int64_t i = 0; i < M; ++i) {
+        ss_c += (c[i] - mean_c) * (c[i] - mean_c);
+        ss_g += (out[o + i] - mean_g) * (out[o + i] - mean_g);
+      }
+      if (ss_g > 0) {
+        const double f = 1.0 - a.guidance_rescale + a.guidance_rescale * std::sqrt(ss_c / ss_g);
+        for (int64_t i = 0; i < M; ++i) out[o + i] *= f;
+      }
+    }
+  }
+}
+
 template <typename T>
 void mask_blend(const MaskBlendArgs& a, std::vector<double>& out) {
   out.assign(a.batch * a.channels * a.spatial, 0.0);

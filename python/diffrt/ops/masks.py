@@ -9,7 +9,7 @@ import torch
 from .. import _C
 from . import _alloc, _checks
 from ._backend import dispatch
-from .sampling import _DTYPE_CODES, _math_dtype
+from .sampling import _DTYPE_CODES, _cuda_launch_args, _math_dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,20 +47,28 @@ def diffedit_mask_ref(
 # ---------------------------------------------------------------------------------------------
 
 
-def _blend_cpu(mask, a, b):
+def _blend_compiled(kernel, tail, mask, a, b):
     a_, b_ = a.contiguous(), b.contiguous()
     m = mask.to(a.dtype).contiguous()
     n, c = a_.shape[0], a_.shape[1]
     spatial = a_.numel() // (n * c)
     out = _alloc.empty_like(a_)
-    _C.mask_blend(
+    kernel(
         _DTYPE_CODES[a_.dtype], n, c, spatial, m.data_ptr(), spatial if m.shape[0] == n and n > 1 else 0,
-        a_.data_ptr(), b_.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+        a_.data_ptr(), b_.data_ptr(), out.data_ptr(), *tail,
     )
     return out
 
 
-_BLEND_IMPLS = {"cpu": _blend_cpu, "torch": mask_blend_ref}
+def _blend_cpu(mask, a, b):
+    return _blend_compiled(_C.mask_blend, (torch.get_num_threads(),), mask, a, b)
+
+
+def _blend_cuda(mask, a, b):
+    return _blend_compiled(_C.cuda_mask_blend, _cuda_launch_args(a), mask, a, b)
+
+
+_BLEND_IMPLS = {"cuda": _blend_cuda, "cpu": _blend_cpu, "torch": mask_blend_ref}
 
 
 def mask_blend(
@@ -101,24 +109,32 @@ def mask_blend(
     return impl(mask, a, b)
 
 
-def _diffedit_cpu(q, r, clamp_ratio, threshold):
+def _diffedit_compiled(kernel, tail, q, r, clamp_ratio, threshold):
     q_, r_ = q.contiguous(), r.contiguous()
     if q_.dim() == 4:
         q_, r_ = q_.unsqueeze(0), r_.unsqueeze(0)
     bsz, draws, c, h, w = q_.shape
     out = _alloc.empty((bsz, 1, h, w), dtype=torch.float32, device=q.device)
-    _C.diffedit_mask(
+    kernel(
         _DTYPE_CODES[q_.dtype], bsz, draws, c, h * w, q_.data_ptr(), r_.data_ptr(), out.data_ptr(),
-        clamp_ratio, -1.0 if threshold is None else threshold, torch.get_num_threads(),
+        clamp_ratio, -1.0 if threshold is None else threshold, *tail,
     )
     return out
+
+
+def _diffedit_cpu(q, r, clamp_ratio, threshold):
+    return _diffedit_compiled(_C.diffedit_mask, (torch.get_num_threads(),), q, r, clamp_ratio, threshold)
+
+
+def _diffedit_cuda(q, r, clamp_ratio, threshold):
+    return _diffedit_compiled(_C.cuda_diffedit_mask, _cuda_launch_args(q), q, r, clamp_ratio, threshold)
 
 
 def _diffedit_torch(q, r, clamp_ratio, threshold):
     return diffedit_mask_ref(q, r, clamp_ratio=clamp_ratio, threshold=threshold)
 
 
-_DIFFEDIT_IMPLS = {"cpu": _diffedit_cpu, "torch": _diffedit_torch}
+_DIFFEDIT_IMPLS = {"cuda": _diffedit_cuda, "cpu": _diffedit_cpu, "torch": _diffedit_torch}
 
 
 def diffedit_mask(

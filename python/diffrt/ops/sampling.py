@@ -20,7 +20,7 @@ Scalar = Union[float, torch.Tensor]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _PREDICTION_CODES = {name: i for i, name in enumerate(PREDICTION_TYPES)}  # csrc/sampler_math.h Prediction
 _CLIP_NONE, _CLIP_FIXED, _CLIP_DYNAMIC = 0, 1, 2  # csrc/sampler_math.h ClipMode
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # csrc/common.h DType
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/common.h DType (f16: CUDA only)
 
 
 def _per_sample_view(values: List[float], like: torch.Tensor) -> torch.Tensor:
@@ -195,8 +195,13 @@ def _check_guidance(guidance_scale, guidance_rescale, n: int) -> Tuple[Optional[
     return _checks.per_sample("guidance_scale", guidance_scale, n), rescale
 
 
-def _ddim_cpu(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction, clip,
-              use_clipped, return_x0):
+def _cuda_launch_args(t: torch.Tensor) -> tuple:
+    """The CUDA kernels' last two arguments: the tensor's device index and torch's current stream on it."""
+    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _ddim_compiled(kernel, tail, sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction,
+                   clip, use_clipped, return_x0):
     x = sample.contiguous()
     m = model_output.contiguous()
     z = noise.contiguous() if noise is not None else None
@@ -205,13 +210,21 @@ def _ddim_cpu(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, r
     out = _alloc.empty_like(x)
     x0 = _alloc.empty_like(x) if return_x0 else None
     cond_ptr = m.data_ptr() + n * numel * m.element_size() if guidance is not None else 0
-    _C.ddim_step(
+    kernel(
         _DTYPE_CODES[x.dtype], n, numel, x.data_ptr(), m.data_ptr(), cond_ptr,
         z.data_ptr() if z is not None else 0, out.data_ptr(), x0.data_ptr() if x0 is not None else 0,
         alpha_t, alpha_prev, guidance if guidance is not None else [], eta, rescale, prediction, *clip,
-        use_clipped, torch.get_num_threads(),
+        use_clipped, *tail,
     )
     return (out, x0) if return_x0 else out
+
+
+def _ddim_cpu(*args):
+    return _ddim_compiled(_C.ddim_step, (torch.get_num_threads(),), *args)
+
+
+def _ddim_cuda(sample, *args):
+    return _ddim_compiled(_C.cuda_ddim_step, _cuda_launch_args(sample), sample, *args)
 
 
 def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction, clip,
@@ -229,7 +242,7 @@ def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta,
     )
 
 
-_DDIM_IMPLS = {"cpu": _ddim_cpu, "torch": _ddim_torch}
+_DDIM_IMPLS = {"cuda": _ddim_cuda, "cpu": _ddim_cpu, "torch": _ddim_torch}
 
 
 def ddim_step(
@@ -253,7 +266,8 @@ def ddim_step(
     """One DDIM update x_t → x_prev (Song et al. 2021, eq. 12), in one pass over memory.
 
     Args:
-        sample: x_t, shape (N, ...), float32 or bfloat16 (any float dtype on the torch backend).
+        sample: x_t, shape (N, ...), float32 or bfloat16 (and float16 on CUDA; any float dtype on the
+            torch backend).
         model_output: the model's prediction for ``sample`` (N, ...); with ``guidance_scale``, the
             batched ``[uncond; cond]`` outputs (2N, ...), combined in the same pass.
         alpha_t, alpha_prev: ᾱ at the current and the previous (less noisy) timestep, in [0, 1]
@@ -345,23 +359,31 @@ def ddim_invert_step(
     )
 
 
-def _cfg_cpu(model_output, guidance, rescale):
+def _cfg_compiled(kernel, tail, model_output, guidance, rescale):
     m = model_output.contiguous()
     n = len(guidance)
     numel = m.numel() // (2 * n)
     out = _alloc.empty_like(m[:n])
-    _C.cfg_combine(
+    kernel(
         _DTYPE_CODES[m.dtype], n, numel, m.data_ptr(), m.data_ptr() + n * numel * m.element_size(),
-        out.data_ptr(), guidance, rescale, torch.get_num_threads(),
+        out.data_ptr(), guidance, rescale, *tail,
     )
     return out
+
+
+def _cfg_cpu(*args):
+    return _cfg_compiled(_C.cfg_combine, (torch.get_num_threads(),), *args)
+
+
+def _cfg_cuda(model_output, *args):
+    return _cfg_compiled(_C.cuda_cfg_combine, _cuda_launch_args(model_output), model_output, *args)
 
 
 def _cfg_torch(model_output, guidance, rescale):
     return cfg_combine_ref(model_output, torch.tensor(guidance, dtype=torch.float64), guidance_rescale=rescale)
 
 
-_CFG_IMPLS = {"cpu": _cfg_cpu, "torch": _cfg_torch}
+_CFG_IMPLS = {"cuda": _cfg_cuda, "cpu": _cfg_cpu, "torch": _cfg_torch}
 
 
 def cfg_combine(
