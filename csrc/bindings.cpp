@@ -111,6 +111,8 @@ py::dict build_info() {
 
 }  // namespace
 
+void bind_downsample(py::module_& m);  // bindings_downsample.cpp
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "diffrt compiled kernels (framework-free; called through diffrt.ops)";
   m.attr("__version__") = DIFFRT_VERSION;
@@ -133,4 +135,5 @@ PYBIND11_MODULE(_C, m) {
 #if defined(DIFFRT_WITH_CUDA)
   m.def("cuda_device_count", [] { return diffrt::cuda::device_count(); }, nogil);
 #endif
+  bind_downsample(m);
 }
