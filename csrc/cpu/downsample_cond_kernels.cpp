@@ -105,34 +105,37 @@ const T* input_plane(const DownsampleCondArgs& a, int64_t n, int64_t ci) {
                                : typed<T>(a.mask) + n * a.mask_batch_stride + (ci - a.image_channels) * HW;
 }
 
-// One output row's patches: patch[ox][(ci·k + ky)·k + kx] for ox < W' (rows ≥ W' stay zero).
-// KW is the kernel width when known at compile time (0: a.kernel_size), so that an interior patch row
-// is one vector copy (k = 16: a single 64-byte load and store in float32).
+// One output row's patches: patch[ox][(ci·k + ky)·k + kx] for ox < W' (rows ≥ W' stay zero), written
+// in order (one pixel's K values after another: the patch is bigger than L1, and filling it column-wise
+// would miss on every 64-byte store). KW is the kernel width when known at compile time (0: a.kernel_size),
+// so that an interior patch row is one vector copy (k = 16: one 64-byte load and store in float32).
+// The source lines of the pixel kPrefetchPixels ahead are requested now: a pixel reads Ck·k lines from
+// as many image rows, more streams than the hardware prefetcher follows.
+constexpr int64_t kPrefetchPixels = 4;
+
 template <typename T, int KW>
 void pack_patches(const DownsampleCondArgs& a, int64_t n, int64_t oy, float* patch, int64_t K) {
   const int64_t k = KW ? KW : a.kernel_size, s = a.stride, p = a.padding, H = a.height, W = a.width;
   const int64_t Ck = a.image_channels + a.mask_channels;
-  for (int64_t ci = 0; ci < Ck; ++ci) {
-    const T* plane = input_plane<T>(a, n, ci);
-    for (int64_t ky = 0; ky < k; ++ky) {
-      const int64_t iy = oy * s - p + ky;
-      float* dst_col = patch + (ci * k + ky) * k;
-      if (iy < 0 || iy >= H) {
-        for (int64_t ox = 0; ox < a.out_width; ++ox) std::fill(dst_col + ox * K, dst_col + ox * K + k, 0.f);
-        continue;
-      }
-      const T* row = plane + iy * W;
-      for (int64_t ox = 0; ox < a.out_width; ++ox) {
-        float* dst = dst_col + ox * K;
-        const int64_t ix0 = ox * s - p;
-        if (ix0 >= 0 && ix0 + k <= W) {
+  for (int64_t ox = 0; ox < a.out_width; ++ox) {
+    const int64_t ix0 = ox * s - p;
+    const bool interior = ix0 >= 0 && ix0 + k <= W;
+    float* dst = patch + ox * K;
+    for (int64_t ci = 0; ci < Ck; ++ci) {
+      const T* plane = input_plane<T>(a, n, ci);
+      for (int64_t ky = 0; ky < k; ++ky, dst += k) {
+        const int64_t iy = oy * s - p + ky;
+        if (iy < 0 || iy >= H) {
+          std::fill(dst, dst + k, 0.f);
+          continue;
+        }
+        const T* src = plane + iy * W + ix0;
+        if (interior) {
+          __builtin_prefetch(src + kPrefetchPixels * s, 0, 3);
 #pragma omp simd
-          for (int64_t kx = 0; kx < k; ++kx) dst[kx] = load(row[ix0 + kx]);
+          for (int64_t kx = 0; kx < k; ++kx) dst[kx] = load(src[kx]);
         } else {
-          for (int64_t kx = 0; kx < k; ++kx) {
-            const int64_t ix = ix0 + kx;
-            dst[kx] = (ix >= 0 && ix < W) ? load(row[ix]) : 0.f;
-          }
+          for (int64_t kx = 0; kx < k; ++kx) dst[kx] = (ix0 + kx >= 0 && ix0 + kx < W) ? load(src[kx]) : 0.f;
         }
       }
     }
