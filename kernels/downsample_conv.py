@@ -25,26 +25,6 @@ import triton.language as tl
 
 
 @triton.jit
-def _accumulate_input_channel(acc, plane_ptr, s_h, s_w, w_ptr, s_w_c, s_w_h, s_w_w, offs_c, c_ok, iy0, ix0, p_ok,
-                              H, W, KSIZE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[p, c] += Σ_{ky, kx} plane[iy0[p] + ky, ix0[p] + kx] · w[c, ky, kx] for one input channel,
-    over (ky, kx) in chunks of BLOCK_K (zero outside the image and past k²)."""
-    for k0 in range(0, KSIZE * KSIZE, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < KSIZE * KSIZE
-        ky = offs_k // KSIZE
-        kx = offs_k % KSIZE
-        iy = iy0[:, None] + ky[None, :]
-        ix = ix0[:, None] + kx[None, :]
-        inside = p_ok[:, None] & k_ok[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        x = tl.load(plane_ptr + iy * s_h + ix * s_w, mask=inside, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + offs_c[None, :] * s_w_c + ky[:, None] * s_w_h + kx[:, None] * s_w_w,
-                    mask=k_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
-        acc += tl.dot(x, w, input_precision="ieee")
-    return acc
-
-
-@triton.jit
 def _downsample_conv_kernel(
     image_ptr, mask_ptr, weight_ptr, bias_ptr, out_ptr,
     H, W, HO, WO, C, channel_offset,
@@ -69,17 +49,31 @@ def _downsample_conv_kernel(
     ix0 = ox * STRIDE - PADDING
 
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for ci in range(IMAGE_CHANNELS):
-        acc = _accumulate_input_channel(
-            acc, image_ptr + n * s_img_n + ci * s_img_c, s_img_h, s_img_w,
-            weight_ptr + ci * s_w_i, s_w_c, s_w_h, s_w_w, offs_c, c_ok, iy0, ix0, p_ok, H, W, KSIZE, BLOCK_K,
-        )
-    for cm in range(MASK_CHANNELS):
-        acc = _accumulate_input_channel(
-            acc, mask_ptr + n * s_msk_n + cm * s_msk_c, s_msk_h, s_msk_w,
-            weight_ptr + (IMAGE_CHANNELS + cm) * s_w_i, s_w_c, s_w_h, s_w_w, offs_c, c_ok, iy0, ix0, p_ok, H, W,
-            KSIZE, BLOCK_K,
-        )
+    # x = [image | mask]: input channel ci of the conv is an image channel or a mask channel (the
+    # branch is resolved at compile time, each unrolled channel reads one plane).
+    for ci in tl.static_range(IMAGE_CHANNELS + MASK_CHANNELS):
+        if ci < IMAGE_CHANNELS:
+            plane = image_ptr + n * s_img_n + ci * s_img_c
+            s_h = s_img_h
+            s_w = s_img_w
+        else:
+            plane = mask_ptr + n * s_msk_n + (ci - IMAGE_CHANNELS) * s_msk_c
+            s_h = s_msk_h
+            s_w = s_msk_w
+        # acc[p, c] += Σ_{ky, kx} plane[iy0[p] + ky, ix0[p] + kx] · weight[c, ci, ky, kx], (ky, kx) in
+        # chunks of BLOCK_K; zero outside the image and past k².
+        for k0 in range(0, KSIZE * KSIZE, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < KSIZE * KSIZE
+            ky = offs_k // KSIZE
+            kx = offs_k % KSIZE
+            iy = iy0[:, None] + ky[None, :]
+            ix = ix0[:, None] + kx[None, :]
+            inside = p_ok[:, None] & k_ok[None, :] & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+            x = tl.load(plane + iy * s_h + ix * s_w, mask=inside, other=0.0).to(tl.float32)
+            w = tl.load(weight_ptr + offs_c[None, :] * s_w_c + ci * s_w_i + ky[:, None] * s_w_h + kx[:, None] * s_w_w,
+                        mask=k_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+            acc += tl.dot(x, w, input_precision="ieee")
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
 

@@ -88,6 +88,10 @@ def _downsample_cpu(image, mask, weight, bias, stride, padding, out, channel_off
 def _downsample_triton(image, mask, weight, bias, stride, padding, out, channel_offset):
     from ..kernels.downsample_conv import downsample_conv  # imports triton: only when this backend runs
 
+    if out is None:
+        n, c = image.shape[0], weight.shape[0]
+        ho, wo = _out_size(image.shape[2], weight.shape[2], stride, padding), _out_size(image.shape[3], weight.shape[3], stride, padding)
+        out, channel_offset = _alloc.empty((n, c, ho, wo), dtype=image.dtype, device=image.device), 0
     return downsample_conv(image, mask, weight, bias, stride=stride, padding=padding, out=out,
                            channel_offset=channel_offset)
 
