@@ -21,8 +21,11 @@ CASES = [
     (2, 3, 31, 30, 3, 1, 1, 50, 50, 0),  # stride 1, C not a multiple of the vector width
     (1, 2, 20, 26, 6, 2, 0, 17, 40, 11),  # two image channels
     (1, 3, 32, 32, 4, 4, 0, 130, 134, 4),  # several channel blocks
+    # Wide rows: float32 micro-tiles inside the image read it in place, border and tail tiles are packed.
+    (1, 3, 32, 520, 16, 16, 0, 64, 70, 6),
+    (2, 3, 9, 203, 4, 4, 1, 16, 20, 2),
 ]
-IDS = ["k16s16", "k4s4-odd", "k5s3p2", "k3s1p1", "k6s2-2ch", "C130"]
+IDS = ["k16s16", "k4s4-odd", "k5s3p2", "k3s1p1", "k6s2-2ch", "C130", "k16-wide", "k4p1-wide"]
 
 
 def _inputs(gen, n, ci, h, w, k, c, dtype, mask_batch=None):

@@ -65,26 +65,34 @@ FloatBuffer zeroed_floats(int64_t n) {
   return FloatBuffer(p);
 }
 
-// acc[r][0 : NV·L] = init[r][0 : NV·L] + Σ_{k<kc} patch[r·patch_stride + k] · w[k][0 : NV·L] for R
-// pixels: R·NV vector accumulators stay in registers; each k costs NV vector loads, R broadcasts and
-// R·NV FMAs. `init` is the bias row (init_stride 0) for the first K chunk, else acc itself.
-template <int R, int NV>
-inline void gemm_micro_kernel(const float* patch, int64_t patch_stride, const float* w, int64_t kc,
-                              const float* init, int64_t init_stride, float* acc, int64_t acc_stride) {
+// acc[r][0 : NV·L] = init[r][0 : NV·L] + Σ_{j<nrows, kx<k} rows[j][offset + r·pixel_stride + kx] · w[j·k + kx][0 : NV·L]
+// for R pixels. The A operand is addressed by source row (j: one (ci, ky) of the kernel window), so it
+// is either the packed patch (pixel_stride K) or, for float32 pixels away from the border, the image
+// itself (pixel_stride s: no copy at all). R·NV vector accumulators stay in registers; each (j, kx)
+// costs NV vector loads, R broadcasts and R·NV FMAs. `init` is the bias row (init_stride 0) for the
+// first chunk of K, else acc itself.
+template <int R, int NV, int KW>
+inline void gemm_micro_kernel(const float* const* rows, int64_t offset, int64_t pixel_stride, int64_t nrows,
+                              int64_t kernel_size, const float* w, const float* init, int64_t init_stride, float* acc,
+                              int64_t acc_stride) {
+  const int64_t k = KW ? KW : kernel_size;
   vfloat sum[R][NV];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) sum[r][v] = loadv(init + r * init_stride + v * kLanes);
-  for (int64_t k = 0; k < kc; ++k) {
-    vfloat wv[NV];
+  for (int64_t j = 0; j < nrows; ++j) {
+    const float* src = rows[j] + offset;
+    for (int64_t kx = 0; kx < k; ++kx, w += NV * kLanes) {
+      vfloat wv[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) wv[v] = loadv(w + k * NV * kLanes + v * kLanes);
+      for (int v = 0; v < NV; ++v) wv[v] = loadv(w + v * kLanes);
 #pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      const float x = patch[r * patch_stride + k];
+      for (int r = 0; r < R; ++r) {
+        const float x = src[r * pixel_stride + kx];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) sum[r][v] += x * wv[v];
+        for (int v = 0; v < NV; ++v) sum[r][v] += x * wv[v];
+      }
     }
   }
 #pragma GCC unroll 32
@@ -105,7 +113,7 @@ const T* input_plane(const DownsampleCondArgs& a, int64_t n, int64_t ci) {
                                : typed<T>(a.mask) + n * a.mask_batch_stride + (ci - a.image_channels) * HW;
 }
 
-// One output row's patches: patch[ox][(ci·k + ky)·k + kx] for ox < W' (rows ≥ W' stay zero), written
+// Patches of pixels [ox_begin, ox_end) of one output row: patch[ox][(ci·k + ky)·k + kx], written
 // in order (one pixel's K values after another: the patch is bigger than L1, and filling it column-wise
 // would miss on every 64-byte store). KW is the kernel width when known at compile time (0: a.kernel_size),
 // so that an interior patch row is one vector copy (k = 16: one 64-byte load and store in float32).
@@ -114,10 +122,11 @@ const T* input_plane(const DownsampleCondArgs& a, int64_t n, int64_t ci) {
 constexpr int64_t kPrefetchPixels = 4;
 
 template <typename T, int KW>
-void pack_patches(const DownsampleCondArgs& a, int64_t n, int64_t oy, float* patch, int64_t K) {
+void pack_patches(const DownsampleCondArgs& a, int64_t n, int64_t oy, int64_t ox_begin, int64_t ox_end, float* patch,
+                  int64_t K) {
   const int64_t k = KW ? KW : a.kernel_size, s = a.stride, p = a.padding, H = a.height, W = a.width;
   const int64_t Ck = a.image_channels + a.mask_channels;
-  for (int64_t ox = 0; ox < a.out_width; ++ox) {
+  for (int64_t ox = ox_begin; ox < ox_end; ++ox) {
     const int64_t ix0 = ox * s - p;
     const bool interior = ix0 >= 0 && ix0 + k <= W;
     float* dst = patch + ox * K;
@@ -240,9 +249,11 @@ void downsample_cond_blocked(const DownsampleCondArgs& a) {
   const int64_t Wo = a.out_width, Wo_padded = (Wo + R - 1) / R * R;
   const int64_t acc_rows = std::max(Wo_padded, (Wo + 15) / 16 * 16);
   const int64_t channel_blocks = (C + kBlockC - 1) / kBlockC, C_padded = channel_blocks * kBlockC;
-  // K chunk: the weight chunk (kc·kBlockC) and the row's patch chunk (W'·kc) together stay within
-  // ~32 KB of L1 while every micro-tile of the row runs over them.
-  const int64_t kc_max = std::clamp<int64_t>((8192 / (kBlockC + Wo_padded)) & ~int64_t(7), 16, std::max<int64_t>(K, 16));
+  // K chunk: whole source rows (ci, ky) of k values; the weight chunk (kc·kBlockC) and the row's A
+  // operand chunk (W'·kc) together stay within ~32 KB of L1 while every micro-tile runs over them.
+  const int64_t source_rows = (a.image_channels + a.mask_channels) * k;
+  const int64_t kc_max = std::max<int64_t>(16, 8192 / (kBlockC + Wo_padded));
+  const int64_t chunk_rows = std::max<int64_t>(1, kc_max / k);
 
   // wpack[block][K][kBlockC] = weight[block·kBlockC + j, K]; zero for the padding channels j ≥ C.
   FloatBuffer wpack = zeroed_floats(K * C_padded);
@@ -259,29 +270,43 @@ void downsample_cond_blocked(const DownsampleCondArgs& a) {
   const int64_t macs = rows * Wo * C * K;
   const int nt = int(std::min<int64_t>(rows, macs < (int64_t(1) << 20) ? 1 : std::max(1, a.num_threads)));
   T* out = static_cast<T*>(a.out);
-  const int64_t chunks = (K + kc_max - 1) / kc_max, tiles = Wo_padded / R;
-  const int64_t steps = chunks * channel_blocks * tiles;  // micro-kernel calls per row
+  const int64_t s = a.stride, p = a.padding, tiles = Wo_padded / R;
+  const int64_t steps = (source_rows + chunk_rows - 1) / chunk_rows * channel_blocks * tiles;  // calls per row
+  // A float32 micro-tile reads the image in place when its whole window lies inside the image.
+  auto tile_inside_columns = [&](int64_t ox) { return ox + R <= Wo && ox * s - p >= 0 && (ox + R - 1) * s - p + k <= a.width; };
 
 #pragma omp parallel num_threads(nt)
   {
     FloatBuffer patch = zeroed_floats(Wo_padded * K);
     FloatBuffer acc = zeroed_floats(acc_rows * C_padded);
+    std::unique_ptr<const float*[]> patch_rows(new const float*[source_rows]);
+    std::unique_ptr<const float*[]> image_rows(new const float*[source_rows]);
+    for (int64_t q = 0; q < source_rows; ++q) patch_rows[q] = patch.get() + q * k;
     NextRowPrefetch<T> prefetch{a};
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t n = row / a.out_height, oy = row % a.out_height;
-      pack_patches<T, KW>(a, n, oy, patch.get(), K);
+      const bool direct_row = std::is_same_v<T, float> && oy * s - p >= 0 && oy * s - p + k <= a.height;
+      if (direct_row) {
+        for (int64_t q = 0; q < source_rows; ++q)
+          image_rows[q] = reinterpret_cast<const float*>(input_plane<T>(a, n, q / k)) + (oy * s - p + q % k) * a.width - p;
+      }
+      for (int64_t ox = 0; ox < Wo_padded; ox += R)
+        if (!(direct_row && tile_inside_columns(ox))) pack_patches<T, KW>(a, n, oy, ox, std::min(ox + R, Wo), patch.get(), K);
       prefetch.start(std::min(row + 1, rows - 1));
       int64_t step = 0;
-      for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
-        const int64_t kc = std::min(kc_max, K - k0);
+      for (int64_t q0 = 0; q0 < source_rows; q0 += chunk_rows) {
+        const int64_t nrows = std::min(chunk_rows, source_rows - q0);
         for (int64_t b = 0; b < channel_blocks; ++b) {
-          const float* w = wpack.get() + b * K * kBlockC + k0 * kBlockC;
+          const float* w = wpack.get() + b * K * kBlockC + q0 * k * kBlockC;
           for (int64_t ox = 0; ox < Wo_padded; ox += R) {
             float* tile = acc.get() + ox * C_padded + b * kBlockC;
-            const float* init = k0 == 0 ? bias_row.get() + b * kBlockC : tile;
-            gemm_micro_kernel<R, NV>(patch.get() + ox * K + k0, K, w, kc, init, k0 == 0 ? 0 : C_padded, tile,
-                                     C_padded);
+            const float* init = q0 == 0 ? bias_row.get() + b * kBlockC : tile;
+            const int64_t init_stride = q0 == 0 ? 0 : C_padded;
+            if (direct_row && tile_inside_columns(ox))
+              gemm_micro_kernel<R, NV, KW>(image_rows.get() + q0, ox * s, s, nrows, k, w, init, init_stride, tile, C_padded);
+            else
+              gemm_micro_kernel<R, NV, KW>(patch_rows.get() + q0, ox * K, K, nrows, k, w, init, init_stride, tile, C_padded);
             prefetch.advance(++step, steps);
           }
         }
