@@ -285,7 +285,10 @@ void downsample_cond_blocked(const DownsampleCondArgs& a) {
     std::unique_ptr<const float*[]> image_rows(new const float*[source_rows]);
     for (int64_t q = 0; q < source_rows; ++q) patch_rows[q] = patch.get() + q * k;
     NextRowPrefetch<T> prefetch{a};
-#pragma omp for schedule(static)
+    // Rows handed out one at a time: on a shared machine a descheduled thread must not hold back a
+    // static share (rows are tens of microseconds each, so the hand-out costs nothing). Thread t then
+    // tends to get rows t, t + nt, ..., which is the row it prefetches.
+#pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t n = row / a.out_height, oy = row % a.out_height;
       const bool direct_row = std::is_same_v<T, float> && oy * s - p >= 0 && oy * s - p + k <= a.height;
@@ -295,7 +298,7 @@ void downsample_cond_blocked(const DownsampleCondArgs& a) {
       }
       for (int64_t ox = 0; ox < Wo_padded; ox += R)
         if (!(direct_row && tile_inside_columns(ox))) pack_patches<T, KW>(a, n, oy, ox, std::min(ox + R, Wo), patch.get(), K);
-      prefetch.start(std::min(row + 1, rows - 1));
+      prefetch.start(std::min(row + nt, rows - 1));
       int64_t step = 0;
       for (int64_t q0 = 0; q0 < source_rows; q0 += chunk_rows) {
         const int64_t nrows = std::min(chunk_rows, source_rows - q0);
