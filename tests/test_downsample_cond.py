@@ -161,6 +161,19 @@ def test_gradients_through_out_buffer(isa, gen):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_out_in_a_graph_with_frozen_conv(isa, gen):
+    """Frozen conv weights, but x_t in the buffer requires grad: the write goes through autograd."""
+    image, mask, weight, bias = _inputs(gen, 1, 3, 16, 16, 4, 3, torch.float32)
+    x_t = rand(gen, 1, 4, 4, 4).requires_grad_()
+    buf = torch.empty(1, 7, 4, 4)
+    buf[:, :4] = x_t
+    ops.downsample_cond(image, mask, weight, bias, stride=4, out=buf, channel_offset=4)
+    (buf * 2).sum().backward()
+    torch.testing.assert_close(x_t.grad, torch.full_like(x_t, 2.0))
+    torch.testing.assert_close(buf[:, 4:].detach(), ops.downsample_cond_ref(image, mask, weight, bias, stride=4),
+                               rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------

@@ -177,7 +177,8 @@ def downsample_cond(
     Autograd: gradients reach image, mask, weight and bias. When any of them requires grad, the conv
     result is computed into a fresh tensor and copied into the slice of ``out`` with an autograd-tracked
     ``copy_``: gradients flowing into ``out``'s slice reach the conv, while the rest of ``out`` (x_t)
-    keeps its own history. ``out`` itself must then not be a leaf that requires grad.
+    keeps its own history (an ``out`` that requires grad is always written this way). ``out`` itself
+    must not be a leaf that requires grad.
     """
     _checks.tensor("image", image, ndim=(4,))
     _checks.tensor("weight", weight, ndim=(4,))
@@ -221,8 +222,11 @@ def downsample_cond(
         raise ValueError(f"channel_offset must be 0 without out, got {channel_offset}")
 
     impl = dispatch("downsample_cond", _IMPLS, image.device, image.dtype, backend)
+    # An `out` that is part of a graph (x_t written into it with grad) is also written through autograd,
+    # so that its version counter and history see the write.
     needs_grad = torch.is_grad_enabled() and (
         image.requires_grad or mask.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        or (out is not None and out.requires_grad)
     )
     if not needs_grad:
         return impl(image, mask, weight, bias, stride, padding, out, channel_offset)
