@@ -116,6 +116,8 @@ py::dict build_info() {
 
 }  // namespace
 
+void bind_downsample(py::module_& m);  // bindings_downsample.cpp
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "diffrt compiled kernels (framework-free; called through diffrt.ops)";
   m.attr("__version__") = DIFFRT_VERSION;
@@ -140,4 +142,5 @@ PYBIND11_MODULE(_C, m) {
   bind_cuda_sampler(m);
 #endif
   bind_attention(m);
+  bind_downsample(m);
 }

@@ -52,8 +52,6 @@ def test_caption_dropout():
 @pytest.mark.parametrize("kind", ["inpainting", "super_resolution", "unclip_decoder"])
 def test_unet_objectives_train(parts, kind):
     tok, clip, text = parts
-    if kind != "unclip_decoder":
-        pytest.importorskip("diffrt.models.downsample_cond")
     noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
     if kind == "inpainting":
         model = unet(cond_image=True, prediction_type="v_prediction")

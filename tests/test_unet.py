@@ -115,3 +115,27 @@ def test_wrong_input_size_is_rejected():
     model = UNet(UNetConfig(**BASE))
     with pytest.raises(ValueError, match="16×16"):
         model(torch.randn(1, 3, 8, 8), torch.tensor([1]), {})
+
+
+@pytest.mark.parametrize("cond_image_size", [16, 64])
+def test_image_conditioning_starts_out_as_the_text_to_image_model(cond_image_size):
+    """DownsampleCond is zero-initialised: with the same other weights, a UNet with image + mask
+    inputs gives exactly the output of the one without, whatever the image, and still learns."""
+    plain = randomise(UNet(UNetConfig(**BASE)))
+    cfg = UNetConfig(**BASE, cond_image=True, cond_image_size=cond_image_size, cond_channels=8)
+    editor = UNet(cfg)
+    randomise(editor, skip=("cond_conv",))
+    state = editor.state_dict()
+    for k, v in plain.state_dict().items():
+        if k == "conv_in.weight":  # the editor's first conv has 8 more input channels
+            state[k][:, : v.shape[1]] = v
+        else:
+            state[k] = v
+    editor.load_state_dict(state)
+    assert not editor.cond_conv.weight.any()
+    g = torch.Generator().manual_seed(5)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([7, 300])
+    cond = make_cond(cfg, 2, g)
+    torch.testing.assert_close(editor(x, t, cond), plain(x, t, cond), rtol=0, atol=0)
+    editor(x, t, cond).square().mean().backward()
+    assert editor.cond_conv.weight.grad.abs().sum() > 0

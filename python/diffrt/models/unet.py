@@ -176,7 +176,7 @@ class UNet(nn.Module, SavableModel):
             from .downsample_cond import DownsampleCond
 
             s = c.cond_stride
-            self.cond_conv = DownsampleCond(4, c.cond_channels, kernel_size=s, stride=s, padding=0)
+            self.cond_conv = DownsampleCond(c.cond_channels, kernel_size=s, stride=s)
         self.input_channels = c.in_channels + c.low_res_channels + (c.cond_channels if c.cond_image else 0)
         self.conv_in = nn.Conv2d(self.input_channels, c.base_channels, 3, padding=1)
 

@@ -7,6 +7,7 @@ on one. Each op has its readable torch reference ``<op>_ref`` beside it, exact i
 
 from ._backend import BACKENDS, UnsupportedBackendError
 from .attention import attention, attention_ref
+from .downsample import downsample_cond, downsample_cond_ref
 from .masks import diffedit_mask, diffedit_mask_ref, mask_blend, mask_blend_ref
 from .sampling import (
     PREDICTION_TYPES,
@@ -30,6 +31,8 @@ __all__ = [
     "ddim_invert_step_ref",
     "ddim_step",
     "ddim_step_ref",
+    "downsample_cond",
+    "downsample_cond_ref",
     "diffedit_mask",
     "diffedit_mask_ref",
     "mask_blend",

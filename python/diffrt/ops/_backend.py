@@ -9,6 +9,8 @@ carries the reasons — never a silent fallback.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Tuple
 
@@ -16,7 +18,7 @@ import torch
 
 from .. import _C
 
-AUTO_ORDER = ("cuda", "cpu", "torch")
+AUTO_ORDER = ("cuda", "triton", "cpu", "torch")
 
 
 class UnsupportedBackendError(ValueError):
@@ -30,13 +32,18 @@ class Backend:
     devices: Optional[Tuple[str, ...]]  # None: any device
     dtypes: Optional[Tuple[torch.dtype, ...]]  # None: any floating dtype
     unavailable: Optional[str] = None  # why this backend cannot run at all in this process
+    # Devices it also runs on when asked for by name under TRITON_INTERPRET=1 (Triton's interpreter:
+    # a test tool, far too slow to be chosen automatically).
+    interpreter_devices: Tuple[str, ...] = ()
 
-    def not_supported_reasons(self, device: torch.device, dtype: torch.dtype) -> list:
+    def not_supported_reasons(self, device: torch.device, dtype: torch.dtype, requested: bool = False) -> list:
         reasons = []
         if self.unavailable:
             reasons.append(self.unavailable)
-        if self.devices is not None and device.type not in self.devices:
-            reasons.append(f"device '{device.type}' is not supported (supports {', '.join(self.devices)})")
+        interpreted = requested and device.type in self.interpreter_devices and os.environ.get("TRITON_INTERPRET") == "1"
+        if self.devices is not None and device.type not in self.devices and not interpreted:
+            also = f"; {', '.join(self.interpreter_devices)} only by name under TRITON_INTERPRET=1" if self.interpreter_devices else ""
+            reasons.append(f"device '{device.type}' is not supported (supports {', '.join(self.devices)}{also})")
         if self.dtypes is not None and dtype not in self.dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
             reasons.append(f"dtype {str(dtype).replace('torch.', '')} is not supported (supports {names})")
@@ -51,6 +58,13 @@ def _cuda_unavailable_reason() -> Optional[str]:
     return None
 
 
+def _triton_unavailable_reason() -> Optional[str]:
+    # find_spec, not import: importing triton is slow and diffrt must import without it.
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'diffrt[triton]')"
+    return None
+
+
 BACKENDS: Mapping[str, Backend] = {
     "cuda": Backend(
         "cuda",
@@ -58,6 +72,14 @@ BACKENDS: Mapping[str, Backend] = {
         ("cuda",),
         (torch.float32, torch.bfloat16, torch.float16),
         _cuda_unavailable_reason(),
+    ),
+    "triton": Backend(
+        "triton",
+        "Triton kernels (diffrt.kernels) on CUDA tensors",
+        ("cuda",),
+        (torch.float32, torch.bfloat16, torch.float16),
+        _triton_unavailable_reason(),
+        interpreter_devices=("cpu",),
     ),
     "cpu": Backend(
         "cpu",
@@ -77,7 +99,7 @@ def _select(op: str, implemented: Tuple[str, ...], device: torch.device, dtype: 
             )
         if requested not in implemented:
             raise UnsupportedBackendError(f"{op}: backend {requested!r} has no kernel for this op")
-        reasons = BACKENDS[requested].not_supported_reasons(device, dtype)
+        reasons = BACKENDS[requested].not_supported_reasons(device, dtype, requested=True)
         if reasons:
             raise UnsupportedBackendError(f"{op}: backend {requested!r} cannot run these inputs: " + "; ".join(reasons))
         return requested

@@ -1,0 +1,14 @@
+// Picks the downsample_cond kernel table of the active ISA (chosen once in isa.cpp).
+#include "cpu/downsample_kernels.h"
+
+namespace diffrt::cpu {
+
+const DownsampleKernels& downsample_kernels() {
+  switch (active_isa()) {
+    case Isa::avx512: return avx512::downsample_kernels;
+    case Isa::avx2: return avx2::downsample_kernels;
+    default: return scalar::downsample_kernels;
+  }
+}
+
+}  // namespace diffrt::cpu
