@@ -82,3 +82,13 @@ def test_bad_configs_fail_clearly(tmp_path, clip_run, capsys):
     no_text = write_config(tmp_path, "prior")
     assert main(["train", "prior", "--config", str(no_text), "--run-dir", str(tmp_path / "x")]) == 2
     assert "[text] clip" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["base", "sr"])
+def test_inpainting_kinds(tmp_path, clip_run, kind):
+    run = tmp_path / "run"
+    assert main(["train", kind, "--config", str(write_config(tmp_path, kind, clip_run / "final")),
+                 "--run-dir", str(run)]) == 0
+    model = UNet.from_pretrained(run / "final")
+    assert model.config.cond_image and bool(model.config.low_res_channels) == (kind == "sr")
+    assert (run / "samples" / "step_00000012.png").is_file()
