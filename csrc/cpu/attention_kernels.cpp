@@ -564,7 +564,7 @@ void forward_typed(const AttentionForwardArgs& a) {
       } else {
         pack_rows_f32(q, a.q_strides.row, rows, d, dp, s.q.data());
       }
-      std::fill(s.o.begin(), s.o.end(), 0.f);
+      if (kt.count == 0) std::fill(s.o.begin(), s.o.end(), 0.f);  // no keys: out = 0
       std::fill(s.m.begin(), s.m.end(), kMasked);
       std::fill(s.l.begin(), s.l.end(), 0.f);
 
@@ -572,24 +572,31 @@ void forward_typed(const AttentionForwardArgs& a) {
         const int64_t k0 = kt.begin(t), w = kt.size(t);
         const float* bias = kb.biased(b, t) ? kb.row(b) + k0 : nullptr;
         std::fill(s.row_max.begin(), s.row_max.end(), kMasked);
-        // t = c·Q·Kᵀ + bias (rows × w) and its row max, then the online-softmax step, then O = O·alpha + P·V.
+        // t = c·Q·Kᵀ + bias (rows × w) and its row max (the reduction runs over d, not the padded dp), then the online-softmax step, then O = O·alpha + P·V.
 #if defined(__AVX512BF16__)
         if (kDot) {
           const uint16_t* ktile = kt_b16.data() + bh * head_elems + k0 * dp;
           const uint16_t* vtile = v_b16.data() + bh * head_elems + k0 * dp;
-          gemm_bf16<Init::scores>(rows, w / W, dp / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
+          gemm_bf16<Init::scores>(rows, w / W, (d + 1) / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
                                   ktile, 2 * w, s.s.data(), w, s.row_max.data(), c, bias);
           softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), s.p_bf16.data());
-          gemm_bf16<Init::scale_rows>(rows, dp / W, w / 2, reinterpret_cast<const uint32_t*>(s.p_bf16.data()), w / 2,
-                                      vtile, 2 * dp, s.o.data(), dp, s.alpha.data());
+          const uint32_t* p_pairs = reinterpret_cast<const uint32_t*>(s.p_bf16.data());
+          if (t == 0)
+            gemm_bf16<Init::zero>(rows, dp / W, w / 2, p_pairs, w / 2, vtile, 2 * dp, s.o.data(), dp);
+          else
+            gemm_bf16<Init::scale_rows>(rows, dp / W, w / 2, p_pairs, w / 2, vtile, 2 * dp, s.o.data(), dp,
+                                        s.alpha.data());
           continue;
         }
 #endif
         const float* ktile = kt_f32.data() + bh * head_elems + k0 * dp;
         const float* vtile = v_f32.data() + bh * head_elems + k0 * dp;
-        gemm<Init::scores>(rows, w / W, dp, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c, bias);
+        gemm<Init::scores>(rows, w / W, d, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c, bias);
         softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
-        gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
+        if (t == 0)  // O starts as P·V: no rescale, and O needs no zeroing
+          gemm<Init::zero>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp);
+        else
+          gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
       }
 
       // out = O / l (0 for a row without keys), lse = (m + log2 l)·ln 2.
@@ -678,12 +685,12 @@ void backward_typed(const AttentionBackwardArgs& a) {
           const float* qi = q.data() + q0 * dp;
           const float* doi = dout.data() + q0 * dp;
           // P = 2^(c·Q·Kᵀ + bias − lse2)
-          gemm<Init::probs>(rows, nv, dp, qi, dp, 1, kt_packed.data() + k0 * dp, w, p.data(), w, lse2.data() + q0, c,
+          gemm<Init::probs>(rows, nv, d, qi, dp, 1, kt_packed.data() + k0 * dp, w, p.data(), w, lse2.data() + q0, c,
                             bias);
           // dV += Pᵀ·dO_i
           gemm<Init::load>(w, dp / W, rows, p.data(), 1, w, doi, dp, dv.data(), dp);
           // dP = dO_i·Vᵀ, then dS = scale·P∘(dP − D)
-          gemm<Init::zero>(rows, nv, dp, doi, dp, 1, vt_packed.data() + k0 * dp, w, ds.data(), w);
+          gemm<Init::zero>(rows, nv, d, doi, dp, 1, vt_packed.data() + k0 * dp, w, ds.data(), w);
           for (int64_t r = 0; r < rows; ++r) {
             const vf dr = vset1(delta[q0 + r]), sc = vset1(a.scale);
             float* dsr = ds.data() + r * w;
