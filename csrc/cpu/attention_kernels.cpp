@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -503,15 +504,12 @@ void forward_typed(const AttentionForwardArgs& a) {
 
   // Packed K and V of every head (float32, or bfloat16 pairs for the dot-product path).
   const int64_t head_elems = kt.padded_len * dp;
-  std::vector<float> kt_f32, v_f32;
-  std::vector<uint16_t> kt_b16, v_b16;
-  if (kDot) {
-    kt_b16.resize(size_t(BH * head_elems));
-    v_b16.resize(size_t(BH * head_elems));
-  } else {
-    kt_f32.resize(size_t(BH * head_elems));
-    v_f32.resize(size_t(BH * head_elems));
-  }
+  // Left uninitialised here: each head's packing writes all of its slice, in parallel.
+  const size_t packed_elems = size_t(BH * head_elems);
+  std::unique_ptr<float[]> kt_f32(kDot ? nullptr : new float[packed_elems]);
+  std::unique_ptr<float[]> v_f32(kDot ? nullptr : new float[packed_elems]);
+  std::unique_ptr<uint16_t[]> kt_b16(kDot ? new uint16_t[packed_elems] : nullptr);
+  std::unique_ptr<uint16_t[]> v_b16(kDot ? new uint16_t[packed_elems] : nullptr);
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, items)));
 
 #pragma omp parallel num_threads(nt)
@@ -523,8 +521,8 @@ void forward_typed(const AttentionForwardArgs& a) {
       const T* v = head_ptr<T>(a.v, a.v_strides, b, h);
       if (kDot) {
         // Kᵀ tile: pair row p = (k[j][2p], k[j][2p+1]) for j in the tile; V: pair row = keys (2i, 2i+1).
-        uint16_t* kp = kt_b16.data() + bh * head_elems;
-        uint16_t* vp = v_b16.data() + bh * head_elems;
+        uint16_t* kp = kt_b16.get() + bh * head_elems;
+        uint16_t* vp = v_b16.get() + bh * head_elems;
         std::fill(kp, kp + head_elems, uint16_t(0));
         std::fill(vp, vp + head_elems, uint16_t(0));
         for (int64_t t = 0; t < kt.count; ++t) {
@@ -537,8 +535,8 @@ void forward_typed(const AttentionForwardArgs& a) {
           for (int64_t cc = 0; cc < d; ++cc)
             vp[(j / 2) * 2 * dp + cc * 2 + (j & 1)] = bf16_bits(v[j * a.v_strides.row + cc]);
       } else {
-        pack_transposed_f32(k, a.k_strides.row, Lk, d, dp, kt, kt_f32.data() + bh * head_elems);
-        float* vp = v_f32.data() + bh * head_elems;
+        pack_transposed_f32(k, a.k_strides.row, Lk, d, dp, kt, kt_f32.get() + bh * head_elems);
+        float* vp = v_f32.get() + bh * head_elems;
         pack_rows_f32(v, a.v_strides.row, Lk, d, dp, vp);
         std::fill(vp + Lk * dp, vp + head_elems, 0.f);
       }
@@ -583,8 +581,8 @@ void forward_typed(const AttentionForwardArgs& a) {
         // t = c·Q·Kᵀ + bias (rows × w) and its row max (the reduction runs over d, not the padded dp), then the online-softmax step, then O = O·alpha + P·V.
 #if defined(__AVX512BF16__)
         if (kDot) {
-          const uint16_t* ktile = kt_b16.data() + bh * head_elems + k0 * dp;
-          const uint16_t* vtile = v_b16.data() + bh * head_elems + k0 * dp;
+          const uint16_t* ktile = kt_b16.get() + bh * head_elems + k0 * dp;
+          const uint16_t* vtile = v_b16.get() + bh * head_elems + k0 * dp;
           gemm_bf16<Init::scores>(rows, w / W, (d + 1) / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
                                   1, ktile, 2 * w, s.s.data(), w, s.row_max.data(), c, bias);
           softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), s.p_bf16.data());
@@ -597,8 +595,8 @@ void forward_typed(const AttentionForwardArgs& a) {
           continue;
         }
 #endif
-        const float* ktile = kt_f32.data() + bh * head_elems + k0 * dp;
-        const float* vtile = v_f32.data() + bh * head_elems + k0 * dp;
+        const float* ktile = kt_f32.get() + bh * head_elems + k0 * dp;
+        const float* vtile = v_f32.get() + bh * head_elems + k0 * dp;
         gemm<Init::scores>(rows, w / W, d, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c, bias);
         softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
         if (t == 0)  // O starts as P·V: no rescale, and O needs no zeroing
@@ -644,7 +642,8 @@ void backward_typed(const AttentionBackwardArgs& a) {
   const int64_t chunks = BH >= threads || kt.count == 0 ? 1 : std::min<int64_t>(kt.count, (threads + BH - 1) / BH);
   const int64_t items = BH * chunks;
   if (BH == 0) return;
-  std::vector<float> dq_partial(size_t(chunks * BH * Lq * dp), 0.f);
+  // One float32 dQ per (key chunk, head); each item zeroes its own (first touch on the thread that uses it).
+  std::unique_ptr<float[]> dq_partial(new float[size_t(chunks * BH * Lq * dp)]);
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
 
 #pragma omp parallel num_threads(nt)
@@ -681,7 +680,8 @@ void backward_typed(const AttentionBackwardArgs& a) {
         pack_transposed_f32(kh, a.k_strides.row, Lk, d, dp, kt, kt_packed.data());
         pack_transposed_f32(head_ptr<T>(a.v, a.v_strides, b, h), a.v_strides.row, Lk, d, dp, kt, vt_packed.data());
       }
-      float* dq = dq_partial.data() + (chunk * BH + bh) * Lq * dp;
+      float* dq = dq_partial.get() + (chunk * BH + bh) * Lq * dp;
+      std::fill(dq, dq + Lq * dp, 0.f);
       const int64_t t_begin = kt.count * chunk / chunks, t_end = kt.count * (chunk + 1) / chunks;
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t k0 = kt.begin(t), w = kt.size(t), nv = w / W;
@@ -727,7 +727,7 @@ void backward_typed(const AttentionBackwardArgs& a) {
       for (int64_t i = 0; i < Lq; ++i)
         for (int64_t cc = 0; cc < d; ++cc) {
           float acc = 0.f;
-          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[((ch * BH + bh) * Lq + i) * dp + cc];
+          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[size_t(((ch * BH + bh) * Lq + i) * dp + cc)];
           dq_out[i * d + cc] = store_as<T>(acc);
         }
     }
@@ -781,7 +781,8 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
   const int64_t chunks = BH >= threads || kt.count == 0 ? 1 : std::min<int64_t>(kt.count, (threads + BH - 1) / BH);
   const int64_t items = BH * chunks;
   if (BH == 0) return;
-  std::vector<float> dq_partial(size_t(chunks * BH * Lq * dp), 0.f);
+  // One float32 dQ per (key chunk, head); each item zeroes its own (first touch on the thread that uses it).
+  std::unique_ptr<float[]> dq_partial(new float[size_t(chunks * BH * Lq * dp)]);
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
   const HeadStrides dense_kv{a.heads * Lk * d, Lk * d, d};
 
@@ -845,7 +846,8 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
             }
         }
       }
-      float* dq = dq_partial.data() + (chunk * BH + bh) * Lq * dp;
+      float* dq = dq_partial.get() + (chunk * BH + bh) * Lq * dp;
+      std::fill(dq, dq + Lq * dp, 0.f);
       const int64_t t_begin = kt.count * chunk / chunks, t_end = kt.count * (chunk + 1) / chunks;
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t k0 = kt.begin(t), w = kt.size(t), nv = w / W;
@@ -901,7 +903,7 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
       for (int64_t i = 0; i < Lq; ++i)
         for (int64_t cc = 0; cc < d; ++cc) {
           float acc = 0.f;
-          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[((ch * BH + bh) * Lq + i) * dp + cc];
+          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[size_t(((ch * BH + bh) * Lq + i) * dp + cc)];
           dq_out[i * d + cc] = to_bf16(acc);
         }
     }
