@@ -2,8 +2,8 @@
 
 Per case: GFLOP/s (4·B·H·Lq·Lk·d per forward, 2.5× that per backward, so forward+backward counts 14·BHLqLkd),
 the fraction of the GEMM peak measured in the same run at the same dtype and thread count (the faster of
-torch.matmul and oneDNN's linear for float32 — torch's float32 matmul goes through MKL, which runs its AVX2
-code on AMD CPUs — and torch.matmul, i.e. oneDNN AVX512-BF16, for bfloat16), and diffrt's speed-up over torch
+torch.matmul and oneDNN's linear for float32 — torch's float32 matmul goes through MKL, which reaches only
+about half of oneDNN's speed on this AMD CPU — and torch.matmul, i.e. oneDNN AVX512-BF16, for bfloat16), and diffrt's speed-up over torch
 SDPA and over the naive softmax(QKᵀ)V.
 """
 

@@ -17,13 +17,19 @@
 // packed next to each other; P is rounded to bfloat16 as FlashAttention does), all sums in float32.
 // Elsewhere bfloat16 inputs are widened to float32 while packing.
 //
+// Masked keys (key_padding_mask, and the padding of Lk to a multiple of W) get the finite score kMasked,
+// whose exponential is exactly 0; a row with no unmasked key ends with l = 0 and is written as zeros.
+//
 // Memory traffic (forward): read Q, K, V once (K, V once more from the packed copy per query tile, from
-// L2/L3), write O and lse: the kernel is compute-bound for Lk ≳ 64.
+// L2/L3), write O and lse; 4·Lk·d FLOPs per 8·d bytes of Q and O, so compute-bound for any Lk ≳ 8.
+// Time goes to the two products (≈ 90% of the FMA / dpbf16 issue rate inside the micro-kernels) and to
+// the softmax's exp2 pass (≈ 10% of the float32 and 20% of the bfloat16 forward at Lq = Lk = 4096, d = 64).
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -144,7 +150,9 @@ constexpr bool kBf16Dot = true;
 constexpr bool kBf16Dot = false;
 #endif
 
-constexpr int64_t kQueryTile = 96;   // rows of Q per work item (a multiple of kRows)
+// Measured best of 48–144 query rows × 64–256 keys (Zen 5, d = 40 and 64): larger key tiles amortise the
+// per-row softmax bookkeeping; the working set (Q, S, O tiles ≈ 100 KB at d = 64) lives in L2.
+constexpr int64_t kQueryTile = 96;  // rows of Q per work item (a multiple of kRows)
 constexpr int64_t kKeyTile = 128;   // keys per online-softmax step; Lk ≤ 2·kKeyTile is one tile
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -212,11 +220,11 @@ void gemm_block(int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const flo
 
 #if defined(__AVX512BF16__)
 // The bfloat16 twin: A and B hold bfloat16 pairs along the reduction dim; one _mm512_dpbf16_ps adds
-// A[r][2p]·B[2p][j] + A[r][2p+1]·B[2p+1][j] into float32 lane j. A row r: uint32 pairs at r·a_rs + p;
+// A[r][2p]·B[2p][j] + A[r][2p+1]·B[2p+1][j] into float32 lane j. A row r: uint32 pairs at r·a_rs + p·a_ks;
 // B: pair row p at p·b_ks (bfloat16 elements), lane j's pair at 2j.
 template <int R, int NC, Init init>
-void gemm_block_bf16(int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uint16_t* B, int64_t b_ks, float* C,
-                     int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
+void gemm_block_bf16(int64_t K_pairs, const uint32_t* A, int64_t a_rs, int64_t a_ks, const uint16_t* B, int64_t b_ks,
+                     float* C, int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
   __m512 acc[R][NC];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -228,7 +236,7 @@ void gemm_block_bf16(int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uin
     for (int v = 0; v < NC; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + p * b_ks + v * 2 * W);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(A[r * a_rs + p]));
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(A[r * a_rs + p * a_ks]));
 #pragma GCC unroll 8
       for (int v = 0; v < NC; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
     }
@@ -280,8 +288,8 @@ void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_r
 }
 
 #if defined(__AVX512BF16__)
-using GemmBf16Fn = void (*)(int64_t, const uint32_t*, int64_t, const uint16_t*, int64_t, float*, int64_t, float*,
-                            float, const float*);
+using GemmBf16Fn = void (*)(int64_t, const uint32_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t,
+                            float*, float, const float*);
 template <Init init, int R, int... NC>
 constexpr std::array<GemmBf16Fn, kMaxNC> gemm_bf16_row(std::integer_sequence<int, NC...>) {
   return {&gemm_block_bf16<R, NC + 1, init>...};
@@ -295,15 +303,16 @@ constexpr auto kGemmBf16 = gemm_bf16_table<init>(std::make_integer_sequence<int,
 
 // As gemm(), on bfloat16 pairs: A is rows × K_pairs uint32, B is K_pairs pair rows of b_ks elements.
 template <Init init>
-void gemm_bf16(int64_t rows, int64_t col_vecs, int64_t K_pairs, const uint32_t* A, int64_t a_rs, const uint16_t* B,
-               int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
+void gemm_bf16(int64_t rows, int64_t col_vecs, int64_t K_pairs, const uint32_t* A, int64_t a_rs, int64_t a_ks,
+               const uint16_t* B, int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
                const float* bias = nullptr) {
   for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
     nc = column_chunk(col_vecs - c0);
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int nr = int(std::min<int64_t>(kRows, rows - r0));
-      kGemmBf16<init>[nr - 1][nc - 1](K_pairs, A + r0 * a_rs, a_rs, B + c0 * 2 * W, b_ks, C + r0 * c_rs + c0 * W,
-                                      c_rs, row_aux_at(init, row_aux, r0), out_scale, bias ? bias + c0 * W : nullptr);
+      kGemmBf16<init>[nr - 1][nc - 1](K_pairs, A + r0 * a_rs, a_rs, a_ks, B + c0 * 2 * W, b_ks,
+                                      C + r0 * c_rs + c0 * W, c_rs, row_aux_at(init, row_aux, r0), out_scale,
+                                      bias ? bias + c0 * W : nullptr);
     }
   }
 }
@@ -495,15 +504,12 @@ void forward_typed(const AttentionForwardArgs& a) {
 
   // Packed K and V of every head (float32, or bfloat16 pairs for the dot-product path).
   const int64_t head_elems = kt.padded_len * dp;
-  std::vector<float> kt_f32, v_f32;
-  std::vector<uint16_t> kt_b16, v_b16;
-  if (kDot) {
-    kt_b16.resize(size_t(BH * head_elems));
-    v_b16.resize(size_t(BH * head_elems));
-  } else {
-    kt_f32.resize(size_t(BH * head_elems));
-    v_f32.resize(size_t(BH * head_elems));
-  }
+  // Left uninitialised here: each head's packing writes all of its slice, in parallel.
+  const size_t packed_elems = size_t(BH * head_elems);
+  std::unique_ptr<float[]> kt_f32(kDot ? nullptr : new float[packed_elems]);
+  std::unique_ptr<float[]> v_f32(kDot ? nullptr : new float[packed_elems]);
+  std::unique_ptr<uint16_t[]> kt_b16(kDot ? new uint16_t[packed_elems] : nullptr);
+  std::unique_ptr<uint16_t[]> v_b16(kDot ? new uint16_t[packed_elems] : nullptr);
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, items)));
 
 #pragma omp parallel num_threads(nt)
@@ -515,8 +521,8 @@ void forward_typed(const AttentionForwardArgs& a) {
       const T* v = head_ptr<T>(a.v, a.v_strides, b, h);
       if (kDot) {
         // Kᵀ tile: pair row p = (k[j][2p], k[j][2p+1]) for j in the tile; V: pair row = keys (2i, 2i+1).
-        uint16_t* kp = kt_b16.data() + bh * head_elems;
-        uint16_t* vp = v_b16.data() + bh * head_elems;
+        uint16_t* kp = kt_b16.get() + bh * head_elems;
+        uint16_t* vp = v_b16.get() + bh * head_elems;
         std::fill(kp, kp + head_elems, uint16_t(0));
         std::fill(vp, vp + head_elems, uint16_t(0));
         for (int64_t t = 0; t < kt.count; ++t) {
@@ -529,8 +535,8 @@ void forward_typed(const AttentionForwardArgs& a) {
           for (int64_t cc = 0; cc < d; ++cc)
             vp[(j / 2) * 2 * dp + cc * 2 + (j & 1)] = bf16_bits(v[j * a.v_strides.row + cc]);
       } else {
-        pack_transposed_f32(k, a.k_strides.row, Lk, d, dp, kt, kt_f32.data() + bh * head_elems);
-        float* vp = v_f32.data() + bh * head_elems;
+        pack_transposed_f32(k, a.k_strides.row, Lk, d, dp, kt, kt_f32.get() + bh * head_elems);
+        float* vp = v_f32.get() + bh * head_elems;
         pack_rows_f32(v, a.v_strides.row, Lk, d, dp, vp);
         std::fill(vp + Lk * dp, vp + head_elems, 0.f);
       }
@@ -564,7 +570,7 @@ void forward_typed(const AttentionForwardArgs& a) {
       } else {
         pack_rows_f32(q, a.q_strides.row, rows, d, dp, s.q.data());
       }
-      std::fill(s.o.begin(), s.o.end(), 0.f);
+      if (kt.count == 0) std::fill(s.o.begin(), s.o.end(), 0.f);  // no keys: out = 0
       std::fill(s.m.begin(), s.m.end(), kMasked);
       std::fill(s.l.begin(), s.l.end(), 0.f);
 
@@ -572,24 +578,31 @@ void forward_typed(const AttentionForwardArgs& a) {
         const int64_t k0 = kt.begin(t), w = kt.size(t);
         const float* bias = kb.biased(b, t) ? kb.row(b) + k0 : nullptr;
         std::fill(s.row_max.begin(), s.row_max.end(), kMasked);
-        // t = c·Q·Kᵀ + bias (rows × w) and its row max, then the online-softmax step, then O = O·alpha + P·V.
+        // t = c·Q·Kᵀ + bias (rows × w) and its row max (the reduction runs over d, not the padded dp), then the online-softmax step, then O = O·alpha + P·V.
 #if defined(__AVX512BF16__)
         if (kDot) {
-          const uint16_t* ktile = kt_b16.data() + bh * head_elems + k0 * dp;
-          const uint16_t* vtile = v_b16.data() + bh * head_elems + k0 * dp;
-          gemm_bf16<Init::scores>(rows, w / W, dp / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
-                                  ktile, 2 * w, s.s.data(), w, s.row_max.data(), c, bias);
+          const uint16_t* ktile = kt_b16.get() + bh * head_elems + k0 * dp;
+          const uint16_t* vtile = v_b16.get() + bh * head_elems + k0 * dp;
+          gemm_bf16<Init::scores>(rows, w / W, (d + 1) / 2, reinterpret_cast<const uint32_t*>(s.q_bf16.data()), dp / 2,
+                                  1, ktile, 2 * w, s.s.data(), w, s.row_max.data(), c, bias);
           softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), s.p_bf16.data());
-          gemm_bf16<Init::scale_rows>(rows, dp / W, w / 2, reinterpret_cast<const uint32_t*>(s.p_bf16.data()), w / 2,
-                                      vtile, 2 * dp, s.o.data(), dp, s.alpha.data());
+          const uint32_t* p_pairs = reinterpret_cast<const uint32_t*>(s.p_bf16.data());
+          if (t == 0)
+            gemm_bf16<Init::zero>(rows, dp / W, w / 2, p_pairs, w / 2, 1, vtile, 2 * dp, s.o.data(), dp);
+          else
+            gemm_bf16<Init::scale_rows>(rows, dp / W, w / 2, p_pairs, w / 2, 1, vtile, 2 * dp, s.o.data(), dp,
+                                        s.alpha.data());
           continue;
         }
 #endif
-        const float* ktile = kt_f32.data() + bh * head_elems + k0 * dp;
-        const float* vtile = v_f32.data() + bh * head_elems + k0 * dp;
-        gemm<Init::scores>(rows, w / W, dp, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c, bias);
+        const float* ktile = kt_f32.get() + bh * head_elems + k0 * dp;
+        const float* vtile = v_f32.get() + bh * head_elems + k0 * dp;
+        gemm<Init::scores>(rows, w / W, d, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c, bias);
         softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
-        gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
+        if (t == 0)  // O starts as P·V: no rescale, and O needs no zeroing
+          gemm<Init::zero>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp);
+        else
+          gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
       }
 
       // out = O / l (0 for a row without keys), lse = (m + log2 l)·ln 2.
@@ -629,7 +642,8 @@ void backward_typed(const AttentionBackwardArgs& a) {
   const int64_t chunks = BH >= threads || kt.count == 0 ? 1 : std::min<int64_t>(kt.count, (threads + BH - 1) / BH);
   const int64_t items = BH * chunks;
   if (BH == 0) return;
-  std::vector<float> dq_partial(size_t(chunks * BH * Lq * dp), 0.f);
+  // One float32 dQ per (key chunk, head); each item zeroes its own (first touch on the thread that uses it).
+  std::unique_ptr<float[]> dq_partial(new float[size_t(chunks * BH * Lq * dp)]);
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
 
 #pragma omp parallel num_threads(nt)
@@ -666,7 +680,8 @@ void backward_typed(const AttentionBackwardArgs& a) {
         pack_transposed_f32(kh, a.k_strides.row, Lk, d, dp, kt, kt_packed.data());
         pack_transposed_f32(head_ptr<T>(a.v, a.v_strides, b, h), a.v_strides.row, Lk, d, dp, kt, vt_packed.data());
       }
-      float* dq = dq_partial.data() + (chunk * BH + bh) * Lq * dp;
+      float* dq = dq_partial.get() + (chunk * BH + bh) * Lq * dp;
+      std::fill(dq, dq + Lq * dp, 0.f);
       const int64_t t_begin = kt.count * chunk / chunks, t_end = kt.count * (chunk + 1) / chunks;
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t k0 = kt.begin(t), w = kt.size(t), nv = w / W;
@@ -678,12 +693,12 @@ void backward_typed(const AttentionBackwardArgs& a) {
           const float* qi = q.data() + q0 * dp;
           const float* doi = dout.data() + q0 * dp;
           // P = 2^(c·Q·Kᵀ + bias − lse2)
-          gemm<Init::probs>(rows, nv, dp, qi, dp, 1, kt_packed.data() + k0 * dp, w, p.data(), w, lse2.data() + q0, c,
+          gemm<Init::probs>(rows, nv, d, qi, dp, 1, kt_packed.data() + k0 * dp, w, p.data(), w, lse2.data() + q0, c,
                             bias);
           // dV += Pᵀ·dO_i
           gemm<Init::load>(w, dp / W, rows, p.data(), 1, w, doi, dp, dv.data(), dp);
           // dP = dO_i·Vᵀ, then dS = scale·P∘(dP − D)
-          gemm<Init::zero>(rows, nv, dp, doi, dp, 1, vt_packed.data() + k0 * dp, w, ds.data(), w);
+          gemm<Init::zero>(rows, nv, d, doi, dp, 1, vt_packed.data() + k0 * dp, w, ds.data(), w);
           for (int64_t r = 0; r < rows; ++r) {
             const vf dr = vset1(delta[q0 + r]), sc = vset1(a.scale);
             float* dsr = ds.data() + r * w;
@@ -712,14 +727,194 @@ void backward_typed(const AttentionBackwardArgs& a) {
       for (int64_t i = 0; i < Lq; ++i)
         for (int64_t cc = 0; cc < d; ++cc) {
           float acc = 0.f;
-          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[((ch * BH + bh) * Lq + i) * dp + cc];
+          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[size_t(((ch * BH + bh) * Lq + i) * dp + cc)];
           dq_out[i * d + cc] = store_as<T>(acc);
         }
     }
   }
 }
 
+#if defined(__AVX512BF16__)
+// The bfloat16 backward on _mm512_dpbf16_ps: all five products take bfloat16 pairs along their reduction
+// dim, P and dS are rounded to bfloat16 for the products that consume them (as FlashAttention does), and
+// every sum is float32. Products reducing over queries (dV, dK) are computed transposed, dVᵀ = dOᵀ·P and
+// dKᵀ = Qᵀ·dS, so that their pairs come from two adjacent rows of P / dS (one convert + one permute per
+// 32 values) instead of a transpose; dO and Q are also packed once per head as pairs of adjacent rows,
+// read column-wise (a_ks = dp) as the A operand.
+
+// 16 uint32 pairs (bf16(a_j) low, bf16(b_j) high) from two rows of 16 floats.
+inline __m512i pair_rows_bf16(__m512 a, __m512 b) {
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                              6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));  // [a | b] → a0 b0 a1 b1 …
+}
+
+// Pairs of adjacent rows of a bfloat16 matrix (rows × dp, row stride dp) → ⌈rows/2⌉ rows of dp uint32.
+void pair_rows(const uint16_t* x, int64_t rows, int64_t dp, uint32_t* out) {
+  for (int64_t r = 0; r < rows; r += 2)
+    for (int64_t c = 0; c < dp; c += W) {
+      const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * dp + c)));
+      const __m512i b = r + 1 < rows
+          ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + (r + 1) * dp + c)))
+          : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + (r / 2) * dp + c, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+    }
+}
+
+// rows × width float32 (row stride width) → ⌈rows/2⌉ pair rows of width uint32 (row 2p with row 2p + 1).
+void pair_rows(const float* x, int64_t rows, int64_t width, uint32_t* out) {
+  for (int64_t r = 0; r < rows; r += 2)
+    for (int64_t j = 0; j < width; j += W) {
+      const __m512 a = _mm512_loadu_ps(x + r * width + j);
+      const __m512 b = r + 1 < rows ? _mm512_loadu_ps(x + (r + 1) * width + j) : _mm512_setzero_ps();
+      _mm512_storeu_si512(out + (r / 2) * width + j, pair_rows_bf16(a, b));
+    }
+}
+
+void backward_bf16_dot(const AttentionBackwardArgs& a) {
+  const int64_t BH = a.batch * a.heads, Lq = a.q_len, Lk = a.kv_len, d = a.head_dim;
+  const int64_t dp = round_up(d, W), lq2 = round_up(Lq, 2), d_pairs = (d + 1) / 2;
+  const KeyTiles kt = key_tiles(Lk);
+  const KeyBias kb = key_bias(a.key_padding_mask, a.batch, Lk, kt);
+  const float c = a.scale * kLog2e;
+  const int threads = std::max(1, a.num_threads);
+  const int64_t chunks = BH >= threads || kt.count == 0 ? 1 : std::min<int64_t>(kt.count, (threads + BH - 1) / BH);
+  const int64_t items = BH * chunks;
+  if (BH == 0) return;
+  // One float32 dQ per (key chunk, head); each item zeroes its own (first touch on the thread that uses it).
+  std::unique_ptr<float[]> dq_partial(new float[size_t(chunks * BH * Lq * dp)]);
+  const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
+  const HeadStrides dense_kv{a.heads * Lk * d, Lk * d, d};
+
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t width = std::max<int64_t>(kt.width, 1), k_elems = kt.padded_len * dp;
+    // Per head: Q, dO as bfloat16 rows (pairs along d) and as pairs of adjacent rows; Kᵀ, Vᵀ per key tile
+    // and K as pairs of adjacent keys; D and lse in the log2 domain.
+    const size_t q_elems = size_t(Lq * dp), kv_elems = size_t(k_elems), pair_elems = size_t(lq2 / 2 * dp);
+    std::vector<uint16_t> q(q_elems), dout(q_elems), kt_pairs(kv_elems), vt_pairs(kv_elems), k_pairs(kv_elems);
+    std::vector<uint32_t> q_t(pair_elems), dout_t(pair_elems);
+    std::vector<float> delta(static_cast<size_t>(Lq)), lse2(static_cast<size_t>(Lq));
+    // Per query tile.
+    std::vector<float> p(size_t(kQueryTile * width)), ds(size_t(kQueryTile * width));
+    std::vector<uint32_t> p_pairs(size_t(kQueryTile / 2 * width)), ds_pairs(size_t(kQueryTile / 2 * width));
+    std::vector<uint16_t> ds_rows(size_t(kQueryTile * width));
+    std::vector<float> dk_t(size_t(d * width)), dv_t(size_t(d * width));
+    int64_t packed_bh = -1;
+
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t bh = item / chunks, chunk = item % chunks;
+      const int64_t b = bh / a.heads, h = bh % a.heads;
+      if (packed_bh != bh) {
+        packed_bh = bh;
+        const bf16* qh = head_ptr<bf16>(a.q, a.q_strides, b, h);
+        const bf16* doh = head_ptr<bf16>(a.dout, a.dout_strides, b, h);
+        const bf16* oh = head_ptr<bf16>(a.out, a.out_strides, b, h);
+        const bf16* kh = head_ptr<bf16>(a.k, a.k_strides, b, h);
+        const bf16* vh = head_ptr<bf16>(a.v, a.v_strides, b, h);
+        std::vector<float> row(static_cast<size_t>(dp)), orow(static_cast<size_t>(dp));
+        for (int64_t i = 0; i < Lq; ++i) {
+          const bf16* qi = qh + i * a.q_strides.row;
+          const bf16* doi = doh + i * a.dout_strides.row;
+          std::memcpy(q.data() + i * dp, qi, size_t(d) * sizeof(uint16_t));
+          std::memcpy(dout.data() + i * dp, doi, size_t(d) * sizeof(uint16_t));
+          std::fill(q.data() + i * dp + d, q.data() + (i + 1) * dp, uint16_t(0));
+          std::fill(dout.data() + i * dp + d, dout.data() + (i + 1) * dp, uint16_t(0));
+          load_row(doi, d, dp, row.data());
+          load_row(oh + i * a.out_strides.row, d, dp, orow.data());
+          __m512 acc = _mm512_setzero_ps();
+          for (int64_t cc = 0; cc < dp; cc += W)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(row.data() + cc), _mm512_loadu_ps(orow.data() + cc), acc);
+          delta[i] = _mm512_reduce_add_ps(acc);
+          const float lse = a.lse[bh * Lq + i];
+          lse2[i] = lse == -kInf ? -kMasked : lse * kLog2e;
+        }
+        pair_rows(q.data(), Lq, dp, q_t.data());
+        pair_rows(dout.data(), Lq, dp, dout_t.data());
+        std::fill(kt_pairs.begin(), kt_pairs.end(), uint16_t(0));
+        std::fill(vt_pairs.begin(), vt_pairs.end(), uint16_t(0));
+        std::fill(k_pairs.begin(), k_pairs.end(), uint16_t(0));
+        for (int64_t t = 0; t < kt.count; ++t) {
+          const int64_t k0 = kt.begin(t), w = kt.size(t);
+          for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j)
+            for (int64_t cc = 0; cc < d; ++cc) {
+              const int64_t at = k0 * dp + (cc / 2) * 2 * w + (j - k0) * 2 + (cc & 1);
+              kt_pairs[at] = kh[j * a.k_strides.row + cc].bits;
+              vt_pairs[at] = vh[j * a.v_strides.row + cc].bits;
+              k_pairs[(j / 2) * 2 * dp + cc * 2 + (j & 1)] = kh[j * a.k_strides.row + cc].bits;
+            }
+        }
+      }
+      float* dq = dq_partial.get() + (chunk * BH + bh) * Lq * dp;
+      std::fill(dq, dq + Lq * dp, 0.f);
+      const int64_t t_begin = kt.count * chunk / chunks, t_end = kt.count * (chunk + 1) / chunks;
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t k0 = kt.begin(t), w = kt.size(t), nv = w / W;
+        const float* bias = kb.biased(b, t) ? kb.row(b) + k0 : nullptr;
+        const uint16_t* ktile = kt_pairs.data() + k0 * dp;
+        const uint16_t* vtile = vt_pairs.data() + k0 * dp;
+        std::fill(dk_t.begin(), dk_t.end(), 0.f);
+        std::fill(dv_t.begin(), dv_t.end(), 0.f);
+        for (int64_t q0 = 0; q0 < Lq; q0 += kQueryTile) {
+          const int64_t rows = std::min(kQueryTile, Lq - q0), row_pairs = (rows + 1) / 2;
+          const uint32_t* qi = reinterpret_cast<const uint32_t*>(q.data() + q0 * dp);
+          const uint32_t* doi = reinterpret_cast<const uint32_t*>(dout.data() + q0 * dp);
+          // P = 2^(c·Q·Kᵀ + bias − lse2);  dVᵀ += dOᵀ·P
+          gemm_bf16<Init::probs>(rows, nv, d_pairs, qi, dp / 2, 1, ktile, 2 * w, p.data(), w, lse2.data() + q0, c,
+                                 bias);
+          pair_rows(p.data(), rows, w, p_pairs.data());
+          gemm_bf16<Init::load>(d, nv, row_pairs, dout_t.data() + q0 / 2 * dp, 1, dp,
+                                reinterpret_cast<const uint16_t*>(p_pairs.data()), 2 * w, dv_t.data(), w);
+          // dP = dO·Vᵀ;  dS = scale·P∘(dP − D)
+          gemm_bf16<Init::zero>(rows, nv, d_pairs, doi, dp / 2, 1, vtile, 2 * w, ds.data(), w);
+          for (int64_t r = 0; r < rows; ++r) {
+            const __m512 dr = _mm512_set1_ps(delta[q0 + r]), sc = _mm512_set1_ps(a.scale);
+            float* dsr = ds.data() + r * w;
+            const float* pr = p.data() + r * w;
+            for (int64_t v = 0; v < nv; ++v) {
+              const __m512 x =
+                  _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(pr + v * W), sc), _mm512_sub_ps(_mm512_loadu_ps(dsr + v * W), dr));
+              _mm512_storeu_ps(dsr + v * W, x);
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(ds_rows.data() + r * w + v * W), (__m256i)_mm512_cvtneps_pbh(x));
+            }
+          }
+          // dKᵀ += Qᵀ·dS;  dQ_i += dS·K
+          pair_rows(ds.data(), rows, w, ds_pairs.data());
+          gemm_bf16<Init::load>(d, nv, row_pairs, q_t.data() + q0 / 2 * dp, 1, dp,
+                                reinterpret_cast<const uint16_t*>(ds_pairs.data()), 2 * w, dk_t.data(), w);
+          gemm_bf16<Init::load>(rows, dp / W, w / 2, reinterpret_cast<const uint32_t*>(ds_rows.data()), w / 2, 1,
+                                k_pairs.data() + k0 * dp, 2 * dp, dq + q0 * dp, dp);
+        }
+        bf16* dk_out = head_ptr<bf16>(a.dk, dense_kv, b, h);
+        bf16* dv_out = head_ptr<bf16>(a.dv, dense_kv, b, h);
+        for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j)
+          for (int64_t cc = 0; cc < d; ++cc) {
+            dk_out[j * d + cc] = to_bf16(dk_t[cc * w + (j - k0)]);
+            dv_out[j * d + cc] = to_bf16(dv_t[cc * w + (j - k0)]);
+          }
+      }
+    }
+
+    // dQ = Σ over key chunks of the partials.
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      bf16* dq_out = static_cast<bf16*>(a.dq) + bh * Lq * d;
+      for (int64_t i = 0; i < Lq; ++i)
+        for (int64_t cc = 0; cc < d; ++cc) {
+          float acc = 0.f;
+          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[size_t(((ch * BH + bh) * Lq + i) * dp + cc)];
+          dq_out[i * d + cc] = to_bf16(acc);
+        }
+    }
+  }
+}
+#endif
+
 void attention_backward(const AttentionBackwardArgs& a) {
+#if defined(__AVX512BF16__)
+  if (a.dtype == DType::bf16) return backward_bf16_dot(a);
+#endif
   if (a.dtype == DType::bf16)
     backward_typed<bf16>(a);
   else

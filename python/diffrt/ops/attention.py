@@ -15,6 +15,7 @@ import math
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import _C
 from . import _alloc, _backend, _checks
@@ -136,6 +137,7 @@ class _FusedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout):
         q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
         q, k, v, dout = _dense_last(q), _dense_last(k), _dense_last(v), _dense_last(dout)
