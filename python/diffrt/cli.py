@@ -1,7 +1,7 @@
 """The ``diffrt`` command.
 
     diffrt info                                   what this build contains
-    diffrt train KIND --config run.toml [--resume] [--run-dir DIR] [--steps N]
+    diffrt train KIND --config run.toml [--resume] [--run-dir DIR] [--steps N] [--stop-at N]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def _train(args) -> int:
         return 2
     train_config = TrainConfig(**train_values)
     run_dir = Path(args.run_dir or config.get("run_dir") or Path("runs") / args.kind)
+    torch.manual_seed(train_config.seed)  # the initial weights are part of the run's recipe
     kind = build(args.kind, config)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     micro = train_config.batch_size // (world * train_config.grad_accum)
@@ -57,8 +58,11 @@ def _train(args) -> int:
         (run_dir / "config.toml").write_text(config_file.read_text())
     if args.resume:
         print(f"resuming from step {trainer.resume()}", file=sys.stderr)
-    metrics = trainer.run()
-    if trainer.step >= train_config.steps and rank == 0:
+    metrics = trainer.run(args.stop_at)
+    if trainer.step < train_config.steps and rank == 0:
+        trainer.save_checkpoint()  # stopped early (--stop-at, SIGTERM): resume continues from here
+        print(f"stopped at step {trainer.step} of {train_config.steps}; continue with --resume", file=sys.stderr)
+    elif rank == 0:
         trainer.save_checkpoint()
         if trainer.ema is not None:
             trainer.ema.copy_to(kind.model)
@@ -88,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     train.add_argument("--config", required=True, help="TOML file with [train], [model], [data], [diffusion], [text]")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
     train.add_argument("--run-dir", help="output folder (default: run_dir from the config, or runs/KIND)")
-    train.add_argument("--steps", type=int, help="override [train] steps")
+    train.add_argument("--steps", type=int, help="override [train] steps (the length of the LR schedule)")
+    train.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps; --resume continues")
     train.set_defaults(run=_train)
     args = parser.parse_args(argv)
     try:
