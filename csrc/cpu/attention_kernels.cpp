@@ -514,7 +514,7 @@ void forward_typed(const AttentionForwardArgs& a) {
 
 #pragma omp parallel num_threads(nt)
   {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t bh = 0; bh < BH; ++bh) {
       const int64_t b = bh / a.heads, h = bh % a.heads;
       const T* k = head_ptr<T>(a.k, a.k_strides, b, h);
@@ -656,7 +656,7 @@ void backward_typed(const AttentionBackwardArgs& a) {
     std::vector<float> dk(size_t(width * dp)), dv(size_t(width * dp));
     int64_t packed_bh = -1;
 
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)  // whole heads: dynamic keeps a busy (shared) core from stalling the rest
     for (int64_t item = 0; item < items; ++item) {
       const int64_t bh = item / chunks, chunk = item % chunks;
       const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -802,7 +802,7 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
     std::vector<float> dk_t(size_t(d * width)), dv_t(size_t(d * width));
     int64_t packed_bh = -1;
 
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)  // whole heads: dynamic keeps a busy (shared) core from stalling the rest
     for (int64_t item = 0; item < items; ++item) {
       const int64_t bh = item / chunks, chunk = item % chunks;
       const int64_t b = bh / a.heads, h = bh % a.heads;
