@@ -13,9 +13,9 @@
 // broadcasting scalars (any strides, so Pᵀ and dSᵀ need no transpose) and B read as W-wide vectors.
 // K, V are packed once per (batch·head) so that B is always contiguous and zero-padded: Kᵀ per key tile
 // (d × tile) for Q·Kᵀ, V (keys × d) for P·V; the head dim is padded to a multiple of W.
-// bfloat16 on AVX512-BF16: Q·Kᵀ and P·V run on _mm512_dpbf16_ps (pairs along the reduction dim are
-// packed next to each other; P is rounded to bfloat16 as FlashAttention does), all sums in float32.
-// Elsewhere bfloat16 inputs are widened to float32 while packing.
+// bfloat16 on AVX512-BF16: every product (Q·Kᵀ and P·V forward; all five backward) runs on
+// _mm512_dpbf16_ps (pairs along the reduction dim packed next to each other; P and dS rounded to bfloat16
+// as FlashAttention does), all sums in float32. Elsewhere bfloat16 inputs are widened to float32 while packing.
 //
 // Masked keys (key_padding_mask, and the padding of Lk to a multiple of W) get the finite score kMasked,
 // whose exponential is exactly 0; a row with no unmasked key ends with l = 0 and is written as zeros.
