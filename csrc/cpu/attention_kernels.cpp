@@ -13,9 +13,9 @@
 // broadcasting scalars (any strides, so Pᵀ and dSᵀ need no transpose) and B read as W-wide vectors.
 // K, V are packed once per (batch·head) so that B is always contiguous and zero-padded: Kᵀ per key tile
 // (d × tile) for Q·Kᵀ, V (keys × d) for P·V; the head dim is padded to a multiple of W.
-// bfloat16 on AVX512-BF16: Q·Kᵀ and P·V run on _mm512_dpbf16_ps (pairs along the reduction dim are
-// packed next to each other; P is rounded to bfloat16 as FlashAttention does), all sums in float32.
-// Elsewhere bfloat16 inputs are widened to float32 while packing.
+// bfloat16 on AVX512-BF16: every product (Q·Kᵀ and P·V forward; all five backward) runs on
+// _mm512_dpbf16_ps (pairs along the reduction dim packed next to each other; P and dS rounded to bfloat16
+// as FlashAttention does), all sums in float32. Elsewhere bfloat16 inputs are widened to float32 while packing.
 //
 // Masked keys (key_padding_mask, and the padding of Lk to a multiple of W) get the finite score kMasked,
 // whose exponential is exactly 0; a row with no unmasked key ends with l = 0 and is written as zeros.
@@ -514,7 +514,7 @@ void forward_typed(const AttentionForwardArgs& a) {
 
 #pragma omp parallel num_threads(nt)
   {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t bh = 0; bh < BH; ++bh) {
       const int64_t b = bh / a.heads, h = bh % a.heads;
       const T* k = head_ptr<T>(a.k, a.k_strides, b, h);
@@ -656,7 +656,7 @@ void backward_typed(const AttentionBackwardArgs& a) {
     std::vector<float> dk(size_t(width * dp)), dv(size_t(width * dp));
     int64_t packed_bh = -1;
 
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)  // whole heads: dynamic keeps a busy (shared) core from stalling the rest
     for (int64_t item = 0; item < items; ++item) {
       const int64_t bh = item / chunks, chunk = item % chunks;
       const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -802,7 +802,7 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
     std::vector<float> dk_t(size_t(d * width)), dv_t(size_t(d * width));
     int64_t packed_bh = -1;
 
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)  // whole heads: dynamic keeps a busy (shared) core from stalling the rest
     for (int64_t item = 0; item < items; ++item) {
       const int64_t bh = item / chunks, chunk = item % chunks;
       const int64_t b = bh / a.heads, h = bh % a.heads;

@@ -8,7 +8,7 @@ namespace diffrt::cpu {
 struct AttentionKernels {
   void (*forward)(const AttentionForwardArgs&);
   void (*backward)(const AttentionBackwardArgs&);
-  bool bf16_dot_product;  // bfloat16 forward runs on _mm512_dpbf16_ps (else converted to float32)
+  bool bf16_dot_product;  // bfloat16 runs on _mm512_dpbf16_ps (else it is converted to float32)
 };
 
 namespace scalar { extern const AttentionKernels attention_kernels; }
