@@ -145,16 +145,17 @@ def ddim_invert_step_ref(
 
 
 def _check_model_output(sample: torch.Tensor, model_output: torch.Tensor, guided: bool) -> None:
-    _checks.same_device_dtype("model_output", model_output, "sample", sample)
+    if model_output.dtype is not sample.dtype or model_output.device != sample.device:
+        _checks.same_device_dtype("model_output", model_output, "sample", sample)
+    xs, ms = sample.shape, model_output.shape
     if guided:
-        xs, ms = sample.shape, model_output.shape
-        if ms[1:] != xs[1:] or ms[0] != 2 * xs[0]:
+        if ms[0] != 2 * xs[0] or ms[1:] != xs[1:]:
             raise ValueError(
                 f"model_output must hold the batched [uncond; cond] outputs of shape "
-                f"{(2 * sample.shape[0], *sample.shape[1:])} when guidance_scale is given, got {tuple(model_output.shape)}"
+                f"{(2 * xs[0], *xs[1:])} when guidance_scale is given, got {tuple(ms)}"
             )
-    else:
-        _checks.same_shape("model_output", model_output, "sample", sample)
+    elif ms != xs:
+        raise ValueError(f"model_output must have the shape of sample {tuple(xs)}, got {tuple(ms)}")
 
 
 # (mode, clip range, dynamic-threshold quantile, dynamic-threshold bound), as the kernels take them
