@@ -50,9 +50,12 @@ class DiffEditPipeline:
     def generate_mask(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
                       target_prompt: Union[str, Sequence[str]], *, n: int = 10, strength: float = 0.5,
                       clamp_ratio: float = 3.0, threshold: Optional[float] = 0.5, smooth: int = 0, dilate: int = 0,
+                      guidance_scale: Optional[float] = None,
                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The edit mask (B, 1, h, w) at the model's resolution: 1 where the two prompts disagree.
-        ``smooth`` box-blurs the soft map (radius in pixels) before thresholding; ``dilate`` grows it."""
+        With ``guidance_scale`` both noise estimates are classifier-free guided (the batch becomes
+        n draws × [uncond, reference, uncond, query], still one model call). ``smooth`` box-blurs
+        the soft map (radius in pixels) before thresholding; ``dilate`` grows it."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         x0 = self._encode(image)
@@ -65,9 +68,21 @@ class DiffEditPipeline:
                                             torch.full((b * n,), t, device=x0.device))
         cond_q = self.encode_prompt([p for p in tgt for _ in range(n)])
         cond_r = self.encode_prompt([p for p in src for _ in range(n)])
-        out = self.model(torch.cat([x_t, x_t]), torch.full((2 * b * n,), t, device=x0.device, dtype=torch.long),
-                         _cat_cond(cond_q, cond_r)).to(x0.dtype)  # one call: n draws × 2 prompts
-        eps_q, eps_r = (o.reshape(b, n, *o.shape[1:]) for o in out.chunk(2))
+        guided = guidance_scale is not None and guidance_scale != 1.0
+        if guided:
+            empty = self.encode_prompt([""] * (b * n))
+            conds = _cat_cond(_cat_cond(empty, cond_r), _cat_cond(empty, cond_q))
+        else:
+            conds = _cat_cond(cond_r, cond_q)
+        copies = 4 if guided else 2
+        out = self.model(torch.cat([x_t] * copies), torch.full((copies * b * n,), t, device=x0.device, dtype=torch.long),
+                         conds).to(x0.dtype)  # one call: n draws × 2 prompts (× CFG)
+        if guided:
+            halves = out.chunk(2)  # [uncond; reference], [uncond; query]
+            eps_r, eps_q = (ops.cfg_combine(h, guidance_scale) for h in halves)
+        else:
+            eps_r, eps_q = out.chunk(2)
+        eps_q, eps_r = (e.reshape(b, n, *e.shape[1:]) for e in (eps_q, eps_r))
         if smooth == 0:
             mask = ops.diffedit_mask(eps_q, eps_r, clamp_ratio=clamp_ratio, threshold=threshold)
         else:

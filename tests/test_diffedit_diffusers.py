@@ -1,0 +1,65 @@
+"""DiffEdit's mask equals diffusers' StableDiffusionDiffEditPipeline.generate_mask on the same tiny
+UNet, latents, prompt embeddings and noise draws (with and without classifier-free guidance)."""
+
+import pytest
+import torch
+
+from diffrt import NoiseSchedule
+from diffrt.integrations.diffusers import DiffusersUNetDenoiser
+from diffrt.pipelines import DiffEditPipeline
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")  # diffusers' DiffEdit pipeline module imports it
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+
+
+def components():
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8).eval()
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  norm_num_groups=8, layers_per_block=1)
+    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                                        steps_offset=1)
+    return unet, vae, scheduler
+
+
+@pytest.mark.parametrize("guidance_scale", [7.5, 3.0])  # diffusers' prompt_embeds path needs CFG on
+def test_generate_mask_matches_diffusers(guidance_scale):
+    from diffusers.pipelines.deprecated.stable_diffusion_diffedit.pipeline_stable_diffusion_diffedit import (
+        StableDiffusionDiffEditPipeline,
+    )
+
+    unet, vae, scheduler = components()
+    g = torch.Generator().manual_seed(3)
+    latents = torch.randn(1, 4, 16, 16, generator=g)
+    embeds = {"": torch.zeros(1, 5, 32), "a cat": torch.randn(1, 5, 32, generator=g),
+              "a dog": torch.randn(1, 5, 32, generator=g)}
+    theirs = StableDiffusionDiffEditPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
+        inverse_scheduler=diffusers.DDIMInverseScheduler.from_config(scheduler.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    negatives = {"source_negative_prompt_embeds": embeds[""], "target_negative_prompt_embeds": embeds[""]}
+    theirs = theirs.generate_mask(
+        image=latents, source_prompt_embeds=embeds["a cat"], target_prompt_embeds=embeds["a dog"], num_maps_per_mask=6,
+        mask_encode_strength=0.5, mask_thresholding_ratio=3.0, num_inference_steps=20,
+        guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(11), output_type="np", **negatives,
+    )
+    ours_pipe = DiffEditPipeline(DiffusersUNetDenoiser(unet, scheduler=scheduler),
+                                 NoiseSchedule(scheduler.alphas_cumprod.double()),
+                                 lambda prompts: torch.cat([embeds[p] for p in prompts]), num_steps=20, spacing="leading")
+    kw = dict(n=6, strength=0.5, clamp_ratio=3.0, guidance_scale=guidance_scale)
+    ours = ours_pipe.generate_mask(latents, "a cat", "a dog", generator=torch.Generator().manual_seed(11), **kw)
+    soft = ours_pipe.generate_mask(latents, "a cat", "a dog", threshold=None, generator=torch.Generator().manual_seed(11),
+                                   **kw)
+    theirs = torch.from_numpy(theirs).float()[:, None]
+    assert 0 < theirs.sum() < theirs.numel()  # a real mask, not all or nothing
+    decided = (soft - 0.5).abs() > 1e-4  # float rounding may flip a pixel sitting on the threshold
+    assert torch.equal(ours[decided], theirs[decided])
+    assert decided.float().mean() > 0.98
+
