@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "binding_args.h"
 #include "cpu/kernels.h"
 #include "ops.h"
 
@@ -30,17 +31,13 @@ void bind_attention(py::module_& m);
 
 namespace {
 
-const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
-void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+using binding::cptr;
+using binding::mptr;
+using binding::require_per_sample;
 
 DType to_dtype(int code) {
   if (code != int(DType::f32) && code != int(DType::bf16)) throw std::invalid_argument("unsupported dtype code");
   return DType(code);
-}
-
-void require_per_sample(const std::vector<double>& v, int64_t batch, const char* name) {
-  if (int64_t(v.size()) != batch)
-    throw std::invalid_argument(std::string(name) + " must hold one value per sample");
 }
 
 void ddim_step(int dtype, int64_t batch, int64_t numel, uintptr_t sample, uintptr_t model, uintptr_t model_cond,
@@ -48,30 +45,9 @@ void ddim_step(int dtype, int64_t batch, int64_t numel, uintptr_t sample, uintpt
                const std::vector<double>& alpha_prev, const std::vector<double>& guidance_scale, double eta,
                double guidance_rescale, int prediction, int clip, double clip_range, double dynamic_quantile,
                double dynamic_max, bool use_clipped_model_output, int num_threads) {
-  require_per_sample(alpha_t, batch, "alpha_t");
-  require_per_sample(alpha_prev, batch, "alpha_prev");
-  if (model_cond) require_per_sample(guidance_scale, batch, "guidance_scale");
-  DdimStepArgs a{};
-  a.dtype = to_dtype(dtype);
-  a.batch = batch;
-  a.numel = numel;
-  a.sample = cptr(sample);
-  a.model = cptr(model);
-  a.model_cond = cptr(model_cond);
-  a.noise = cptr(noise);
-  a.out = mptr(out);
-  a.out_x0 = mptr(out_x0);
-  a.alpha_t = alpha_t.data();
-  a.alpha_prev = alpha_prev.data();
-  a.guidance_scale = guidance_scale.data();
-  a.eta = eta;
-  a.guidance_rescale = guidance_rescale;
-  a.prediction = Prediction(prediction);
-  a.clip = ClipMode(clip);
-  a.clip_range = clip_range;
-  a.dynamic_quantile = dynamic_quantile;
-  a.dynamic_max = dynamic_max;
-  a.use_clipped_model_output = use_clipped_model_output;
+  DdimStepArgs a = binding::ddim_step_args(to_dtype(dtype), batch, numel, sample, model, model_cond, noise, out, out_x0,
+                                           alpha_t, alpha_prev, guidance_scale, eta, guidance_rescale, prediction,
+                                           clip, clip_range, dynamic_quantile, dynamic_max, use_clipped_model_output);
   a.num_threads = num_threads;
   cpu::sampler_kernels().ddim_step(a);
 }

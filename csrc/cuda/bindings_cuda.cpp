@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "binding_args.h"
 #include "cuda/kernels.h"
 
 namespace py = pybind11;
@@ -17,8 +18,9 @@ namespace py = pybind11;
 namespace diffrt {
 namespace {
 
-const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
-void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+using binding::cptr;
+using binding::mptr;
+using binding::require_per_sample;
 cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
 DType to_dtype(int code) {
@@ -27,39 +29,15 @@ DType to_dtype(int code) {
   return DType(code);
 }
 
-void require_per_sample(const std::vector<double>& v, int64_t batch, const char* name) {
-  if (int64_t(v.size()) != batch) throw std::invalid_argument(std::string(name) + " must hold one value per sample");
-}
-
 void ddim_step(int dtype, int64_t batch, int64_t numel, uintptr_t sample, uintptr_t model, uintptr_t model_cond,
                uintptr_t noise, uintptr_t out, uintptr_t out_x0, const std::vector<double>& alpha_t,
                const std::vector<double>& alpha_prev, const std::vector<double>& guidance_scale, double eta,
                double guidance_rescale, int prediction, int clip, double clip_range, double dynamic_quantile,
                double dynamic_max, bool use_clipped_model_output, int device, uintptr_t stream) {
-  require_per_sample(alpha_t, batch, "alpha_t");
-  require_per_sample(alpha_prev, batch, "alpha_prev");
-  if (model_cond) require_per_sample(guidance_scale, batch, "guidance_scale");
-  DdimStepArgs a{};
-  a.dtype = to_dtype(dtype);
-  a.batch = batch;
-  a.numel = numel;
-  a.sample = cptr(sample);
-  a.model = cptr(model);
-  a.model_cond = cptr(model_cond);
-  a.noise = cptr(noise);
-  a.out = mptr(out);
-  a.out_x0 = mptr(out_x0);
-  a.alpha_t = alpha_t.data();
-  a.alpha_prev = alpha_prev.data();
-  a.guidance_scale = guidance_scale.data();
-  a.eta = eta;
-  a.guidance_rescale = guidance_rescale;
-  a.prediction = Prediction(prediction);
-  a.clip = ClipMode(clip);
-  a.clip_range = clip_range;
-  a.dynamic_quantile = dynamic_quantile;
-  a.dynamic_max = dynamic_max;
-  a.use_clipped_model_output = use_clipped_model_output;
+  const DdimStepArgs a = binding::ddim_step_args(to_dtype(dtype), batch, numel, sample, model, model_cond, noise, out,
+                                                 out_x0, alpha_t, alpha_prev, guidance_scale, eta, guidance_rescale,
+                                                 prediction, clip, clip_range, dynamic_quantile, dynamic_max,
+                                                 use_clipped_model_output);
   cuda::ddim_step(a, device, as_stream(stream));
 }
 
