@@ -105,15 +105,17 @@ class DiffEditPipeline:
     def __call__(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
                  target_prompt: Union[str, Sequence[str]], *, mask: Optional[torch.Tensor] = None,
                  strength: float = 0.5, guidance_scale: float = 7.5, n: int = 10, clamp_ratio: float = 3.0,
-                 threshold: float = 0.5, generator: Optional[torch.Generator] = None, output_type: str = "pil",
+                 threshold: float = 0.5, mask_guidance_scale: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None, output_type: str = "pil",
                  callback: Optional[Callable[[dict], None]] = None, progress: bool = True) -> DiffEditOutput:
-        """Edit ``image`` from ``source_prompt`` to ``target_prompt`` (mask estimated unless given)."""
+        """Edit ``image`` from ``source_prompt`` to ``target_prompt`` (mask estimated unless given;
+        ``mask_guidance_scale`` guides the mask's noise estimates)."""
         x0 = self._encode(image)
         b = x0.shape[0]
         tgt = prompt_list("target_prompt", target_prompt, b)
         if mask is None:
             mask = self.generate_mask(image, source_prompt, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio,
-                                      threshold=threshold, generator=generator)
+                                      threshold=threshold, guidance_scale=mask_guidance_scale, generator=generator)
         elif mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != x0.shape[-2:]:
             raise ValueError(f"mask must have shape (B or 1, 1, {x0.shape[-2]}, {x0.shape[-1]}), got {tuple(mask.shape)}")
         mask = mask.to(x0.dtype)
