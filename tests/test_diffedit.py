@@ -112,3 +112,15 @@ def test_seeded_and_validated():
         pipe(image(), "a cat", "a dog", mask=torch.ones(1, 1, 5, 5), progress=False)
     with pytest.raises(TypeError, match="image"):
         pipe.generate_mask(torch.zeros(3, SIZE, SIZE), "a cat", "a dog")
+
+
+def test_image_size_and_channels_are_checked_against_the_model():
+    from diffrt.models.unet import UNet, UNetConfig
+
+    model = UNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                            attention_resolutions=(8,), head_dim=16, context_dim=None))
+    pipe = DiffEditPipeline(model, NoiseSchedule.make(), lambda prompts: None, num_steps=4)
+    with pytest.raises(ValueError, match="24×24 but the model works at 16×16"):
+        pipe.generate_mask(image(), "a cat", "a dog")
+    with pytest.raises(ValueError, match="4 channels but the model takes 3"):
+        pipe.generate_mask(torch.zeros(1, 4, 16, 16), "a cat", "a dog")

@@ -67,3 +67,22 @@ def test_imagic_validation():
         pipe.fit(torch.zeros(2, 3, 8, 8), "a red square", progress=False)
     with pytest.raises(ValueError, match="finetune"):
         pipe.fit(torch.zeros(1, 3, 8, 8), "a red square", finetune="lora", progress=False)
+
+
+def test_imagic_runs_on_a_diffusers_unet():
+    diffusers = pytest.importorskip("diffusers")
+    from diffrt.integrations.diffusers import DiffusersUNetDenoiser
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=8, attention_head_dim=8)
+    table = {p: torch.randn(1, 3, 16) for p in ["", "a blue square"]}
+    pipe = ImagicPipeline(DiffusersUNetDenoiser(unet), NoiseSchedule.make(), lambda ps: torch.cat([table[p] for p in ps]),
+                          num_steps=3)
+    latents = torch.randn(1, 4, 8, 8)
+    pipe.fit(latents, "a blue square", embedding_steps=2, finetune_steps=2, finetune="efficient", progress=False)
+    assert not torch.equal(pipe.e_opt, pipe.e_tgt)
+    out = pipe([0.0, 0.5], guidance_scale=2.0, output_type="pt", progress=False)
+    assert out.images.shape == (2, 4, 8, 8)

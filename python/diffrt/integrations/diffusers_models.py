@@ -11,14 +11,16 @@ import torch
 from ..schedules import NoiseSchedule, SamplingSchedule
 
 
-class DiffusersUNetDenoiser:
-    """A diffusers ``UNet2DConditionModel`` behind the :class:`diffrt.Denoiser` protocol.
+class DiffusersUNetDenoiser(torch.nn.Module):
+    """A diffusers ``UNet2DConditionModel`` behind the :class:`diffrt.Denoiser` protocol (an
+    ``nn.Module`` holding the UNet, so pipelines that fine-tune, such as Imagic, can train it).
 
     ``cond`` is the text-encoder output (B, L, D), or a dict with ``encoder_hidden_states`` and
     optionally ``encoder_attention_mask`` (B, L; 1 = attend) and ``added_cond_kwargs``.
     """
 
     def __init__(self, unet: Any, *, prediction_type: Optional[str] = None, scheduler: Any = None):
+        super().__init__()
         self.unet = unet
         if prediction_type is None:
             prediction_type = scheduler.config.prediction_type if scheduler is not None else "epsilon"
@@ -26,7 +28,7 @@ class DiffusersUNetDenoiser:
         self.in_channels = unet.config.in_channels
         self.out_channels = unet.config.out_channels
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         kwargs = {}
         if isinstance(cond, dict):
             hidden = cond["encoder_hidden_states"]

@@ -46,10 +46,32 @@ class PixelCodec:
         return latents
 
 
-def check_image(name: str, image: torch.Tensor) -> torch.Tensor:
+def model_placement(model: Any):
+    """(device, dtype) of a model's first parameter; CPU float32 for parameter-less denoisers."""
+    params = getattr(model, "parameters", None)
+    first = next(params(), None) if callable(params) else None
+    return (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
+
+
+def randn(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
+    """N(0, I) drawn on the generator's device (CPU by default, so seeds mean the same on any device),
+    then moved to where the model runs."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def check_image(name: str, image: torch.Tensor, model: Any = None) -> torch.Tensor:
+    """A float (B, C, H, W) tensor; with ``model``, also the size and channels a diffrt model expects."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or not image.is_floating_point():
         raise TypeError(f"{name} must be a float tensor (B, C, H, W) in [−1, 1] (convert PIL with diffrt.images.from_pil)")
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if size is not None and image.shape[-2:] != (size, size):
+        raise ValueError(f"{name} is {image.shape[-2]}×{image.shape[-1]} but the model works at {size}×{size}; "
+                         f"resize it first (diffrt.images.from_pil(image, size={size}))")
+    channels = getattr(model, "in_channels", None)
+    if channels is not None and image.shape[1] != channels:
+        raise ValueError(f"{name} has {image.shape[1]} channels but the model takes {channels}")
     return image
 
 
-__all__ = ["OUTPUT_TYPES", "PixelCodec", "check_image", "convert_output", "prompt_list"]
+__all__ = ["OUTPUT_TYPES", "PixelCodec", "check_image", "convert_output", "model_placement", "prompt_list", "randn"]

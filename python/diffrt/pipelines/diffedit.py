@@ -44,7 +44,8 @@ class DiffEditPipeline:
         self.schedule = SamplingSchedule.ddim(noise_schedule, num_steps, spacing=spacing)
 
     def _encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self.codec.encode(check_image("image", image))
+        latents = self.codec.encode(check_image("image", image))
+        return check_image("image (encoded)", latents, self.model)
 
     @torch.no_grad()
     def generate_mask(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],

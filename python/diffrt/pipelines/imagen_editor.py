@@ -21,7 +21,7 @@ from .. import ops
 from ..denoiser import check_denoiser
 from ..sampling import Guidance, OscillatingGuidance, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ._common import check_image, convert_output, prompt_list
+from ._common import check_image, convert_output, model_placement, prompt_list, randn
 
 
 @dataclass
@@ -110,8 +110,11 @@ class ImagenEditorPipeline:
         image, mask = self._inputs(image, mask, b)
         text, empty = self.encode_prompt(prompts), self.encode_prompt([""] * b)
 
+        device, _ = model_placement(self.base)
+        image, mask = image.to(device), mask.to(device)
+
         def noise(shape):
-            return torch.randn(shape, generator=generator)
+            return randn(shape, generator, device)
 
         # base stage
         s = self._size(self.base)

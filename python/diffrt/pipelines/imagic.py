@@ -26,7 +26,7 @@ from ..denoiser import check_denoiser
 from ..sampling import ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
 from ..train.objectives import diffusion_target
-from ._common import PixelCodec, check_image, convert_output, prompt_list
+from ._common import PixelCodec, check_image, convert_output, model_placement, prompt_list, randn
 
 
 def _map_float(cond: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -71,8 +71,8 @@ class ImagicPipeline:
         self._latent_shape = None
 
     def _loss(self, model, x0, cond, generator):
-        t = torch.randint(0, self.noise_schedule.num_train_timesteps, (x0.shape[0],), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        t = torch.randint(0, self.noise_schedule.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.noise_schedule.add_noise(x0, noise, t)
         target = diffusion_target(self.noise_schedule, model.prediction_type, x0, noise, t)
         return F.mse_loss(model(x_t, t, cond).float(), target.float())
@@ -82,7 +82,7 @@ class ImagicPipeline:
             generator: Optional[torch.Generator] = None, autocast_bf16: bool = False, progress: bool = True):
         """Stages A and B. ``finetune``: "full" (all weights) or "efficient" (normalisation and bias
         parameters only). Keeps the base model untouched; the fine-tuned copy is ``self.model``."""
-        x0 = self.codec.encode(check_image("image", image))
+        x0 = check_image("image (encoded)", self.codec.encode(check_image("image", image)), self.base_model)
         if x0.shape[0] != 1:
             raise ValueError(f"Imagic edits one image at a time, got a batch of {x0.shape[0]}")
         if finetune not in ("full", "efficient"):
@@ -139,7 +139,7 @@ class ImagicPipeline:
         if self.model is None:
             raise RuntimeError("call fit(image, target_prompt) first")
         etas = [float(e) for e in etas]
-        x_T = torch.randn(self._latent_shape, generator=generator)
+        x_T = randn(self._latent_shape, generator, model_placement(self.model)[0])
         uncond = self.encode_prompt([""]) if guidance_scale not in (None, 1.0) else None
         images = []
         for eta in etas:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..denoiser import check_denoiser
 from ..sampling import Guidance, ddim_invert, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ._common import check_image, convert_output, prompt_list
+from ._common import check_image, convert_output, model_placement, prompt_list, randn
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -76,7 +76,7 @@ class UnCLIPPipeline:
         prior_cond = lambda d: {"text_tokens": d["context"], "text_mask": d["context_mask"],  # noqa: E731
                                 "text_embed": d["pooled"]}
         b, e = len(prompts), self.prior.out_channels
-        z_T = torch.randn(b * candidates, e, generator=generator)
+        z_T = randn((b * candidates, e), generator, model_placement(self.prior)[0])
         z = ddim_sample(self.prior, z_T, self.prior_schedule, cond=prior_cond(rep(text)), uncond=prior_cond(rep(empty)),
                         guidance=guidance, progress=progress).view(b, candidates, e)
         score = F.cosine_similarity(z, text["pooled"][:, None], dim=-1)
@@ -95,8 +95,9 @@ class UnCLIPPipeline:
         text = self.text_encoder(prompts if prompts is not None else [""] * b)
         empty = self.text_encoder([""] * b)
         s = self.decoder.config.image_size
+        device = model_placement(self.decoder)[0]
         if x_T is None:
-            x_T = torch.randn(b, self.decoder.in_channels, s, s, generator=generator)
+            x_T = randn((b, self.decoder.in_channels, s, s), generator, device)
         uncond = self._decoder_cond(empty, torch.zeros_like(image_embeds))
         x = ddim_sample(self.decoder, x_T, self.schedule, cond=self._decoder_cond(text, image_embeds), uncond=uncond,
                         guidance=guidance, eta=eta, generator=generator, callback=callback, progress=progress)
@@ -104,7 +105,7 @@ class UnCLIPPipeline:
         if self.sr is not None:
             side = self.sr.config.image_size
             cond = {**text, "low_res": x, "noise_level": torch.zeros(b, dtype=torch.long)}
-            x = ddim_sample(self.sr, torch.randn(b, 3, side, side, generator=generator), self.sr_schedule, cond=cond,
+            x = ddim_sample(self.sr, randn((b, 3, side, side), generator, device), self.sr_schedule, cond=cond,
                             uncond={**empty, "low_res": x, "noise_level": cond["noise_level"]}, guidance=sr_guidance,
                             generator=generator, progress=progress).clamp(-1, 1)
         return x
@@ -146,7 +147,7 @@ class UnCLIPPipeline:
         """Decode slerp(z_a, z_b, t) for each t from one shared x_T (pass image embeddings, e.g.
         ``pipe.image_encoder(images)``)."""
         s = self.decoder.config.image_size
-        x_T = torch.randn(1, self.decoder.in_channels, s, s, generator=generator)
+        x_T = randn((1, self.decoder.in_channels, s, s), generator, model_placement(self.decoder)[0])
         z = torch.cat([slerp(embeds_a, embeds_b, float(t)) for t in ts])
         images = self.decode(z, x_T=x_T.expand(len(ts), -1, -1, -1).clone(), guidance=guidance, progress=progress)
         return UnCLIPOutput(convert_output(images, output_type), z)
@@ -162,7 +163,7 @@ class UnCLIPPipeline:
         captions = self.text_encoder([source_caption, target_caption])["pooled"]
         z_d = F.normalize(captions[1:] - captions[:1], dim=-1)
         s = self.decoder.config.image_size
-        x_T = torch.randn(1, self.decoder.in_channels, s, s, generator=generator)
+        x_T = randn((1, self.decoder.in_channels, s, s), generator, model_placement(self.decoder)[0])
         z = torch.cat([slerp(z_i, z_d * z_i.norm(dim=-1, keepdim=True), float(a)) for a in amounts])
         images = self.decode(z, x_T=x_T.expand(len(amounts), -1, -1, -1).clone(), guidance=guidance, progress=progress)
         return UnCLIPOutput(convert_output(images, output_type), z)
