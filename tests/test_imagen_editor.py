@@ -81,3 +81,39 @@ def test_input_validation(pipe):
         pipe(["a red circle", ""], image, mask, progress=False)
     with pytest.raises(ValueError, match="mask must have shape"):
         pipe(["a red circle", "a blue square"], image, torch.ones(2, 3, 16, 16), progress=False)
+
+
+def test_pil_and_numpy_inputs_of_any_size(pipe):
+    import numpy as np
+    from PIL import Image
+
+    image, _ = inputs()
+    pil_image = Image.fromarray(((image[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+    big = np.zeros((64, 64), dtype=np.uint8)
+    big[16:48, 12:36] = 255  # the same region as inputs()' mask, at 4× the size
+    out = pipe("a red circle", pil_image.resize((40, 40)), Image.fromarray(big), output_type="pt", progress=False,
+               generator=torch.Generator().manual_seed(6))
+    from_numpy = pipe("a red circle", pil_image.resize((40, 40)), big, output_type="pt", progress=False,
+                      generator=torch.Generator().manual_seed(6))
+    assert torch.equal(out.images, from_numpy.images)
+    expected = torch.zeros(1, 1, 16, 16)
+    expected[..., 4:12, 3:9] = 1
+    keep = (expected == 0).expand(1, 3, 16, 16)
+    from diffrt.images import from_pil
+
+    assert torch.equal(out.images[keep], from_pil(pil_image.resize((40, 40)), size=16)[keep])
+    with pytest.raises(ValueError, match="mask values"):
+        pipe("a red circle", image[:1], torch.full((16, 16), 2.0), progress=False)
+
+
+def test_bfloat16_models():
+    noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
+    bf16 = ImagenEditorPipeline(unet(8, 16).to(torch.bfloat16), noise, encode_prompt,
+                                super_resolution=unet(16, 16, low_res_channels=3).to(torch.bfloat16), num_steps=3,
+                                sr_num_steps=2)
+    image, mask = inputs()
+    out = bf16(["a red circle", "a blue square"], image, mask, output_type="pt", progress=False,
+               generator=torch.Generator().manual_seed(2))
+    keep = (mask == 0).expand_as(image)
+    assert out.images.dtype == torch.float32 and torch.isfinite(out.images).all()
+    assert torch.equal(out.images[keep], image[keep])

@@ -233,6 +233,7 @@ class UNet(nn.Module, SavableModel):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[Dict[str, Any]] = None) -> torch.Tensor:
         c = self.config
         cond = cond or {}
+        x_t = x_t.to(self.conv_in.weight.dtype)  # a bfloat16 model takes float32 samples from the sampler
         temb = self.time_embed(timestep_embedding(t, c.base_channels).to(x_t.dtype))
         if self.pooled_proj is not None and cond.get("pooled") is not None:
             temb = temb + self.pooled_proj(cond["pooled"].to(x_t.dtype))

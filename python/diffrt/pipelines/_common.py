@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, List, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..images import to_pil, to_uint8
@@ -60,6 +61,33 @@ def randn(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
+def as_mask(mask: Any, size: int, batch: int) -> torch.Tensor:
+    """A mask given as a PIL image, a numpy array or a tensor ((H, W), (1, H, W), (B, 1, H, W); values
+    in [0, 1], or 0/255 for uint8 and PIL), of any size → float (B, 1, size, size), resized with area
+    averaging (so a binary mask stays binary where the resize keeps whole pixels)."""
+    from PIL import Image
+
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    if isinstance(mask, np.ndarray):
+        scale = 255.0 if mask.dtype == np.uint8 else 1.0
+        mask = torch.from_numpy(mask.astype(np.float32) / scale)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a PIL image, a numpy array or a tensor, got {type(mask).__name__}")
+    mask = mask.float()
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    elif mask.dim() == 3:
+        mask = mask[:, None] if mask.shape[0] != 1 or batch == 1 else mask[None]
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, batch):
+        raise ValueError(f"mask must have shape (H, W), (B, H, W) or (B or 1, 1, H, W), got {tuple(mask.shape)}")
+    if mask.min() < 0 or mask.max() > 1:
+        raise ValueError("mask values must lie in [0, 1] (1 = repaint; uint8 and PIL masks use 0 and 255)")
+    if mask.shape[-2:] != (size, size):
+        mask = torch.nn.functional.interpolate(mask, size=(size, size), mode="area")
+    return mask.expand(batch, -1, -1, -1)
+
+
 def check_image(name: str, image: torch.Tensor, model: Any = None) -> torch.Tensor:
     """A float (B, C, H, W) tensor; with ``model``, also the size and channels a diffrt model expects."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or not image.is_floating_point():
@@ -74,4 +102,4 @@ def check_image(name: str, image: torch.Tensor, model: Any = None) -> torch.Tens
     return image
 
 
-__all__ = ["OUTPUT_TYPES", "PixelCodec", "check_image", "convert_output", "model_placement", "prompt_list", "randn"]
+__all__ = ["OUTPUT_TYPES", "PixelCodec", "as_mask", "check_image", "convert_output", "model_placement", "prompt_list", "randn"]

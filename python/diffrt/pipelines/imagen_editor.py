@@ -21,7 +21,8 @@ from .. import ops
 from ..denoiser import check_denoiser
 from ..sampling import Guidance, OscillatingGuidance, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ._common import check_image, convert_output, model_placement, prompt_list, randn
+from ..images import from_pil
+from ._common import as_mask, check_image, convert_output, model_placement, prompt_list, randn
 
 
 @dataclass
@@ -61,24 +62,23 @@ class ImagenEditorPipeline:
         return model.config.cond_image_size or model.config.image_size
 
     def _inputs(self, image, mask, batch: int):
-        """The full-resolution input image and mask the cascade conditions on (1 = repaint)."""
+        """The full-resolution input image and mask the cascade conditions on (1 = repaint). The image
+        is a tensor in [−1, 1] or PIL image(s) (resized to the conditioning resolution); the mask a
+        PIL image, numpy array or tensor of any size (resized to the image)."""
         side = self._cond_size(self.sr or self.base)
         if image is None:
             if mask is not None:
                 raise ValueError("mask given without image")
             return torch.zeros(batch, 3, side, side), torch.ones(batch, 1, side, side)
+        if not isinstance(image, torch.Tensor):
+            image = from_pil(image, size=side)
         image = check_image("image", image)
         if mask is None:
             raise ValueError("image given without mask (1 = region to repaint; an all-ones mask means text-to-image)")
-        if mask.dim() == 3:
-            mask = mask[:, None]
-        if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, image.shape[0]):
-            raise ValueError(f"mask must have shape (B or 1, 1, H, W), got {tuple(mask.shape)}")
-        if image.shape[-2:] != (side, side) or mask.shape[-2:] != (side, side):
-            raise ValueError(f"image and mask must be {side}×{side} (the cascade's conditioning resolution), got "
-                             f"{tuple(image.shape[-2:])} and {tuple(mask.shape[-2:])}")
-        mask = mask.to(image.dtype).expand(image.shape[0], -1, -1, -1)
-        return image, mask
+        if image.shape[-2:] != (side, side):
+            raise ValueError(f"image must be {side}×{side} (the cascade's conditioning resolution), got "
+                             f"{tuple(image.shape[-2:])}")
+        return image, as_mask(mask, side, image.shape[0]).to(image.dtype)
 
     def _stage_inputs(self, model, image, mask):
         side = self._cond_size(model)
@@ -97,17 +97,13 @@ class ImagenEditorPipeline:
                  callback: Optional[Callable[[dict], None]] = None, progress: bool = True) -> CascadeOutput:
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if image is not None and image.dim() == 4:
-            prompts = prompt_list("prompt", prompt, image.shape[0])
-        else:
-            prompts = prompt_list("prompt", prompt)
+        n_images = None if image is None else (image.shape[0] if isinstance(image, torch.Tensor) else
+                                               len(image) if isinstance(image, (list, tuple)) else 1)
+        prompts = prompt_list("prompt", prompt, n_images)
+        image, mask = self._inputs(image, mask, len(prompts))
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         b = len(prompts)
-        if image is not None and image.dim() == 4:
-            image = image.repeat_interleave(num_images_per_prompt, 0)
-            if mask is not None and mask.shape[0] > 1:
-                mask = mask.repeat_interleave(num_images_per_prompt, 0)
-        image, mask = self._inputs(image, mask, b)
+        image, mask = image.repeat_interleave(num_images_per_prompt, 0), mask.repeat_interleave(num_images_per_prompt, 0)
         text, empty = self.encode_prompt(prompts), self.encode_prompt([""] * b)
 
         device, _ = model_placement(self.base)
