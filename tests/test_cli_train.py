@@ -134,3 +134,69 @@ def test_loss_falls(tmp_path, clip_run, kind):
     trained = type(initial).from_pretrained(run / "final")
     before, after = held_out_loss(kind, config, initial), held_out_loss(kind, config, trained)
     assert after < 0.9 * before, (before, after)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, clip_run):
+    """A model folder assembled from tiny trained runs of every kind."""
+    tmp = tmp_path_factory.mktemp("bundle")
+    bundle = tmp / "models"
+    bundle.mkdir()
+    (bundle / "clip").symlink_to(clip_run / "final")
+    for kind in ("base", "sr", "prior", "decoder"):
+        run = tmp / kind
+        assert main(["train", kind, "--config", str(write_config(tmp, kind, clip_run / "final")), "--run-dir", str(run),
+                     "--steps", "2"]) == 0
+        (bundle / kind).symlink_to(run / "final")
+    return bundle
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    from PIL import Image
+
+    image, other, mask = tmp_path / "in.png", tmp_path / "other.jpg", tmp_path / "mask.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
+    Image.new("RGB", (32, 32), (30, 30, 200)).save(other)
+    m = Image.new("L", (64, 64), 0)
+    m.paste(255, (16, 16, 48, 48))
+    m.save(mask)
+    return image, other, mask
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--prompt", "a red circle", "--num-images", "2"],
+    ["inpaint", "--image", "{image}", "--mask", "{mask}", "--prompt", "a blue square"],
+    ["diffedit", "--image", "{image}", "--source", "a red square", "--target", "a blue square"],
+    ["imagic", "--image", "{image}", "--target", "a blue square", "--embedding-steps", "2", "--finetune-steps", "2",
+     "--eta", "0.5", "1.0"],
+    ["variations", "--image", "{image}", "--num-images", "2"],
+    ["interpolate", "--image-a", "{image}", "--image-b", "{other}", "--frames", "3"],
+])
+def test_image_commands_write_pngs(tmp_path, bundle_dir, pictures, command, capsys):
+    from PIL import Image
+
+    image, other, mask = pictures
+    args = [a.format(image=image, other=other, mask=mask) for a in command]
+    out = tmp_path / "out"
+    assert main(args + ["--model", str(bundle_dir), "--out", str(out), "--steps", "3", "--quiet"]) == 0
+    written = sorted(out.glob("*.png"))
+    assert written
+    for path in written:
+        with Image.open(path) as im:
+            assert im.size[0] >= 32
+    assert str(written[0]) in capsys.readouterr().out
+
+
+def test_image_commands_fail_clearly(tmp_path, bundle_dir, pictures, capsys):
+    image, _, mask = pictures
+    model = ["--model", str(bundle_dir), "--quiet", "--steps", "2"]
+    assert main(["inpaint", "--image", str(tmp_path / "nope.png"), "--mask", str(mask), "--prompt", "x"] + model) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_text("not an image")
+    assert main(["diffedit", "--image", str(tmp_path / "bad.png"), "--source", "a", "--target", "b"] + model) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "  "] + model) == 2
+    assert "--prompt must not be empty" in capsys.readouterr().err
+    assert main(["variations", "--image", str(image), "--model", str(tmp_path)]) == 2
+    assert "has no 'prior' model" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     diffrt info                                   what this build contains
     diffrt train KIND --config run.toml [--resume] [--run-dir DIR] [--steps N] [--stop-at N]
+    diffrt generate | inpaint | diffedit | imagic | variations | interpolate  (see --help of each)
 """
 
 from __future__ import annotations
@@ -95,9 +96,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     train.add_argument("--steps", type=int, help="override [train] steps (the length of the LR schedule)")
     train.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps; --resume continues")
     train.set_defaults(run=_train)
+    from .commands import add_commands
+
+    add_commands(sub)
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        result = args.run(args)
+        if isinstance(result, list):  # the image commands return the files they wrote
+            for path in result:
+                print(path)
+            return 0
+        return result
     except (ValueError, FileNotFoundError) as e:
         print(f"diffrt {args.command}: {e}", file=sys.stderr)
         return 2

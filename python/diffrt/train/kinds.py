@@ -28,11 +28,11 @@ from ..models.prior import DiffusionPrior, PriorConfig
 from ..models.text_encoder import TextEncoder
 from ..models.tokenizer import Tokenizer
 from ..models.unet import UNet, UNetConfig
+from ..bundle import DIFFUSION_FILE, noise_schedule_from
 from ..schedules import NoiseSchedule, SamplingSchedule
 from .objectives import CLIPObjective, PriorObjective, UNetObjective
 
 KINDS = ("clip", "base", "sr", "prior", "decoder")
-DIFFUSION_FILE = "diffusion.json"
 
 
 def _config(cls, values: Dict[str, Any], section: str):
@@ -80,9 +80,7 @@ class Kind:
 
 
 def _noise_schedule(diffusion: Dict[str, Any]) -> NoiseSchedule:
-    return NoiseSchedule.make(diffusion.get("beta_schedule", "linear"), beta_start=float(diffusion.get("beta_start", 1e-4)),
-                              beta_end=float(diffusion.get("beta_end", 0.02)),
-                              zero_terminal_snr=bool(diffusion.get("zero_terminal_snr", False)))
+    return noise_schedule_from(diffusion)
 
 
 def load_text_encoder(folder) -> TextEncoder:
