@@ -200,3 +200,15 @@ def test_image_commands_fail_clearly(tmp_path, bundle_dir, pictures, capsys):
     assert "--prompt must not be empty" in capsys.readouterr().err
     assert main(["variations", "--image", str(image), "--model", str(tmp_path)]) == 2
     assert "has no 'prior' model" in capsys.readouterr().err
+
+
+def test_demo_runs_every_pipeline(tmp_path, bundle_dir, capsys):
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(bundle_dir), "--out", str(out), "--steps", "2", "--embedding-steps", "1",
+                 "--finetune-steps", "1", "--quiet"]) == 0
+    names = {p.name.split("_")[0] for p in out.glob("*.png")}
+    assert {"generate", "inpaint", "diffedit", "imagic", "unclip", "variations", "interpolate", "text"} <= names
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.height > 8 * 96

@@ -1,4 +1,4 @@
-"""The ``diffrt`` commands for people: generate, inpaint, diffedit, imagic, variations, interpolate.
+"""The ``diffrt`` commands for people: demo, generate, inpaint, diffedit, imagic, variations, interpolate.
 Each reads PNG/JPEG files, runs a pipeline on a model bundle (``--model DIR``) and writes PNGs."""
 
 from __future__ import annotations
@@ -206,6 +206,93 @@ def add_commands(sub) -> None:
     p.add_argument("--frames", type=int, default=5)
     common(p, guidance=3.0)
     p.set_defaults(run=interpolate)
+    p = sub.add_parser("demo", help="every pipeline on the default (or given) models; PNGs and a contact sheet")
+    p.add_argument("--embedding-steps", type=int, default=50)
+    p.add_argument("--finetune-steps", type=int, default=100)
+    common(p, steps=25)
+    p.set_defaults(run=demo)
+    p.set_defaults(out="diffrt-demo")
 
 
 __all__ = ["CommandError", "add_commands", "read_image"]
+
+
+def demo(args) -> List[Path]:
+    """All four pipelines on one model folder: cascade generation and inpainting, DiffEdit with its
+    mask drawn over the input, an Imagic η sweep, unCLIP generation / variations / interpolation /
+    a text diff; single images plus a labelled contact sheet."""
+    from PIL import Image, ImageDraw
+
+    from .data import ProceduralDataset
+    from .pipelines import DiffEditPipeline, ImagicPipeline
+
+    bundle = _bundle(args)
+    out = Path(args.out)
+    quiet = args.quiet
+    base = bundle.unet("base")
+    last = bundle.unet("sr") if bundle.has("sr") else base
+    side = last.config.cond_image_size or last.config.image_size
+    sample = ProceduralDataset(max(32, side), length=1, seed=args.seed)[0]
+    scene = torch.nn.functional.interpolate(sample["image"][None], size=(side, side), mode="area")
+    mask = (torch.nn.functional.interpolate(sample["mask"][None], size=(side, side), mode="area") > 0).float()
+    rows = []  # (label, images)
+
+    def stage(label, images):
+        rows.append((label, images.float().clamp(-1, 1)))
+        return _write(images, out, label.split(":")[0].replace(" ", "_"))
+
+    written: List[Path] = []
+    cascade = _cascade(bundle, args)
+    prompt = "a large red circle on a blue background"
+    g = _generator(args)
+    written += stage("generate: " + prompt, cascade(prompt, num_images_per_prompt=3, composite=False, generator=g,
+                                                    output_type="pt", progress=not quiet).images)
+    written += stage("inpaint: a yellow star", cascade("a yellow star", scene, mask, generator=g, output_type="pt",
+                                                       progress=not quiet).images)
+    model, encode = _text_to_image_model(bundle)
+    small = torch.nn.functional.interpolate(scene, size=(base.config.image_size,) * 2, mode="area")
+    edit = DiffEditPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
+    source = sample["captions"]["simple"]
+    edited = edit(small, source, "a blue square", generator=g, output_type="pt", progress=not quiet)
+    overlay = small.clone()
+    overlay[:, :1] = torch.where(edited.mask.bool(), torch.ones_like(overlay[:, :1]), overlay[:, :1])
+    written += stage(f"diffedit: {source} -> a blue square (input, mask, edit)",
+                     torch.cat([small, overlay, edited.images]))
+    imagic = ImagicPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
+    imagic.fit(small, "a green " + source.split()[-1], embedding_steps=args.embedding_steps,
+               finetune_steps=args.finetune_steps, generator=_generator(args), progress=not quiet)
+    written += stage("imagic: eta 0, 0.5, 1", imagic([0.0, 0.5, 1.0], generator=g, output_type="pt",
+                                                      progress=not quiet).images)
+    if bundle.has("prior") and bundle.has("decoder"):
+        unclip = _unclip(bundle, args)
+        generated = unclip(prompt, num_images_per_prompt=2, generator=g, output_type="pt", progress=not quiet)
+        written += stage("unclip: " + prompt, generated.images)
+        clip_in = torch.nn.functional.interpolate(scene, size=(bundle.clip.config.image_size,) * 2, mode="area")
+        written += stage("variations", unclip.variations(clip_in, num_variations=3, generator=g, output_type="pt",
+                                                         progress=not quiet).images)
+        za, zb = generated.image_embeds[:1], bundle.clip.encode_image(clip_in)
+        written += stage("interpolate", unclip.interpolate(za, zb, (0.0, 0.5, 1.0), generator=g, output_type="pt",
+                                                           progress=not quiet).images)
+        written += stage(f"text diff: {source} -> a blue square",
+                         unclip.text_diff(clip_in, source, "a blue square", (0.0, 0.3, 0.6), generator=g,
+                                          output_type="pt", progress=not quiet).images)
+    # contact sheet: one labelled row per stage, images scaled to a common height
+    height = 96
+    from .images import to_pil
+
+    sheet_rows = []
+    for label, images in rows:
+        tiles = [im.resize((height, height), Image.NEAREST) for im in to_pil(images)]
+        row = Image.new("RGB", (max(640, len(tiles) * (height + 4) + 4), height + 22), "white")
+        ImageDraw.Draw(row).text((4, 4), label, fill="black")
+        for i, tile in enumerate(tiles):
+            row.paste(tile, (4 + i * (height + 4), 20))
+        sheet_rows.append(row)
+    sheet = Image.new("RGB", (max(r.width for r in sheet_rows), sum(r.height for r in sheet_rows)), "white")
+    y = 0
+    for row in sheet_rows:
+        sheet.paste(row, (0, y))
+        y += row.height
+    sheet_path = out / "contact_sheet.png"
+    sheet.save(sheet_path)
+    return written + [sheet_path]
