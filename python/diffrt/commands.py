@@ -160,9 +160,9 @@ def interpolate(args) -> List[Path]:
 
 
 def add_commands(sub) -> None:
-    def common(p, steps=50, guidance=5.0):
+    def common(p, steps=50, guidance=5.0, out=DEFAULT_OUT):
         p.add_argument("--model", help="model folder (clip/, base/, sr/, prior/, decoder/); default: the shipped weights")
-        p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for the PNGs (default: {DEFAULT_OUT})")
+        p.add_argument("--out", default=out, help=f"output folder for the PNGs (default: {out})")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=steps, help="DDIM steps")
         p.add_argument("--guidance", type=float, default=guidance, help="classifier-free guidance weight")
@@ -209,9 +209,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("demo", help="every pipeline on the default (or given) models; PNGs and a contact sheet")
     p.add_argument("--embedding-steps", type=int, default=50)
     p.add_argument("--finetune-steps", type=int, default=100)
-    common(p, steps=25)
+    common(p, steps=25, out="diffrt-demo")
     p.set_defaults(run=demo)
-    p.set_defaults(out="diffrt-demo")
 
 
 __all__ = ["CommandError", "add_commands", "read_image"]
