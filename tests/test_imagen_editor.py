@@ -24,7 +24,7 @@ def unet(size, cond_size, **kw):
                             attention_resolutions=(size // 2,), head_dim=16, context_dim=WIDTH, cond_image=True,
                             cond_image_size=cond_size, cond_channels=8, **kw))
     with torch.no_grad():  # stand-in for trained weights: every path reaches the output
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if not p.any():
                 p.normal_(0, 0.05)
     return model.eval()

@@ -198,7 +198,7 @@ class UNet(nn.Module, SavableModel):
                                   ResBlock(ch, ch, time_dim, c.groups)])
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             out = c.base_channels * mult
-            for i in range(c.num_res_blocks + 1):
+            for _ in range(c.num_res_blocks + 1):
                 attn = AttentionBlock(out, c.head_dim, c.groups, c.context_dim) if res in c.attention_resolutions else None
                 self.up.append(nn.ModuleList([ResBlock(ch + widths.pop(), out, time_dim, c.groups), attn or nn.Identity()]))
                 ch = out
