@@ -155,7 +155,8 @@ void bind_attention(py::module_& m) {
   m.def("attention_backward", &attention_backward, nogil,
         "Fused attention backward: dq, dk, dv (dense) from q, k, v, out, dout and the forward's lse.");
 #if defined(DIFFRT_WITH_CUDA)
-  m.def("cuda_attention_forward", &cuda_attention_forward, nogil, "attention_forward on CUDA tensors (device, stream).");
+  m.def("cuda_attention_forward", &cuda_attention_forward, nogil,
+        "attention_forward on CUDA tensors (device, stream).");
   m.def("cuda_attention_backward", &cuda_attention_backward, nogil,
         "attention_backward on CUDA tensors (device, stream).");
 #endif

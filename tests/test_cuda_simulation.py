@@ -1,7 +1,8 @@
-"""The CUDA kernels run on the CPU: g++ compiles csrc/cuda/sampler_kernels.cu (and attention_kernels.cu) unchanged against a
-host simulation of CUDA (tests/cuda_sim/cuda_shim.h: a fiber per CUDA thread, __syncthreads as a
-barrier, shared memory, warp shuffles) and tests/cuda_sim/sim_check.cpp runs every kernel on odd shapes,
-partial blocks, several samples and float32/bfloat16/float16 against the double-precision reference.
+"""The CUDA kernels run on the CPU: g++ compiles csrc/cuda/sampler_kernels.cu and attention_kernels.cu
+unchanged against a host simulation of CUDA (tests/cuda_sim/cuda_shim.h: a fiber per CUDA thread,
+__syncthreads as a barrier, shared memory, warp shuffles); tests/cuda_sim/sim_check.cpp runs every sampler
+kernel on odd shapes, partial blocks, several samples and float32/bfloat16/float16 against the
+double-precision reference, and tests/cuda_sim/sim_attention.cpp does the same for attention.
 
 Each build runs under two schedules (lowest- and highest-numbered thread first at every switch), so a
 missing barrier shows up whichever side of it would read too early; a second build lowers the number
@@ -67,7 +68,8 @@ def test_cuda_attention_matches_reference_under_host_simulation(tmp_path):
     binary = _build("sim_attention.cpp", tmp_path / "sim_attention")
     for schedule in SCHEDULES:
         result = _run(binary, schedule)
-        assert result.returncode == 0 and "ALL OK" in result.stdout, f"[{schedule}]\n" + result.stdout[-5000:] + result.stderr
+        report = f"[{schedule}]\n" + result.stdout[-5000:] + result.stderr
+        assert result.returncode == 0 and "ALL OK" in result.stdout, report
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")

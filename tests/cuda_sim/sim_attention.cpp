@@ -64,7 +64,8 @@ class Mirror {
   void fetch() {
 #if !defined(DIFFRT_CUDA_SIM)
     cuda::check(cudaDeviceSynchronize(), "check", "kernel execution");
-    cuda::check(cudaMemcpy(host_.data(), dev_, host_.size() * sizeof(T), cudaMemcpyDeviceToHost), "check", "cudaMemcpy");
+    cuda::check(cudaMemcpy(host_.data(), dev_, host_.size() * sizeof(T), cudaMemcpyDeviceToHost), "check",
+                "cudaMemcpy");
 #endif
   }
 
@@ -76,7 +77,8 @@ class Mirror {
 void record(const std::string& name, bool ok, const std::string& detail) {
   ++checks;
   failures += !ok;
-  if (!ok || std::getenv("SIM_VERBOSE")) std::printf("%-72s %s  %s\n", name.c_str(), ok ? "ok  " : "FAIL", detail.c_str());
+  if (!ok || std::getenv("SIM_VERBOSE"))
+    std::printf("%-72s %s  %s\n", name.c_str(), ok ? "ok  " : "FAIL", detail.c_str());
 }
 
 // |got − ref| ≤ eps(T)·|ref| + atol·max(max|ref|, floor), atol = 2·eps(T) + 64·eps(float32): the output's
@@ -180,7 +182,8 @@ void check_attention(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t d, Ma
   compare(std::string("attention_forward lse ") + tag, lse.data(), ref_lse, 1.1920929e-07);
 
   // Backward from the kernel's own O and lse, as in training.
-  std::vector<T> dq(BH * Lq * d, store_as<T>(NAN)), dk(BH * Lk * d, store_as<T>(NAN)), dv(BH * Lk * d, store_as<T>(NAN));
+  const T nan = store_as<T>(NAN);
+  std::vector<T> dq(BH * Lq * d, nan), dk(BH * Lk * d, nan), dv(BH * Lk * d, nan);
   Mirror<T> mdq(dq), mdk(dk), mdv(dv);
   AttentionBackwardArgs g{};
   g.dtype = dtype_of<T>();

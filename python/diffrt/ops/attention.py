@@ -3,7 +3,8 @@
 ``attention`` runs the compiled CPU kernel (csrc/cpu/attention_kernels.cpp: FlashAttention-style online
 softmax, the Lq×Lk score matrix is never materialised; float32 and bfloat16) or, for CUDA tensors, the CUDA
 kernel (csrc/cuda/attention_kernels.cu: shared-memory tiles, float32/bfloat16/float16, head dim ≤ 256, on
-torch's current stream) and differentiates through its fused backward. ``attention_ref`` is the readable torch oracle (any floating dtype, float64 included).
+torch's current stream) and differentiates through its fused backward. ``attention_ref`` is the readable
+torch oracle (any floating dtype, float64 included).
 
 Shapes: q (B, H, Lq, d), k and v (B, H, Lk, d), key_padding_mask (B, Lk) bool with True = attend.
 A query whose keys are all masked gets a zero output (not NaN) and zero gradients.
@@ -78,8 +79,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
     scale = 1.0 / math.sqrt(d) if scale is None else _checks.finite("scale", scale)
 
-    impl = _backend.dispatch("attention", {"cuda": _attention_cuda, "cpu": _attention_compiled, "torch": _attention_torch},
-                             q.device, q.dtype, backend)
+    impls = {"cuda": _attention_cuda, "cpu": _attention_compiled, "torch": _attention_torch}
+    impl = _backend.dispatch("attention", impls, q.device, q.dtype, backend)
     return impl(q, k, v, key_padding_mask, scale)
 
 
