@@ -325,3 +325,149 @@ def test_dynamic_threshold_on_large_rows(gen):
     m = _cuda(gen, 2, 3, 512, 512, scale=2.0)
     out, ref = _ddim_both(x, m, 0.2, 0.4, dynamic_threshold=0.995, prediction_type="sample")
     assert_close_to_ref(out.cpu(), ref, dtype=torch.float32, scale=_scale(x, m, 0.2, None))
+
+
+# ---- attention (csrc/cuda/attention_kernels.cu) ---------------------------------------------------
+# The cases of test_attention.py on CUDA tensors, float16 included; the same float64 reference and the
+# same dtype-derived tolerances (float32: from the score range; bfloat16/float16: 2× SDPA's error).
+
+from tests import test_attention as _att  # noqa: E402
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Outputs start as NaN, so an element the kernel never writes fails the comparison."""
+    from diffrt.ops import _alloc
+    monkeypatch.setattr(_alloc, "empty", lambda shape, *, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
+                                                                                   device=device))
+
+
+def _att_inputs(B, H, Lq, Lk, d, dtype, mask_kind="padded"):
+    q, k, v, mask = _att.make_inputs(B, H, Lq, Lk, d, dtype, mask_kind=mask_kind if Lk > 1 else None)
+    return q.to(CUDA), k.to(CUDA), v.to(CUDA), None if mask is None else mask.to(CUDA)
+
+
+def _att_ref64(q, k, v, mask, scale=None):
+    return _att.ref64(q.cpu(), k.cpu(), v.cpu(), None if mask is None else mask.cpu(), scale)
+
+
+def _att_check(out, q, k, v, mask, scale=None):
+    torch.cuda.synchronize()
+    ref = _att_ref64(q, k, v, mask, scale)
+    _att.assert_close_to_ref(out.cpu(), ref, q.cpu(), k.cpu(), v.cpu(), None if mask is None else mask.cpu(), scale)
+
+
+def test_attention_cuda_backend_refuses_without_gpu_or_for_cpu_tensors():
+    q = torch.randn(1, 2, 5, 8)
+    with pytest.raises(ops.UnsupportedBackendError, match="backend 'cuda' cannot run these inputs"):
+        ops.attention(q, q, q, backend="cuda")
+    with pytest.raises(ops.UnsupportedBackendError, match="dtype float16 is not supported"):
+        ops.attention(q.half(), q.half(), q.half(), backend="cpu")
+
+
+@needs_gpu
+@pytest.mark.usefixtures("poisoned")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [32, 40, 59, 64, 100, 128, 256])
+@pytest.mark.parametrize("Lq,Lk", [(1, 1), (7, 77), (97, 97), (77, 1025), (1025, 77), (1, 97)])
+def test_attention_forward_matches_reference(Lq, Lk, d, dtype):
+    q, k, v, mask = _att_inputs(2, 2, Lq, Lk, d, dtype)
+    out = ops.attention(q, k, v, key_padding_mask=mask, backend="cuda")
+    assert out.device == q.device and out.dtype == dtype
+    _att_check(out, q, k, v, mask)
+
+
+@needs_gpu
+@pytest.mark.usefixtures("poisoned")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,H,Lq,Lk,d", [(2, 2, 97, 77, 59), (1, 3, 7, 130, 64), (2, 1, 1, 7, 32),
+                                         (1, 1, 200, 300, 40), (2, 2, 65, 1, 128), (1, 2, 33, 70, 256)])
+def test_attention_backward_matches_reference(B, H, Lq, Lk, d, dtype):
+    q, k, v, mask = _att_inputs(B, H, Lq, Lk, d, dtype, mask_kind="empty_row")
+    dout = torch.randn(B, H, Lq, d).to(dtype).to(CUDA)
+    _, *ours = _att.grads(ops.attention, q, k, v, dout, key_padding_mask=mask, backend="cuda")
+    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+    _, *ref = _att.grads(ops.attention_ref, q.cpu().double(), k.cpu().double(), v.cpu().double(),
+                         dout.cpu().double(), key_padding_mask=cpu(mask))
+    if dtype != torch.float32:  # SDPA's own low-precision error, on the CPU as in test_attention.py
+        _, *low = _att.grads(lambda q, k, v: _att.sdpa(q, k, v, cpu(mask)), q.cpu(), k.cpu(), v.cpu(), dout.cpu())
+    magnitude = dout.abs().max().item() * max(q.abs().max().item(), k.abs().max().item(), v.abs().max().item(), 1.0)
+    for i, name in enumerate(("dq", "dk", "dv")):
+        assert ours[i].dtype == dtype and torch.isfinite(ours[i]).all(), name
+        err = (ours[i].cpu().double() - ref[i]).abs().max().item()
+        if dtype == torch.float32:
+            tol = 64 * _att.EPS32 * magnitude
+        else:  # 2× SDPA's error in the same dtype, plus the final rounding of the largest gradient
+            tol = (2 * (low[i].cpu().double() - ref[i]).abs().max().item()
+                   + torch.finfo(dtype).eps * ref[i].abs().max().item() + 16 * _att.EPS32 * magnitude)
+        assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g}"
+
+
+@needs_gpu
+@pytest.mark.usefixtures("poisoned")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_fully_masked_rows_are_zero(dtype):
+    q, k, v, mask = _att_inputs(3, 2, 50, 77, 40, dtype, mask_kind="empty_row")
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    out = ops.attention(q, k, v, key_padding_mask=mask)
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+    out.backward(torch.randn_like(out))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        assert torch.isfinite(t.grad).all(), name
+        assert torch.equal(t.grad[-1], torch.zeros_like(t.grad[-1])), name
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_non_contiguous_inputs(dtype):
+    B, H, Lq, Lk, d = 2, 3, 70, 77, 64
+    q = torch.randn(B, Lq, H, d, device=CUDA).to(dtype).transpose(1, 2)
+    k = torch.randn(B, H, d, Lk, device=CUDA).to(dtype).transpose(2, 3)
+    v = torch.randn(B, Lk, H, 2 * d, device=CUDA).to(dtype).transpose(1, 2)[..., ::2]
+    mask = torch.rand(B, Lk, device=CUDA) > 0.5
+    mask[:, 3] = True
+    _att_check(ops.attention(q, k, v, key_padding_mask=mask), q, k, v, mask)
+
+
+@needs_gpu
+def test_attention_scale_auto_dispatch_and_determinism():
+    q, k, v, mask = _att_inputs(2, 2, 33, 70, 64, torch.float32)
+    out = ops.attention(q, k, v, key_padding_mask=mask, scale=0.3)
+    _att_check(out, q, k, v, mask, scale=0.3)
+    runs = [ops.attention(q, k, v, key_padding_mask=mask, scale=0.3, backend="cuda") for _ in range(3)]
+    assert all(torch.equal(out, r) for r in runs)
+
+
+@needs_gpu
+def test_attention_runs_on_torchs_current_stream():
+    q, k, v, mask = _att_inputs(2, 4, 256, 256, 64, torch.float32)
+    expected = ops.attention(q, k, v, key_padding_mask=mask)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        scaled = v * 1.0  # queued on `stream` just before the op reads it
+        got = ops.attention(q, k, scaled, key_padding_mask=mask)
+    stream.synchronize()
+    assert torch.equal(got, expected)
+
+
+@needs_gpu
+def test_attention_validation_errors_match_the_cpu_path():
+    q, k, v, mask = _att_inputs(2, 2, 5, 6, 8, torch.float32)
+    with pytest.raises(ValueError, match="^key_padding_mask is on cpu but q is on cuda"):
+        ops.attention(q, k, v, key_padding_mask=mask.cpu())
+    with pytest.raises(ValueError, match="^k must have head dim"):
+        ops.attention(q, k[..., :-1], v[..., :-1])
+    with pytest.raises(ValueError, match="head dims up to 256"):
+        big = torch.randn(1, 1, 4, 257, device=CUDA)
+        ops.attention(big, big, big)
+
+
+@needs_gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_attention_on_a_device_other_than_the_current_one():
+    q, k, v, mask = (t.to("cuda:1") for t in _att_inputs(2, 2, 33, 40, 64, torch.float32))
+    assert torch.cuda.current_device() == 0
+    out = ops.attention(q, k, v, key_padding_mask=mask)
+    assert out.device == q.device
+    _att_check(out, q, k, v, mask)

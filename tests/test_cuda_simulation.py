@@ -1,7 +1,8 @@
-"""The CUDA kernels run on the CPU: g++ compiles csrc/cuda/sampler_kernels.cu unchanged against a
-host simulation of CUDA (tests/cuda_sim/cuda_shim.h: a fiber per CUDA thread, __syncthreads as a
-barrier, shared memory, warp shuffles) and tests/cuda_sim/sim_check.cpp runs every kernel on odd shapes,
-partial blocks, several samples and float32/bfloat16/float16 against the double-precision reference.
+"""The CUDA kernels run on the CPU: g++ compiles csrc/cuda/sampler_kernels.cu and attention_kernels.cu
+unchanged against a host simulation of CUDA (tests/cuda_sim/cuda_shim.h: a fiber per CUDA thread,
+__syncthreads as a barrier, shared memory, warp shuffles); tests/cuda_sim/sim_check.cpp runs every sampler
+kernel on odd shapes, partial blocks, several samples and float32/bfloat16/float16 against the
+double-precision reference, and tests/cuda_sim/sim_attention.cpp does the same for attention.
 
 Each build runs under two schedules (lowest- and highest-numbered thread first at every switch), so a
 missing barrier shows up whichever side of it would read too early; a second build lowers the number
@@ -17,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = ROOT / "tests" / "cuda_sim"
-SOURCES = [ROOT / "csrc" / "cuda" / "sampler_kernels.cu", SIM / "cuda_shim.h", SIM / "sim_check.cpp"]
+SOURCES = [ROOT / "csrc" / "cuda" / "sampler_kernels.cu", ROOT / "csrc" / "cuda" / "attention_kernels.cu",
+           SIM / "cuda_shim.h", SIM / "sim_check.cpp", SIM / "sim_attention.cpp"]
 SCHEDULES = ("forward", "reverse")
 
 pytestmark = pytest.mark.skipif(
@@ -59,11 +61,23 @@ def test_cuda_kernels_match_reference_under_host_simulation(tmp_path, row_blocks
         assert result.returncode == 0 and "ALL OK" in result.stdout, f"[{schedule}]\n" + result.stdout[-5000:] + result.stderr
 
 
+def test_cuda_attention_matches_reference_under_host_simulation(tmp_path):
+    """csrc/cuda/attention_kernels.cu forward and backward (tests/cuda_sim/sim_attention.cpp): Lq, Lk in
+    {1, 7, 33, 70}, head dims 32 … 256, padded keys and fully masked rows, strided inputs, float32 /
+    bfloat16 / float16, against the double-precision reference csrc/dev/attention_reference.h."""
+    binary = _build("sim_attention.cpp", tmp_path / "sim_attention")
+    for schedule in SCHEDULES:
+        result = _run(binary, schedule)
+        report = f"[{schedule}]\n" + result.stdout[-5000:] + result.stderr
+        assert result.returncode == 0 and "ALL OK" in result.stdout, report
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-def test_check_harness_also_compiles_for_the_gpu(tmp_path):
+@pytest.mark.parametrize("harness", ["sim_check.cpp", "sim_attention.cpp"])
+def test_check_harness_also_compiles_for_the_gpu(tmp_path, harness):
     """The same cases build with nvcc into a GPU check-and-time harness (run it on a machine with a GPU)."""
     subprocess.run(
-        ["nvcc", "-std=c++17", "-O1", "-arch=sm_80", f"-I{ROOT / 'csrc'}", "-x", "cu", str(SIM / "sim_check.cpp"),
+        ["nvcc", "-std=c++17", "-O1", "-arch=sm_80", f"-I{ROOT / 'csrc'}", "-x", "cu", str(SIM / harness),
          "-o", str(tmp_path / "cuda_check")],
         check=True,
     )

@@ -56,3 +56,14 @@ def cuda_diffedit_mask(
     dtype: int, batch: int, draws: int, channels: int, spatial: int, query: int, ref: int, out: int,
     clamp_ratio: float, threshold: float, device: int, stream: int,
 ) -> None: ...
+def cuda_attention_forward(
+    dtype: int, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, q: int, q_strides: Sequence[int],
+    k: int, k_strides: Sequence[int], v: int, v_strides: Sequence[int], key_padding_mask: int, out: int,
+    out_strides: Sequence[int], lse: int, scale: float, device: int, stream: int,
+) -> None: ...
+def cuda_attention_backward(
+    dtype: int, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, q: int, q_strides: Sequence[int],
+    k: int, k_strides: Sequence[int], v: int, v_strides: Sequence[int], out: int, out_strides: Sequence[int],
+    dout: int, dout_strides: Sequence[int], key_padding_mask: int, lse: int, dq: int, dk: int, dv: int,
+    scale: float, device: int, stream: int,
+) -> None: ...

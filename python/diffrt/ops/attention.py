@@ -1,8 +1,10 @@
 """Fused multi-head attention: softmax(scale·Q·Kᵀ + key-padding mask)·V.
 
 ``attention`` runs the compiled CPU kernel (csrc/cpu/attention_kernels.cpp: FlashAttention-style online
-softmax, the Lq×Lk score matrix is never materialised; float32 and bfloat16) and differentiates through
-its fused backward. ``attention_ref`` is the readable torch oracle (any floating dtype, float64 included).
+softmax, the Lq×Lk score matrix is never materialised; float32 and bfloat16) or, for CUDA tensors, the CUDA
+kernel (csrc/cuda/attention_kernels.cu: shared-memory tiles, float32/bfloat16/float16, head dim ≤ 256, on
+torch's current stream) and differentiates through its fused backward. ``attention_ref`` is the readable
+torch oracle (any floating dtype, float64 included).
 
 Shapes: q (B, H, Lq, d), k and v (B, H, Lk, d), key_padding_mask (B, Lk) bool with True = attend.
 A query whose keys are all masked gets a zero output (not NaN) and zero gradients.
@@ -22,7 +24,8 @@ from . import _alloc, _backend, _checks
 
 __all__ = ["attention", "attention_ref"]
 
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # float16: CUDA only
+_CUDA_MAX_HEAD_DIM = 256
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -45,7 +48,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               backend: Optional[str] = None) -> torch.Tensor:
     """Multi-head scaled dot-product attention, fused (see the module docstring for shapes).
 
-    scale defaults to 1/√d. backend: None (best available), "cpu" (compiled kernel) or "torch" (reference).
+    scale defaults to 1/√d. backend: None (best available), "cuda" or "cpu" (compiled kernels) or "torch"
+    (reference).
     """
     _checks.tensor("q", q, ndim=(4,))
     _checks.tensor("k", k, ndim=(4,))
@@ -75,8 +79,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
     scale = 1.0 / math.sqrt(d) if scale is None else _checks.finite("scale", scale)
 
-    impl = _backend.dispatch("attention", {"cpu": _attention_cpu, "torch": _attention_torch}, q.device, q.dtype,
-                             backend)
+    impls = {"cuda": _attention_cuda, "cpu": _attention_compiled, "torch": _attention_torch}
+    impl = _backend.dispatch("attention", impls, q.device, q.dtype, backend)
     return impl(q, k, v, key_padding_mask, scale)
 
 
@@ -84,7 +88,14 @@ def _attention_torch(q, k, v, key_padding_mask, scale):
     return attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
 
 
-def _attention_cpu(q, k, v, key_padding_mask, scale):
+def _attention_cuda(q, k, v, key_padding_mask, scale):
+    if q.shape[-1] > _CUDA_MAX_HEAD_DIM:
+        raise ValueError(f"attention: the CUDA kernel supports head dims up to {_CUDA_MAX_HEAD_DIM}, "
+                         f"got q of shape {tuple(q.shape)}")
+    return _attention_compiled(q, k, v, key_padding_mask, scale)
+
+
+def _attention_compiled(q, k, v, key_padding_mask, scale):
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _FusedAttention.apply(q, k, v, key_padding_mask, scale)
     out, _ = _forward(q, k, v, key_padding_mask, scale, need_lse=False)
@@ -107,6 +118,14 @@ def _mask_ptr(key_padding_mask: Optional[torch.Tensor]) -> tuple:
     return mask, mask.data_ptr()
 
 
+def _launch(name: str, t: torch.Tensor, *args):
+    """_C.<name>(*args, num_threads) on the CPU; _C.cuda_<name>(*args, device, stream) for CUDA tensors."""
+    if t.is_cuda:
+        getattr(_C, "cuda_" + name)(*args, t.device.index, torch.cuda.current_stream(t.device).cuda_stream)
+    else:
+        getattr(_C, name)(*args, torch.get_num_threads())
+
+
 def _forward(q, k, v, key_padding_mask, scale, *, need_lse: bool):
     q, k, v = _dense_last(q), _dense_last(k), _dense_last(v)
     B, H, Lq, d = q.shape
@@ -118,16 +137,16 @@ def _forward(q, k, v, key_padding_mask, scale, *, need_lse: bool):
             lse.fill_(float("-inf"))
         return out, lse
     mask, mask_ptr = _mask_ptr(key_padding_mask)
-    _C.attention_forward(_DTYPE_CODES[q.dtype], B, H, Lq, Lk, d,
-                         q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
-                         mask_ptr, out.data_ptr(), _strides(out), lse.data_ptr() if lse is not None else 0,
-                         float(scale), torch.get_num_threads())
+    _launch("attention_forward", q, _DTYPE_CODES[q.dtype], B, H, Lq, Lk, d,
+            q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
+            mask_ptr, out.data_ptr(), _strides(out), lse.data_ptr() if lse is not None else 0, float(scale))
     del mask
     return out, lse
 
 
 class _FusedAttention(torch.autograd.Function):
-    """The compiled forward (saving lse) and its fused backward, which recomputes P from lse."""
+    """The compiled forward (saving lse) and its fused backward, which recomputes P from lse; CPU or CUDA
+    kernels after the device of q."""
 
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, scale):
@@ -150,10 +169,9 @@ class _FusedAttention(torch.autograd.Function):
             return dq.zero_(), dk.zero_(), dv.zero_(), None, None
         if out.numel():
             mask, mask_ptr = _mask_ptr(key_padding_mask)
-            _C.attention_backward(_DTYPE_CODES[q.dtype], B, H, Lq, Lk, d,
-                                  q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
-                                  out.data_ptr(), _strides(out), dout.data_ptr(), _strides(dout), mask_ptr,
-                                  lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), float(ctx.scale),
-                                  torch.get_num_threads())
+            _launch("attention_backward", q, _DTYPE_CODES[q.dtype], B, H, Lq, Lk, d,
+                    q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
+                    out.data_ptr(), _strides(out), dout.data_ptr(), _strides(dout), mask_ptr,
+                    lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), float(ctx.scale))
             del mask
         return dq, dk, dv, None, None
