@@ -20,67 +20,14 @@
 
 #include "cuda/attention_kernels.cu"
 #include "dev/attention_reference.h"
+#include "harness.h"
 
 namespace {
 
 using namespace diffrt;
+using namespace diffrt::harness;
 
 std::mt19937 rng(2024);
-int failures = 0, checks = 0;
-
-template <typename T>
-constexpr DType dtype_of() {
-  return std::is_same_v<T, bf16> ? DType::bf16 : std::is_same_v<T, f16> ? DType::f16 : DType::f32;
-}
-template <typename T>
-const char* name_of() {
-  return std::is_same_v<T, bf16> ? "bf16" : std::is_same_v<T, f16> ? "f16 " : "f32 ";
-}
-template <typename T>
-constexpr double eps() {  // unit roundoff ×2 of the storage dtype
-  return std::is_same_v<T, bf16> ? 0.0078125 : std::is_same_v<T, f16> ? 0.0009765625 : 1.1920929e-07;
-}
-
-// A host vector and the copy the kernels see (the vector itself under the simulation).
-template <typename T>
-class Mirror {
- public:
-  explicit Mirror(std::vector<T>& host) : host_(host) {
-#if defined(DIFFRT_CUDA_SIM)
-    dev_ = host.data();
-#else
-    cuda::check(cudaMalloc(&dev_, host.size() * sizeof(T) + 1), "check", "cudaMalloc");
-    cuda::check(cudaMemcpy(dev_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "check", "cudaMemcpy");
-#endif
-  }
-  ~Mirror() {
-#if !defined(DIFFRT_CUDA_SIM)
-    cudaFree(dev_);
-#endif
-  }
-  Mirror(const Mirror&) = delete;
-  Mirror& operator=(const Mirror&) = delete;
-  T* dev() const { return dev_; }
-  void fetch() {
-#if !defined(DIFFRT_CUDA_SIM)
-    cuda::check(cudaDeviceSynchronize(), "check", "kernel execution");
-    cuda::check(cudaMemcpy(host_.data(), dev_, host_.size() * sizeof(T), cudaMemcpyDeviceToHost), "check",
-                "cudaMemcpy");
-#endif
-  }
-
- private:
-  std::vector<T>& host_;
-  T* dev_ = nullptr;
-};
-
-void record(const std::string& name, bool ok, const std::string& detail) {
-  ++checks;
-  failures += !ok;
-  if (!ok || std::getenv("SIM_VERBOSE"))
-    std::printf("%-72s %s  %s\n", name.c_str(), ok ? "ok  " : "FAIL", detail.c_str());
-}
-
 // |got − ref| ≤ eps(T)·|ref| + atol·max(max|ref|, floor), atol = 2·eps(T) + 64·eps(float32): the output's
 // rounding plus float32 sums of up to a few hundred terms; −inf must match exactly; NaN fails. floor: the
 // size of the terms when the result cancels (gradients through a softmax over one key are exactly 0).
@@ -303,8 +250,7 @@ int run_checks() {
   report_speed<f16>(2, 8, 4096, 64);
   report_speed<bf16>(2, 10, 1024, 128);
 #endif
-  std::printf(failures ? "FAILED: %d of %d checks\n" : "ALL OK (%d checks)\n", failures ? failures : checks, checks);
-  return failures ? 1 : 0;
+  return harness::summary();
 }
 
 }  // namespace

@@ -20,27 +20,14 @@
 
 #include "cuda/sampler_kernels.cu"
 #include "dev/reference.h"
+#include "harness.h"
 
 namespace {
 
 using namespace diffrt;
+using namespace diffrt::harness;
 
 std::mt19937 rng(4321);
-int failures = 0, checks = 0;
-
-template <typename T>
-constexpr DType dtype_of() {
-  return std::is_same_v<T, bf16> ? DType::bf16 : std::is_same_v<T, f16> ? DType::f16 : DType::f32;
-}
-template <typename T>
-const char* name_of() {
-  return std::is_same_v<T, bf16> ? "bf16" : std::is_same_v<T, f16> ? "f16 " : "f32 ";
-}
-template <typename T>
-constexpr double eps() {  // unit roundoff ×2 of the storage dtype
-  return std::is_same_v<T, bf16> ? 0.0078125 : std::is_same_v<T, f16> ? 0.0009765625 : 1.1920929e-07;
-}
-
 template <typename T>
 std::vector<T> random_tensor(int64_t n, double scale = 1.0) {
   std::normal_distribution<float> dist(0.f, float(scale));
@@ -52,45 +39,6 @@ std::vector<T> random_tensor(int64_t n, double scale = 1.0) {
 template <typename T>
 std::vector<T> poisoned(int64_t n) {
   return std::vector<T>(n, store_as<T>(NAN));
-}
-
-// A host vector and the copy the kernels see: the vector itself under the simulation, a device
-// buffer on a GPU (fetch() copies it back after the kernels ran).
-template <typename T>
-class Mirror {
- public:
-  explicit Mirror(std::vector<T>& host) : host_(host) {
-#if defined(DIFFRT_CUDA_SIM)
-    dev_ = host.data();
-#else
-    cuda::check(cudaMalloc(&dev_, host.size() * sizeof(T)), "check", "cudaMalloc");
-    cuda::check(cudaMemcpy(dev_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "check", "cudaMemcpy");
-#endif
-  }
-  ~Mirror() {
-#if !defined(DIFFRT_CUDA_SIM)
-    cudaFree(dev_);
-#endif
-  }
-  Mirror(const Mirror&) = delete;
-  Mirror& operator=(const Mirror&) = delete;
-  T* dev() const { return dev_; }
-  void fetch() {
-#if !defined(DIFFRT_CUDA_SIM)
-    cuda::check(cudaDeviceSynchronize(), "check", "kernel execution");
-    cuda::check(cudaMemcpy(host_.data(), dev_, host_.size() * sizeof(T), cudaMemcpyDeviceToHost), "check", "cudaMemcpy");
-#endif
-  }
-
- private:
-  std::vector<T>& host_;
-  T* dev_ = nullptr;
-};
-
-void record(const std::string& name, bool ok, const std::string& detail) {
-  ++checks;
-  failures += !ok;
-  std::printf("%-66s %s  %s\n", name.c_str(), ok ? "ok  " : "FAIL", detail.c_str());
 }
 
 // |got − ref| ≤ eps(T)·|ref| + 64·eps(float32)·scale (NaN fails); prints the first mismatches.
@@ -423,8 +371,7 @@ int run_checks() {
   speed_suite<bf16>(8, 4 * 128 * 128);
   speed_suite<f16>(8, 4 * 128 * 128);
 #endif
-  std::printf(failures ? "FAILED: %d of %d checks\n" : "ALL OK (%d checks)\n", failures ? failures : checks, checks);
-  return failures ? 1 : 0;
+  return harness::summary();
 }
 
 }  // namespace
