@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define DIFFRT_HD __host__ __device__ __forceinline__
@@ -100,6 +101,25 @@ template <typename T> DIFFRT_HD T store_as(float f);
 template <> DIFFRT_HD float store_as<float>(float f) { return f; }
 template <> DIFFRT_HD bf16 store_as<bf16>(float f) { return to_bf16(f); }
 template <> DIFFRT_HD f16 store_as<f16>(float f) { return to_f16(f); }
+
+// Host-side helpers shared by the CPU and CUDA kernel files: typed views of the args structs
+// untyped pointers, and a run-time flag turned into a compile-time one
+// (with_flag(b, [&](auto k) { f<decltype(k)::value>(); })).
+template <typename T>
+inline const T* in(const void* p) {
+  return static_cast<const T*>(p);
+}
+template <typename T>
+inline T* out_ptr(void* p) {
+  return static_cast<T*>(p);
+}
+template <typename F>
+inline void with_flag(bool flag, F&& fn) {
+  if (flag)
+    fn(std::true_type{});
+  else
+    fn(std::false_type{});
+}
 
 DIFFRT_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 

@@ -52,11 +52,4 @@ void parallel_for(int64_t n, int num_threads, F&& fn) {
   for (int64_t i = 0; i < n; ++i) fn(i);
 }
 
-// Turns a run-time flag into a compile-time one: with_flag(b, [&](auto k) { f<decltype(k)::value>(); }).
-template <typename F>
-decltype(auto) with_flag(bool flag, F&& fn) {
-  if (flag) return fn(std::true_type{});
-  return fn(std::false_type{});
-}
-
 }  // namespace diffrt::cpu

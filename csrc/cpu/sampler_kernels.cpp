@@ -23,15 +23,6 @@
 namespace diffrt::cpu::DIFFRT_ISA {
 namespace {
 
-template <typename T>
-const T* in(const void* p) {
-  return static_cast<const T*>(p);
-}
-template <typename T>
-T* out_ptr(void* p) {
-  return static_cast<T*>(p);
-}
-
 // Per-sample sums for guidance_rescale: Σε_c, Σε_c², Σε̃, Σε̃² with ε̃ = ε_u + w(ε_c − ε_u).
 // Accumulated in double per thread, then combined; returns the two unbiased stds per sample.
 template <typename T>

@@ -372,23 +372,6 @@ diffedit_normalise_kernel(float* out, int64_t batch, int64_t spatial, const doub
 
 // ---- host side ---------------------------------------------------------------------------------
 
-template <typename T>
-const T* in(const void* p) {
-  return static_cast<const T*>(p);
-}
-template <typename T>
-T* out_ptr(void* p) {
-  return static_cast<T*>(p);
-}
-
-// Runs fn with a compile-time flag: with_flag(b, [&](auto k) { f<decltype(k)::value>(); }).
-template <typename F>
-void with_flag(bool flag, F&& fn) {
-  if (flag)
-    fn(std::true_type{});
-  else
-    fn(std::false_type{});
-}
 
 // Runs fn with the pack width: with_pack<T>(fits, [&](auto kv) { f<decltype(kv)::value>(); }).
 template <typename T, typename F>
