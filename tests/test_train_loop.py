@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 
 import pytest
 import torch
@@ -144,9 +143,9 @@ def test_bad_config(bad):
         config(**bad)
 
 
-def _ddp_worker(rank, world, port, run_dir, result_file):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, rendezvous, run_dir, result_file):
+    # A file rendezvous: no TCP port to race for with other processes on the machine.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         t = Trainer(toy_model(), deterministic_loss, make_batches(rank, world), config(ema_decay=None), run_dir,
@@ -159,10 +158,8 @@ def _ddp_worker(rank, world, port, run_dir, result_file):
 
 
 def test_ddp_two_processes_match_one(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path / "ddp"), str(tmp_path / "ddp.pt")),
+             nprocs=2, join=True)
     single = Trainer(toy_model(), deterministic_loss, make_batches(), config(ema_decay=None), tmp_path / "one",
                      progress=False)
     single.run(6)
