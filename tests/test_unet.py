@@ -139,3 +139,36 @@ def test_image_conditioning_starts_out_as_the_text_to_image_model(cond_image_siz
     torch.testing.assert_close(editor(x, t, cond), plain(x, t, cond), rtol=0, atol=0)
     editor(x, t, cond).square().mean().backward()
     assert editor.cond_conv.weight.grad.abs().sum() > 0
+
+
+def test_patched_unet_is_the_plain_unet_on_pixel_unshuffled_inputs():
+    """patch_size p: unshuffle p×p patches into channels, run the levels at side/p, shuffle back."""
+    patched = randomise(UNet(UNetConfig(**{**BASE, "attention_resolutions": (4,)}, patch_size=2)))
+    plain = UNet(UNetConfig(**{**BASE, "image_size": 8, "attention_resolutions": (4,)}, in_channels=12,
+                            out_channels=12))
+    plain.load_state_dict(patched.state_dict())
+    g = torch.Generator().manual_seed(6)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([5, 900])
+    cond = make_cond(patched.config, 2, g)
+    expected = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, 2), t, cond), 2)
+    torch.testing.assert_close(patched(x, t, cond), expected)
+
+
+@pytest.mark.parametrize("cond_image_size", [16, 32])
+def test_patched_unet_takes_every_conditioning(cond_image_size):
+    cfg = UNetConfig(**{**BASE, "attention_resolutions": (4,)}, patch_size=2, pooled_text_dim=8, low_res_channels=3,
+                     cond_image=True, cond_image_size=cond_image_size, cond_channels=8)
+    assert cfg.inner_size == 8 and cfg.cond_stride == cond_image_size // 8
+    model = randomise(UNet(cfg))
+    g = torch.Generator().manual_seed(7)
+    out = model(torch.randn(2, 3, 16, 16, generator=g), torch.tensor([1, 2]), make_cond(cfg, 2, g))
+    assert out.shape == (2, 3, 16, 16)
+    out.square().mean().backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, silent
+
+
+@pytest.mark.parametrize("patch_size,match", [(3, "divide image_size"), (0, "patch_size"), (16, "divisible by 2")])
+def test_bad_patch_sizes_are_rejected(patch_size, match):
+    with pytest.raises(ValueError, match=match):
+        UNetConfig(**BASE, patch_size=patch_size)

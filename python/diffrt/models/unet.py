@@ -37,6 +37,9 @@ class UNetConfig:
     in_channels: int = 3
     out_channels: int = 3
     image_size: int = 32
+    # The levels run on p×p pixel patches (pixel-unshuffle in, pixel-shuffle out): level sides are
+    # image_size/p, image_size/2p, … — p² fewer positions per level for p²× wider input/output convs.
+    patch_size: int = 1
     base_channels: int = 64
     channel_mult: Tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
@@ -63,9 +66,12 @@ class UNetConfig:
         for w in widths:
             if w % self.groups:
                 problems.append(f"channel count {w} is not divisible by groups={self.groups} (GroupNorm)")
-        resolutions = [self.image_size >> i for i in range(len(self.channel_mult))]
-        if self.image_size % (1 << (len(self.channel_mult) - 1)):
-            problems.append(f"image_size {self.image_size} must be divisible by 2^{len(self.channel_mult) - 1}")
+        if self.patch_size < 1 or self.image_size % self.patch_size:
+            problems.append(f"patch_size {self.patch_size} must be >= 1 and divide image_size {self.image_size}")
+        inner = self.inner_size
+        resolutions = [inner >> i for i in range(len(self.channel_mult))]
+        if inner % (1 << (len(self.channel_mult) - 1)):
+            problems.append(f"image_size / patch_size = {inner} must be divisible by 2^{len(self.channel_mult) - 1}")
         missing = sorted(set(self.attention_resolutions) - set(resolutions))
         if missing:
             problems.append(f"attention_resolutions {missing} are not UNet resolutions (levels run at {resolutions})")
@@ -81,8 +87,14 @@ class UNetConfig:
             raise ValueError("invalid UNetConfig: " + "; ".join(problems))
 
     @property
+    def inner_size(self) -> int:
+        """Side of the first UNet level: image_size / patch_size."""
+        return self.image_size // max(1, self.patch_size)
+
+    @property
     def cond_stride(self) -> int:
-        return (self.cond_image_size or self.image_size) // self.image_size
+        """The downsampling conv's stride: conditioning side → first-level side."""
+        return (self.cond_image_size or self.image_size) // self.inner_size
 
 
 class ResBlock(nn.Module):
@@ -177,11 +189,12 @@ class UNet(nn.Module, SavableModel):
 
             s = c.cond_stride
             self.cond_conv = DownsampleCond(c.cond_channels, kernel_size=s, stride=s)
-        self.input_channels = c.in_channels + c.low_res_channels + (c.cond_channels if c.cond_image else 0)
+        p2 = c.patch_size ** 2
+        self.input_channels = (c.in_channels + c.low_res_channels) * p2 + (c.cond_channels if c.cond_image else 0)
         self.conv_in = nn.Conv2d(self.input_channels, c.base_channels, 3, padding=1)
 
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
-        widths, ch, res = [c.base_channels], c.base_channels, c.image_size
+        widths, ch, res = [c.base_channels], c.base_channels, c.inner_size
         for level, mult in enumerate(c.channel_mult):
             out = c.base_channels * mult
             for _ in range(c.num_res_blocks):
@@ -206,7 +219,7 @@ class UNet(nn.Module, SavableModel):
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
                 res *= 2
         self.norm_out = nn.GroupNorm(c.groups, ch)
-        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, c.out_channels * p2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -219,8 +232,11 @@ class UNet(nn.Module, SavableModel):
         if c.low_res_channels:
             low = cond["low_res"].to(x_t.dtype)
             parts.append(F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False, antialias=False))
+        if c.patch_size > 1:
+            parts = [F.pixel_unshuffle(torch.cat(parts, dim=1) if len(parts) > 1 else x_t, c.patch_size)]
+            b, _, h, w = parts[0].shape
         if self.cond_conv is None:
-            return torch.cat(parts, dim=1) if len(parts) > 1 else x_t
+            return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         # [x_t | low_res | cond]: the strided conv writes its channels straight into the buffer's slice.
         buf = x_t.new_empty(b, self.input_channels, h, w)
         torch.cat(parts, dim=1, out=buf[:, : self.input_channels - c.cond_channels])
@@ -271,4 +287,5 @@ class UNet(nn.Module, SavableModel):
                     h = block[1](h, context, context_mask)
             else:
                 h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, c.patch_size) if c.patch_size > 1 else out
