@@ -212,3 +212,24 @@ def test_demo_runs_every_pipeline(tmp_path, bundle_dir, capsys):
     assert {"generate", "inpaint", "diffedit", "imagic", "unclip", "variations", "interpolate", "text"} <= names
     with Image.open(out / "contact_sheet.png") as sheet:
         assert sheet.height > 8 * 96
+
+
+def test_bundle_packs_half_precision_weights_that_load(tmp_path, bundle_dir, capsys):
+    out = tmp_path / "packed"
+    parts = [f"--{k}={bundle_dir / k}" for k in ("clip", "base", "sr", "prior", "decoder")]
+    assert main(["bundle", "--out", str(out)] + parts) == 0
+    assert "packed clip, base, sr, prior, decoder" in capsys.readouterr().out
+    from safetensors.torch import load_file
+
+    half = load_file(str(out / "base" / "model.safetensors"))
+    assert {v.dtype for v in half.values()} == {torch.float16}
+    full = UNet.from_pretrained(bundle_dir / "base")
+    again = UNet.from_pretrained(out / "base")
+    for (k, a), b in zip(full.state_dict().items(), again.state_dict().values()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=k)
+    assert (out / "clip" / "vocab.json").is_file() and (out / "base" / "diffusion.json").is_file()
+    assert main(["bundle", "--out", str(out), "--base", str(bundle_dir / "base")]) == 2
+    assert "must include 'clip'" in capsys.readouterr().err
+    assert main(["bundle", "--out", str(out), "--clip", str(tmp_path)]) == 2
+    assert "no trained 'clip' model" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     diffrt info                                   what this build contains
     diffrt train KIND --config run.toml [--resume] [--run-dir DIR] [--steps N] [--stop-at N]
+    diffrt bundle --out DIR --clip RUN/final [--base …] [--sr …] [--prior …] [--decoder …]
     diffrt generate | inpaint | diffedit | imagic | variations | interpolate  (see --help of each)
 """
 
@@ -75,6 +76,19 @@ def _train(args) -> int:
     return 0
 
 
+def _bundle(args) -> int:
+    import torch
+
+    from .bundle import PARTS, pack
+
+    parts = {name: getattr(args, name) for name in PARTS if getattr(args, name)}
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    bundle = pack(parts, args.out, dtype=dtype)
+    size = sum(f.stat().st_size for f in bundle.directory.rglob("*") if f.is_file())
+    print(f"packed {', '.join(parts)} into {bundle.directory} ({size / 2**20:.1f} MiB, {args.dtype} weights)")
+    return 0
+
+
 def _info(args) -> int:
     from .info import main as info_main
 
@@ -96,9 +110,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     train.add_argument("--steps", type=int, help="override [train] steps (the length of the LR schedule)")
     train.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps; --resume continues")
     train.set_defaults(run=_train)
+    pack = sub.add_parser("bundle", help="assemble trained models (run/final folders) into a model folder")
+    pack.add_argument("--out", required=True, help="the model folder to write (its parts are replaced)")
+    for name in ("clip", "base", "sr", "prior", "decoder"):
+        pack.add_argument(f"--{name}", metavar="DIR", help=f"the trained {name} (a final/ folder)")
+    pack.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                      help="storage type of the weights (default: float16; models load them as float32)")
+    pack.set_defaults(run=_bundle)
     from .commands import add_commands
 
     add_commands(sub)
+    from .eval import add_eval_command; add_eval_command(sub)  # diffrt eval editbench
     args = parser.parse_args(argv)
     try:
         result = args.run(args)

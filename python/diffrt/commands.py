@@ -47,14 +47,12 @@ def _write(images: torch.Tensor, out: Path, stem: str) -> List[Path]:
 
 
 def _bundle(args):
-    from .bundle import Bundle
+    from .bundle import load
 
-    if args.model is None:
-        default = Path(__file__).parent / "weights"
-        if not default.is_dir():
-            raise CommandError("this build ships no default weights; pass --model DIR (a folder with clip/, base/, …)")
-        return Bundle(default)
-    return Bundle(args.model)
+    try:
+        return load(args.model)
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from e
 
 
 def _generator(args):
