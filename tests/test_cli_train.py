@@ -233,3 +233,21 @@ def test_bundle_packs_half_precision_weights_that_load(tmp_path, bundle_dir, cap
     assert "must include 'clip'" in capsys.readouterr().err
     assert main(["bundle", "--out", str(out), "--clip", str(tmp_path)]) == 2
     assert "no trained 'clip' model" in capsys.readouterr().err
+
+
+def test_export_writes_a_checkpoints_ema_weights(tmp_path, clip_run, capsys):
+    config = write_config(tmp_path, "base", clip_run / "final")
+    run = tmp_path / "run"
+    assert main(["train", "base", "--config", str(config), "--run-dir", str(run), "--stop-at", "6"]) == 0
+    out = tmp_path / "step6"
+    assert main(["export", "base", "--run-dir", str(run), "--step", "6", "--out", str(out)]) == 0
+    assert "at step 6 (EMA weights)" in capsys.readouterr().out
+    from diffrt.train.checkpoint import Checkpointer
+
+    tensors, _ = Checkpointer(run / "checkpoints").load(run / "checkpoints" / "step_00000006")
+    exported = UNet.from_pretrained(out).state_dict()
+    for k, v in tensors["ema"].items():
+        torch.testing.assert_close(exported[k], v.to(exported[k].dtype), rtol=0, atol=0)
+    assert (out / "diffusion.json").is_file()
+    assert main(["export", "base", "--run-dir", str(run), "--step", "5", "--out", str(out)]) == 2
+    assert "no such checkpoint (have: step_00000006)" in capsys.readouterr().err

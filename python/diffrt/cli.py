@@ -2,6 +2,7 @@
 
     diffrt info                                   what this build contains
     diffrt train KIND --config run.toml [--resume] [--run-dir DIR] [--steps N] [--stop-at N]
+    diffrt export KIND --run-dir RUN --out DIR [--step N] [--live]
     diffrt bundle --out DIR --clip RUN/final [--base …] [--sr …] [--prior …] [--decoder …]
     diffrt generate | inpaint | diffedit | imagic | variations | interpolate  (see --help of each)
 """
@@ -21,6 +22,15 @@ except ImportError:  # Python < 3.11
     import tomli as tomllib
 
 
+def _read_config(config_file: Path) -> dict:
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: no such config file")
+    try:
+        return tomllib.loads(config_file.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{config_file}: not valid TOML ({e})") from e
+
+
 def _train(args) -> int:
     import torch
     import torch.distributed as dist
@@ -29,14 +39,7 @@ def _train(args) -> int:
     from .train.kinds import batch_factory, build
 
     config_file = Path(args.config)
-    if not config_file.is_file():
-        print(f"diffrt train: {config_file}: no such config file", file=sys.stderr)
-        return 2
-    try:
-        config = tomllib.loads(config_file.read_text())
-    except tomllib.TOMLDecodeError as e:
-        print(f"diffrt train: {config_file}: not valid TOML ({e})", file=sys.stderr)
-        return 2
+    config = _read_config(config_file)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # launched by torchrun
     train_values = dict(config.get("train", {}))
@@ -76,6 +79,33 @@ def _train(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    """A checkpoint's weights (EMA unless --live) as a model folder, like a finished run's final/."""
+    from .train.checkpoint import Checkpointer
+    from .train.kinds import build
+
+    run_dir = Path(args.run_dir)
+    config = _read_config(Path(args.config) if args.config else run_dir / "config.toml")
+    checkpoints = Checkpointer(run_dir / "checkpoints")
+    path = checkpoints.directory / f"step_{args.step:08d}" if args.step is not None else checkpoints.latest()
+    if path is None or not path.is_dir():
+        have = ", ".join(p.name for p in checkpoints.all()) or "none"
+        raise FileNotFoundError(f"{path or checkpoints.directory}: no such checkpoint (have: {have})")
+    from .train.checkpoint import CheckpointError
+
+    try:
+        tensors, state = checkpoints.load(path)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from e
+    kind = build(args.kind, config)
+    weights = tensors["model"] if args.live or "ema" not in tensors else tensors["ema"]
+    current = kind.model.state_dict()
+    kind.model.load_state_dict({k: v.to(current[k].dtype) for k, v in weights.items()})
+    kind.save(kind.model, Path(args.out))
+    print(f"exported {args.kind} at step {state['step']} ({'live' if args.live else 'EMA'} weights) to {args.out}")
+    return 0
+
+
 def _bundle(args) -> int:
     import torch
 
@@ -110,6 +140,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     train.add_argument("--steps", type=int, help="override [train] steps (the length of the LR schedule)")
     train.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps; --resume continues")
     train.set_defaults(run=_train)
+    export = sub.add_parser("export", help="a training checkpoint's weights as a model folder")
+    export.add_argument("kind", choices=KINDS)
+    export.add_argument("--run-dir", required=True, help="the training run's folder")
+    export.add_argument("--config", help="the run's TOML config (default: RUN_DIR/config.toml)")
+    export.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
+    export.add_argument("--live", action="store_true", help="the live weights instead of the EMA weights")
+    export.add_argument("--out", required=True, help="the model folder to write")
+    export.set_defaults(run=_export)
     pack = sub.add_parser("bundle", help="assemble trained models (run/final folders) into a model folder")
     pack.add_argument("--out", required=True, help="the model folder to write (its parts are replaced)")
     for name in ("clip", "base", "sr", "prior", "decoder"):
