@@ -1,34 +1,126 @@
-"""The EditBench-style benchmark and its metrics on ground truth, where the answers are known."""
+"""The EditBench-style benchmark and its metrics on ground truth, where the answers are known: the
+perfect edit scores 1, the unedited source and wrong edits score 0, the design is balanced."""
+
+import collections
+import inspect
 
 import pytest
 import torch
 
 from diffrt import eval as ev
+from diffrt.data.world import COLOUR_RGB
 from diffrt.models.clip import CLIP, CLIPConfig
 from diffrt.models.tokenizer import Tokenizer
+
+FIELD = {"colour": "colour", "material": "texture", "shape": "shape", "size": "size", "count": "count"}
 
 
 @pytest.fixture(scope="module")
 def items():
-    return ev.editbench(60, resolution=64)
+    return ev.editbench(30, resolution=32)  # two design blocks: every (mask size, attribute) pair twice
 
 
-def test_benchmark_is_deterministic_and_covers_every_mask_size(items):
-    again = ev.editbench(5, resolution=64)
-    assert all(torch.equal(a.image, b.image) and a.prompts == b.prompts for a, b in zip(items[:5], again))
-    assert {it.mask_size for it in items} == set(ev.MASK_SIZES)
-    for it in items[:10]:
+def test_design_is_balanced_over_the_default_size():
+    assert inspect.signature(ev.editbench).parameters["n"].default >= 240
+    cells = [ev.design_cell(i) for i in range(ev.DEFAULT_ITEMS)]
+    for key, values in (("mask_size", ev.MASK_SIZES), ("attribute", ev.ATTRIBUTES),
+                        ("object_category", tuple(ev.OBJECT_CATEGORIES)), ("scene", ev.SCENES)):
+        counts = collections.Counter(c[key] for c in cells)
+        assert set(counts) == set(values) and len(set(counts.values())) == 1, (key, counts)
+    pairs = collections.Counter((c["mask_size"], c["attribute"]) for c in cells)
+    assert len(pairs) == 15 and set(pairs.values()) == {ev.DEFAULT_ITEMS // 15}
+
+
+def test_items_are_deterministic_and_match_their_design(items):
+    again = ev.editbench(5, resolution=32)
+    assert all(torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask) and a.prompts == b.prompts
+               for a, b in zip(items[:5], again))
+    for it in items:
+        cell = ev.design_cell(it.index)
+        assert (it.mask_size, it.attribute, it.object_category, it.scene) == tuple(cell.values())
+        assert ev.mask_size_class(it.mask) == it.mask_size
+        assert it.labels["shape"] in ev.OBJECT_CATEGORIES[it.object_category]
+        assert it.target_scene.background.kind == it.scene
+
+
+def test_items_edit_exactly_the_tested_attribute(items):
+    for it in items:
+        changed = {a for a, f in FIELD.items() if it.labels[f] != it.source_labels[f]}
+        assert changed == {it.attribute}, (it.index, changed)
+        # both objects lie inside the mask, and nothing outside it changes
+        assert (it.object_mask.float() <= it.mask).all() and (it.target_mask.float() <= it.mask).all()
+        outside = (it.mask < 0.5).expand_as(it.image)
+        assert torch.equal(it.image[outside], it.target_image[outside])
+        assert torch.equal(it.clean_image[outside], it.image[outside])
+
+
+def test_prompts_name_the_edit_and_distractors_the_alternatives(items):
+    for it in items:
         assert it.labels["colour"] in it.prompts["simple"] and it.prompts["simple"].split()[-1] in it.prompts["rich"]
-        assert (it.object_mask.float() <= it.mask).all()  # the exact object lies inside its box
+        if it.attribute in ("size", "material"):  # Mask-Simple names what is asked for
+            assert str(it.labels[FIELD[it.attribute]]) in it.prompts["simple"]
+        for p in ev.PROMPT_TYPES:
+            wrong = it.distractors[p]
+            assert len(wrong) == 2 and it.prompts[p] not in wrong and wrong[0] != wrong[1]
+            assert wrong[0] == it.source_prompts[p]  # the edit not made
 
 
-def test_colour_accuracy_on_ground_truth(items):
-    solid = [it for it in items if it.labels["texture"] == "solid"]
-    assert len(solid) >= 5
-    images = torch.stack([it.image for it in solid])
-    regions = torch.stack([it.object_mask for it in solid])
-    assert ev.colour_accuracy(images, regions, [it.labels["colour"] for it in solid]) == 1.0
-    assert ev.colour_accuracy(images, regions, ["not a colour"] * len(solid)) == 0.0
+def test_perfect_edit_scores_one(items):
+    for it in items:
+        checks = ev.attribute_checks(it, it.target_image)
+        assert all(checks[a] for a in ("colour", "shape", "count", it.attribute)), (it.index, checks)
+    original = torch.stack([it.image for it in items])
+    perfect = torch.stack([it.target_image for it in items])
+    masks = torch.stack([it.mask for it in items])
+    assert (ev.background_psnr(original, perfect, masks) == 100.0).all()  # capped: identical outside
+    regions = torch.stack([it.edit_region for it in items])
+    assert torch.equal(ev.mask_iou(regions, regions), torch.ones(len(items)))
+
+
+def test_checks_read_the_unedited_source(items):
+    """On the source image each check recovers the source's value: the edit not made scores 0."""
+    for it in items:
+        predicted = ev.predict_attributes(it, it.image)
+        source = it.source_labels[FIELD[it.attribute]]
+        assert predicted[it.attribute] == source, (it.index, it.attribute, predicted, source)
+        assert not ev.attribute_checks(it, it.image)[it.attribute]
+
+
+def test_wrong_colour_fill_scores_zero_and_right_colour_one(items):
+    """Painting the whole mask one colour: only the asked-for colour passes the colour check (a fill
+    in the background's colour paints nothing and fails every check)."""
+    for it in items[::3]:
+        region = (it.mask > 0.5).expand_as(it.target_image)
+        for name, rgb in COLOUR_RGB.items():
+            fill = torch.tensor(rgb, dtype=torch.float32)[:, None, None] / 127.5 - 1
+            painted = torch.where(region, fill.expand_as(it.target_image), it.target_image)
+            assert ev.attribute_checks(it, painted)["colour"] == (name == it.labels["colour"]), (it.index, name)
+
+
+def test_an_erased_object_scores_zero(items):
+    for it in items:
+        assert not any(ev.attribute_checks(it, it.clean_image).values())
+        assert ev.predict_attributes(it, it.clean_image) == {a: None for a in ev.ATTRIBUTES}
+
+
+def test_dominant_colour_reads_whole_palettes():
+    black, grey = COLOUR_RGB["black"], (124, 124, 124)  # a black object's stripes are grey, not white
+    image = torch.tensor([black, grey] * 8, dtype=torch.float32).T.reshape(3, 4, 4) / 127.5 - 1
+    region = torch.ones(1, 4, 4, dtype=torch.bool)
+    assert ev.dominant_colour(image, region) == "black"
+    assert ev.colour_accuracy(image[None], region[None], ["black"]) == 1.0
+    assert ev.colour_accuracy(image[None], region[None], ["not a colour"]) == 0.0
+    with pytest.raises(ValueError, match="region is empty"):
+        ev.dominant_colour(image, torch.zeros(1, 4, 4, dtype=torch.bool))
+
+
+def test_checks_validate_the_image(items):
+    with pytest.raises(ValueError, match="item's shape"):
+        ev.predict_attributes(items[0], torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        ev.editbench(0)
+    with pytest.raises(ValueError, match="resolution"):
+        ev.editbench(1, resolution=8)
 
 
 def test_background_psnr_and_mask_iou(items):
@@ -45,6 +137,20 @@ def test_background_psnr_and_mask_iou(items):
     assert ev.by_mask_size([1.0] * len(items), items)["all"] == 1.0
 
 
+def test_summarize_breaks_down_by_prompt_and_category():
+    records = []
+    for index, (attribute, size) in enumerate([("colour", "small"), ("shape", "large")]):
+        for p, score in zip(ev.PROMPT_TYPES, (0.0, 0.5, 1.0)):
+            records.append({"index": index, "prompt_type": p, "attribute": attribute, "object_category": "rare",
+                            "scene": "plain", "mask_size": size, **{m: score for m in ev.METRICS},
+                            "diffedit_iou": None})
+    s = ev.summarize(records)
+    assert s["overall"]["rich"]["clip_score"] == 0.5 and s["overall"]["all"]["n"] == 6
+    assert s["overall"]["full"]["diffedit_iou"] is None  # skipped, not zero
+    assert s["by_mask_size"]["full"]["small"]["attribute_accuracy"] == 1.0
+    assert set(s["by_attribute"]["all"]) == {"colour", "shape"} and s["by_object_category"]["all"]["rare"]["n"] == 6
+
+
 def test_clip_metrics_run_and_rank():
     tok = Tokenizer.train(["a red circle", "a blue square"], vocab_size=340, max_length=8)
     clip = CLIP(CLIPConfig(vocab_size=tok.vocab_size, max_length=8, text_width=32, text_layers=1, text_heads=4,
@@ -54,3 +160,17 @@ def test_clip_metrics_run_and_rank():
     assert scores.shape == (2,) and (scores >= 0).all() and (scores <= 2.5).all()
     r = ev.clip_r_precision(clip, tok, images, ["a red circle", "a red circle"], [["a red circle"], ["a red circle"]])
     assert r == 1.0  # ties go to the image's own prompt, listed first
+    hits = ev.clip_r_precision_hits(clip, tok, images, ["a red circle", "a blue square"],
+                                    [["a blue square"], ["a red circle"]])
+    assert hits.shape == (2,) and set(hits.tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_default_benchmark_is_balanced():
+    items = ev.editbench(resolution=32)
+    assert len(items) >= 240
+    for key, values in (("mask_size", ev.MASK_SIZES), ("attribute", ev.ATTRIBUTES),
+                        ("object_category", tuple(ev.OBJECT_CATEGORIES)), ("scene", ev.SCENES)):
+        counts = collections.Counter(getattr(it, key) for it in items)
+        assert set(counts) == set(values) and len(set(counts.values())) == 1, (key, counts)
+    assert all(ev.mask_size_class(it.mask) == it.mask_size for it in items)
