@@ -240,7 +240,7 @@ def demo(args) -> List[Path]:
 
     written: List[Path] = []
     cascade = _cascade(bundle, args)
-    prompt = "a large red circle on a blue background"
+    prompt = "a large red solid circle in the middle on a plain blue background"  # the world's Full-caption wording
     g = _generator(args)
     written += stage("generate: " + prompt, cascade(prompt, num_images_per_prompt=3, composite=False, generator=g,
                                                     output_type="pt", progress=not quiet).images)

@@ -972,6 +972,7 @@ def add_eval_command(sub) -> None:
     e.add_argument("--no-plots", action="store_true", help="skip the matplotlib bar charts")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=_editbench_command)
+    from .eval_t2i import add_t2i_command; add_t2i_command(benches)  # diffrt eval t2i
 
 
 __all__ = ["ATTRIBUTES", "BREAKDOWNS", "DEFAULT_ITEMS", "EditBenchItem", "EditBenchResult", "MASK_SIZES", "METRICS",

@@ -1,0 +1,665 @@
+"""Text-to-image prompt following on the procedural world, and ``diffrt eval t2i``.
+
+Each item is a single-object scene drawn by the world's own sampler (`diffrt.data.world.sample_scene`
+with one object; draws with two or three instances are redrawn) and its Full caption, e.g. "a large
+red striped circle on the left on a plain blue background". The base model samples it as a
+text-to-image model (the whole image masked, `Bundle.text_to_image_condition`) with DDIM, and each
+sample is checked against the scene's ground truth (`predict`, `check`):
+
+- **background**: the dominant named colour of the border ring (`background_colours`) is the
+  background's colour — for two-colour backgrounds (stripes, painting) either of them.
+- **colour**: the object's dominant palette colour (`object_colour`) is the prompted one. The
+  object is the largest connected blob of pixels far from every colour of the estimated background
+  (`object_region`).
+- **position**: the object's centre (the centre of its blob's bounding box) lies in the 3×3 grid cell
+  the caption names: `diffrt.data.world.spatial_phrase` applied to the centre, so the thresholds
+  (1/3, 2/3) and wording are the caption's own.
+- **colour+position**: colour and position both right.
+- **shape**: the shape or glyph whose rendering at the blob's centre and size overlaps the blob
+  best (IoU; a tie is no answer) is the prompted one. At 32 px a small glyph is a few pixels and a
+  small circle and square can cover the same ones, so shape is scored only on the items whose
+  ground-truth rendering passes the shape check at the evaluated resolution ("shape-checkable"
+  items); the report gives their number.
+
+Every accuracy is the fraction of items whose check passes, overall and per background kind, size
+class and object category (shape or glyph). The same checks on the ground-truth renderings give
+the ceiling of each metric, reported beside the model's.
+
+Item i of benchmark seed s is drawn from ``numpy.random.default_rng([s, i, attempt])``, so the set
+does not depend on how many items are drawn; sample i starts from noise seeded by (seed, i), so it
+does not depend on the batch size either.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .data.world import (BACKGROUNDS, COLOUR_RGB, COLOURS, GLYPHS, SHAPES, SIZES, BackgroundSpec, ObjectSpec,
+                         SceneSpec, check_resolution, render, sample_scene, spatial_phrase)
+from .eval import _PALETTE, _check_positive, _closed, _generator
+
+DEFAULT_ITEMS = 200
+DEFAULT_BENCH_SEED = 1234
+CATEGORIES = ("shape", "glyph")
+CHECKS = ("background", "colour", "position", "colour_position", "shape")
+CHECK_NAMES = {"background": "Background", "colour": "Colour", "position": "Position",
+               "colour_position": "Colour+position", "shape": "Shape"}
+BREAKDOWNS = {"background": BACKGROUNDS, "size": SIZES, "category": CATEGORIES}
+BREAKDOWN_NAMES = {"background": "Background kind", "size": "Size", "category": "Object"}
+# A pixel is foreground when its distance (max over R, G, B; [−1, 1] units) to every colour of the
+# estimated background exceeds this: 15 % of the range. Lower than eval.py's silhouette threshold
+# (0.4) because at 32 px a glyph's strokes are one or two pixels wide, so most of its pixels are
+# anti-aliased mixes; at 0.4 the ground truth loses 4 % of colours and positions, at 0.3 about 1 %.
+FOREGROUND_THRESHOLD = 0.3
+# A ring pixel is a mix of two background colours when it lies this close (RGB distance, [−1, 1]
+# units) to a mix of their palettes: the palettes' sampling is about 0.1 apart.
+PAIR_TOLERANCE = 0.15
+POSITION_MARGIN = 1.0  # pixels (see `position_matches`)
+MAX_PIXELS, MAX_COLOURS = 256, 24  # bound the colour check's cost on a blob the size of the image
+GRID_TILES = 32  # samples in OUT/t2i_samples.png
+_MAX_ATTEMPTS = 200  # a draw has one instance with probability 1/3
+
+
+# -- items -------------------------------------------------------------------------------------
+
+
+@dataclass
+class T2IItem:
+    index: int
+    scene: SceneSpec  # one background, one object with one instance
+    prompt: str  # the scene's Full caption
+    image: torch.Tensor  # (3, H, W) in [−1, 1]: the ground-truth rendering
+    truth_checks: Dict[str, bool]  # `check` on the ground-truth rendering: each metric's ceiling
+
+    @property
+    def shape_checkable(self) -> bool:
+        """Whether the ground truth passes the shape check at this resolution."""
+        return self.truth_checks["shape"]
+
+    @property
+    def object(self) -> ObjectSpec:
+        return self.scene.objects[0]
+
+    @property
+    def labels(self) -> Dict[str, Any]:
+        """Ground truth: background kind and colours, object size, category, shape, colour and cell."""
+        obj, bg = self.object, self.scene.background
+        return {"background": bg.kind, "background_colours": list(bg.colours), "size": obj.size,
+                "category": "glyph" if obj.is_glyph else "shape", "shape": obj.shape, "colour": obj.colour,
+                "position": spatial_phrase(obj.positions)}
+
+
+def t2i_item(seed: int, index: int, resolution: int) -> T2IItem:
+    """Item ``index`` of the benchmark ``seed`` at ``resolution`` (see the module docstring)."""
+    seed, index = _check_positive("seed", seed, allow_zero=True), _check_positive("index", index, allow_zero=True)
+    resolution = check_resolution(resolution)
+    for attempt in range(_MAX_ATTEMPTS):
+        scene = sample_scene(np.random.default_rng([seed, index, attempt]), max_objects=1)
+        if scene.objects[0].count == 1:
+            break
+    else:  # (2/3)^200: unreachable in practice
+        raise RuntimeError(f"t2i item {index}: no single-instance scene in {_MAX_ATTEMPTS} draws")
+    rendered = render(scene, resolution)
+    image = torch.from_numpy(rendered.image)
+    return T2IItem(index, scene, rendered.caption_full, image, check(scene, image)["checks"])
+
+
+def t2i_items(n: int = DEFAULT_ITEMS, *, resolution: int = 32, seed: int = DEFAULT_BENCH_SEED) -> List[T2IItem]:
+    """``n`` items, deterministic in (seed, index, resolution)."""
+    n = _check_positive("n", n)
+    return [t2i_item(seed, i, resolution) for i in range(n)]
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def _rgb(name: str) -> np.ndarray:
+    return np.asarray(COLOUR_RGB[name], dtype=np.float64) / 255
+
+
+def _background_entries(kind: str, colour: str) -> np.ndarray:
+    """(E, 3) in [0, 1]: the colours a background of ``kind`` in ``colour`` is painted with (see
+    `world._render_background`): the colour itself (plain, stripes); the gradient's ramp from 35 %
+    lighter to 0.6×; the noise's grey offsets (±0.3 clipped, about three standard deviations); the
+    painting's tints (0.8–1× plus 0–0.15)."""
+    c = _rgb(colour)
+    if kind == "gradient":
+        light = c + (1 - c) * 0.35
+        entries = [light + (0.6 * c - light) * t for t in np.linspace(0, 1, 11)]
+    elif kind == "noise":
+        entries = [np.clip(c + k, 0, 1) for k in np.linspace(-0.3, 0.3, 13)]
+    elif kind == "painting":
+        entries = [np.clip(c * a + b, 0, 1) for a in (0.8, 0.9, 1.0) for b in (0.0, 0.075, 0.15)]
+    else:
+        entries = [c]
+    return np.stack(entries)
+
+
+_BACKGROUND_PALETTES = {k: {c: torch.from_numpy(_background_entries(k, c) * 2 - 1).float() for c in COLOURS}
+                        for k in BACKGROUNDS}
+
+
+def _background_palette(kind: str) -> Dict[str, torch.Tensor]:
+    """Per named colour, what a background of ``kind`` paints with it ((E, 3) in [−1, 1])."""
+    if kind not in BACKGROUNDS:
+        raise ValueError(f"kind must be one of {BACKGROUNDS}, got {kind!r}")
+    return _BACKGROUND_PALETTES[kind]
+
+
+def border_ring(n: int) -> np.ndarray:
+    """(n, n) bool: the outer n/16 pixels of each side (2 at 32 px). The world keeps every object's
+    bounding circle (1.25 radii) off the border, so at most a few fringe pixels of an object reach it."""
+    width = max(1, round(n / 16))
+    ring = np.ones((n, n), dtype=bool)
+    ring[width: n - width, width: n - width] = False
+    return ring
+
+
+def _ring_pixels(image: torch.Tensor) -> torch.Tensor:
+    return image.float()[:, torch.from_numpy(border_ring(image.shape[-1]))].T  # (P, 3)
+
+
+def _mixes(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
+    """(A·B·steps, 3): every mix (1 − t)·a_i + t·b_j of the entries of ``a`` and ``b``."""
+    t = torch.linspace(0, 1, steps)[None, None, :, None]
+    return (a[:, None, None] + (b[None, :, None] - a[:, None, None]) * t).reshape(-1, 3)
+
+
+def background_colours(image: torch.Tensor, kind: str) -> Dict[str, Any]:
+    """The background's named colour(s) seen on the border ring of ``image``, for a background of ``kind``.
+
+    One-colour kinds (plain, gradient, noise): each ring pixel votes for the colour whose palette
+    (`_background_palette`) holds its nearest entry; "colours" = [the top vote]. Two-colour kinds
+    (stripes, painting — whose pixels are mixes: anti-aliased or blurred stripe edges, a painting's
+    blotches laid over the two colours' even mix): each pair of colours scores the share of ring
+    pixels within PAIR_TOLERANCE of a mix of their palettes; the best pair (ties: the lower mean
+    distance) is ordered by how many ring pixels each member's palette is the nearer to.
+    Returns {"dominant": first colour, "colours": [...], "shares": {colour or "a+b": share}}.
+    """
+    _check_image(image)
+    pixels = _ring_pixels(image)
+    palette = _background_palette(kind)
+    if kind not in ("stripes", "painting"):
+        entries = torch.cat([palette[c] for c in COLOURS])
+        owner = torch.arange(len(COLOURS)).repeat_interleave(len(entries) // len(COLOURS))
+        nearest = owner[torch.cdist(pixels, entries).argmin(dim=1)]
+        counts = torch.bincount(nearest, minlength=len(COLOURS)).double() / len(pixels)
+        order = torch.argsort(counts, descending=True, stable=True).tolist()
+        return {"dominant": COLOURS[order[0]], "colours": [COLOURS[order[0]]],
+                "shares": {COLOURS[i]: round(float(counts[i]), 4) for i in order if counts[i] > 0}}
+    pairs, start, direction = _pair_segments(kind)
+    d = _segment_distances(pixels, start, direction).view(len(pixels), len(pairs), -1).amin(dim=-1)  # (P, pairs)
+    share = (d <= PAIR_TOLERANCE).double().mean(dim=0)
+    ranked = sorted(range(len(pairs)), key=lambda k: (-float(share[k]), float(d[:, k].mean())))
+    a, b = pairs[ranked[0]]
+    nearer_a = float((torch.cdist(pixels, palette[a]).amin(dim=1) <= torch.cdist(pixels, palette[b]).amin(dim=1))
+                     .double().mean())
+    pair = [a, b] if nearer_a >= 0.5 else [b, a]
+    return {"dominant": pair[0], "colours": pair,
+            "shares": {"+".join(pairs[k]): round(float(share[k]), 4) for k in ranked[:3]}}
+
+
+def _segment_distances(points: torch.Tensor, start: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """(P, S): the distance from each point p to each segment {s + t·d : t in [0, 1]} — p as a mix of
+    the segment's ends. With w = p − s, t* = clamp(w·d / |d|², 0, 1) and the distance² is
+    |w|² − 2 t*·(w·d) + t*²|d|², each term a matrix product (w·d = p·d − s·d,
+    |w|² = |p|² − 2 p·s + |s|²), so no (P, S, 3) temporary is built."""
+    wd = points @ direction.T - (start * direction).sum(-1)
+    ww = points.square().sum(-1, keepdim=True) - 2 * points @ start.T + start.square().sum(-1)
+    dd = direction.square().sum(-1)
+    t = (wd / dd.clamp_min(1e-12)).clamp(0, 1)
+    return (ww - 2 * t * wd + t.square() * dd).clamp_min(0).sqrt()
+
+
+@functools.lru_cache(maxsize=None)
+def _pair_segments(kind: str) -> Tuple[List[Tuple[str, str]], torch.Tensor, torch.Tensor]:
+    """Every pair of colours, and per pair the segments (start, direction) from each entry of the
+    first colour's palette to each entry of the second's, pair after pair (equally many per pair)."""
+    palette = _background_palette(kind)
+    pairs = [(a, b) for i, a in enumerate(COLOURS) for b in COLOURS[i + 1:]]
+    start = torch.cat([palette[a].repeat_interleave(len(palette[b]), dim=0) for a, b in pairs])
+    end = torch.cat([palette[b].repeat(len(palette[a]), 1) for a, b in pairs])
+    return pairs, start, end - start
+
+
+def _ring_colours(image: torch.Tensor) -> torch.Tensor:
+    """(R, 3): the colours of the border ring that at least 3 % of its pixels (and at least 3) share
+    to within half the foreground threshold — the background's, not the fringe of an object that
+    reaches the ring — rounded to 1/32 and deduplicated."""
+    pixels = _ring_pixels(image)
+    pixels = pixels[:: max(1, len(pixels) // 512)]  # a bounded pairwise count at any resolution
+    close = torch.cdist(pixels, pixels, p=math.inf) <= FOREGROUND_THRESHOLD / 2  # max over channels
+    kept = pixels[close.sum(dim=1) >= max(3, int(0.03 * len(pixels)))]
+    if len(kept) == 0:  # no colour repeats around the border: use all of it
+        kept = pixels
+    return torch.unique(torch.round(kept * 32) / 32, dim=0)
+
+
+def estimated_background(image: torch.Tensor, kind: str, colours: Optional[Sequence[str]] = None) -> torch.Tensor:
+    """(B, 3): the colours the background is estimated to contain — those of the border ring
+    (`_ring_colours`), plus the whole background palette of ``kind`` for the background's colours
+    (``colours``, default: `background_colours`) and, for two, every mix of them: this covers the
+    gradient, noise and blotch colours the interior shows but the ring may not."""
+    colours = background_colours(image, kind)["colours"] if colours is None else colours
+    palette = _background_palette(kind)
+    extra = [palette[c] for c in colours]
+    if len(colours) == 2:
+        extra.append(_mixes(palette[colours[0]], palette[colours[1]], 9))
+    return torch.cat([_ring_colours(image), *extra])
+
+
+def _labels(region: np.ndarray) -> np.ndarray:
+    """8-connected component labels of ``region`` (0 = outside): label propagation, each pixel taking
+    the largest label among its neighbours until nothing changes."""
+    h, w = region.shape
+    labels = np.where(region, np.arange(1, h * w + 1).reshape(h, w), 0)
+    while True:
+        padded = np.pad(labels, 1)
+        grown = np.max([padded[dy: dy + h, dx: dx + w] for dy in range(3) for dx in range(3)], axis=0)
+        grown = np.where(region, grown, 0)
+        if np.array_equal(grown, labels):
+            return labels
+        labels = grown
+
+
+def object_region(image: torch.Tensor, background: torch.Tensor) -> np.ndarray:
+    """(H, W) bool: the object's pixels — those farther than FOREGROUND_THRESHOLD (max over channels)
+    from every background colour, within the largest 8-connected blob of their 3×3 closing (the
+    closing joins the bands a texture whose accent is near the background splits an object into;
+    the largest blob drops specks elsewhere)."""
+    pixels = image.float().permute(1, 2, 0).reshape(-1, 3)
+    far = torch.cdist(pixels, background.float(), p=math.inf).amin(dim=1)  # max over channels, min over colours
+    foreground = (far > FOREGROUND_THRESHOLD).view(image.shape[-2:]).numpy()
+    if not foreground.any():
+        return foreground
+    labels = _labels(_closed(foreground))
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    return foreground & (labels == values[counts.argmax()])
+
+
+def _dilate(region: np.ndarray, steps: int = 1) -> np.ndarray:
+    """3×3 dilation, ``steps`` times."""
+    h, w = region.shape
+    for _ in range(steps):
+        padded = np.pad(region, 1)
+        region = np.max([padded[dy: dy + h, dx: dx + w] for dy in range(3) for dx in range(3)], axis=0)
+    return region
+
+
+def local_background(image: torch.Tensor, region: np.ndarray) -> torch.Tensor:
+    """(B, 3): the colours around the object — the ring of pixels two steps out from the region's
+    3×3 closing (one step out still holds faint fringe), rounded to 1/16, the MAX_COLOURS most
+    common: what the object's anti-aliased fringe is mixed with. Empty when the object fills the image."""
+    core = _dilate(_closed(region))
+    around = torch.from_numpy(_dilate(core) & ~core)
+    colours, counts = torch.unique(torch.round(image.float()[:, around].T * 16) / 16, dim=0, return_counts=True)
+    return colours[torch.argsort(counts, descending=True, stable=True)[:MAX_COLOURS]]
+
+
+def object_colour(image: torch.Tensor, region: np.ndarray, background: torch.Tensor) -> str:
+    """The named colour whose object palette (`diffrt.eval._palette`: base, texture accents, metallic
+    shades and highlights) best explains the region: per pixel, the distance to the nearest mix of a
+    palette entry with one of the ``background`` colours (a fringe pixel is such a mix; see
+    `local_background`); per colour, the median over the region; the lowest wins —
+    `diffrt.eval.dominant_colour` with a set of background colours in place of a background image."""
+    pixels = image.float()[:, torch.from_numpy(region)].T  # (P, 3)
+    if len(pixels) == 0:
+        raise ValueError("region is empty")
+    pixels = pixels[:: -(-len(pixels) // MAX_PIXELS)]  # an evenly spread subset: bounded cost, the same median
+    background = background.float()
+    # segments from every background colour to every palette entry, colour after colour
+    sizes = [len(_PALETTE[c]) * len(background) for c in COLOURS]
+    start = torch.cat([background.repeat(len(_PALETTE[c]), 1) for c in COLOURS])
+    end = torch.cat([_PALETTE[c].repeat_interleave(len(background), dim=0) for c in COLOURS])
+    per_colour = _segment_distances(pixels, start, end - start).split(sizes, dim=1)
+    scores = [float(d.amin(dim=1).median()) for d in per_colour]
+    return COLOURS[int(np.argmin(scores))]
+
+
+def box_centre(region: np.ndarray) -> Tuple[float, float]:
+    """(x, y) in [0, 1]: the centre of the region's bounding box. The world centres every shape and
+    glyph in its box (a triangle's centroid, by contrast, lies 0.29 radii below its position), so
+    this is the object's position to within a pixel."""
+    n = region.shape[-1]
+    ys, xs = np.nonzero(region)
+    return (float(xs.min() + xs.max() + 1) / (2 * n), float(ys.min() + ys.max() + 1) / (2 * n))
+
+
+@functools.lru_cache(maxsize=None)
+def _extents(shape: str) -> Tuple[float, float, float, float]:
+    """(x0, x1, y0, y1): the shape's mask extent around its position, in units of its radius
+    (measured on a large rendering, so it is exact to a fraction of a percent)."""
+    n, r = 256, 0.3
+    obj = ObjectSpec(shape, "black", COLOUR_RGB["black"], "solid", "large", r, ((0.5, 0.5),))
+    mask = render(SceneSpec(BackgroundSpec("plain", ("white",), 0.0, 0.1, 0), (obj,)), n).objects[0].mask
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = (np.array([xs.min(), xs.max() + 1, ys.min(), ys.max() + 1]) / n - 0.5) / r
+    return float(x0), float(x1), float(y0), float(y1)
+
+
+def _hypothesis_mask(shape: str, x: float, y: float, radius: float, n: int) -> np.ndarray:
+    obj = ObjectSpec(shape, "black", COLOUR_RGB["black"], "solid", "large", radius, ((x, y),))
+    return render(SceneSpec(BackgroundSpec("plain", ("white",), 0.0, 0.1, 0), (obj,)), n).objects[0].mask
+
+
+def shape_scores(region: np.ndarray, *, scales: Sequence[float] = (0.85, 1.0, 1.15)) -> Dict[str, float]:
+    """Per shape and glyph, the best IoU of the region with that shape rendered to fill the region's
+    bounding box (radius from the box's width and height and the shape's extents, times each of
+    ``scales``: the region's anti-aliased fringe makes the box up to a pixel larger than a mask)."""
+    n = region.shape[-1]
+    ys, xs = np.nonzero(region)
+    w, h = (xs.max() + 1 - xs.min()) / n, (ys.max() + 1 - ys.min()) / n
+    cx, cy = box_centre(region)
+    scores = {}
+    for shape in SHAPES + GLYPHS:
+        x0, x1, y0, y1 = _extents(shape)
+        radius = (w / (x1 - x0) + h / (y1 - y0)) / 2
+        best = 0.0
+        for s in scales:
+            r = float(np.clip(radius * s, 0.5 / n, 0.45))
+            # place the shape so that its box, not its position, is centred on the region's box
+            hyp = _hypothesis_mask(shape, cx - (x0 + x1) / 2 * r, cy - (y0 + y1) / 2 * r, r, n)
+            union = (hyp | region).sum()
+            best = max(best, float((hyp & region).sum() / union) if union else 0.0)
+        scores[shape] = best
+    return scores
+
+
+def position_matches(centre: Sequence[float], phrase: str, n: int) -> bool:
+    """Whether ``centre`` (x, y in [0, 1]) lies in the 3×3 cell ``phrase`` names (`spatial_phrase`),
+    give or take POSITION_MARGIN pixels: a box found from whole pixels places the centre to within
+    about a pixel, so an object on a cell border may show on either side of it."""
+    m = POSITION_MARGIN / n
+    return any(spatial_phrase([(centre[0] + dx * m, centre[1] + dy * m)]) == phrase
+               for dx in (-1, 0, 1) for dy in (-1, 0, 1))
+
+
+def predict(image: torch.Tensor, kind: str, *, shapes: bool = True) -> Dict[str, Any]:
+    """What ``image`` (3, H, W) in [−1, 1] shows, given the prompted background ``kind``: background
+    colour (`background_colours`' dominant one), object colour (`object_colour` of `object_region`
+    over its `local_background`), position phrase and box centre, and with ``shapes`` the shape
+    (`shape_scores`' best, None on a tie). Everything but the background is None when no object
+    stands out."""
+    _check_image(image)
+    seen = background_colours(image, kind)
+    out: Dict[str, Any] = {"background": seen["dominant"], "background_shares": seen["shares"], "colour": None,
+                           "position": None, "centre": None, "shape": None, "area": 0}
+    background = estimated_background(image, kind, seen["colours"])
+    region = object_region(image, background)
+    if not region.any():
+        return out
+    centre = box_centre(region)
+    around = local_background(image, region)
+    out.update(colour=object_colour(image, region, around if len(around) else background),
+               position=spatial_phrase([centre]), centre=list(centre), area=int(region.sum()))
+    if shapes:
+        scores = shape_scores(region)
+        ranked = sorted(scores, key=scores.get, reverse=True)
+        # a tie is no answer: shapes whose renderings fit equally well are not told apart here
+        out["shape"] = ranked[0] if scores[ranked[0]] > scores[ranked[1]] else None
+    return out
+
+
+def check(scene: SceneSpec, image: torch.Tensor, *, shapes: bool = True) -> Dict[str, Any]:
+    """Per check (CHECKS), whether ``image`` shows the single-object ``scene``; plus the predictions."""
+    if len(scene.objects) != 1 or scene.objects[0].count != 1:
+        raise ValueError("scene must hold exactly one object with one instance")
+    obj, bg = scene.objects[0], scene.background
+    p = predict(image, bg.kind, shapes=shapes)
+    accepted = bg.colours if bg.kind in ("stripes", "painting") else bg.colours[:1]
+    result = {"background": p["background"] in accepted, "colour": p["colour"] == obj.colour,
+              "position": p["centre"] is not None and position_matches(p["centre"], spatial_phrase(obj.positions),
+                                                                       image.shape[-1]),
+              "shape": shapes and p["shape"] == obj.shape}
+    result["colour_position"] = result["colour"] and result["position"]
+    return {"checks": result, "predicted": p}
+
+
+def _check_image(image) -> None:
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3 or \
+            image.shape[1] != image.shape[2]:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a (3, N, N) tensor in [-1, 1], got {shape}")
+    check_resolution(image.shape[-1])
+
+
+# -- aggregation -------------------------------------------------------------------------------
+
+
+def summarize(records: Sequence[Dict[str, Any]], key: str = "checks") -> Dict[str, Any]:
+    """Accuracy of each check over the records (shape: over the shape-checkable ones only), overall
+    and per background kind, size and object category; ``key`` picks the model's checks or the
+    ground truth's ("truth_checks")."""
+    def mean(rows) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for c in CHECKS:
+            chosen = [r for r in rows if c != "shape" or r["shape_checkable"]]
+            out[c] = float(np.mean([r[key][c] for r in chosen])) if chosen else None
+        out["n"], out["n_shape"] = len(rows), sum(bool(r["shape_checkable"]) for r in rows)
+        return out
+
+    summary: Dict[str, Any] = {"overall": mean(records)}
+    for name, values in BREAKDOWNS.items():
+        summary[f"by_{name}"] = {v: mean(rows) for v in values
+                                 if (rows := [r for r in records if r["labels"][name] == v])}
+    return summary
+
+
+# -- running a model ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def run_t2i(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, guidance: float = 5.0, seed: int = 0,
+            batch_size: int = 25, bench_seed: int = DEFAULT_BENCH_SEED, dynamic_threshold: Optional[float] = 0.995,
+            progress: bool = True) -> Dict[str, Any]:
+    """Sample ``items`` single-object prompts with the bundle's base model as text-to-image and check them.
+
+    DDIM (η = 0, trailing spacing) for ``steps`` steps with classifier-free guidance weight
+    ``guidance`` (1 = no guidance) and the pipelines' default dynamic thresholding; sample i starts
+    from noise seeded by (seed, i). Items are rendered at the base model's resolution.
+
+    Returns {"config", "summary" (the model's accuracies, `summarize`), "ground_truth" (the same
+    checks on the ground-truth renderings: each metric's ceiling), "records" (per item: prompt,
+    labels, predictions and checks), "images" ((N, 3, H, W) samples in [−1, 1]; not JSON)}.
+    """
+    from tqdm.auto import tqdm
+
+    from .models.tokenizer import TruncationWarning
+    from .pipelines._common import model_placement
+    from .sampling import ddim_sample
+    from .schedules import SamplingSchedule
+
+    items = _check_positive("items", items)
+    steps = _check_positive("steps", steps)
+    batch_size = _check_positive("batch_size", batch_size)
+    seed = _check_positive("seed", seed, allow_zero=True)
+    bench_seed = _check_positive("bench_seed", bench_seed, allow_zero=True)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+            or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    for part in ("clip", "base"):
+        if not bundle.has(part):
+            raise FileNotFoundError(f"{bundle.directory} has no '{part}' model, which the t2i evaluation needs")
+    unet = bundle.unet("base")
+    side = unet.config.image_size
+    schedule = SamplingSchedule.ddim(bundle.noise_schedule("base"), steps, spacing="trailing")
+    device, dtype = model_placement(unet)
+    tokenizer = bundle.text_encoder.tokenizer
+    truncated = 0
+
+    records: List[Dict[str, Any]] = []
+    samples: List[torch.Tensor] = []
+    bar = tqdm(total=items, desc="t2i", unit="image", disable=not progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # counted in the config, not printed per batch
+        for start in range(0, items, batch_size):
+            batch = [t2i_item(bench_seed, i, side) for i in range(start, min(start + batch_size, items))]
+            prompts = [it.prompt for it in batch]
+            truncated += sum(len(tokenizer.encode(p)) > tokenizer.max_length - 2 for p in prompts)  # <bos>, <eos>
+            noise = torch.stack([torch.randn(3, side, side, generator=_generator(seed, it.index)) for it in batch])
+            cond = _to(bundle.text_to_image_condition("base", prompts), device)
+            uncond = _to(bundle.text_to_image_condition("base", [""] * len(batch)), device)
+            x = ddim_sample(unet, noise.to(device=device, dtype=dtype), schedule, cond=cond, uncond=uncond,
+                            guidance=float(guidance), dynamic_threshold=dynamic_threshold, progress=False)
+            images = x.float().clamp(-1, 1).cpu()
+            for it, image in zip(batch, images):
+                result = check(it.scene, image)
+                records.append({"index": it.index, "prompt": it.prompt, "labels": it.labels,
+                                "shape_checkable": it.shape_checkable, "predicted": result["predicted"],
+                                "checks": result["checks"], "truth_checks": it.truth_checks})
+            samples.append(images)
+            bar.update(len(batch))
+    bar.close()
+    config = {"items": items, "bench_seed": bench_seed, "seed": seed, "steps": steps, "guidance": guidance,
+              "spacing": "trailing", "dynamic_threshold": dynamic_threshold, "batch_size": batch_size,
+              "resolution": side, "foreground_threshold": FOREGROUND_THRESHOLD, "prompts_truncated": truncated}
+    return {"config": config, "summary": summarize(records), "ground_truth": summarize(records, "truth_checks"),
+            "records": records, "images": torch.cat(samples)}
+
+
+def _to(cond: Dict[str, Any], device) -> Dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+
+
+# -- reports -----------------------------------------------------------------------------------
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
+    """The accuracies as markdown tables: overall (model and ground truth), then per background kind,
+    size and object category."""
+    c, s, gt = result["config"], result["summary"], result["ground_truth"]
+    header = ["", *(CHECK_NAMES[k] for k in CHECKS), "items", "shape-checkable"]
+
+    def row(label, cell):
+        return [label, *(_fmt(cell[k]) for k in CHECKS), str(cell["n"]), str(cell["n_shape"])]
+
+    def table(rows):
+        return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+                *("| " + " | ".join(r) + " |" for r in rows)]
+
+    lines = [f"# Text-to-image prompt following — {name}", "",
+             f"{c['items']} single-object prompts (benchmark seed {c['bench_seed']}) at {c['resolution']} px; "
+             f"DDIM ({c['spacing']} spacing), {c['steps']} steps, guidance {c['guidance']}, sampling seed "
+             f"{c['seed']}.", "",
+             "Background: the border ring's dominant colour is the background's (either colour for stripes and "
+             "paintings). Colour: the object's dominant palette colour is the prompted one. Position: the "
+             "object's box centre is in the prompted 3×3 cell. Colour+position: both. Shape: the best-fitting "
+             "re-rendered shape or glyph is the prompted one, over the shape-checkable items only. Ground "
+             "truth: the same checks on the world's own renderings — each metric's ceiling.", "",
+             "## Overall", "", *table([row(name, s["overall"]), row("ground truth", gt["overall"])])]
+    for key, values in BREAKDOWNS.items():
+        rows = [row(v, s[f"by_{key}"][v]) for v in values if v in s[f"by_{key}"]]
+        lines += ["", f"## By {BREAKDOWN_NAMES[key].lower()}", "", *table(rows)]
+    if c.get("prompts_truncated"):
+        lines += ["", f"Note: {c['prompts_truncated']} of the {c['items']} prompts are longer than the text "
+                      "encoder's context and were truncated."]
+    return "\n".join(lines) + "\n"
+
+
+def _short(record: Dict[str, Any]) -> Tuple[str, str, str]:
+    """The prompt's key words in three lines: 'red letter A', 'top left', 'on blue/white'."""
+    lab = record["labels"]
+    shape = lab["shape"]
+    noun = shape if lab["category"] == "shape" else ("digit " if shape.isdigit() else "letter ") + shape
+    where = lab["position"].split(" ", 2)[-1]
+    return f"{lab['colour']} {noun}", where, f"on {'/'.join(lab['background_colours'])}"
+
+
+def sample_grid(result: Dict[str, Any], count: int = GRID_TILES, columns: int = 8, tile: int = 96):
+    """A PIL image of the first ``count`` samples, each with its prompt's key words below it and a
+    frame: green when colour and position are both right, red otherwise."""
+    from PIL import Image, ImageDraw
+
+    from .images import to_pil
+
+    records, images = result["records"][:count], result["images"][:count]
+    label_h, pad = 36, 4
+    rows = math.ceil(len(records) / columns)
+    sheet = Image.new("RGB", (pad + columns * (tile + pad), pad + rows * (tile + label_h + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (record, image) in enumerate(zip(records, to_pil(images))):
+        r, col = divmod(k, columns)
+        x, y = pad + col * (tile + pad), pad + r * (tile + label_h + pad)
+        ok = record["checks"]["colour_position"]
+        draw.rectangle([x - 2, y - 2, x + tile + 1, y + tile + 1], outline=(30, 150, 30) if ok else (200, 30, 30),
+                       width=2)
+        sheet.paste(image.resize((tile, tile), Image.NEAREST), (x, y))
+        for j, text in enumerate(_short(record)):
+            draw.text((x, y + tile + 2 + 11 * j), text[: tile // 6], fill="black")
+    return sheet
+
+
+def write_t2i_report(result: Dict[str, Any], out, name: str = "model") -> List[Path]:
+    """OUT/t2i.json (everything but the images), OUT/t2i.md (`markdown_report`) and OUT/t2i_samples.png
+    (`sample_grid`); returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "t2i.json", out / "t2i.md", out / "t2i_samples.png"]
+    data = {"name": name, **{k: v for k, v in result.items() if k != "images"}}
+    paths[0].write_text(json.dumps(data, indent=1) + "\n")
+    paths[1].write_text(markdown_report(result, name))
+    sample_grid(result).save(paths[2])
+    return paths
+
+
+# -- diffrt eval t2i ---------------------------------------------------------------------------
+
+
+def _t2i_command(args) -> List[Path]:
+    from .commands import CommandError, _bundle
+
+    for flag, value in (("--items", args.items), ("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise CommandError(f"{flag} must be >= 1, got {value}")
+    if args.seed < 0 or args.bench_seed < 0:
+        raise CommandError("--seed and --bench-seed must be >= 0")
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        raise CommandError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    bundle = _bundle(args)
+    for part in ("clip", "base"):
+        if not bundle.has(part):
+            hint = "" if args.model else " (the default weights folder; pass --model DIR)"
+            raise CommandError(f"{bundle.directory}{hint} has no '{part}' model, which the t2i evaluation needs")
+    result = run_t2i(bundle, items=args.items, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                     batch_size=args.batch_size, bench_seed=args.bench_seed, progress=not args.quiet)
+    name = Path(args.model).resolve().name if args.model else "default"
+    return write_t2i_report(result, args.out, name)
+
+
+def add_t2i_command(benches) -> None:
+    """Register ``diffrt eval t2i`` on the ``diffrt eval`` subparsers."""
+    t = benches.add_parser("t2i", help="text-to-image prompt following: background, colour, position and shape",
+                           description="Sample single-object prompts of the procedural world with the base model "
+                                       "as text-to-image, check background colour, object colour, position and "
+                                       "shape against the ground truth, and write OUT/t2i.json, OUT/t2i.md and "
+                                       "OUT/t2i_samples.png.")
+    t.add_argument("--model", help="model folder (clip/, base/, …); default: the shipped weights")
+    t.add_argument("--items", type=int, default=DEFAULT_ITEMS, help=f"prompts (default {DEFAULT_ITEMS})")
+    t.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    t.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance weight (default 5)")
+    t.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    t.add_argument("--bench-seed", type=int, default=DEFAULT_BENCH_SEED,
+                   help=f"seed of the benchmark's prompts (default {DEFAULT_BENCH_SEED})")
+    t.add_argument("--batch-size", type=int, default=25, help="images per batch (default 25)")
+    t.add_argument("--out", default="eval-t2i", help="output folder (default: eval-t2i)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=_t2i_command)
+
+
+__all__ = ["CATEGORIES", "CHECKS", "DEFAULT_BENCH_SEED", "DEFAULT_ITEMS", "T2IItem", "add_t2i_command",
+           "background_colours", "border_ring", "box_centre", "check", "estimated_background", "local_background",
+           "markdown_report", "object_colour", "object_region", "position_matches", "predict", "run_t2i",
+           "sample_grid", "shape_scores", "summarize", "t2i_item", "t2i_items", "write_t2i_report"]
