@@ -158,7 +158,7 @@ def interpolate(args) -> List[Path]:
 
 
 def add_commands(sub) -> None:
-    def common(p, steps=50, guidance=5.0, out=DEFAULT_OUT):
+    def common(p, steps=50, guidance=3.0, out=DEFAULT_OUT):
         p.add_argument("--model", help="model folder (clip/, base/, sr/, prior/, decoder/); default: the shipped weights")
         p.add_argument("--out", default=out, help=f"output folder for the PNGs (default: {out})")
         p.add_argument("--seed", type=int, default=0)
@@ -243,9 +243,9 @@ def demo(args) -> List[Path]:
     prompt = "a large red solid circle in the middle on a plain blue background"  # the world's Full-caption wording
     g = _generator(args)
     written += stage("generate: " + prompt, cascade(prompt, num_images_per_prompt=3, composite=False, generator=g,
-                                                    output_type="pt", progress=not quiet).images)
-    written += stage("inpaint: a yellow star", cascade("a yellow star", scene, mask, generator=g, output_type="pt",
-                                                       progress=not quiet).images)
+                                                    guidance=args.guidance, output_type="pt", progress=not quiet).images)
+    written += stage("inpaint: a yellow star", cascade("a yellow star", scene, mask, generator=g, guidance=args.guidance,
+                                                       output_type="pt", progress=not quiet).images)
     model, encode = _text_to_image_model(bundle)
     small = torch.nn.functional.interpolate(scene, size=(base.config.image_size,) * 2, mode="area")
     edit = DiffEditPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
