@@ -251,3 +251,25 @@ def test_export_writes_a_checkpoints_ema_weights(tmp_path, clip_run, capsys):
     assert (out / "diffusion.json").is_file()
     assert main(["export", "base", "--run-dir", str(run), "--step", "5", "--out", str(out)]) == 2
     assert "no such checkpoint (have: step_00000006)" in capsys.readouterr().err
+
+
+def test_init_from_warm_starts_from_a_trained_model(tmp_path, clip_run, capsys):
+    config = write_config(tmp_path, "base", clip_run / "final")
+    first = tmp_path / "first"
+    assert main(["train", "base", "--config", str(config), "--run-dir", str(first), "--steps", "2"]) == 0
+    warm = tmp_path / "warm.toml"
+    warm.write_text(config.read_text() + f'\n[init]\nfrom = "{first / "final"}"\n')
+    second = tmp_path / "second"
+    assert main(["train", "base", "--config", str(warm), "--run-dir", str(second), "--steps", "1",
+                 "--stop-at", "0"]) == 0
+    capsys.readouterr()
+    # stopped before any step: the checkpoint holds exactly the warm-start weights
+    from diffrt.train.checkpoint import Checkpointer
+
+    tensors, _ = Checkpointer(second / "checkpoints").load(second / "checkpoints" / "step_00000000")
+    for k, v in UNet.from_pretrained(first / "final").state_dict().items():
+        torch.testing.assert_close(tensors["model"][k], v, rtol=0, atol=0)
+    other = tmp_path / "other.toml"
+    other.write_text(warm.read_text().replace("base_channels = 16", "base_channels = 32"))
+    assert main(["train", "base", "--config", str(other), "--run-dir", str(tmp_path / "x"), "--steps", "1"]) == 2
+    assert "another architecture" in capsys.readouterr().err

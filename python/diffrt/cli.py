@@ -31,6 +31,20 @@ def _read_config(config_file: Path) -> dict:
         raise ValueError(f"{config_file}: not valid TOML ({e})") from e
 
 
+def _warm_start(kind, folder: Path) -> None:
+    """[init] from = a trained model folder (e.g. a shipped part): start from its weights, with a fresh
+    optimizer and LR schedule; the architecture in [model] must match the folder's."""
+    from .models.serialization import CONFIG_FILE, SavableModel
+
+    model = kind.model
+    if not isinstance(model, SavableModel):
+        raise ValueError(f"[init] from: {type(model).__name__} models cannot be warm-started")
+    trained = type(model).load_config(folder)
+    if trained != model.config:
+        raise ValueError(f"[init] from: {folder / CONFIG_FILE} describes another architecture than [model]")
+    model.load_state_dict(type(model).from_pretrained(folder).state_dict())
+
+
 def _train(args) -> int:
     import torch
     import torch.distributed as dist
@@ -54,6 +68,8 @@ def _train(args) -> int:
     run_dir = Path(args.run_dir or config.get("run_dir") or Path("runs") / args.kind)
     torch.manual_seed(train_config.seed)  # the initial weights are part of the run's recipe
     kind = build(args.kind, config)
+    if config.get("init", {}).get("from") and not args.resume:
+        _warm_start(kind, Path(config["init"]["from"]))
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     micro = train_config.batch_size // (world * train_config.grad_accum)
     trainer = Trainer(kind.model, kind.objective, batch_factory(config.get("data", {}), micro, kind.masking, rank, world),

@@ -9,7 +9,8 @@
 
 Config sections: [train] (TrainConfig), [model] (the model's config), [data] (resolution, seed,
 masking, p_full, workers), [diffusion] (beta_schedule, zero_terminal_snr, prediction_type,
-caption_dropout, sr_factor, max_noise_level), [text] (clip: folder of a trained CLIP run).
+caption_dropout, sr_factor, max_noise_level), [text] (clip: folder of a trained CLIP run), [init]
+(from: a trained model folder of the same architecture to start from, e.g. a shipped part).
 """
 
 from __future__ import annotations
