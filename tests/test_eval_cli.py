@@ -3,7 +3,6 @@ the report files, their structure, a two-model comparison, and clear errors."""
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,34 +12,19 @@ from diffrt import eval_report
 from diffrt.bundle import Bundle
 from diffrt.cli import main
 
-TINY = Path(__file__).parent / "configs" / "tiny.toml"
-MODELS = {
-    "clip": {"text_width": 32, "text_layers": 1, "text_heads": 4, "patch_size": 8, "image_width": 32,
-             "image_layers": 1, "image_heads": 4, "embed_dim": 16},
-    "base": {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [16],
-             "head_dim": 16},
-}
+from .test_cli_train import write_config  # the tiny model configs of the CLI tests
+
 PLOTS = importlib.util.find_spec("matplotlib") is not None
 FAST = ["--items", "3", "--steps", "2", "--diffedit-n", "2", "--quiet"] + ([] if PLOTS else ["--no-plots"])
-
-
-def _config(tmp, kind, clip_dir=None):
-    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in MODELS[kind].items())
-    text = TINY.read_text().replace("[model]\n", f"[model]\n{lines}\n")
-    if clip_dir:
-        text += f'\n[text]\nclip = "{clip_dir}"\n'
-    path = tmp / f"{kind}.toml"
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
     """clip/ and base/ trained for two steps: enough for every code path, not for good edits."""
     tmp = tmp_path_factory.mktemp("editbench")
-    assert main(["train", "clip", "--config", str(_config(tmp, "clip")), "--run-dir", str(tmp / "clip"),
+    assert main(["train", "clip", "--config", str(write_config(tmp, "clip")), "--run-dir", str(tmp / "clip"),
                  "--steps", "2"]) == 0
-    assert main(["train", "base", "--config", str(_config(tmp, "base", tmp / "clip" / "final")),
+    assert main(["train", "base", "--config", str(write_config(tmp, "base", tmp / "clip" / "final")),
                  "--run-dir", str(tmp / "base"), "--steps", "2"]) == 0
     bundle = tmp / "models"
     bundle.mkdir()

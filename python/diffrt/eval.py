@@ -523,9 +523,9 @@ def _closed(region: np.ndarray) -> np.ndarray:
     return np.min([padded[dy: dy + h, dx: dx + w] for dy in range(3) for dx in range(3)], axis=0)
 
 
-def _components(region: np.ndarray) -> np.ndarray:
-    """Sizes of the 8-connected components of ``region`` (label propagation: each pixel takes the
-    largest label among its neighbours until nothing changes)."""
+def component_labels(region: np.ndarray) -> np.ndarray:
+    """8-connected component labels of ``region`` (0 = outside): label propagation, each pixel taking
+    the largest label among its neighbours until nothing changes."""
     h, w = region.shape
     labels = np.where(region, np.arange(1, h * w + 1).reshape(h, w), 0)
     while True:
@@ -533,8 +533,13 @@ def _components(region: np.ndarray) -> np.ndarray:
         grown = np.max([padded[dy: dy + h, dx: dx + w] for dy in range(3) for dx in range(3)], axis=0)
         grown = np.where(region, grown, 0)
         if np.array_equal(grown, labels):
-            break
+            return labels
         labels = grown
+
+
+def _components(region: np.ndarray) -> np.ndarray:
+    """Sizes of the 8-connected components of ``region``."""
+    labels = component_labels(region)
     return np.unique(labels[region], return_counts=True)[1]
 
 

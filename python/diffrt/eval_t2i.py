@@ -45,7 +45,7 @@ import torch
 
 from .data.world import (BACKGROUNDS, COLOUR_RGB, COLOURS, GLYPHS, SHAPES, SIZES, BackgroundSpec, ObjectSpec,
                          SceneSpec, check_resolution, render, sample_scene, spatial_phrase)
-from .eval import _PALETTE, _check_positive, _closed, _generator
+from .eval import _PALETTE, _check_positive, _closed, _generator, component_labels
 
 DEFAULT_ITEMS = 200
 DEFAULT_BENCH_SEED = 1234
@@ -257,20 +257,6 @@ def estimated_background(image: torch.Tensor, kind: str, colours: Optional[Seque
     return torch.cat([_ring_colours(image), *extra])
 
 
-def _labels(region: np.ndarray) -> np.ndarray:
-    """8-connected component labels of ``region`` (0 = outside): label propagation, each pixel taking
-    the largest label among its neighbours until nothing changes."""
-    h, w = region.shape
-    labels = np.where(region, np.arange(1, h * w + 1).reshape(h, w), 0)
-    while True:
-        padded = np.pad(labels, 1)
-        grown = np.max([padded[dy: dy + h, dx: dx + w] for dy in range(3) for dx in range(3)], axis=0)
-        grown = np.where(region, grown, 0)
-        if np.array_equal(grown, labels):
-            return labels
-        labels = grown
-
-
 def object_region(image: torch.Tensor, background: torch.Tensor) -> np.ndarray:
     """(H, W) bool: the object's pixels — those farther than FOREGROUND_THRESHOLD (max over channels)
     from every background colour, within the largest 8-connected blob of their 3×3 closing (the
@@ -281,7 +267,7 @@ def object_region(image: torch.Tensor, background: torch.Tensor) -> np.ndarray:
     foreground = (far > FOREGROUND_THRESHOLD).view(image.shape[-2:]).numpy()
     if not foreground.any():
         return foreground
-    labels = _labels(_closed(foreground))
+    labels = component_labels(_closed(foreground))
     values, counts = np.unique(labels[labels > 0], return_counts=True)
     return foreground & (labels == values[counts.argmax()])
 
