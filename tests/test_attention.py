@@ -181,10 +181,11 @@ def test_backward_matches_reference(isa, B, H, Lq, Lk, d, dtype):
         if dtype == torch.float32:
             tol = 64 * EPS32 * magnitude
         else:
-            # 2× torch's bfloat16 error, plus a quarter bfloat16 ulp of the largest gradient: like FlashAttention,
-            # the kernel rounds P and dS to bfloat16 for the products that consume them, which on tiny problems
-            # (a handful of terms per gradient) can cost that much more than SDPA's float32 intermediates.
-            tol = (2 * (low[i].double() - ref[i]).abs().max().item() + 2**-9 * ref[i].abs().max().item()
+            # 2× torch's bfloat16 error, plus half a bfloat16 ulp of the largest gradient: like FlashAttention,
+            # the kernel rounds P and dS to bfloat16 (each up to 2^-9 relative) for the products that consume
+            # them, which on tiny problems (a handful of terms per gradient) can cost that much more than SDPA's
+            # float32 intermediates.
+            tol = (2 * (low[i].double() - ref[i]).abs().max().item() + 2**-8 * ref[i].abs().max().item()
                    + 16 * EPS32 * magnitude)
         assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g}"
 
