@@ -174,3 +174,40 @@ def test_default_benchmark_is_balanced():
         counts = collections.Counter(getattr(it, key) for it in items)
         assert set(counts) == set(values) and len(set(counts.values())) == 1, (key, counts)
     assert all(ev.mask_size_class(it.mask) == it.mask_size for it in items)
+
+
+def _result(name, scores, sizes):
+    records = [{"index": i, "prompt_type": "simple", "mask_size": size, "clip_score": score}
+               for i, (score, size) in enumerate(zip(scores, sizes))]
+    return ev.EditBenchResult(name, {}, records, {})
+
+
+def test_paired_difference_interval():
+    from diffrt.eval_report import paired_difference
+
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    n = 200
+    a = torch.rand(n, generator=gen, dtype=torch.float64)
+    sizes = ["small" if i % 2 else "large" for i in range(n)]
+    # a constant per-item shift: every resample has the same mean difference
+    d, lo, hi = paired_difference(_result("a", a.tolist(), sizes), _result("b", (a + 0.25).tolist(), sizes),
+                                  "clip_score", "simple")
+    assert d == pytest.approx(0.25) and lo == pytest.approx(0.25) and hi == pytest.approx(0.25)
+    # pairing: a large common per-item spread cancels, so a small shift is still clear
+    noise = 0.01 * torch.randn(n, generator=gen, dtype=torch.float64)
+    d, lo, hi = paired_difference(_result("a", (10 * a).tolist(), sizes),
+                                  _result("b", (10 * a + 0.05 + noise).tolist(), sizes), "clip_score", "simple")
+    assert lo > 0 and lo < d < hi and d == pytest.approx(0.05 + noise.mean().item())
+    # pure noise: the interval covers 0 and has the width of the mean's 95 % range (±1.96 σ/√n)
+    noise = torch.randn(n, generator=gen, dtype=torch.float64)
+    d, lo, hi = paired_difference(_result("a", a.tolist(), sizes), _result("b", (a + noise).tolist(), sizes),
+                                  "clip_score", "simple")
+    half = 1.96 * noise.std().item() / n**0.5
+    assert lo < d < hi and (hi - lo) / 2 == pytest.approx(half, rel=0.2)
+    # one mask size only; unscored items and unknown cells
+    b = (a + torch.where(torch.tensor([s == "small" for s in sizes]), 1.0, 0.0)).tolist()
+    assert paired_difference(_result("a", a.tolist(), sizes), _result("b", b, sizes), "clip_score", "simple",
+                             "small")[0] == pytest.approx(1.0)
+    assert paired_difference(_result("a", a.tolist(), sizes), _result("b", b, sizes), "clip_score", "full") is None
+    none = _result("a", [None] * n, sizes)
+    assert paired_difference(none, none, "clip_score", "simple") is None

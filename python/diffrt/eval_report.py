@@ -15,8 +15,9 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .eval import BREAKDOWNS, MASK_SIZES, METRICS, PROMPT_NAMES, PROMPT_TYPES, EditBenchResult
@@ -165,10 +166,43 @@ def write_report(result: EditBenchResult, out, *, plots: bool = True) -> List[Pa
     return written
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def paired_difference(first: EditBenchResult, second: EditBenchResult, metric: str, prompt_type: str,
+                      mask_size: Optional[str] = None, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> Optional[Tuple[float, float, float]]:
+    """Δ = mean(second) − mean(first) of ``metric`` over the items both models scored (one prompt
+    type, one mask size or all), with a 95 % paired-bootstrap interval: items are resampled with
+    replacement and each keeps its pair of scores, so the interval reflects the spread of the
+    per-item differences (both models saw the same items and the same noise). None when no item
+    has the metric."""
+    def cells(result):
+        return {r["index"]: r[metric] for r in result.records
+                if r["prompt_type"] == prompt_type and (mask_size is None or r["mask_size"] == mask_size)
+                and r.get(metric) is not None}
+
+    a, b = cells(first), cells(second)
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return None
+    diff = np.array([b[i] - a[i] for i in shared], dtype=np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    lo, hi = np.quantile(diff[picks].mean(axis=1), [0.025, 0.975])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+def _fmt_delta(metric: str, d: Optional[Tuple[float, float, float]]) -> str:
+    if d is None:
+        return "–"
+    digits = 1 if metric == "background_psnr" else 3
+    return f"{d[0]:+.{digits}f} [{d[1]:+.{digits}f}, {d[2]:+.{digits}f}]"
+
+
 def comparison_markdown(results: Mapping[str, EditBenchResult], metrics: Sequence[str] = HEADLINE) -> str:
     """Models side by side per mask size — the table of Imagen Editor's masking ablation: one table
     per metric, rows = mask size, columns = each model under each prompt type (and, for two models,
-    their difference second − first)."""
+    their difference second − first with its 95 % paired-bootstrap interval, `paired_difference`)."""
     names = list(results)
     if not names:
         raise ValueError("results must hold at least one model")
@@ -182,6 +216,9 @@ def comparison_markdown(results: Mapping[str, EditBenchResult], metrics: Sequenc
              f"{first['items']} items at {first['resolution']} px, {first['steps']} DDIM steps, guidance "
              f"{first['guidance']}, the same noise for every model; one CLIP scores all of them.", ""]
     delta = len(names) == 2
+    if delta:
+        lines += [f"Δ = {names[1]} − {names[0]}, with a 95 % paired-bootstrap interval over the items "
+                  f"({BOOTSTRAP_RESAMPLES} resamples): a difference is clear when its interval excludes 0.", ""]
     for metric in metrics:
         header = ["Mask size"]
         for p in PROMPT_TYPES:
@@ -197,7 +234,9 @@ def comparison_markdown(results: Mapping[str, EditBenchResult], metrics: Sequenc
                     vals.append(None if cell is None else cell[metric])
                 row += [_fmt(metric, v) for v in vals]
                 if delta:
-                    row.append("–" if None in vals else f"{vals[1] - vals[0]:+.3f}")
+                    d = paired_difference(results[names[0]], results[names[1]], metric, p,
+                                          None if size == "all" else size)
+                    row.append(_fmt_delta(metric, d))
             rows.append(row)
         lines += [f"## {METRIC_NAMES[metric]}", "", *_table(header, rows), ""]
     return "\n".join(lines)
@@ -214,5 +253,5 @@ def write_comparison(results: Mapping[str, EditBenchResult], out) -> List[Path]:
     return [md, js]
 
 
-__all__ = ["comparison_markdown", "example_grid", "have_matplotlib", "markdown_report", "write_comparison",
-           "write_report"]
+__all__ = ["comparison_markdown", "example_grid", "have_matplotlib", "markdown_report", "paired_difference",
+           "write_comparison", "write_report"]
