@@ -219,6 +219,19 @@ def test_object_masking_prompt_level_follows_p_rich():
     assert prompts <= {o.caption_simple for o in r.objects}
 
 
+def test_object_masking_full_caption_keeps_the_object_mask():
+    r = _rendered(3, 0, 32)
+    for i in range(5):
+        plain = data.ObjectMasking()(r, _rng(i))
+        full = data.ObjectMasking(p_full_caption=1.0)(r, _rng(i))
+        assert full.prompt == r.caption_full and full.kind == "object" and full.target == plain.target
+        np.testing.assert_array_equal(full.mask, plain.mask)  # same object, same mask: only the caption changes
+    prompts = [data.ObjectMasking(p_full_caption=0.5)(r, _rng(i)).prompt for i in range(200)]
+    assert 0.35 < prompts.count(r.caption_full) / 200 < 0.65
+    with pytest.raises(ValueError, match="p_full_caption"):
+        data.ObjectMasking(p_full_caption=-0.1)
+
+
 @pytest.mark.parametrize("resolution", [32, 256])
 def test_random_masks_are_nonempty_and_partial(resolution):
     strategy = data.RandomMasking()
@@ -351,3 +364,17 @@ def test_collate_stacks_tensors_and_lists_the_rest():
     assert b["image"].shape == (4, 3, 32, 32) and b["mask"].shape == (4, 1, 32, 32)
     assert len(b["prompt"]) == len(b["boxes"]) == len(b["labels"]) == 4
     assert b["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_train_config_masking_sections():
+    from diffrt.train.kinds import masking_from
+
+    r = _rendered(3, 0, 32)
+    objects = masking_from({"masking": "object", "p_full": 0.0, "object_full_caption": 1.0})
+    m = objects(r, _rng(1))
+    assert m.kind == "object" and m.prompt == r.caption_full
+    m = masking_from({"masking": "object", "p_full": 0.0})(r, _rng(1))
+    assert m.prompt in (r.objects[m.target].caption_simple, r.objects[m.target].caption_rich)
+    assert masking_from({"masking": "random", "p_full": 0.0})(r, _rng(1)).kind == "random"
+    with pytest.raises(ValueError, match="masking"):
+        masking_from({"masking": "boxes"})

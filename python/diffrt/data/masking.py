@@ -61,13 +61,19 @@ class FullMasking:
 
 class ObjectMasking:
     """Mask one object named by the prompt: its instances' boxes (use_box=True, what a detector gives)
-    or its exact mask; prompt = that object's Mask-Rich caption with probability p_rich, else Mask-Simple."""
+    or its exact mask; prompt = that object's Mask-Rich caption with probability p_rich, else Mask-Simple.
 
-    def __init__(self, use_box: bool = True, p_rich: float = 0.5):
+    With probability ``p_full_caption`` the prompt is the scene's Full caption instead, as in Imagen
+    Editor's training, where detector boxes are masked under the image's own caption: a model then
+    also learns to inpaint a region from a caption of the whole image (EditBench's Full prompts) and
+    a masking ablation against random masking (Full captions) compares masks, not caption styles."""
+
+    def __init__(self, use_box: bool = True, p_rich: float = 0.5, p_full_caption: float = 0.0):
         if not isinstance(use_box, bool):
             raise TypeError(f"use_box must be a bool, got {type(use_box).__name__}")
         self.use_box = use_box
         self.p_rich = _check_probability("p_rich", p_rich)
+        self.p_full_caption = _check_probability("p_full_caption", p_full_caption)
 
     def __call__(self, scene, rng: np.random.Generator) -> MaskedPrompt:
         if not scene.objects:
@@ -84,10 +90,13 @@ class ObjectMasking:
             if obj.mask is None:
                 raise ValueError("use_box=False needs exact object masks; a detector's objects only have boxes")
             mask[0] = obj.mask
-        return MaskedPrompt(mask, obj.caption_rich if rich else obj.caption_simple, "object", target)
+        prompt = obj.caption_rich if rich else obj.caption_simple
+        if self.p_full_caption > 0 and rng.random() < self.p_full_caption:  # no draw at 0: streams stay as before
+            prompt = scene.caption_full
+        return MaskedPrompt(mask, prompt, "object", target)
 
     def __repr__(self) -> str:
-        return f"ObjectMasking(use_box={self.use_box}, p_rich={self.p_rich})"
+        return f"ObjectMasking(use_box={self.use_box}, p_rich={self.p_rich}, p_full_caption={self.p_full_caption})"
 
 
 class RandomMasking:

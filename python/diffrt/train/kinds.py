@@ -8,7 +8,7 @@
     decoder  unCLIP decoder (CLIP-image-embedding conditioned UNet)
 
 Config sections: [train] (TrainConfig), [model] (the model's config), [data] (resolution, seed,
-masking, p_full, workers), [diffusion] (beta_schedule, zero_terminal_snr, prediction_type,
+masking, p_full, object_full_caption, workers), [diffusion] (beta_schedule, zero_terminal_snr, prediction_type,
 caption_dropout, sr_factor, max_noise_level), [text] (clip: folder of a trained CLIP run), [init]
 (from: a trained model folder of the same architecture to start from, e.g. a shipped part).
 """
@@ -46,12 +46,13 @@ def _config(cls, values: Dict[str, Any], section: str):
 
 def masking_from(data: Dict[str, Any]):
     kind, p_full = data.get("masking", "mixed"), float(data.get("p_full", 0.1))
+    objects = ObjectMasking(p_full_caption=float(data.get("object_full_caption", 0.0)))
     if kind == "object":
-        return MixedMasking([(ObjectMasking(), 1.0)], p_full=p_full)
+        return MixedMasking([(objects, 1.0)], p_full=p_full)
     if kind == "random":
         return MixedMasking([(RandomMasking(), 1.0)], p_full=p_full)
     if kind == "mixed":
-        return MixedMasking([(ObjectMasking(), 0.5), (RandomMasking(), 0.5)], p_full=p_full)
+        return MixedMasking([(objects, 0.5), (RandomMasking(), 0.5)], p_full=p_full)
     if kind == "full":
         return FullMasking()
     raise ValueError(f"[data] masking must be 'object', 'random', 'mixed' or 'full', got {kind!r}")
