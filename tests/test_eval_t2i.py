@@ -148,6 +148,7 @@ def test_t2i_cli_writes_the_report(tmp_path, bundle_dir, capsys):  # noqa: F811
     printed = capsys.readouterr().out
     report = json.loads((out / "t2i.json").read_text())
     assert report["config"]["items"] == 4 and report["config"]["steps"] == 2 and report["config"]["guidance"] == 5.0
+    assert report["config"]["dynamic_threshold"] is None and "dynamic thresholding off" in (out / "t2i.md").read_text()
     assert len(report["records"]) == 4 and report["summary"]["overall"]["n"] == 4
     for key in ("summary", "ground_truth"):
         assert {"overall", "by_background", "by_size", "by_category"} <= set(report[key])
@@ -157,6 +158,18 @@ def test_t2i_cli_writes_the_report(tmp_path, bundle_dir, capsys):  # noqa: F811
     with Image.open(out / "t2i_samples.png") as grid:
         assert grid.size[0] > 4 * 96
     assert str(out / "t2i.json") in printed
+
+
+def test_t2i_cli_passes_the_dynamic_threshold(tmp_path, bundle_dir, capsys):  # noqa: F811
+    out = tmp_path / "thresholded"
+    assert main(["eval", "t2i", "--model", str(bundle_dir), "--items", "2", "--steps", "2", "--dynamic-threshold",
+                 "0.9", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "t2i.json").read_text())["config"]["dynamic_threshold"] == 0.9
+    assert "dynamic thresholding 0.9" in (out / "t2i.md").read_text()
+    for bad in ("0", "1.5", "high"):
+        with pytest.raises(SystemExit):
+            main(["eval", "t2i", "--model", str(bundle_dir), "--dynamic-threshold", bad, "--out", str(out)])
+        assert "--dynamic-threshold: expected a number in (0, 1]" in capsys.readouterr().err
 
 
 def test_samples_do_not_depend_on_the_batch_size(bundle_dir):  # noqa: F811

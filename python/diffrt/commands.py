@@ -3,6 +3,8 @@ Each reads PNG/JPEG files, runs a pipeline on a model bundle (``--model DIR``) a
 
 from __future__ import annotations
 
+import argparse
+
 from pathlib import Path
 from typing import List
 
@@ -71,7 +73,8 @@ def _cascade(bundle, args):
 def generate(args) -> List[Path]:
     pipe = _cascade(_bundle(args), args)
     out = pipe(_prompt("prompt", args.prompt), num_images_per_prompt=args.num_images, guidance=args.guidance,
-               composite=False, generator=_generator(args), output_type="pt", progress=not args.quiet)
+               dynamic_threshold=args.dynamic_threshold, composite=False, generator=_generator(args), output_type="pt",
+               progress=not args.quiet)
     return _write(out.images, Path(args.out), "generate")
 
 
@@ -86,7 +89,8 @@ def inpaint(args) -> List[Path]:
     if mask.size != image.size:
         print(f"diffrt inpaint: resizing the mask from {mask.size[0]}×{mask.size[1]} to the image's size")
     out = pipe(_prompt("prompt", args.prompt), from_pil(image, size=side), mask, guidance=args.guidance,
-               num_images_per_prompt=args.num_images, generator=_generator(args), output_type="pt",
+               dynamic_threshold=args.dynamic_threshold, num_images_per_prompt=args.num_images,
+               generator=_generator(args), output_type="pt",
                progress=not args.quiet)
     return _write(out.images, Path(args.out), "inpaint")
 
@@ -157,6 +161,23 @@ def interpolate(args) -> List[Path]:
     return _write(out.images, Path(args.out), "interpolate")
 
 
+def dynamic_threshold_arg(text: str) -> float:
+    """--dynamic-threshold: a percentile in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def add_threshold_option(p) -> None:
+    p.add_argument("--dynamic-threshold", type=dynamic_threshold_arg, default=None, metavar="P",
+                   help="Imagen's dynamic thresholding of the predicted x0 at percentile P (e.g. 0.995), for "
+                        "guidance of 10 and more; default off: at moderate guidance it desaturates the samples")
+
+
 def add_commands(sub) -> None:
     def common(p, steps=50, guidance=3.0, out=DEFAULT_OUT):
         p.add_argument("--model", help="model folder (clip/, base/, sr/, prior/, decoder/); default: the shipped weights")
@@ -170,6 +191,7 @@ def add_commands(sub) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--num-images", type=int, default=4)
     common(p)
+    add_threshold_option(p)
     p.set_defaults(run=generate)
     p = sub.add_parser("inpaint", help="repaint the white part of a mask to match a prompt (Imagen Editor)")
     p.add_argument("--image", required=True)
@@ -177,6 +199,7 @@ def add_commands(sub) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--num-images", type=int, default=1)
     common(p)
+    add_threshold_option(p)
     p.set_defaults(run=inpaint)
     p = sub.add_parser("diffedit", help="edit an image from a source to a target caption, mask found automatically")
     p.add_argument("--image", required=True)
@@ -208,6 +231,7 @@ def add_commands(sub) -> None:
     p.add_argument("--embedding-steps", type=int, default=50)
     p.add_argument("--finetune-steps", type=int, default=100)
     common(p, steps=25, out="diffrt-demo")
+    add_threshold_option(p)
     p.set_defaults(run=demo)
 
 
@@ -242,9 +266,12 @@ def demo(args) -> List[Path]:
     cascade = _cascade(bundle, args)
     prompt = "a large red solid circle in the middle on a plain blue background"  # the world's Full-caption wording
     g = _generator(args)
+    threshold = args.dynamic_threshold
     written += stage("generate: " + prompt, cascade(prompt, num_images_per_prompt=3, composite=False, generator=g,
-                                                    guidance=args.guidance, output_type="pt", progress=not quiet).images)
+                                                    guidance=args.guidance, dynamic_threshold=threshold,
+                                                    output_type="pt", progress=not quiet).images)
     written += stage("inpaint: a yellow star", cascade("a yellow star", scene, mask, generator=g, guidance=args.guidance,
+                                                       dynamic_threshold=threshold,
                                                        output_type="pt", progress=not quiet).images)
     model, encode = _text_to_image_model(bundle)
     small = torch.nn.functional.interpolate(scene, size=(base.config.image_size,) * 2, mode="area")

@@ -743,7 +743,8 @@ def _check_positive(name: str, value, allow_zero: bool = False) -> int:
 def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, name: str = "model",
                   items: Optional[Sequence[EditBenchItem]] = None, n_items: int = DEFAULT_ITEMS,
                   bench_seed: int = DEFAULT_SEED, seed: int = 0, steps: int = 25, guidance=5.0,
-                  resolution: Optional[int] = None, use_sr: bool = False, diffedit_n: int = 10,
+                  dynamic_threshold: Optional[float] = None, resolution: Optional[int] = None,
+                  use_sr: bool = False, diffedit_n: int = 10,
                   diffedit_strength: float = 0.5, batch_size: int = 16, examples: int = 6,
                   progress: bool = True) -> EditBenchResult:
     """Run the benchmark: inpaint every item with each prompt type and score the results.
@@ -809,7 +810,8 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
                 images = torch.stack([it.image for it in batch])
                 masks = torch.stack([it.mask for it in batch])
                 out = pipe(prompts, _resize(images, in_side), _resize_mask(masks, in_side), guidance=guidance,
-                           composite=False, generator=_generator(seed, k, start), output_type="pt", progress=False)
+                           dynamic_threshold=dynamic_threshold, composite=False, generator=_generator(seed, k, start),
+                           output_type="pt", progress=False)
                 edited = _resize(out.images.float().cpu(), resolution).clamp(-1, 1)
                 scores = clip_score(clip, tokenizer, _resize(edited, clip_side), prompts)
                 hits = clip_r_precision_hits(clip, tokenizer, _resize(edited, clip_side), prompts,
@@ -843,6 +845,7 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
     records.sort(key=lambda r: (r["index"], PROMPT_TYPES.index(r["prompt_type"])))
     config = {"items": len(items), "bench_seed": bench_seed, "seed": seed, "steps": steps,
               "guidance": guidance if isinstance(guidance, (int, float)) else repr(guidance),
+              "dynamic_threshold": dynamic_threshold,
               "resolution": resolution, "model_resolution": out_side, "super_resolution": use_sr,
               "diffedit_n": diffedit_n, "diffedit_strength": diffedit_strength, "batch_size": batch_size,
               "mask_size_bins": [SMALL_BELOW, LARGE_FROM], "silhouette_threshold": SILHOUETTE_THRESHOLD,
@@ -932,7 +935,8 @@ def _editbench_command(args) -> List[Path]:
     name = args.model_name or (Path(args.model).resolve().name if args.model else "default")
     if any(n == name for n, _ in compare):
         raise CommandError(f"--compare name {name!r} is the evaluated model's name; pick another")
-    options = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, bench_seed=args.bench_seed,
+    options = dict(steps=args.steps, guidance=args.guidance, dynamic_threshold=args.dynamic_threshold, seed=args.seed,
+                   bench_seed=args.bench_seed,
                    use_sr=args.sr, diffedit_n=args.diffedit_n, batch_size=args.batch_size, progress=not args.quiet)
     resolution = args.resolution
     last = bundle.unet("sr") if args.sr else bundle.unet("base")
@@ -952,6 +956,8 @@ def _editbench_command(args) -> List[Path]:
 
 def add_eval_command(sub) -> None:
     """Register ``diffrt eval editbench`` on the ``diffrt`` command's subparsers."""
+    from .commands import add_threshold_option
+
     p = sub.add_parser("eval", help="benchmarks: diffrt eval editbench")
     benches = p.add_subparsers(dest="benchmark", required=True)
     e = benches.add_parser("editbench", help="EditBench-style inpainting evaluation on the procedural world",
@@ -963,6 +969,7 @@ def add_eval_command(sub) -> None:
     e.add_argument("--items", type=int, default=DEFAULT_ITEMS, help=f"benchmark items (default {DEFAULT_ITEMS})")
     e.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     e.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance weight (default 5)")
+    add_threshold_option(e)
     e.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     e.add_argument("--bench-seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of the benchmark's items (default {DEFAULT_SEED})")

@@ -59,7 +59,8 @@ def markdown_report(result: EditBenchResult) -> str:
     lines = [f"# EditBench — {result.name}", "",
              f"{c['items']} items × 3 prompts at {c['resolution']} px (model output {c['model_resolution']} px"
              f"{', with super-resolution' if c['super_resolution'] else ''}); {c['steps']} DDIM steps, guidance "
-             f"{c['guidance']}, sampling seed {c['seed']}, benchmark seed {c['bench_seed']}; DiffEdit masks from "
+             f"{c['guidance']}, dynamic thresholding {c['dynamic_threshold'] if c.get('dynamic_threshold') else 'off'}, "
+             f"sampling seed {c['seed']}, benchmark seed {c['bench_seed']}; DiffEdit masks from "
              f"{c['diffedit_n']} noise draws at strength {c['diffedit_strength']}. Mask sizes: small < "
              f"{c['mask_size_bins'][0]:.1%} ≤ medium < {c['mask_size_bins'][1]:.1%} ≤ large (of the image).",
              "", "Attribute acc. checks the attribute each item edits; colour, shape and count accuracy are "
@@ -214,7 +215,8 @@ def comparison_markdown(results: Mapping[str, EditBenchResult], metrics: Sequenc
                              f"{c['resolution']} px) than {names[0]}; compare runs on the same items")
     lines = [f"# EditBench comparison: {', '.join(names)}", "",
              f"{first['items']} items at {first['resolution']} px, {first['steps']} DDIM steps, guidance "
-             f"{first['guidance']}, the same noise for every model; one CLIP scores all of them.", ""]
+             f"{first['guidance']}, dynamic thresholding {first.get('dynamic_threshold') or 'off'}, the same noise for "
+             "every model; one CLIP scores all of them.", ""]
     delta = len(names) == 2
     if delta:
         lines += [f"Δ = {names[1]} − {names[0]}, with a 95 % paired-bootstrap interval over the items "

@@ -445,12 +445,13 @@ def summarize(records: Sequence[Dict[str, Any]], key: str = "checks") -> Dict[st
 
 @torch.no_grad()
 def run_t2i(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, guidance: float = 5.0, seed: int = 0,
-            batch_size: int = 25, bench_seed: int = DEFAULT_BENCH_SEED, dynamic_threshold: Optional[float] = 0.995,
+            batch_size: int = 25, bench_seed: int = DEFAULT_BENCH_SEED, dynamic_threshold: Optional[float] = None,
             progress: bool = True) -> Dict[str, Any]:
     """Sample ``items`` single-object prompts with the bundle's base model as text-to-image and check them.
 
     DDIM (η = 0, trailing spacing) for ``steps`` steps with classifier-free guidance weight
-    ``guidance`` (1 = no guidance) and the pipelines' default dynamic thresholding; sample i starts
+    ``guidance`` (1 = no guidance), dynamic thresholding at percentile ``dynamic_threshold`` (None:
+    off — at moderate guidance it pulls the world's saturated colours towards grey); sample i starts
     from noise seeded by (seed, i). Items are rendered at the base model's resolution.
 
     Returns {"config", "summary" (the model's accuracies, `summarize`), "ground_truth" (the same
@@ -538,7 +539,8 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
 
     lines = [f"# Text-to-image prompt following — {name}", "",
              f"{c['items']} single-object prompts (benchmark seed {c['bench_seed']}) at {c['resolution']} px; "
-             f"DDIM ({c['spacing']} spacing), {c['steps']} steps, guidance {c['guidance']}, sampling seed "
+             f"DDIM ({c['spacing']} spacing), {c['steps']} steps, guidance {c['guidance']}, dynamic thresholding "
+             f"{c['dynamic_threshold'] if c.get('dynamic_threshold') else 'off'}, sampling seed "
              f"{c['seed']}.", "",
              "Background: the border ring's dominant colour is the background's (either colour for stripes and "
              "paintings). Colour: the object's dominant palette colour is the prompted one. Position: the "
@@ -619,7 +621,8 @@ def _t2i_command(args) -> List[Path]:
         if not bundle.has(part):
             hint = "" if args.model else " (the default weights folder; pass --model DIR)"
             raise CommandError(f"{bundle.directory}{hint} has no '{part}' model, which the t2i evaluation needs")
-    result = run_t2i(bundle, items=args.items, steps=args.steps, guidance=args.guidance, seed=args.seed,
+    result = run_t2i(bundle, items=args.items, steps=args.steps, guidance=args.guidance,
+                     dynamic_threshold=args.dynamic_threshold, seed=args.seed,
                      batch_size=args.batch_size, bench_seed=args.bench_seed, progress=not args.quiet)
     name = Path(args.model).resolve().name if args.model else "default"
     return write_t2i_report(result, args.out, name)
@@ -627,6 +630,8 @@ def _t2i_command(args) -> List[Path]:
 
 def add_t2i_command(benches) -> None:
     """Register ``diffrt eval t2i`` on the ``diffrt eval`` subparsers."""
+    from .commands import add_threshold_option
+
     t = benches.add_parser("t2i", help="text-to-image prompt following: background, colour, position and shape",
                            description="Sample single-object prompts of the procedural world with the base model "
                                        "as text-to-image, check background colour, object colour, position and "
@@ -636,6 +641,7 @@ def add_t2i_command(benches) -> None:
     t.add_argument("--items", type=int, default=DEFAULT_ITEMS, help=f"prompts (default {DEFAULT_ITEMS})")
     t.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     t.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance weight (default 5)")
+    add_threshold_option(t)
     t.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     t.add_argument("--bench-seed", type=int, default=DEFAULT_BENCH_SEED,
                    help=f"seed of the benchmark's prompts (default {DEFAULT_BENCH_SEED})")
