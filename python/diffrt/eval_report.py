@@ -34,7 +34,7 @@ METRIC_NAMES = {
 }
 BREAKDOWN_NAMES = {"mask_size": "Mask size", "attribute": "Attribute", "object_category": "Object",
                    "scene": "Scene"}
-HEADLINE = ("clip_score", "clip_r_precision", "attribute_accuracy")  # text alignment, EditBench's question
+HEADLINE = ("clip_score", "clip_r_precision", "attribute_accuracy", "colour_accuracy")  # text alignment, EditBench's question
 
 
 def have_matplotlib() -> bool:
