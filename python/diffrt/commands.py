@@ -4,7 +4,6 @@ Each reads PNG/JPEG files, runs a pipeline on a model bundle (``--model DIR``) a
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 from typing import List
 

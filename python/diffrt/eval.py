@@ -733,6 +733,11 @@ def _example_indices(items: Sequence[EditBenchItem], count: int) -> List[int]:
     return chosen
 
 
+def threshold_label(config: Dict[str, Any]) -> str:
+    """A report config's dynamic-thresholding percentile, or 'off' (also for reports that predate the key)."""
+    return str(config.get("dynamic_threshold") or "off")
+
+
 def _check_positive(name: str, value, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
         raise ValueError(f"{name} must be an int >= {0 if allow_zero else 1}, got {value!r}")
@@ -992,4 +997,4 @@ __all__ = ["ATTRIBUTES", "BREAKDOWNS", "DEFAULT_ITEMS", "EditBenchItem", "EditBe
            "background_psnr", "by_mask_size", "clip_r_precision", "clip_r_precision_hits", "clip_score",
            "colour_accuracy", "compare_editbench", "design_cell", "dominant_colour", "edit_item", "editbench",
            "expected_attributes", "mask_iou", "mask_simple", "mask_size_class", "predict_attributes", "run_editbench",
-           "silhouette", "summarize", "texture_features"]
+           "silhouette", "summarize", "texture_features", "threshold_label"]

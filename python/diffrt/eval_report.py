@@ -20,7 +20,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .eval import BREAKDOWNS, MASK_SIZES, METRICS, PROMPT_NAMES, PROMPT_TYPES, EditBenchResult
+from .eval import BREAKDOWNS, MASK_SIZES, METRICS, PROMPT_NAMES, PROMPT_TYPES, EditBenchResult, threshold_label
 
 METRIC_NAMES = {
     "clip_score": "CLIPScore",
@@ -34,7 +34,8 @@ METRIC_NAMES = {
 }
 BREAKDOWN_NAMES = {"mask_size": "Mask size", "attribute": "Attribute", "object_category": "Object",
                    "scene": "Scene"}
-HEADLINE = ("clip_score", "clip_r_precision", "attribute_accuracy", "colour_accuracy")  # text alignment, EditBench's question
+# text alignment, EditBench's question
+HEADLINE = ("clip_score", "clip_r_precision", "attribute_accuracy", "colour_accuracy")
 
 
 def have_matplotlib() -> bool:
@@ -59,7 +60,7 @@ def markdown_report(result: EditBenchResult) -> str:
     lines = [f"# EditBench — {result.name}", "",
              f"{c['items']} items × 3 prompts at {c['resolution']} px (model output {c['model_resolution']} px"
              f"{', with super-resolution' if c['super_resolution'] else ''}); {c['steps']} DDIM steps, guidance "
-             f"{c['guidance']}, dynamic thresholding {c['dynamic_threshold'] if c.get('dynamic_threshold') else 'off'}, "
+             f"{c['guidance']}, dynamic thresholding {threshold_label(c)}, "
              f"sampling seed {c['seed']}, benchmark seed {c['bench_seed']}; DiffEdit masks from "
              f"{c['diffedit_n']} noise draws at strength {c['diffedit_strength']}. Mask sizes: small < "
              f"{c['mask_size_bins'][0]:.1%} ≤ medium < {c['mask_size_bins'][1]:.1%} ≤ large (of the image).",
@@ -215,7 +216,7 @@ def comparison_markdown(results: Mapping[str, EditBenchResult], metrics: Sequenc
                              f"{c['resolution']} px) than {names[0]}; compare runs on the same items")
     lines = [f"# EditBench comparison: {', '.join(names)}", "",
              f"{first['items']} items at {first['resolution']} px, {first['steps']} DDIM steps, guidance "
-             f"{first['guidance']}, dynamic thresholding {first.get('dynamic_threshold') or 'off'}, the same noise for "
+             f"{first['guidance']}, dynamic thresholding {threshold_label(first)}, the same noise for "
              "every model; one CLIP scores all of them.", ""]
     delta = len(names) == 2
     if delta:

@@ -45,7 +45,7 @@ import torch
 
 from .data.world import (BACKGROUNDS, COLOUR_RGB, COLOURS, GLYPHS, SHAPES, SIZES, BackgroundSpec, ObjectSpec,
                          SceneSpec, check_resolution, render, sample_scene, spatial_phrase)
-from .eval import _PALETTE, _check_positive, _closed, _generator, component_labels
+from .eval import _PALETTE, _check_positive, _closed, _generator, component_labels, threshold_label
 
 DEFAULT_ITEMS = 200
 DEFAULT_BENCH_SEED = 1234
@@ -540,7 +540,7 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
     lines = [f"# Text-to-image prompt following — {name}", "",
              f"{c['items']} single-object prompts (benchmark seed {c['bench_seed']}) at {c['resolution']} px; "
              f"DDIM ({c['spacing']} spacing), {c['steps']} steps, guidance {c['guidance']}, dynamic thresholding "
-             f"{c['dynamic_threshold'] if c.get('dynamic_threshold') else 'off'}, sampling seed "
+             f"{threshold_label(c)}, sampling seed "
              f"{c['seed']}.", "",
              "Background: the border ring's dominant colour is the background's (either colour for stripes and "
              "paintings). Colour: the object's dominant palette colour is the prompted one. Position: the "
