@@ -45,6 +45,29 @@ def test_shipped_clip_matches_captions_to_images(shipped):
     assert hits / 64 > 0.8, hits / 64
 
 
+CONFIGS = bundles.DEFAULT_DIRECTORY / "configs"
+
+
+@pytest.mark.parametrize("config_file", sorted(CONFIGS.glob("*.toml")), ids=lambda f: f.stem)
+def test_committed_configs_build_the_shipped_architectures(config_file, shipped):
+    """Every training config next to the weights parses (unknown keys fail) and builds the architecture
+    of the part it trains, so the model card's commands reproduce what is shipped."""
+    import tomllib
+
+    from diffrt.train import TrainConfig
+    from diffrt.train.kinds import build
+
+    config = tomllib.loads(config_file.read_text())
+    kind = config_file.stem.split("_")[0]
+    TrainConfig(**config["train"])
+    if kind != "clip":  # the CLIP run it names may not exist here: build with the shipped one
+        config["text"]["clip"] = str(bundles.DEFAULT_DIRECTORY / "clip")
+    model = build(kind, config).model
+    part = {"base": shipped.unet("base"), "sr": shipped.unet("sr"), "prior": shipped.prior,
+            "decoder": shipped.unet("decoder"), "clip": shipped.clip}[kind]
+    assert model.config == part.config, config_file.name
+
+
 def test_demo_runs_on_the_shipped_weights(tmp_path, capsys):
     from PIL import Image
 
