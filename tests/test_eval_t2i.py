@@ -113,6 +113,48 @@ def test_position_inverts_the_caption():
     assert not et.position_matches((1 / 3 + 2 / 32, 0.5), "on the left", 32)
 
 
+@pytest.mark.parametrize("attribute", et.SENSITIVITY_ATTRIBUTES)
+def test_changed_scene_changes_one_attribute_of_the_caption(items, attribute):
+    """The changed scene's caption differs from the original, and renders with only that attribute
+    changed: the checks of the original scene fail on it for exactly that attribute's check."""
+    check_of = {"colour": "colour", "position": "position", "shape": "shape", "background": "background"}
+    for item in items[:20]:
+        changed = et.changed_scene(item.scene, attribute)
+        assert caption_full(changed) != item.prompt
+        if attribute == "shape" and not item.shape_checkable:
+            continue
+        result = et.check(item.scene, _rendered(changed))["checks"]
+        assert not result[check_of[attribute]], (attribute, item.prompt, caption_full(changed))
+    with pytest.raises(ValueError, match="attribute"):
+        et.changed_scene(items[0].scene, "texture")
+
+
+class _WordEncoder:
+    """A text encoder that sees only the words in ``seen``: pooled = counts of those words."""
+
+    def __init__(self, seen):
+        self.seen = list(seen)
+
+    def __call__(self, prompts):
+        counts = torch.tensor([[1.0 + p.split().count(w) for w in self.seen] for p in prompts])
+        return {"pooled": counts, "context": counts.unsqueeze(1).repeat(1, 2, 1),
+                "context_mask": torch.ones(len(prompts), 2, dtype=torch.bool)}
+
+
+def test_text_sensitivity_is_zero_for_dropped_attributes(items):
+    """An encoder blind to position words shows 0 for position and > 0 for colour; a full one > 0 for all."""
+    scenes = [it.scene for it in items[:30]]
+    blind = et.text_sensitivity(_WordEncoder(COLOURS), scenes)
+    assert blind["position"]["pooled"] == pytest.approx(0, abs=1e-12)
+    assert blind["position"]["tokens"] == pytest.approx(0, abs=1e-12)
+    assert blind["colour"]["pooled"] > 0.01 and blind["colour"]["tokens"] > 0.01
+    words = sorted({w for sc in scenes for a in (None, *et.SENSITIVITY_ATTRIBUTES)
+                    for w in caption_full(et.changed_scene(sc, a) if a else sc).split()})
+    full = et.text_sensitivity(_WordEncoder(words), scenes)
+    assert all(v["pooled"] > 0.001 for v in full.values()), full
+    with pytest.raises(ValueError, match="at least one"):
+        et.text_sensitivity(_WordEncoder(COLOURS), [])
+
 def test_blank_image_has_no_object(items):
     blank = _rendered(dataclasses.replace(items[0].scene, objects=()))
     result = et.check(items[0].scene, blank)
@@ -155,6 +197,9 @@ def test_t2i_cli_writes_the_report(tmp_path, bundle_dir, capsys):  # noqa: F811
         assert all(0 <= report[key]["overall"][c] <= 1 for c in ("background", "colour", "position", "colour_position"))
     md = (out / "t2i.md").read_text()
     assert "| Colour+position |" in md and "## By background kind" in md and "| ground truth |" in md
+    assert set(report["text_sensitivity"]) == set(et.SENSITIVITY_ATTRIBUTES)
+    assert all(0 <= v["pooled"] <= 2 for v in report["text_sensitivity"].values())
+    assert "## What the text encoder passes on" in md and "| position |" in md
     with Image.open(out / "t2i_samples.png") as grid:
         assert grid.size[0] > 4 * 96
     assert str(out / "t2i.json") in printed
