@@ -229,6 +229,13 @@ def test_bundle_packs_half_precision_weights_that_load(tmp_path, bundle_dir, cap
         assert b.dtype == torch.float32
         torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=k)
     assert (out / "clip" / "vocab.json").is_file() and (out / "base" / "diffusion.json").is_file()
+    # replacing one part, with the others taken from the bundle itself, keeps them
+    assert main(["bundle", "--out", str(out), f"--clip={out / 'clip'}", f"--sr={out / 'sr'}",
+                 f"--base={bundle_dir / 'base'}"]) == 0
+    assert (out / "clip" / "vocab.json").is_file() and (out / "sr" / "diffusion.json").is_file()
+    again = UNet.from_pretrained(out / "sr")
+    for (k, a), b in zip(UNet.from_pretrained(bundle_dir / "sr").state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=k)
     assert main(["bundle", "--out", str(out), "--base", str(bundle_dir / "base")]) == 2
     assert "must include 'clip'" in capsys.readouterr().err
     assert main(["bundle", "--out", str(out), "--clip", str(tmp_path)]) == 2

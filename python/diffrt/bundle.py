@@ -110,7 +110,7 @@ def pack(parts: Mapping[str, Union[str, Path]], out: Union[str, Path], *, dtype:
     """Assemble trained models (each a ``diffrt train`` run's ``final/`` folder) into the model folder
     ``out``, storing floating-point weights as ``dtype``: float16 halves the files and loads back into
     float32 models with a relative rounding error of at most 2^-11 per weight."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load, save_file
 
     from .models.serialization import WEIGHTS_FILE
 
@@ -123,10 +123,11 @@ def pack(parts: Mapping[str, Union[str, Path]], out: Union[str, Path], *, dtype:
         if not (source / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{source / WEIGHTS_FILE}: no trained '{name}' model here")
         target = out / name
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns(WEIGHTS_FILE))
-        tensors = load_file(str(source / WEIGHTS_FILE))
+        tensors = load((source / WEIGHTS_FILE).read_bytes())  # in memory: the source may be the target
+        if not (target.exists() and target.resolve() == source.resolve()):  # else re-store it in place
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(WEIGHTS_FILE))
         save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, str(target / WEIGHTS_FILE))
     bundle = Bundle(out)
     bundle.text_encoder  # noqa: B018 — load every part now: a bad part fails here, not at first use
