@@ -117,14 +117,13 @@ def test_position_inverts_the_caption():
 def test_changed_scene_changes_one_attribute_of_the_caption(items, attribute):
     """The changed scene's caption differs from the original, and renders with only that attribute
     changed: the checks of the original scene fail on it for exactly that attribute's check."""
-    check_of = {"colour": "colour", "position": "position", "shape": "shape", "background": "background"}
     for item in items[:20]:
         changed = et.changed_scene(item.scene, attribute)
         assert caption_full(changed) != item.prompt
         if attribute == "shape" and not item.shape_checkable:
             continue
         result = et.check(item.scene, _rendered(changed))["checks"]
-        assert not result[check_of[attribute]], (attribute, item.prompt, caption_full(changed))
+        assert not result[attribute], (attribute, item.prompt, caption_full(changed))
     with pytest.raises(ValueError, match="attribute"):
         et.changed_scene(items[0].scene, "texture")
 
@@ -154,6 +153,7 @@ def test_text_sensitivity_is_zero_for_dropped_attributes(items):
     assert all(v["pooled"] > 0.001 for v in full.values()), full
     with pytest.raises(ValueError, match="at least one"):
         et.text_sensitivity(_WordEncoder(COLOURS), [])
+
 
 def test_blank_image_has_no_object(items):
     blank = _rendered(dataclasses.replace(items[0].scene, objects=()))

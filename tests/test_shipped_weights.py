@@ -63,8 +63,7 @@ def test_committed_configs_build_the_shipped_architectures(config_file, shipped)
     if kind != "clip":  # the CLIP run it names may not exist here: build with the shipped one
         config["text"]["clip"] = str(bundles.DEFAULT_DIRECTORY / "clip")
     model = build(kind, config).model
-    part = {"base": shipped.unet("base"), "sr": shipped.unet("sr"), "prior": shipped.prior,
-            "decoder": shipped.unet("decoder"), "clip": shipped.clip}[kind]
+    part = shipped.clip if kind == "clip" else shipped.prior if kind == "prior" else shipped.unet(kind)
     assert model.config == part.config, config_file.name
 
 
