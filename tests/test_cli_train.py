@@ -95,6 +95,21 @@ def test_inpainting_kinds(tmp_path, clip_run, kind):
     assert (run / "samples" / "step_00000012.png").is_file()
 
 
+def test_object_loss_weight_reaches_the_objective(tmp_path, clip_run):
+    """[diffusion] object_loss_weight weights the base run's loss; the plain MSE is logged beside it."""
+    from diffrt.train.kinds import build
+
+    config = write_config(tmp_path, "base", clip_run / "final")
+    weighted = config.read_text().replace("caption_dropout = 0.1\n",
+                                          "caption_dropout = 0.1\nobject_loss_weight = 3.0\n")
+    config.write_text(weighted)
+    assert build("base", tomllib.loads(config.read_text())).objective.object_loss_weight == 3.0
+    run = tmp_path / "run"
+    assert main(["train", "base", "--config", str(config), "--run-dir", str(run), "--steps", "6"]) == 0
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged and all("mse" in m and m["mse"] != m["loss"] for m in logged)
+
+
 def test_cli_resume_is_bit_exact(tmp_path, clip_run):
     """12 steps in one go equal 6 steps, a stop, and --resume for the other 6 (data position included)."""
     config = write_config(tmp_path, "prior", clip_run / "final")

@@ -10,7 +10,7 @@ from diffrt.models.tokenizer import Tokenizer
 from diffrt.models.unet import UNet, UNetConfig
 from diffrt.schedules import NoiseSchedule
 from diffrt.train import TrainConfig, Trainer
-from diffrt.train.objectives import CLIPObjective, PriorObjective, UNetObjective, drop_prompts
+from diffrt.train.objectives import CLIPObjective, PriorObjective, UNetObjective, drop_prompts, objects_union
 
 PROMPTS = ["a red circle", "a blue square", "two green triangles", "a yellow star"]
 
@@ -27,7 +27,9 @@ def batch(n=4, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(n, 1, size, size)
     mask[:, :, 4:12, 4:12] = 1
-    return {"image": torch.rand(n, 3, size, size, generator=g) * 2 - 1, "mask": mask, "prompt": PROMPTS[:n]}
+    objects = [torch.rand(i % 3, 1, size, size, generator=g) < 0.1 for i in range(n)]  # 0, 1 or 2 objects
+    return {"image": torch.rand(n, 3, size, size, generator=g) * 2 - 1, "mask": mask, "prompt": PROMPTS[:n],
+            "object_masks": objects}
 
 
 def unet(**kw):
@@ -38,7 +40,8 @@ def unet(**kw):
 def train_steps(model, objective, steps=15, lr=3e-3):
     data = batch()
     cfg = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_steps=1, ema_decay=None, checkpoint_every=1000)
-    t = Trainer(model, objective, lambda start: iter(lambda: data, None), cfg, "/tmp/diffrt-objective-test", progress=False)
+    t = Trainer(model, objective, lambda start: iter(lambda: data, None), cfg, "/tmp/diffrt-objective-test",
+                progress=False)
     first = objective(model, data, torch.Generator().manual_seed(0))[0].item()
     t.run()
     return first, objective(model, data, torch.Generator().manual_seed(0))[0].item()
@@ -55,7 +58,7 @@ def test_unet_objectives_train(parts, kind):
     noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
     if kind == "inpainting":
         model = unet(cond_image=True, prediction_type="v_prediction")
-        objective = UNetObjective(noise, text, prediction_type="v_prediction")
+        objective = UNetObjective(noise, text, prediction_type="v_prediction", object_loss_weight=4.0)
     elif kind == "super_resolution":
         model = unet(low_res_channels=3, cond_image=True)
         objective = UNetObjective(noise, text, prediction_type="epsilon", sr_factor=2)
@@ -80,3 +83,46 @@ def test_prior_objective_trains(parts):
     objective = PriorObjective(NoiseSchedule.make("squaredcos_cap_v2"), text, clip.encode_image)
     first, last = train_steps(prior, objective, steps=25)
     assert last < first
+
+
+class FixedPrediction(torch.nn.Module):
+    def __init__(self, prediction):
+        super().__init__()
+        self.prediction = prediction
+
+    def forward(self, x, t, cond):
+        return self.prediction
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0, 4.0])
+def test_object_loss_weight_matches_float64_reference(weight):
+    data = batch(seed=3)
+    prediction = torch.randn(data["image"].shape, generator=torch.Generator().manual_seed(5))
+    noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
+    objective = UNetObjective(noise, None, prediction_type="sample", image_conditioning=False,
+                              object_loss_weight=weight)  # target = x0, the batch's images
+    loss, metrics = objective(FixedPrediction(prediction), data, torch.Generator().manual_seed(0))
+    error = (prediction.double() - data["image"].double()) ** 2
+    inside = torch.stack([m.any(0) if len(m) else torch.zeros(1, 16, 16, dtype=torch.bool)
+                          for m in data["object_masks"]]).double()
+    w = (1 + (weight - 1) * inside).expand_as(error)
+    expected = (w * error).sum() / w.sum()
+    tol = 8 * torch.finfo(torch.float32).eps * expected.item()
+    assert abs(loss.item() - expected.item()) <= tol
+    if weight != 1.0:
+        assert abs(metrics["mse"] - error.mean().item()) <= 8 * torch.finfo(torch.float32).eps * error.mean().item()
+        assert abs(loss.item() - error.mean().item()) > 100 * tol  # the weighting changes the loss
+
+
+def test_objects_union_and_validation():
+    masks = [torch.zeros(0, 1, 4, 4, dtype=torch.bool), torch.zeros(2, 1, 4, 4, dtype=torch.bool)]
+    masks[1][0, 0, 0, 0] = masks[1][1, 0, 3, 3] = True
+    union = objects_union(masks, torch.zeros(2, 3, 4, 4))
+    assert union.shape == (2, 1, 4, 4) and union[0].sum() == 0 and union[1].sum() == 2
+    assert union[1, 0, 0, 0] == 1 and union[1, 0, 3, 3] == 1
+    with pytest.raises(ValueError, match="object-mask sets"):
+        objects_union(masks[:1], torch.zeros(2, 3, 4, 4))
+    noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="object_loss_weight"):
+            UNetObjective(noise, None, prediction_type="sample", object_loss_weight=bad)

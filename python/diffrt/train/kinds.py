@@ -9,7 +9,7 @@
 
 Config sections: [train] (TrainConfig), [model] (the model's config), [data] (resolution, seed,
 masking, p_full, object_full_caption, workers), [diffusion] (beta_schedule, zero_terminal_snr, prediction_type,
-caption_dropout, sr_factor, max_noise_level), [text] (clip: folder of a trained CLIP run), [init]
+caption_dropout, object_loss_weight, sr_factor, max_noise_level), [text] (clip: folder of a trained CLIP run), [init]
 (from: a trained model folder of the same architecture to start from, e.g. a shipped part).
 """
 
@@ -148,6 +148,7 @@ def build(kind: str, config: Dict[str, Any]) -> Kind:
     noise = _noise_schedule(diffusion)
     prediction = diffusion.get("prediction_type", "epsilon")
     dropout = float(diffusion.get("caption_dropout", 0.1))
+    object_weight = float(diffusion.get("object_loss_weight", 1.0))
     save = lambda m, folder: _save_diffusion(m, folder, diffusion)  # noqa: E731
     if kind == "prior":
         model = DiffusionPrior(_config(PriorConfig, {**model_cfg, "embed_dim": text.embed_dim, "text_width": text.width,
@@ -157,7 +158,8 @@ def build(kind: str, config: Dict[str, Any]) -> Kind:
     if kind == "base":
         model_cfg = {**common, "image_size": resolution, "cond_image": True, **model_cfg}
         model = UNet(_config(UNetConfig, model_cfg, "model"))
-        objective = UNetObjective(noise, text, prediction_type=prediction, caption_dropout=dropout)
+        objective = UNetObjective(noise, text, prediction_type=prediction, caption_dropout=dropout,
+                                  object_loss_weight=object_weight)
         preview = _unet_preview(text, noise, model.config.image_size, True)
         return Kind(model, objective, masking_from(data), save, preview)
     if kind == "sr":
@@ -165,10 +167,12 @@ def build(kind: str, config: Dict[str, Any]) -> Kind:
         model_cfg = {**common, "image_size": resolution, "cond_image": True, "low_res_channels": 3, **model_cfg}
         model = UNet(_config(UNetConfig, model_cfg, "model"))
         objective = UNetObjective(noise, text, prediction_type=prediction, caption_dropout=dropout, sr_factor=factor,
-                                  max_noise_level=int(diffusion.get("max_noise_level", 250)))
+                                  max_noise_level=int(diffusion.get("max_noise_level", 250)),
+                                  object_loss_weight=object_weight)
         return Kind(model, objective, masking_from(data), save, _unet_preview(text, noise, resolution, True, low_res=3))
     model_cfg = {**common, "image_size": resolution, "image_embed_dim": text.embed_dim, **model_cfg}
     model = UNet(_config(UNetConfig, model_cfg, "model"))
-    objective = UNetObjective(noise, text, prediction_type=prediction, caption_dropout=dropout, image_conditioning=False,
-                              image_encoder=text.clip.encode_image, embed_dropout=dropout)
+    objective = UNetObjective(noise, text, prediction_type=prediction, caption_dropout=dropout,
+                              image_conditioning=False, image_encoder=text.clip.encode_image, embed_dropout=dropout,
+                              object_loss_weight=object_weight)
     return Kind(model, objective, FullMasking(), save, _unet_preview(text, noise, resolution, False, image_embed=True))

@@ -45,15 +45,25 @@ class UNetObjective:
     """Denoising loss of the base text-to-image / inpainting UNet, the super-resolution UNet
     (``sr_factor`` > 1: the model also sees the image downsampled by that factor, noise-augmented
     to a random level below ``max_noise_level``) and the unCLIP decoder (``image_encoder``: the CLIP
-    image embedding conditions the model; dropped with ``embed_dropout``)."""
+    image embedding conditions the model; dropped with ``embed_dropout``).
+
+    ``object_loss_weight`` λ weights the squared error of pixels inside the scene's objects λ times
+    that of the background: loss = Σ w·(pred − target)² / Σ w, w = 1 + (λ − 1)·[pixel in an object].
+    The per-pixel minimiser (the conditional mean of the target) is unchanged; only the capacity
+    spent on objects — a few pixels each at 32 px, where the caption's colour and position live —
+    grows. λ = 1 is the plain mean squared error."""
 
     def __init__(self, noise_schedule: NoiseSchedule, text_encoder: Optional[TextEncoder], *, prediction_type: str,
                  caption_dropout: float = 0.1, image_conditioning: bool = True, sr_factor: int = 1,
-                 max_noise_level: int = 250, image_encoder: Optional[nn.Module] = None, embed_dropout: float = 0.1):
+                 max_noise_level: int = 250, image_encoder: Optional[nn.Module] = None, embed_dropout: float = 0.1,
+                 object_loss_weight: float = 1.0):
+        if not object_loss_weight > 0:
+            raise ValueError(f"object_loss_weight must be > 0, got {object_loss_weight}")
         self.noise_schedule, self.text_encoder = noise_schedule, text_encoder
         self.prediction_type, self.caption_dropout = prediction_type, caption_dropout
         self.image_conditioning, self.sr_factor, self.max_noise_level = image_conditioning, sr_factor, max_noise_level
         self.image_encoder, self.embed_dropout = image_encoder, embed_dropout
+        self.object_loss_weight = float(object_loss_weight)
 
     def conditions(self, batch: dict, generator: torch.Generator) -> dict:
         image = batch["image"]
@@ -80,7 +90,20 @@ class UNetObjective:
         x_t, noise, t = _noised(self.noise_schedule, x0, generator)
         pred = model(x_t, t, self.conditions(batch, generator))
         target = diffusion_target(self.noise_schedule, self.prediction_type, x0, noise, t)
-        return F.mse_loss(pred.float(), target.float()), {}
+        if self.object_loss_weight == 1.0:
+            return F.mse_loss(pred.float(), target.float()), {}
+        error = (pred.float() - target.float()) ** 2
+        weight = 1 + (self.object_loss_weight - 1) * objects_union(batch["object_masks"], x0)
+        loss = (weight * error).sum() / (weight.sum() * error.shape[1])
+        return loss, {"mse": error.mean().item()}
+
+
+def objects_union(object_masks: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) float: 1 where a pixel belongs to any of its scene's objects (collated
+    ``object_masks``: one (N, 1, H, W) bool tensor per sample, N ≥ 0)."""
+    if len(object_masks) != like.shape[0]:
+        raise ValueError(f"{len(object_masks)} object-mask sets for a batch of {like.shape[0]}")
+    return torch.stack([m.any(dim=0) for m in object_masks]).to(like)
 
 
 class CLIPObjective:
