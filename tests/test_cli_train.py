@@ -363,7 +363,8 @@ def test_a_corrupt_newest_checkpoint_names_the_intact_ones_and_resume_from_uses_
     config = write_config(tmp_path, "clip")
     run = copy_run(clip_run, tmp_path)
     weights = run / "checkpoints" / "step_00000012" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-10])
+    corrupt = weights.read_bytes()[:-10]
+    weights.write_bytes(corrupt)
     assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "step_00000012/model.safetensors: corrupt" in err
@@ -371,12 +372,19 @@ def test_a_corrupt_newest_checkpoint_names_the_intact_ones_and_resume_from_uses_
     assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume-from", "9"]) == 2
     assert "no checkpoint of step 9 to resume from; intact checkpoints at steps 6" in capsys.readouterr().err
 
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume-from", "6",
+                 "--stop-at", "3"]) == 2
+    assert "--stop-at 3 is before the checkpoint's step 6" in capsys.readouterr().err
+
     saved = []
     real = Checkpointer.save
     monkeypatch.setattr(Checkpointer, "save", lambda self, step, *a: saved.append(step) or real(self, step, *a))
     assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume-from", "6"]) == 0
-    assert "resuming from step 6" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming from step 6" in err and "set aside" in err
     assert saved == [12]  # the loop's step-12 checkpoint, not written a second time at the end
+    abandoned = run / "checkpoints" / "abandoned" / "step_00000012" / "model.safetensors"
+    assert abandoned.read_bytes() == corrupt  # set aside, not deleted
     straight = Checkpointer(clip_run / "checkpoints").load(clip_run / "checkpoints" / "step_00000012")[0]["model"]
     resumed = Checkpointer(run / "checkpoints").load(run / "checkpoints" / "step_00000012")[0]["model"]
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -349,6 +349,18 @@ def test_replacing_a_checkpoint_never_loses_it(tmp_path, monkeypatch, kill):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000006"]
 
 
+def test_pruning_keeps_the_checkpoint_just_written(tmp_path):
+    """A new run in an old run's folder (keep = 1): its step-3 checkpoint is not pruned in favour of
+    the old run's step 9."""
+    Trainer(toy_model(), loss_fn, make_batches(), config(keep_checkpoints=1), tmp_path, progress=False).run(9)
+    again = Trainer(toy_model(), loss_fn, make_batches(), config(keep_checkpoints=1), tmp_path, progress=False)
+    again.run(3)
+    assert [p.name for p in again.checkpointer.all()] == ["step_00000003", "step_00000009"]
+    again.checkpointer.set_aside_after(3)
+    assert [p.name for p in again.checkpointer.all()] == ["step_00000003"]
+    assert (tmp_path / "checkpoints" / "abandoned" / "step_00000009" / "manifest.json").is_file()
+
+
 def test_the_last_step_is_saved_once(tmp_path, monkeypatch):
     t = Trainer(toy_model(), loss_fn, make_batches(), config(checkpoint_every=3), tmp_path, progress=False)
     saved = []

@@ -130,6 +130,9 @@ def _run_training(args) -> int:
         if resume_from is None:
             what = "no checkpoint" if args.resume_from is None else f"no checkpoint of step {args.resume_from}"
             raise CheckpointError(f"{checkpointer.directory}: {what} to resume from{_resume_hint(checkpointer)}")
+        resume_step = args.resume_from if args.resume_from is not None else max(checkpointer.by_step())
+        if args.stop_at is not None and args.stop_at < resume_step:
+            raise ValueError(f"--stop-at {args.stop_at} is before the checkpoint's step {resume_step}")
     try:
         torch.manual_seed(train_config.seed)  # the initial weights are part of the run's recipe
         kind = build(args.kind, config)
@@ -145,9 +148,10 @@ def _run_training(args) -> int:
                 step = trainer.resume(resume_from)
             except CheckpointError as e:
                 raise CheckpointError(f"{e}{_resume_hint(checkpointer)}") from e
-            if args.stop_at is not None and args.stop_at < step:
-                raise ValueError(f"--stop-at {args.stop_at} is before the checkpoint's step {step}")
             print(f"resuming from step {step}", file=sys.stderr)
+            if rank == 0:
+                for moved in checkpointer.set_aside_after(step):
+                    print(f"set aside {moved} (a later step of the run continued from step {step})", file=sys.stderr)
         metrics = trainer.run(args.stop_at)
         interrupted = trainer.stop_signal is not None and trainer.step < train_config.steps
         if trainer.step < train_config.steps and rank == 0:
@@ -236,7 +240,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     resume.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
     resume.add_argument("--resume-from", type=int, metavar="STEP",
                         help="continue from the checkpoint of step STEP (e.g. an earlier intact one when the newest "
-                             "is corrupt; later checkpoints are replaced as the run passes their steps)")
+                             "is corrupt); checkpoints of later steps are moved to checkpoints/abandoned/")
     train.add_argument("--run-dir", help="output folder (default: run_dir from the config, or runs/KIND)")
     train.add_argument("--steps", type=int, help="override [train] steps (the length of the LR schedule)")
     train.add_argument("--stop-at", type=int, metavar="N",

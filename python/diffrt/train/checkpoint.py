@@ -16,6 +16,7 @@ A folder is written under a temporary name (``.tmp``) and renamed into place, so
 leaves no half checkpoint. Replacing a complete checkpoint of the same step first renames it to
 ``.old``, which still counts as that step's checkpoint until its replacement is in place; older
 checkpoints are pruned (renamed away, then deleted) only after a new one is complete.
+``abandoned/`` holds checkpoints set aside when a run continued from an earlier step.
 """
 
 from __future__ import annotations
@@ -214,9 +215,25 @@ class Checkpointer:
         _fsync_dir(self.directory)
         if old.exists():
             self._remove(old)
-        for superseded in self.all()[: -self.keep]:
+        # Keep the newest K up to this step; later ones (another run's) are left alone, not pruned
+        # in place of the checkpoint just written.
+        for superseded in [p for s, p in self.by_step().items() if s <= step][: -self.keep]:
             self._remove(superseded)
         return final
+
+    def set_aside_after(self, step: int) -> List[Path]:
+        """Move the checkpoints of steps after ``step`` into ``abandoned/`` (a run continued from
+        ``step`` must not resume from them later); returns their new folders."""
+        moved = []
+        for later, path in self.by_step().items():
+            if later > step:
+                target = self.directory / "abandoned" / f"step_{later:08d}"
+                target.parent.mkdir(exist_ok=True)
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(path, target)
+                moved.append(target)
+        return moved
 
     @staticmethod
     def _write(path: Path, data: bytes) -> str:

@@ -72,7 +72,7 @@ def batch_factory(data: Dict[str, Any], micro_batch: int, masking, rank: int = 0
         # The samples are a pure function of their index; a generator of the loader's own keeps it
         # from drawing its workers' base seed from the global RNG, which a resume restores exactly.
         loader = torch.utils.data.DataLoader(stream, batch_size=micro_batch, collate_fn=collate, num_workers=workers,
-                                             worker_init_fn=ignore_stop_signals if workers else None,
+                                             worker_init_fn=ignore_stop_signals,
                                              generator=torch.Generator())
         return iter(loader)
 
