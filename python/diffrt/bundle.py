@@ -124,7 +124,7 @@ def pack(parts: Mapping[str, Union[str, Path]], out: Union[str, Path], *, dtype:
         raise ValueError(f"parts must include 'clip' and be among {PARTS}, got {sorted(parts)}")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+        raise ValueError(f"{out}: exists and is not a folder (the bundle is written as a folder)")
     for name, source in parts.items():
         if not (Path(source) / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{Path(source) / WEIGHTS_FILE}: no trained '{name}' model here")
