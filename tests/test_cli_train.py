@@ -1,7 +1,14 @@
 """`diffrt train KIND --config FILE` end to end on tiny configs: every kind trains, writes metrics,
 checkpoints, previews and final weights that load; --resume continues; bad configs fail clearly."""
 
+import errno
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -295,3 +302,193 @@ def test_init_from_warm_starts_from_a_trained_model(tmp_path, clip_run, capsys):
     other.write_text(warm.read_text().replace("base_channels = 16", "base_channels = 32"))
     assert main(["train", "base", "--config", str(other), "--run-dir", str(tmp_path / "x"), "--steps", "1"]) == 2
     assert "another architecture" in capsys.readouterr().err
+
+
+def edited_config(tmp_path, kind, clip_dir=None, **replacements):
+    """write_config with lines of tiny.toml replaced: key = "old line" → "new line(s)"."""
+    path = write_config(tmp_path, kind, clip_dir)
+    text = path.read_text()
+    for old, new in replacements.values():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("edit, options, message", [
+    (("ema_decay = 0.9", "ema_decay = 2.0"), [], "[train] ema_decay must be in [0, 1)"),
+    (("warmup_steps = 2", "warmup_steps = -1"), [], "[train] warmup_steps must be >= 0, got -1"),
+    (("checkpoint_every = 6", "checkpoint_every = -6"), [], "[train] checkpoint_every must be >= 1, got -6"),
+    (("steps = 12", 'steps = "12"'), [], "[train] steps must be an integer"),
+    (None, ["--steps", "-5"], "--steps must be >= 1, got -5"),
+    (None, ["--stop-at", "-5"], "--stop-at must be >= 0, got -5"),
+    (None, ["--stop-at", "13"], "--stop-at 13 is past the run's end ([train] steps = 12)"),
+    (None, ["--resume-from", "-1"], "--resume-from must be >= 0, got -1"),
+])
+def test_bad_train_values_name_their_key(tmp_path, capsys, edit, options, message):
+    config = edited_config(tmp_path, "clip", **({"edit": edit} if edit else {}))
+    run = tmp_path / "run"
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run)] + options) == 2
+    assert message in capsys.readouterr().err
+    assert not (run / "checkpoints").exists()
+
+
+def test_run_dir_that_is_a_file_fails_clearly(tmp_path, capsys):
+    config = write_config(tmp_path, "clip")
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("x")
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(not_a_folder)]) == 2
+    assert f"--run-dir {not_a_folder}: exists and is not a folder" in capsys.readouterr().err
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(not_a_folder / "run")]) == 2
+    assert f"--run-dir {not_a_folder / 'run'}: cannot create the folder" in capsys.readouterr().err
+
+
+def copy_run(clip_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(clip_run, run, ignore=shutil.ignore_patterns("final"))
+    return run
+
+
+def test_resume_without_a_checkpoint_fails_clearly(tmp_path, capsys):
+    config = write_config(tmp_path, "clip")
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(tmp_path / "run"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint to resume from; no intact checkpoint" in err and "start again without --resume" in err
+
+
+def test_a_corrupt_newest_checkpoint_names_the_intact_ones_and_resume_from_uses_one(tmp_path, clip_run, capsys,
+                                                                                      monkeypatch):
+    from diffrt.train.checkpoint import Checkpointer
+
+    config = write_config(tmp_path, "clip")
+    run = copy_run(clip_run, tmp_path)
+    weights = run / "checkpoints" / "step_00000012" / "model.safetensors"
+    corrupt = weights.read_bytes()[:-10]
+    weights.write_bytes(corrupt)
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "step_00000012/model.safetensors: corrupt" in err
+    assert "intact checkpoints at steps 6: continue from one with --resume-from STEP (e.g. 6)" in err
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume-from", "9"]) == 2
+    assert "no checkpoint of step 9 to resume from; intact checkpoints at steps 6" in capsys.readouterr().err
+
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume-from", "6",
+                 "--stop-at", "3"]) == 2
+    assert "--stop-at 3 is before the checkpoint's step 6" in capsys.readouterr().err
+
+    saved = []
+    real = Checkpointer.save
+    monkeypatch.setattr(Checkpointer, "save", lambda self, step, *a: saved.append(step) or real(self, step, *a))
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume-from", "6"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming from step 6" in err and "set aside" in err
+    assert saved == [12]  # the loop's step-12 checkpoint, not written a second time at the end
+    abandoned = run / "checkpoints" / "abandoned" / "step_00000012" / "model.safetensors"
+    assert abandoned.read_bytes() == corrupt  # set aside, not deleted
+    straight = Checkpointer(clip_run / "checkpoints").load(clip_run / "checkpoints" / "step_00000012")[0]["model"]
+    resumed = Checkpointer(run / "checkpoints").load(run / "checkpoints" / "step_00000012")[0]["model"]
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [3, 6, 9, 12]
+
+
+def test_a_pickled_checkpoint_runs_no_code_on_export_or_resume(tmp_path, clip_run, capsys):
+    from tests.test_train_loop import plant_pickled_trainer_state
+
+    from diffrt.train.checkpoint import Checkpointer
+
+    config = write_config(tmp_path, "clip")
+    run = copy_run(clip_run, tmp_path)
+    checkpoint, marker = run / "checkpoints" / "step_00000012", tmp_path / "payload-ran"
+    ema = Checkpointer(run / "checkpoints").load(checkpoint)[0]["ema"]
+    plant_pickled_trainer_state(checkpoint, marker)
+    out = tmp_path / "exported"
+    assert main(["export", "clip", "--run-dir", str(run), "--out", str(out)]) == 0  # the weights are safetensors
+    assert not marker.exists()
+    exported = CLIP.from_pretrained(out).state_dict()
+    assert all(torch.equal(exported[k], v.to(exported[k].dtype)) for k, v in ema.items())
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--resume"]) == 2
+    assert "is a pickle, which can run arbitrary code when loaded, so it is not loaded" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_full_disk_is_a_clear_error_that_keeps_the_checkpoints(tmp_path, clip_run, capsys, monkeypatch):
+    from diffrt.train.checkpoint import Checkpointer
+
+    config = write_config(tmp_path, "clip")
+    run = copy_run(clip_run, tmp_path)  # complete checkpoints of steps 6 and 12
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    # a new run in the same folder: its step-6 checkpoint would replace the one there
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run), "--stop-at", "6"]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert f"no space left in {run / 'checkpoints'}" in err and "complete checkpoints kept: steps 6, 12" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000006", "step_00000012"]
+    assert Checkpointer(run / "checkpoints").intact() == [6, 12]
+
+
+def test_sigterm_to_the_process_group_checkpoints_and_exits_143(tmp_path):
+    """How a scheduler cancels a job: SIGTERM to every process of the group, data-loader workers
+    included. The workers must outlive the trainer's last step; the trainer checkpoints, exits 143."""
+    from diffrt.train.checkpoint import Checkpointer
+
+    config = edited_config(tmp_path, "clip", steps=("steps = 12", "steps = 100000"),
+                           log=("log_every = 3", "log_every = 1"),
+                           every=("checkpoint_every = 6", "checkpoint_every = 50000"),
+                           workers=("[data]\n", "[data]\nworkers = 2\n"))
+    run, log = tmp_path / "run", tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "diffrt.cli", "train", "clip", "--config", str(config),
+                                 "--run-dir", str(run)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        metrics = run / "metrics.jsonl"
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the run logged no steps in time"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = log.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "killed by signal" not in err and "Traceback" not in err
+    assert "SIGTERM received: checkpoint at step" in err
+    checkpoints = Checkpointer(run / "checkpoints")
+    _, state = checkpoints.load(checkpoints.latest())
+    assert state["step"] >= 2 and checkpoints.intact() == [state["step"]]
+    deadline = time.monotonic() + 30
+    while True:  # the workers leave with the trainer
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "data-loader workers outlived the trainer"
+        time.sleep(0.2)
+
+
+def test_bundle_is_all_or_nothing(tmp_path, clip_run, capsys):
+    out = tmp_path / "models"
+    clip = clip_run / "final"
+    # a CLIP folder is no base UNet: that part fails after the clip part was packed
+    assert main(["bundle", "--out", str(out), "--clip", str(clip), "--base", str(clip)]) == 2
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    assert (f"{clip}: the trained 'base' model does not load ({clip}/config.json: holds a 'CLIP' config, not a UNet)"
+            in capsys.readouterr().err)
+    assert main(["bundle", "--out", str(out), "--clip", str(clip)]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "NOTES.txt").write_text("kept")
+    assert main(["bundle", "--out", str(out), "--clip", str(clip), "--base", str(clip), "--dtype", "float32"]) == 2
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == {**before, Path("NOTES.txt"): b"kept"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    assert main(["bundle", "--out", str(out), "--clip", str(clip), "--dtype", "float32"]) == 0
+    assert (out / "NOTES.txt").read_text() == "kept" and sorted(p.name for p in tmp_path.iterdir()) == ["models"]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
 
@@ -109,7 +111,10 @@ def load(directory=None) -> Bundle:
 def pack(parts: Mapping[str, Union[str, Path]], out: Union[str, Path], *, dtype: torch.dtype = torch.float16) -> Bundle:
     """Assemble trained models (each a ``diffrt train`` run's ``final/`` folder) into the model folder
     ``out``, storing floating-point weights as ``dtype``: float16 halves the files and loads back into
-    float32 models with a relative rounding error of at most 2^-11 per weight."""
+    float32 models with a relative rounding error of at most 2^-11 per weight.
+
+    The new folder is built beside ``out`` (with what ``out`` held besides the parts replaced), every
+    part is loaded from it, and only then is it swapped in: a part that fails leaves ``out`` as it was."""
     from safetensors.torch import load, save_file
 
     from .models.serialization import WEIGHTS_FILE
@@ -118,26 +123,66 @@ def pack(parts: Mapping[str, Union[str, Path]], out: Union[str, Path], *, dtype:
     if unknown or "clip" not in parts:
         raise ValueError(f"parts must include 'clip' and be among {PARTS}, got {sorted(parts)}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder (the bundle is written as a folder)")
     for name, source in parts.items():
-        source = Path(source)
-        if not (source / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{source / WEIGHTS_FILE}: no trained '{name}' model here")
-        target = out / name
-        tensors = load((source / WEIGHTS_FILE).read_bytes())  # in memory: the source may be the target
-        if not (target.exists() and target.resolve() == source.resolve()):  # else re-store it in place
-            if target.exists():
-                shutil.rmtree(target)
+        if not (Path(source) / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{Path(source) / WEIGHTS_FILE}: no trained '{name}' model here")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if out.is_dir():  # keep what the parts named here do not replace
+            for entry in out.iterdir():
+                if entry.name not in parts:
+                    _copy_entry(entry, staging / entry.name)
+        for name, source in parts.items():
+            source, target = Path(source), staging / name
             shutil.copytree(source, target, ignore=shutil.ignore_patterns(WEIGHTS_FILE))
-        save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, str(target / WEIGHTS_FILE))
-    bundle = Bundle(out)
-    bundle.text_encoder  # noqa: B018 — load every part now: a bad part fails here, not at first use
-    for name in parts:
-        if name == "prior":
-            bundle.prior  # noqa: B018
-        elif name != "clip":
-            bundle.unet(name)
-            bundle.noise_schedule(name)
-    return bundle
+            tensors = load((source / WEIGHTS_FILE).read_bytes())
+            save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()},
+                      str(target / WEIGHTS_FILE))
+        bundle = Bundle(staging)
+        for name in ("clip", *(n for n in parts if n != "clip")):  # load every part now, not at first use
+            try:
+                if name == "clip":
+                    bundle.text_encoder  # noqa: B018
+                elif name == "prior":
+                    bundle.prior  # noqa: B018
+                else:
+                    bundle.unet(name)
+                    bundle.noise_schedule(name)
+            except Exception as e:  # name the source folder, not the staging copy the error saw
+                problem = str(e).replace(str(staging / name), str(parts[name]))
+                raise ValueError(f"{parts[name]}: the trained '{name}' model does not load ({problem})") from e
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_in(staging, out)
+    return Bundle(out)
+
+
+def _copy_entry(entry: Path, target: Path) -> None:
+    if entry.is_symlink():
+        os.symlink(os.readlink(entry), target)  # a part linked in stays a link
+    elif entry.is_dir():
+        shutil.copytree(entry, target, symlinks=True)
+    else:
+        shutil.copy2(entry, target)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; an existing ``out`` is moved aside first and deleted after."""
+    if not out.exists() and not out.is_symlink():
+        os.replace(staging, out)
+        return
+    previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rmdir(previous)  # only its unique name is wanted
+    os.replace(out, previous)
+    os.replace(staging, out)
+    if previous.is_symlink() or not previous.is_dir():
+        previous.unlink()
+    else:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 __all__ = ["Bundle", "DEFAULT_DIRECTORY", "PARTS", "load", "noise_schedule_from", "pack"]

@@ -1,7 +1,7 @@
 """The ``diffrt`` command.
 
     diffrt info                                   what this build contains
-    diffrt train KIND --config run.toml [--resume] [--run-dir DIR] [--steps N] [--stop-at N]
+    diffrt train KIND --config run.toml [--resume | --resume-from STEP] [--run-dir DIR] [--steps N] [--stop-at N]
     diffrt export KIND --run-dir RUN --out DIR [--step N] [--live]
     diffrt bundle --out DIR --clip RUN/final [--base …] [--sr …] [--prior …] [--decoder …]
     diffrt generate | inpaint | diffedit | imagic | variations | interpolate  (see --help of each)
@@ -45,13 +45,60 @@ def _warm_start(kind, folder: Path) -> None:
     model.load_state_dict(type(model).from_pretrained(folder).state_dict())
 
 
+STOPPED_BY_SIGNAL = 128  # exit status 128 + N: stopped by signal N (143: SIGTERM, 130: Ctrl-C), checkpoint written
+
+
 def _train(args) -> int:
+    """Exit status: 0 trained (or stopped at --stop-at), 2 a clear error (bad config or option, no or
+    corrupt checkpoint to resume, no space left), STOPPED_BY_SIGNAL + N after signal N's checkpoint."""
+    import errno
+
+    from .train.checkpoint import CheckpointError
+
+    try:
+        return _run_training(args)
+    except CheckpointError as e:
+        print(f"diffrt train: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC or not e.filename:
+            raise
+        where = Path(e.filename) if Path(e.filename).is_dir() else Path(e.filename).parent
+        print(f"diffrt train: no space left in {where} ({e.strerror})", file=sys.stderr)
+        return 2
+
+
+def _prepare_run_dir(run_dir: Path, source: str) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{source} {run_dir}: exists and is not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{source} {run_dir}: cannot create the folder ({e.strerror})") from e
+
+
+def _resume_hint(checkpointer) -> str:
+    intact = checkpointer.intact()
+    if not intact:
+        return f"; no intact checkpoint in {checkpointer.directory}: start again without --resume"
+    steps = ", ".join(str(s) for s in intact)
+    return f"; intact checkpoints at steps {steps}: continue from one with --resume-from STEP (e.g. {intact[-1]})"
+
+
+def _run_training(args) -> int:
+    import errno
+    import signal
+
     import torch
     import torch.distributed as dist
 
-    from .train import TrainConfig, Trainer
+    from .train import Checkpointer, CheckpointError, TrainConfig, Trainer
     from .train.kinds import batch_factory, build
 
+    for option, value, least in (("--steps", args.steps, 1), ("--stop-at", args.stop_at, 0),
+                                 ("--resume-from", args.resume_from, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{option} must be >= {least}, got {value}")
     config_file = Path(args.config)
     config = _read_config(config_file)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
@@ -64,53 +111,88 @@ def _train(args) -> int:
     if unknown:
         print(f"diffrt train: {config_file}: [train] has unknown keys {unknown}", file=sys.stderr)
         return 2
-    train_config = TrainConfig(**train_values)
+    try:
+        train_config = TrainConfig(**train_values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_file}: [train] {e}") from e
+    if args.stop_at is not None and args.stop_at > train_config.steps:
+        raise ValueError(f"--stop-at {args.stop_at} is past the run's end ([train] steps = {train_config.steps})")
     run_dir = Path(args.run_dir or config.get("run_dir") or Path("runs") / args.kind)
-    torch.manual_seed(train_config.seed)  # the initial weights are part of the run's recipe
-    kind = build(args.kind, config)
-    if config.get("init", {}).get("from") and not args.resume:
-        _warm_start(kind, Path(config["init"]["from"]))
+    source = "--run-dir" if args.run_dir else "run_dir" if config.get("run_dir") else "run folder"
+    resuming = args.resume or args.resume_from is not None
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    micro = train_config.batch_size // (world * train_config.grad_accum)
-    trainer = Trainer(kind.model, kind.objective, batch_factory(config.get("data", {}), micro, kind.masking, rank, world),
-                      train_config, run_dir, preview=kind.preview)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(config_file.read_text())
-    if args.resume:
-        print(f"resuming from step {trainer.resume()}", file=sys.stderr)
-    metrics = trainer.run(args.stop_at)
-    if trainer.step < train_config.steps and rank == 0:
-        trainer.save_checkpoint()  # stopped early (--stop-at, SIGTERM): resume continues from here
-        print(f"stopped at step {trainer.step} of {train_config.steps}; continue with --resume", file=sys.stderr)
-    elif rank == 0:
-        trainer.save_checkpoint()
-        if trainer.ema is not None:
-            trainer.ema.copy_to(kind.model)
-        kind.save(kind.model, run_dir / "final")
-        print(f"trained {args.kind} for {trainer.step} steps; final loss {metrics.get('loss', float('nan')):.4f}; "
-              f"weights in {run_dir / 'final'}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
+        _prepare_run_dir(run_dir, source)
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    resume_from = None
+    if resuming:  # found before the model is built: a run that cannot resume fails at once
+        resume_from = checkpointer.latest() if args.resume_from is None else checkpointer.path(args.resume_from)
+        if resume_from is None:
+            what = "no checkpoint" if args.resume_from is None else f"no checkpoint of step {args.resume_from}"
+            raise CheckpointError(f"{checkpointer.directory}: {what} to resume from{_resume_hint(checkpointer)}")
+        resume_step = args.resume_from if args.resume_from is not None else max(checkpointer.by_step())
+        if args.stop_at is not None and args.stop_at < resume_step:
+            raise ValueError(f"--stop-at {args.stop_at} is before the checkpoint's step {resume_step}")
+    try:
+        torch.manual_seed(train_config.seed)  # the initial weights are part of the run's recipe
+        kind = build(args.kind, config)
+        if config.get("init", {}).get("from") and not resuming:
+            _warm_start(kind, Path(config["init"]["from"]))
+        micro = train_config.batch_size // (world * train_config.grad_accum)
+        batches = batch_factory(config.get("data", {}), micro, kind.masking, rank, world)
+        trainer = Trainer(kind.model, kind.objective, batches, train_config, run_dir, preview=kind.preview)
+        if rank == 0:
+            (run_dir / "config.toml").write_text(config_file.read_text())
+        if resuming:
+            try:
+                step = trainer.resume(resume_from)
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}{_resume_hint(checkpointer)}") from e
+            print(f"resuming from step {step}", file=sys.stderr)
+            if rank == 0:
+                for moved in checkpointer.set_aside_after(step):
+                    print(f"set aside {moved} (a later step of the run continued from step {step})", file=sys.stderr)
+        metrics = trainer.run(args.stop_at)
+        interrupted = trainer.stop_signal is not None and trainer.step < train_config.steps
+        if trainer.step < train_config.steps and rank == 0:
+            trainer.save_checkpoint()  # stopped early (--stop-at, a signal): resume continues from here
+            why = f"{signal.Signals(trainer.stop_signal).name} received" if interrupted else "stopped"
+            print(f"{why}: checkpoint at step {trainer.step} of {train_config.steps}; continue with --resume",
+                  file=sys.stderr)
+        elif rank == 0:
+            trainer.save_checkpoint()  # no second write when the loop's last step already saved it
+            if trainer.ema is not None:
+                trainer.ema.copy_to(kind.model)
+            kind.save(kind.model, run_dir / "final")
+            print(f"trained {args.kind} for {trainer.step} steps; final loss {metrics.get('loss', float('nan')):.4f}; "
+                  f"weights in {run_dir / 'final'}")
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return STOPPED_BY_SIGNAL + trainer.stop_signal if interrupted else 0
+    except OSError as e:
+        if e.errno == errno.ENOSPC and not e.filename:
+            e.filename = str(run_dir)  # a write into the run folder (metrics, samples, final) found the disk full
+        raise
 
 
 def _export(args) -> int:
-    """A checkpoint's weights (EMA unless --live) as a model folder, like a finished run's final/."""
-    from .train.checkpoint import Checkpointer
+    """A checkpoint's weights (EMA unless --live) as a model folder, like a finished run's final/.
+    Only the checkpoint's safetensors are read (never its trainer state)."""
+    from .train.checkpoint import Checkpointer, CheckpointError
     from .train.kinds import build
 
+    if args.step is not None and args.step < 0:
+        raise ValueError(f"--step must be >= 0, got {args.step}")
     run_dir = Path(args.run_dir)
     config = _read_config(Path(args.config) if args.config else run_dir / "config.toml")
     checkpoints = Checkpointer(run_dir / "checkpoints")
-    path = checkpoints.directory / f"step_{args.step:08d}" if args.step is not None else checkpoints.latest()
-    if path is None or not path.is_dir():
+    path = checkpoints.path(args.step) if args.step is not None else checkpoints.latest()
+    if path is None:
         have = ", ".join(p.name for p in checkpoints.all()) or "none"
-        raise FileNotFoundError(f"{path or checkpoints.directory}: no such checkpoint (have: {have})")
-    from .train.checkpoint import CheckpointError
-
+        wanted = checkpoints.directory / f"step_{args.step:08d}" if args.step is not None else checkpoints.directory
+        raise FileNotFoundError(f"{wanted}: no such checkpoint (have: {have})")
     try:
-        tensors, state = checkpoints.load(path)
+        tensors, step = checkpoints.load_weights(path)
     except CheckpointError as e:
         raise ValueError(str(e)) from e
     kind = build(args.kind, config)
@@ -118,7 +200,7 @@ def _export(args) -> int:
     current = kind.model.state_dict()
     kind.model.load_state_dict({k: v.to(current[k].dtype) for k, v in weights.items()})
     kind.save(kind.model, Path(args.out))
-    print(f"exported {args.kind} at step {state['step']} ({'live' if args.live else 'EMA'} weights) to {args.out}")
+    print(f"exported {args.kind} at step {step} ({'live' if args.live else 'EMA'} weights) to {args.out}")
     return 0
 
 
@@ -148,13 +230,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="diffrt", description="diffrt: a compiled diffusion sampling runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="what this build contains").set_defaults(run=_info)
-    train = sub.add_parser("train", help="train a model kind from a TOML config")
+    train = sub.add_parser("train", help="train a model kind from a TOML config",
+                           epilog="exit status: 0 trained (or stopped at --stop-at); 2 bad config or option, no or "
+                                  "corrupt checkpoint to resume, or no space left; 128+N stopped by signal N after "
+                                  "writing a checkpoint (143: SIGTERM, 130: Ctrl-C) — continue with --resume")
     train.add_argument("kind", choices=KINDS)
     train.add_argument("--config", required=True, help="TOML file with [train], [model], [data], [diffusion], [text]")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    resume.add_argument("--resume-from", type=int, metavar="STEP",
+                        help="continue from the checkpoint of step STEP (e.g. an earlier intact one when the newest "
+                             "is corrupt); checkpoints of later steps are moved to checkpoints/abandoned/")
     train.add_argument("--run-dir", help="output folder (default: run_dir from the config, or runs/KIND)")
     train.add_argument("--steps", type=int, help="override [train] steps (the length of the LR schedule)")
-    train.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps; --resume continues")
+    train.add_argument("--stop-at", type=int, metavar="N",
+                       help="stop (with a checkpoint) after N steps (0 <= N <= [train] steps); --resume continues")
     train.set_defaults(run=_train)
     export = sub.add_parser("export", help="a training checkpoint's weights as a model folder")
     export.add_argument("kind", choices=KINDS)

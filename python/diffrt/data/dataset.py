@@ -8,6 +8,7 @@ it renders.
 from __future__ import annotations
 
 import math
+import signal
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -139,6 +140,15 @@ class ProceduralStream(IterableDataset):
         full_steps, rest = divmod(total, per_step)
         mine = min(max(rest - self.rank * self.batch_size, 0), self.batch_size)
         return full_steps * self.batch_size + mine
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn`` for training: SIGTERM and SIGINT reach the whole process group
+    (``kill -TERM -PGID``, a scheduler's cancel, Ctrl-C), and the trainer answers them by finishing
+    its step and checkpointing — which needs its workers alive, so they ignore both. A worker still
+    exits when the loader shuts down or its parent process dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..data import FullMasking, MixedMasking, ObjectMasking, ProceduralStream, RandomMasking, collate
+from ..data.dataset import ignore_stop_signals
 from ..models.clip import CLIP, CLIPConfig
 from ..models.prior import DiffusionPrior, PriorConfig
 from ..models.text_encoder import TextEncoder
@@ -61,12 +62,18 @@ def masking_from(data: Dict[str, Any]):
 def batch_factory(data: Dict[str, Any], micro_batch: int, masking, rank: int = 0, world: int = 1):
     """make_batches(start) for the loop: micro-batch ``start`` onwards of this rank's shard."""
     resolution, seed, workers = int(data.get("resolution", 32)), int(data.get("seed", 0)), int(data.get("workers", 0))
+    if workers < 0:
+        raise ValueError(f"[data] workers must be >= 0, got {workers}")
 
     def make_batches(start: int):
         stream = ProceduralStream(resolution, seed=seed, batch_size=micro_batch, rank=rank, world_size=world,
                                   masking=masking)
         stream.start = stream.resume_start(start)
-        loader = torch.utils.data.DataLoader(stream, batch_size=micro_batch, collate_fn=collate, num_workers=workers)
+        # The samples are a pure function of their index; a generator of the loader's own keeps it
+        # from drawing its workers' base seed from the global RNG, which a resume restores exactly.
+        loader = torch.utils.data.DataLoader(stream, batch_size=micro_batch, collate_fn=collate, num_workers=workers,
+                                             worker_init_fn=ignore_stop_signals,
+                                             generator=torch.Generator())
         return iter(loader)
 
     return make_batches

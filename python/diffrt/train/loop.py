@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -56,9 +57,28 @@ class TrainConfig:
     def __post_init__(self):
         if self.autocast not in ("none", "bf16", "fp16"):
             raise ValueError(f"autocast must be 'none', 'bf16' or 'fp16', got {self.autocast!r}")
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, least in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0),
+                            ("checkpoint_every", 1), ("keep_checkpoints", 1), ("log_every", 1), ("preview_every", 0),
+                            ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
+        for name in ("lr", "weight_decay", "beta1", "beta2", "min_lr_ratio", "grad_clip", "ema_decay"):
+            value = getattr(self, name)
+            if value is None and name in ("grad_clip", "ema_decay"):
+                continue  # off
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        checks = [("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                  ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"), ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
+                  ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+                  ("grad_clip", self.grad_clip is None or self.grad_clip >= 0, ">= 0 (0: no clipping)"),
+                  ("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1, "in [0, 1) (0: no EMA)")]
+        for name, ok, rule in checks:
+            if not ok:  # written so that NaN fails too
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
 
@@ -91,12 +111,16 @@ class EMA:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states, in types a checkpoint stores exactly (tensors, ints, floats, tuples)."""
+    kind, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    numpy_state = (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian))
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     random.setstate(state["python"])
 
 
@@ -126,29 +150,41 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.step = 0
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=config.keep_checkpoints)
-        self._stop = False
+        self.stop_signal: Optional[int] = None  # SIGTERM / SIGINT received by run()
+        self._checkpointed_step: Optional[int] = None  # the step whose state is on disk, as saved or resumed
 
     # -- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self) -> Optional[Path]:
-        if self.rank != 0:
-            return None
+    def checkpoint_contents(self) -> Tuple[Dict[str, Dict[str, torch.Tensor]], dict]:
+        """(weights, trainer state) as Checkpointer.save takes them."""
         tensors = {"model": self.model.state_dict()}
         if self.ema is not None:
             tensors["ema"] = self.ema.shadow
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": _rng_state(), "generator": self.generator.get_state(), "config": asdict(self.config)}
-        return self.checkpointer.save(self.step, tensors, state)
+        return tensors, state
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """Checkpoint the current step; a step already saved (or resumed from) is not written again."""
+        if self.rank != 0:
+            return None
+        existing = self.checkpointer.path(self.step)
+        if self._checkpointed_step == self.step and existing is not None:
+            return existing
+        path = self.checkpointer.save(self.step, *self.checkpoint_contents())
+        self._checkpointed_step = self.step
+        return path
 
     def resume(self, path=None) -> int:
-        """Load ``path`` (default: the newest checkpoint); returns the step to continue from."""
-        path = path or self.checkpointer.latest()
+        """Load ``path`` (default: the newest checkpoint); returns the step to continue from. The
+        metrics log is cut back to that step, so the steps run again are not logged twice."""
+        path = Path(path) if path is not None else self.checkpointer.latest()
         if path is None:
             raise CheckpointError(f"{self.checkpointer.directory}: no checkpoint to resume from")
         try:
             tensors, state = self.checkpointer.load(path)
         except CheckpointError as e:
-            others = [p.name for p in self.checkpointer.all() if p != Path(path)]
-            hint = f"; intact earlier checkpoints may be: {', '.join(others)}" if others else ""
+            others = [f"step_{s:08d}" for s in self.checkpointer.intact() if self.checkpointer.path(s) != path]
+            hint = f"; intact checkpoints: {', '.join(others)}" if others else "; no other intact checkpoint"
             raise CheckpointError(f"{e}{hint}") from e
         self.model.load_state_dict(tensors["model"])
         if self.ema is not None:
@@ -158,7 +194,35 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
         self.step = state["step"]
+        self._checkpointed_step = self.step
+        if self.rank == 0:
+            self._truncate_metrics(self.step)
         return self.step
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Keep the metrics lines of steps <= ``step`` (a killed run logged past its last checkpoint);
+        the log is rewritten under a temporary name and renamed into place."""
+        log = self.run_dir / "metrics.jsonl"
+        if not log.is_file():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                logged = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if isinstance(logged, dict) and isinstance(logged.get("step"), int) and logged["step"] <= step:
+                kept.append(line + "\n")
+        tmp = log.with_name(log.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, log)
 
     def write_preview(self) -> Optional[Path]:
         """Samples from the EMA weights (the live weights without EMA) as a PNG grid."""
@@ -186,13 +250,14 @@ class Trainer:
         return torch.autocast(device, dtype=torch.bfloat16 if c.autocast == "bf16" else torch.float16)
 
     def _request_stop(self, signum, frame):
-        self._stop = True
+        self.stop_signal = signum
 
     def run(self, steps: Optional[int] = None) -> dict:
         """Train until ``steps`` (default: config.steps) optimizer steps are done; returns the last metrics."""
         c = self.config
         target = c.steps if steps is None else steps
         net = self.ddp or self.model
+        self.stop_signal = None
         log = None
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +271,7 @@ class Trainer:
         t0, done_since = time.perf_counter(), 0
         try:
             net.train()
-            while self.step < target and not self._stop:
+            while self.step < target and self.stop_signal is None:
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for micro in range(c.grad_accum):
@@ -239,7 +304,7 @@ class Trainer:
                     self.save_checkpoint()
                 if self.preview is not None and c.preview_every and self.step % c.preview_every == 0:
                     self.write_preview()
-            if self._stop:  # SIGTERM / Ctrl-C: keep the work done so far
+            if self.stop_signal is not None:  # SIGTERM / Ctrl-C: keep the work done so far
                 self.save_checkpoint()
         finally:
             bar.close()
