@@ -84,7 +84,8 @@ def _pipelines(guidance_scale=1.0):
     theirs.set_progress_bar_config(disable=True)
     # the scheduler's config (leading, steps_offset=1, set_alpha_to_one=False) and diffusers' int(s·N) steps;
     # latents drawn from the VAE posterior with the call's generator
-    ours = DiffEditPipeline(DiffusersUNetDenoiser(unet, scheduler=scheduler), NoiseSchedule(scheduler.alphas_cumprod.double()),
+    ours = DiffEditPipeline(DiffusersUNetDenoiser(unet, scheduler=scheduler),
+                            NoiseSchedule(scheduler.alphas_cumprod.double()),
                             lambda prompts: torch.cat([embeds[p] for p in prompts]), codec=DiffusersLatentCodec(vae),
                             num_steps=10, spacing="leading", steps_offset=1, set_alpha_to_one=False,
                             strength_rounding="floor", posterior="sample")
@@ -113,7 +114,8 @@ def test_generate_mask_from_pixels_matches_diffusers():
 def test_invert_matches_diffusers_with_an_empty_source_prompt():
     theirs, ours, embeds, image = _pipelines()
     want = theirs.invert(image=image, prompt_embeds=embeds[""], num_inference_steps=10, inpaint_strength=0.55,
-                         guidance_scale=1.0, generator=torch.Generator().manual_seed(5)).latents  # (1, k, …), noisiest first
+                         guidance_scale=1.0, generator=torch.Generator().manual_seed(5)).latents
+    # diffusers: (1, k, …), noisiest first; diffrt: [x_0, …, x_r]
     got = ours.invert(image, "", strength=0.55, generator=torch.Generator().manual_seed(5), progress=False)
     assert want.shape[1] == len(got) - 1 == 5
     torch.testing.assert_close(torch.stack(got[:0:-1], 1), want, rtol=1e-4, atol=1e-4)

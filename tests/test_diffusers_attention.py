@@ -115,7 +115,8 @@ def tiny_added_kv_unet():
     torch.manual_seed(0)
     return diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("SimpleCrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "SimpleCrossAttnUpBlock2D"),
+        down_block_types=("SimpleCrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "SimpleCrossAttnUpBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
     ).eval()
 

@@ -151,7 +151,7 @@ def test_unet_denoiser_prediction_type_is_required_or_from_the_scheduler():
         DiffusersUNetDenoiser(unet, prediction_type="eps")
     # the schedule knows what its scheduler expects: a model predicting something else is refused
     schedule = schedules_from_diffusers(v, 4)
-    with pytest.raises(ValueError, match="predicts 'epsilon' but the schedule is configured for prediction_type='v_prediction'"):
+    with pytest.raises(ValueError, match="predicts 'epsilon' but the schedule is configured for prediction_type='v_pred"):
         ddim_sample(DiffusersUNetDenoiser(unet, prediction_type="epsilon"), torch.randn(1, 4, 8, 8), schedule,
                     cond=torch.randn(1, 5, 32), progress=False)
 

@@ -227,7 +227,7 @@ def test_schedule_settings_are_the_samplers_defaults():
         ddim_sample(_toy64(), x, clipped, cond=cond, clip_sample_range=2.0, progress=False)
     with pytest.raises(ValueError, match="exclude each other"):
         ddim_sample(_toy64(), x, clipped, cond=cond, dynamic_threshold=0.99, progress=False)
-    with pytest.raises(ValueError, match="predicts 'epsilon' but the schedule is configured for prediction_type='v_prediction'"):
+    with pytest.raises(ValueError, match="predicts 'epsilon' but the schedule is configured for prediction_type='v_pred"):
         ddim_sample(_toy64(), x, replace(plain, prediction_type="v_prediction"), cond=cond, progress=False)
     with pytest.raises(ValueError, match="no dynamic thresholding"):
         ddim_invert(_toy64(), x, replace(plain, dynamic_threshold=0.99), cond=cond, progress=False)

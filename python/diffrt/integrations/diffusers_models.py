@@ -60,8 +60,9 @@ class DiffusersUNetDenoiser(torch.nn.Module):
         super().__init__()
         from_scheduler = scheduler.config.get("prediction_type") if scheduler is not None else None
         if prediction_type is None and from_scheduler is None:
-            where = f"scheduler= ({type(scheduler).__name__}) has no prediction_type in its config" if scheduler is not None \
-                else "neither was given"
+            where = "neither was given"
+            if scheduler is not None:
+                where = f"scheduler= ({type(scheduler).__name__}) has no prediction_type in its config"
             raise ValueError(f"DiffusersUNetDenoiser needs prediction_type= ('epsilon', 'v_prediction' or 'sample') or "
                              f"scheduler= (whose config says what the UNet predicts), and {where}: a UNet's config does "
                              f"not say, and a model sampled with the wrong one gives wrong images without an error")
@@ -88,8 +89,11 @@ class DiffusersUNetDenoiser(torch.nn.Module):
         allowed = UNET_COND_KEYS + (CONTROLNET_COND_KEYS if self.controlnet is not None else ())
         unknown = sorted(set(cond) - set(allowed))
         if unknown:
-            hint = " (controlnet_cond needs DiffusersUNetDenoiser(..., controlnet=))" if set(unknown) & set(CONTROLNET_COND_KEYS) else ""
-            raise ValueError(f"cond has keys {unknown} that DiffusersUNetDenoiser does not take{hint}; it takes {list(allowed)}")
+            hint = ""
+            if set(unknown) & set(CONTROLNET_COND_KEYS):
+                hint = " (controlnet_cond needs DiffusersUNetDenoiser(..., controlnet=))"
+            raise ValueError(f"cond has keys {unknown} that DiffusersUNetDenoiser does not take{hint}; "
+                             f"it takes {list(allowed)}")
         if cond.get("encoder_hidden_states") is None:
             raise ValueError("cond must hold 'encoder_hidden_states' (the text-encoder output, B × L × D)")
         if self.controlnet is not None and cond.get("controlnet_cond") is None:
@@ -102,7 +106,8 @@ class DiffusersUNetDenoiser(torch.nn.Module):
         cross = kwargs.pop("cross_attention_kwargs", None) or {}
         clash = sorted(set(cross) & set(self.cross_attention_kwargs))
         if clash:
-            raise ValueError(f"cross_attention_kwargs {clash} are given both in cond and to DiffusersUNetDenoiser; give each once")
+            raise ValueError(f"cross_attention_kwargs {clash} are given both in cond and to DiffusersUNetDenoiser; "
+                             f"give each once")
         cross = {**self.cross_attention_kwargs, **cross} or None
         x_t = x_t.to(dtype)
         if self.controlnet is not None:
@@ -112,7 +117,8 @@ class DiffusersUNetDenoiser(torch.nn.Module):
                 timestep_cond=kwargs.get("timestep_cond"), attention_mask=kwargs.get("attention_mask"),
                 added_cond_kwargs=kwargs.get("added_cond_kwargs"), cross_attention_kwargs=cross, return_dict=False,
             )
-            given_down, given_mid = kwargs.get("down_block_additional_residuals"), kwargs.get("mid_block_additional_residual")
+            given_down = kwargs.get("down_block_additional_residuals")
+            given_mid = kwargs.get("mid_block_additional_residual")
             if given_down is not None:
                 if len(given_down) != len(down):
                     raise ValueError(f"cond['down_block_additional_residuals'] has {len(given_down)} tensors, the "
@@ -164,7 +170,8 @@ def schedules_from_diffusers(scheduler: Any, num_steps: int, *, step_to: str = "
         # (DDIMInverseScheduler.step reads the same pair, ᾱ at t − T//N or initial_alpha_cumprod, towards t).
         ab, gap = noise.alphas_cumprod, noise.num_train_timesteps // num_steps
         final = 1.0 if set_alpha_to_one else float(ab[0])
-        schedule = replace(schedule, alphas_prev=tuple(float(ab[t - gap]) if t >= gap else final for t in schedule.timesteps))
+        alphas_prev = tuple(float(ab[t - gap]) if t >= gap else final for t in schedule.timesteps)
+        schedule = replace(schedule, alphas_prev=alphas_prev)
     # DDIMScheduler.step: thresholding wins over clip_sample; DDIMInverseScheduler has no thresholding.
     clip = dyn = dyn_max = None
     if cfg.get("thresholding", False):
@@ -189,7 +196,8 @@ class DiffusersLatentCodec:
         self.shift_factor = float(shift) if shift is not None else 0.0
         mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
         if (mean is None) != (std is None):
-            raise ValueError("the VAE config sets one of latents_mean and latents_std; diffusers' pipelines use both or neither")
+            raise ValueError("the VAE config sets one of latents_mean and latents_std; diffusers' pipelines use both "
+                             "or neither")
         if mean is not None and shift is not None:
             raise ValueError("the VAE config sets both shift_factor and latents_mean/latents_std; no diffusers pipeline "
                              "defines that normalisation")
