@@ -177,6 +177,8 @@ def test_guidance_without_uncond_raises():
             sampler(_toy64(), x, schedule, cond=cond, guidance=7.5, progress=False)
         with pytest.raises(ValueError, match="guidance needs uncond"):
             sampler(_toy64(), x, schedule, cond=cond, guidance=OscillatingGuidance(high=5.0, low=1.0), progress=False)
+    with pytest.raises(ValueError, match="guidance_rescale=0.7 needs guidance"):
+        ddim_sample(_toy64(), x, schedule, cond=cond, uncond=torch.zeros_like(cond), guidance_rescale=0.7, progress=False)
     # w = 1 at every step is the conditional output itself: nothing is dropped, so no uncond is needed
     torch.testing.assert_close(ddim_sample(_toy64(), x, schedule, cond=cond, guidance=1.0, progress=False),
                                ddim_sample(_toy64(), x, schedule, cond=cond, progress=False), rtol=0, atol=0)

@@ -205,6 +205,8 @@ def ddim_sample(
                              dynamic_threshold=dynamic_threshold, dynamic_threshold_max=dynamic_threshold_max)
     n = len(schedule)
     weights = _guidance_weights(guidance, uncond, n, x_T.shape[0])
+    if guidance_rescale != 0.0 and guidance is None:
+        raise ValueError(f"guidance_rescale={guidance_rescale} needs guidance (it rescales the guided prediction)")
     batched_cond = _cat_cond(uncond, cond) if any(w is not None for w in weights) else None
     x = x_T
     for i, (t, a_t, a_prev) in enumerate(tqdm(schedule, desc="DDIM", disable=not progress, leave=False)):
