@@ -124,3 +124,44 @@ def test_image_size_and_channels_are_checked_against_the_model():
         pipe.generate_mask(image(), "a cat", "a dog")
     with pytest.raises(ValueError, match="4 channels but the model takes 3"):
         pipe.generate_mask(torch.zeros(1, 4, 16, 16), "a cat", "a dog")
+
+
+def test_empty_source_prompt_is_allowed():
+    """diffusers' DiffEdit takes '' as the source prompt (the unconditional caption); so does diffrt."""
+    pipe = make_pipeline()
+    mask = pipe.generate_mask(image(), "", "a dog", n=8, generator=torch.Generator().manual_seed(0))
+    assert iou(mask, region_mask()) >= 0.9  # '' (0.0) and 'a dog' (−1.0) disagree inside the region
+    out = pipe(image(), "", "a dog", strength=0.5, guidance_scale=3.0, output_type="pt", progress=False,
+               generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.mask, mask)
+    assert len(pipe.invert(image(), "", strength=0.5, progress=False)) == 21
+    with pytest.raises(ValueError, match="target_prompt"):
+        pipe.generate_mask(image(), "a cat", "")
+
+
+def test_schedule_options_and_strength_rounding():
+    from diffrt import SamplingSchedule
+
+    x = image(6)
+    ours = DiffEditPipeline(make_pipeline().model, NoiseSchedule.make(), encode_prompt, num_steps=10, spacing="leading",
+                            steps_offset=1, set_alpha_to_one=False, strength_rounding="floor")
+    assert ours.schedule == SamplingSchedule.ddim(NoiseSchedule.make(), 10, steps_offset=1, set_alpha_to_one=False)
+    assert ours.schedule.timesteps[-1] == 1 and ours.schedule.alphas_prev[-1] < 1.0
+    floor = ours.invert(x, "a photo", strength=0.55, progress=False)
+    assert len(floor) == 1 + 5  # int(0.55·10) steps, as diffusers
+    ceil = DiffEditPipeline(ours.model, NoiseSchedule.make(), encode_prompt, num_steps=10, spacing="leading",
+                            steps_offset=1, set_alpha_to_one=False)
+    assert len(ceil.invert(x, "a photo", strength=0.55, progress=False)) == 1 + 6  # ⌈0.55·10⌉, the default
+    out = ours(x, "a cat", "a dog", strength=0.55, guidance_scale=None, output_type="pt", progress=False,
+               generator=torch.Generator().manual_seed(0))
+    assert len(out.latents) == 6
+    with pytest.raises(ValueError, match="rounding"):
+        DiffEditPipeline(ours.model, NoiseSchedule.make(), encode_prompt, strength_rounding="nearest")
+
+
+def test_posterior_sampling_needs_a_codec_with_a_posterior():
+    model = make_pipeline().model
+    with pytest.raises(ValueError, match="posterior='sample' needs a codec .* PixelCodec has no posterior"):
+        DiffEditPipeline(model, NoiseSchedule.make(), encode_prompt, posterior="sample")
+    with pytest.raises(ValueError, match="posterior must be one of"):
+        DiffEditPipeline(model, NoiseSchedule.make(), encode_prompt, posterior="mode")

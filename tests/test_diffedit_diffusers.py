@@ -63,3 +63,59 @@ def test_generate_mask_matches_diffusers(guidance_scale):
     assert torch.equal(ours[decided], theirs[decided])
     assert decided.float().mean() > 0.98
 
+
+
+def _pipelines(guidance_scale=1.0):
+    from diffusers.pipelines.deprecated.stable_diffusion_diffedit.pipeline_stable_diffusion_diffedit import (
+        StableDiffusionDiffEditPipeline,
+    )
+
+    from diffrt.integrations.diffusers import DiffusersLatentCodec
+
+    unet, vae, scheduler = components()
+    g = torch.Generator().manual_seed(3)
+    embeds = {"": torch.zeros(1, 5, 32), "a cat": torch.randn(1, 5, 32, generator=g),
+              "a dog": torch.randn(1, 5, 32, generator=g)}
+    theirs = StableDiffusionDiffEditPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
+        inverse_scheduler=diffusers.DDIMInverseScheduler.from_config(scheduler.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    theirs.set_progress_bar_config(disable=True)
+    # the scheduler's config (leading, steps_offset=1, set_alpha_to_one=False) and diffusers' int(s·N) steps;
+    # latents drawn from the VAE posterior with the call's generator
+    ours = DiffEditPipeline(DiffusersUNetDenoiser(unet, scheduler=scheduler),
+                            NoiseSchedule(scheduler.alphas_cumprod.double()),
+                            lambda prompts: torch.cat([embeds[p] for p in prompts]), codec=DiffusersLatentCodec(vae),
+                            num_steps=10, spacing="leading", steps_offset=1, set_alpha_to_one=False,
+                            strength_rounding="floor", posterior="sample")
+    image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    return theirs, ours, embeds, image
+
+
+def test_generate_mask_from_pixels_matches_diffusers():
+    """Strength 0.55 of 10 steps (diffusers keeps int(5.5) = 5) and a VAE posterior draw per noise draw."""
+    theirs, ours, embeds, image = _pipelines()
+    kw = dict(n=6, strength=0.55, clamp_ratio=3.0, guidance_scale=7.5)
+    want = theirs.generate_mask(
+        image=image, source_prompt_embeds=embeds["a cat"], target_prompt_embeds=embeds["a dog"],
+        source_negative_prompt_embeds=embeds[""], target_negative_prompt_embeds=embeds[""], num_maps_per_mask=6,
+        mask_encode_strength=0.55, mask_thresholding_ratio=3.0, num_inference_steps=10, guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(11), output_type="np",
+    )
+    want = torch.from_numpy(want).float()[:, None]
+    got = ours.generate_mask(image, "a cat", "a dog", generator=torch.Generator().manual_seed(11), **kw)
+    soft = ours.generate_mask(image, "a cat", "a dog", threshold=None, generator=torch.Generator().manual_seed(11), **kw)
+    assert 0 < want.sum() < want.numel()
+    decided = (soft - 0.5).abs() > 1e-4
+    assert torch.equal(got[decided], want[decided]) and decided.float().mean() > 0.98
+
+
+def test_invert_matches_diffusers_with_an_empty_source_prompt():
+    theirs, ours, embeds, image = _pipelines()
+    want = theirs.invert(image=image, prompt_embeds=embeds[""], num_inference_steps=10, inpaint_strength=0.55,
+                         guidance_scale=1.0, generator=torch.Generator().manual_seed(5)).latents
+    # diffusers: (1, k, …), noisiest first; diffrt: [x_0, …, x_r]
+    got = ours.invert(image, "", strength=0.55, generator=torch.Generator().manual_seed(5), progress=False)
+    assert want.shape[1] == len(got) - 1 == 5
+    torch.testing.assert_close(torch.stack(got[:0:-1], 1), want, rtol=1e-4, atol=1e-4)

@@ -108,3 +108,60 @@ def test_gradients_flow_through_processor():
     attn.set_processor(DiffrtAttnProcessor())
     attn(x).sum().backward()
     assert_close(x.grad, expected, expected)
+
+
+def tiny_added_kv_unet():
+    """UnCLIP-style "simple cross-attention" blocks: the text's keys/values come from add_k_proj / add_v_proj."""
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("SimpleCrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "SimpleCrossAttnUpBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
+    ).eval()
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "padding_mask"])
+def test_added_kv_unet_matches_diffusers_processor(with_mask):
+    from diffusers.models.attention_processor import AttnAddedKVProcessor2_0
+
+    unet = tiny_added_kv_unet()
+    sample, text = torch.randn(2, 4, 8, 8), torch.randn(2, 7, 32)
+    kwargs = {}
+    if with_mask:
+        mask = torch.ones(2, 7)
+        mask[0, 3:] = 0
+        kwargs["encoder_attention_mask"] = mask
+    with torch.no_grad():
+        assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnAddedKVProcessor2_0"}
+        expected = unet(sample, 10, text, **kwargs).sample
+        unet.set_attn_processor(DiffrtAttnProcessor())
+        got = unet(sample, 10, text, **kwargs).sample
+        unet.set_attn_processor(AttnAddedKVProcessor2_0())
+    assert_close(got, expected, expected)
+
+
+@pytest.mark.parametrize("only_cross_attention,self_attention", [(False, False), (True, False), (False, True)],
+                         ids=["text_and_own_keys", "text_keys_only", "no_text"])
+def test_added_kv_attention_layer_matches_diffusers(only_cross_attention, self_attention):
+    from diffusers.models.attention_processor import AttnAddedKVProcessor
+
+    torch.manual_seed(1)
+    attn = Attention(query_dim=32, heads=4, dim_head=8, added_kv_proj_dim=16 if not self_attention else 32,
+                     norm_num_groups=8, only_cross_attention=only_cross_attention, bias=True, upcast_softmax=True,
+                     out_bias=True, processor=AttnAddedKVProcessor()).eval()
+    x = torch.randn(2, 32, 6, 5)
+    ctx = None if self_attention else torch.randn(2, 9, 16)
+    with torch.no_grad():
+        expected = attn(x, ctx)
+        attn.set_processor(DiffrtAttnProcessor())
+        got = attn(x, ctx)
+    assert got.shape == x.shape
+    assert_close(got, expected, expected)
+
+
+def test_joint_attention_is_refused_by_name():
+    attn = Attention(query_dim=16, heads=2, dim_head=8, added_kv_proj_dim=16, context_pre_only=False)
+    attn.set_processor(DiffrtAttnProcessor())
+    with pytest.raises(NotImplementedError, match="add_q_proj"):
+        attn(torch.randn(1, 4, 16), torch.randn(1, 3, 16))

@@ -79,7 +79,8 @@ def test_imagic_runs_on_a_diffusers_unet():
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, norm_num_groups=8, attention_head_dim=8)
     table = {p: torch.randn(1, 3, 16) for p in ["", "a blue square"]}
-    pipe = ImagicPipeline(DiffusersUNetDenoiser(unet), NoiseSchedule.make(), lambda ps: torch.cat([table[p] for p in ps]),
+    model = DiffusersUNetDenoiser(unet, prediction_type="epsilon")
+    pipe = ImagicPipeline(model, NoiseSchedule.make(), lambda ps: torch.cat([table[p] for p in ps]),
                           num_steps=3)
     latents = torch.randn(1, 4, 8, 8)
     pipe.fit(latents, "a blue square", embedding_steps=2, finetune_steps=2, finetune="efficient", progress=False)

@@ -129,3 +129,107 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="prediction_type"):
         FunctionDenoiser(lambda x, t, c: x, prediction_type="score")
     assert isinstance(gaussian_data_model(1.0), diffrt.Denoiser)
+
+
+def _toy64(calls=None):
+    def fn(x, t, cond):
+        if calls is not None:
+            calls.append(x.shape[0])
+        return toy_model(x, t, cond)
+
+    return FunctionDenoiser(fn)
+
+
+def test_per_sample_guidance_equals_each_sample_guided_alone():
+    """A 1-D weight tensor guides each sample with its own w (w = 1: the conditional output alone);
+    float64 throughout, so batching changes nothing but rounding."""
+    g = torch.Generator().manual_seed(4)
+    x_T = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    cond, uncond = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.zeros(2, 8, dtype=torch.float64)
+    schedule = SamplingSchedule.ddim(NoiseSchedule.make(), 5)
+    alone = torch.cat([
+        ddim_sample(_toy64(), x_T[:1], schedule, cond=cond[:1], uncond=uncond[:1], guidance=1.0, progress=False),
+        ddim_sample(_toy64(), x_T[1:], schedule, cond=cond[1:], uncond=uncond[1:], guidance=7.5, progress=False),
+    ])
+    weights = torch.tensor([1.0, 7.5])
+    for guidance in (lambda i, n: weights, weights):
+        calls = []
+        got = ddim_sample(_toy64(calls), x_T, schedule, cond=cond, uncond=uncond, guidance=guidance, progress=False)
+        torch.testing.assert_close(got, alone, rtol=1e-12, atol=1e-12)
+        assert calls == [4] * 5  # one weight is not 1: every step runs [uncond; cond]
+    calls = []
+    ones = ddim_sample(_toy64(calls), x_T, schedule, cond=cond, uncond=uncond, guidance=torch.ones(2), progress=False)
+    assert calls == [2] * 5  # all weights 1: the conditional half only
+    torch.testing.assert_close(ones, ddim_sample(_toy64(), x_T, schedule, cond=cond, progress=False), rtol=0, atol=0)
+    # inversion takes per-sample weights too: sample 1 inverted alone at w = 7.5
+    lat = ddim_invert(_toy64(), x_T, schedule, cond=cond, uncond=uncond, guidance=weights, progress=False)[-1]
+    lat1 = ddim_invert(_toy64(), x_T[1:], schedule, cond=cond[1:], uncond=uncond[1:], guidance=7.5, progress=False)[-1]
+    torch.testing.assert_close(lat[1:], lat1, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="guidance at step 0 .* 1 or 2 per-sample weights"):
+        ddim_sample(_toy64(), x_T, schedule, cond=cond, uncond=uncond, guidance=torch.ones(3), progress=False)
+
+
+def test_guidance_without_uncond_raises():
+    schedule = SamplingSchedule.ddim(NoiseSchedule.make(), 4)
+    x, cond = torch.randn(1, 4, 8, 8, dtype=torch.float64), torch.randn(1, 8, dtype=torch.float64)
+    for sampler in (ddim_sample, ddim_invert):
+        with pytest.raises(ValueError, match="guidance needs uncond"):
+            sampler(_toy64(), x, schedule, cond=cond, guidance=7.5, progress=False)
+        with pytest.raises(ValueError, match="guidance needs uncond"):
+            sampler(_toy64(), x, schedule, cond=cond, guidance=OscillatingGuidance(high=5.0, low=1.0), progress=False)
+    with pytest.raises(ValueError, match="guidance_rescale=0.7 needs guidance"):
+        ddim_sample(_toy64(), x, schedule, cond=cond, uncond=torch.zeros_like(cond), guidance_rescale=0.7, progress=False)
+    # w = 1 at every step is the conditional output itself: nothing is dropped, so no uncond is needed
+    torch.testing.assert_close(ddim_sample(_toy64(), x, schedule, cond=cond, guidance=1.0, progress=False),
+                               ddim_sample(_toy64(), x, schedule, cond=cond, progress=False), rtol=0, atol=0)
+
+
+def _reference_loop(model, x, schedule, cond, invert=False, **kwargs):
+    """float64 loop over the ops' torch references."""
+    if invert:
+        for t, a_t, a_prev in list(schedule)[::-1]:
+            out = model(x, torch.full((x.shape[0],), t), cond)
+            x = diffrt.ops.ddim_invert_step_ref(x, out, a_prev, a_t, **kwargs)
+        return x
+    for t, a_t, a_prev in schedule:
+        x = diffrt.ops.ddim_step_ref(x, model(x, torch.full((x.shape[0],), t), cond), a_t, a_prev, **kwargs)
+    return x
+
+
+def test_dynamic_threshold_max_and_inversion_clip_range():
+    g = torch.Generator().manual_seed(5)
+    x = 3 * torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)  # |x̂0| well above 2.5 at the first steps
+    cond = torch.randn(2, 8, generator=g, dtype=torch.float64)
+    schedule = SamplingSchedule.ddim(NoiseSchedule.make(), 6, spacing="trailing")
+    model = _toy64()
+    got = ddim_sample(model, x, schedule, cond=cond, dynamic_threshold=0.9, dynamic_threshold_max=2.5, progress=False)
+    want = _reference_loop(model, x, schedule, cond, dynamic_threshold=0.9, dynamic_threshold_max=2.5)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    unbounded = ddim_sample(model, x, schedule, cond=cond, dynamic_threshold=0.9, progress=False)
+    assert (unbounded - got).abs().max() > 1e-3  # the bound changed the result
+    inv = ddim_invert(model, x, schedule, cond=cond, clip_sample_range=0.5, progress=False)[-1]
+    torch.testing.assert_close(inv, _reference_loop(model, x, schedule, cond, invert=True, clip_sample_range=0.5),
+                               rtol=1e-12, atol=1e-12)
+    assert (ddim_invert(model, x, schedule, cond=cond, progress=False)[-1] - inv).abs().max() > 1e-3
+
+
+def test_schedule_settings_are_the_samplers_defaults():
+    from dataclasses import replace
+
+    g = torch.Generator().manual_seed(6)
+    x, cond = 3 * torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(1, 8, dtype=torch.float64)
+    plain = SamplingSchedule.ddim(NoiseSchedule.make(), 5)
+    clipped = replace(plain, prediction_type="epsilon", clip_sample_range=1.0)
+    assert clipped.tail(0.5).clip_sample_range == 1.0  # tail keeps the settings
+    torch.testing.assert_close(ddim_sample(_toy64(), x, clipped, cond=cond, progress=False),
+                               ddim_sample(_toy64(), x, plain, cond=cond, clip_sample_range=1.0, progress=False))
+    torch.testing.assert_close(ddim_invert(_toy64(), x, clipped, cond=cond, progress=False)[-1],
+                               ddim_invert(_toy64(), x, plain, cond=cond, clip_sample_range=1.0, progress=False)[-1])
+    with pytest.raises(ValueError, match="clip_sample_range=2.0 conflicts with the schedule's clip_sample_range=1.0"):
+        ddim_sample(_toy64(), x, clipped, cond=cond, clip_sample_range=2.0, progress=False)
+    with pytest.raises(ValueError, match="exclude each other"):
+        ddim_sample(_toy64(), x, clipped, cond=cond, dynamic_threshold=0.99, progress=False)
+    with pytest.raises(ValueError, match="predicts 'epsilon' but the schedule is configured for prediction_type='v_pred"):
+        ddim_sample(_toy64(), x, replace(plain, prediction_type="v_prediction"), cond=cond, progress=False)
+    with pytest.raises(ValueError, match="no dynamic thresholding"):
+        ddim_invert(_toy64(), x, replace(plain, dynamic_threshold=0.99), cond=cond, progress=False)

@@ -115,3 +115,42 @@ def test_add_noise_and_velocity():
 
 def test_linspace_numpy_rounding_matches():
     assert NoiseSchedule.make().timesteps(3, "linspace") == [int(v) for v in np.linspace(0, 999, 3).round()][::-1]
+
+
+@pytest.mark.parametrize("num_steps", [7, 10, 50])
+@pytest.mark.parametrize("strength", [0.05, 0.29, 0.3, 0.55, 0.7, 1.0])
+def test_tail_floor_rounding_is_diffusers_get_timesteps(num_steps, strength):
+    """rounding="floor" keeps the steps diffusers' img2img / DiffEdit get_timesteps keeps (int(s·N))."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    s = diffusers.DDIMScheduler(timestep_spacing="trailing")
+    s.set_timesteps(num_steps)
+    theirs, k = StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=s), num_steps, strength, "cpu")
+    sched = SamplingSchedule.ddim(NoiseSchedule.make(), num_steps, spacing="trailing")
+    if k == 0:
+        with pytest.raises(ValueError, match="keeps no step"):
+            sched.tail(strength, rounding="floor")
+    else:
+        assert list(sched.tail(strength, rounding="floor").timesteps) == theirs.tolist()
+    assert len(sched.tail(strength)) == max(1, math.ceil(strength * num_steps - 1e-9))  # the default: ceil
+    with pytest.raises(ValueError, match="rounding"):
+        sched.tail(strength, rounding="round")
+
+
+def test_tail_rounding_at_ten_steps():
+    sched = SamplingSchedule.ddim(NoiseSchedule.make(), 10)
+    assert len(sched.tail(0.55)) == 6 and len(sched.tail(0.55, rounding="floor")) == 5
+
+
+def test_sampling_schedule_validates_its_settings():
+    ts, a = (999, 499), (0.01, 0.5)
+    with pytest.raises(ValueError, match="prediction_type"):
+        SamplingSchedule(ts, a, (0.5, 1.0), prediction_type="eps")
+    with pytest.raises(ValueError, match="not both"):
+        SamplingSchedule(ts, a, (0.5, 1.0), clip_sample_range=1.0, dynamic_threshold=0.9)
+    with pytest.raises(ValueError, match="dynamic_threshold_max needs dynamic_threshold"):
+        SamplingSchedule(ts, a, (0.5, 1.0), dynamic_threshold_max=2.0)
+    with pytest.raises(ValueError, match="length"):
+        SamplingSchedule(ts, a, (1.0,))

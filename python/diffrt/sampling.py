@@ -8,6 +8,7 @@ guidance of Imagen Editor / Imagen Video is one line.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Protocol, Union
 
@@ -19,17 +20,21 @@ from .denoiser import Denoiser, check_denoiser
 from .schedules import SamplingSchedule
 
 
-class GuidanceSchedule(Protocol):
-    """The guidance weight w at sampling step ``step`` (0 = noisiest) of ``num_steps``."""
+Weight = Union[float, torch.Tensor]  # one w for the batch, or a 1-D tensor of per-sample weights
 
-    def __call__(self, step: int, num_steps: int) -> float: ...
+
+class GuidanceSchedule(Protocol):
+    """The guidance weight w at sampling step ``step`` (0 = noisiest) of ``num_steps``: a number, or
+    a 1-D tensor of per-sample weights."""
+
+    def __call__(self, step: int, num_steps: int) -> Weight: ...
 
 
 @dataclass(frozen=True)
 class ConstantGuidance:
-    scale: float
+    scale: Weight
 
-    def __call__(self, step: int, num_steps: int) -> float:
+    def __call__(self, step: int, num_steps: int) -> Weight:
         return self.scale
 
 
@@ -51,7 +56,7 @@ class OscillatingGuidance:
         return self.low if self.hold is None else self.hold
 
 
-Guidance = Union[None, float, GuidanceSchedule]
+Guidance = Union[None, float, torch.Tensor, GuidanceSchedule]
 
 
 def as_guidance_schedule(guidance: Guidance) -> Optional[GuidanceSchedule]:
@@ -59,23 +64,82 @@ def as_guidance_schedule(guidance: Guidance) -> Optional[GuidanceSchedule]:
         return None
     if isinstance(guidance, (int, float)) and not isinstance(guidance, bool):
         return ConstantGuidance(float(guidance))
+    if isinstance(guidance, torch.Tensor):
+        return ConstantGuidance(guidance)
     if callable(guidance):
         return guidance
-    raise TypeError(f"guidance must be a number, a guidance schedule (step, num_steps) -> w, or None; got {type(guidance).__name__}")
+    raise TypeError(f"guidance must be a number, a 1-D tensor of per-sample weights, a guidance schedule "
+                    f"(step, num_steps) -> w, or None; got {type(guidance).__name__}")
+
+
+def _step_weight(w: Any, step: int, batch: int) -> Optional[Weight]:
+    """The guidance weight of one step as ops.ddim_step takes it, or None when every weight is 1
+    (ε̃ = ε_u + 1·(ε_c − ε_u) = ε_c: only the conditional half is needed, and the rescale factor is 1)."""
+    if isinstance(w, torch.Tensor):
+        if w.dim() > 1 or w.numel() not in (1, batch) or w.is_complex() or w.dtype == torch.bool:
+            raise ValueError(f"guidance at step {step} must be a number or a real 1-D tensor of 1 or {batch} "
+                             f"per-sample weights, got a {w.dtype} tensor of shape {tuple(w.shape)}")
+        return None if bool((w == 1).all()) else w.reshape(-1)
+    if isinstance(w, bool) or not isinstance(w, numbers.Real):
+        raise TypeError(f"guidance at step {step} must be a number or a 1-D tensor, got {type(w).__name__}")
+    return None if w == 1 else float(w)
+
+
+def _guidance_weights(guidance: Guidance, uncond: Any, num_steps: int, batch: int) -> List[Optional[Weight]]:
+    """The weight of each sampling step (0 = noisiest); None where the step runs unguided."""
+    weights = as_guidance_schedule(guidance)
+    if weights is None:
+        return [None] * num_steps
+    ws = [_step_weight(weights(i, num_steps), i, batch) for i in range(num_steps)]
+    if uncond is None and any(w is not None for w in ws):
+        raise ValueError("guidance needs uncond (the unconditional condition, e.g. the empty prompt's embedding); "
+                         "pass uncond=, or guidance=None to sample unguided")
+    return ws
+
+
+def _x0_options(fn: str, schedule: SamplingSchedule, model: Denoiser, **given: Any) -> dict:
+    """The x̂0 options a sampler runs with: its keyword arguments, defaulting to the schedule's."""
+    if schedule.prediction_type is not None and model.prediction_type != schedule.prediction_type:
+        raise ValueError(f"the model predicts {model.prediction_type!r} but the schedule is configured for "
+                         f"prediction_type={schedule.prediction_type!r}")
+    options = {}
+    for name, value in given.items():
+        from_schedule = getattr(schedule, name)
+        if value is not None and from_schedule is not None and value != from_schedule:
+            raise ValueError(f"{fn}: {name}={value!r} conflicts with the schedule's {name}={from_schedule!r}; pass it "
+                             f"in one place (dataclasses.replace(schedule, {name}=None) drops the schedule's)")
+        options[name] = value if value is not None else from_schedule
+    if options.get("clip_sample_range") is not None and options.get("dynamic_threshold") is not None:
+        raise ValueError(f"{fn}: clip_sample_range={options['clip_sample_range']!r} and dynamic_threshold="
+                         f"{options['dynamic_threshold']!r} exclude each other (one may come from the schedule)")
+    return options
+
+
+_PASS_THROUGH = (type(None), bool, int, float, str)
 
 
 def _cat_cond(uncond: Any, cond: Any) -> Any:
-    """[uncond; cond] along the batch dimension, for tensors, dicts/lists of tensors, or None."""
-    if cond is None and uncond is None:
-        return None
-    if isinstance(cond, torch.Tensor):
+    """[uncond; cond] along the batch dimension, for tensors and dicts/lists/tuples of them. A leaf
+    that is not a tensor (None, a number, a string: e.g. a LoRA scale in cross_attention_kwargs)
+    is the same for the whole batch: it must be equal in both and is passed through once."""
+    if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
         return torch.cat([uncond, cond])
-    if isinstance(cond, dict):
+    if isinstance(cond, dict) and isinstance(uncond, dict):
         if set(cond) != set(uncond):
             raise ValueError(f"uncond must have the keys of cond {sorted(cond)}, got {sorted(uncond)}")
         return {k: _cat_cond(uncond[k], cond[k]) for k in cond}
-    if isinstance(cond, (list, tuple)):
+    if isinstance(cond, (list, tuple)) and isinstance(uncond, (list, tuple)):
+        if len(cond) != len(uncond):
+            raise ValueError(f"uncond must have the {len(cond)} entries of cond, got {len(uncond)}")
         return type(cond)(_cat_cond(u, c) for u, c in zip(uncond, cond))
+    if isinstance(cond, _PASS_THROUGH) and type(uncond) is type(cond):
+        if cond != uncond:
+            raise ValueError(f"cond and uncond hold different {type(cond).__name__} values ({cond!r}, {uncond!r}) "
+                             f"where only tensors can differ per sample")
+        return cond
+    if isinstance(cond, torch.Tensor) or isinstance(uncond, torch.Tensor) or type(uncond) is not type(cond):
+        raise TypeError(f"cannot batch cond ({type(cond).__name__}) with uncond ({type(uncond).__name__}): "
+                        f"they must have the same structure")
     raise TypeError(f"cannot batch a condition of type {type(cond).__name__} (use tensors, dicts or lists of tensors)")
 
 
@@ -85,19 +149,22 @@ def _noise_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def _predict(model: Denoiser, x: torch.Tensor, t: int, cond: Any, uncond: Any, w: Optional[float]) -> torch.Tensor:
-    """The model output for x at timestep t: (B, …) unguided, or the batched [uncond; cond] (2B, …)."""
+def _predict(model: Denoiser, x: torch.Tensor, t: int, cond: Any, batched_cond: Any, guided: bool) -> torch.Tensor:
+    """The model output for x at timestep t: (B, …) unguided, or on [x; x] with the batched
+    [uncond; cond] (2B, …) when guided."""
     b = x.shape[0]
-    if w is None:
+    if not guided:
         return model(x, torch.full((b,), t, dtype=torch.long, device=x.device), cond).to(x.dtype)
     both = torch.cat([x, x])
-    return model(both, torch.full((2 * b,), t, dtype=torch.long, device=x.device), _cat_cond(uncond, cond)).to(x.dtype)
+    return model(both, torch.full((2 * b,), t, dtype=torch.long, device=x.device), batched_cond).to(x.dtype)
 
 
 def _check_inputs(model, x, schedule, eta):
     check_denoiser(model)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError("the starting sample must be a floating-point torch.Tensor")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"the starting sample must have a non-empty batch dimension, got shape {tuple(x.shape)}")
     if not isinstance(schedule, SamplingSchedule):
         raise TypeError(f"schedule must be a diffrt.schedules.SamplingSchedule, got {type(schedule).__name__}")
     if eta < 0:
@@ -117,6 +184,7 @@ def ddim_sample(
     eta: float = 0.0,
     clip_sample_range: Optional[float] = None,
     dynamic_threshold: Optional[float] = None,
+    dynamic_threshold_max: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callable[[dict], None]] = None,
     after_step: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
@@ -124,24 +192,31 @@ def ddim_sample(
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12; η = 0 deterministic, η = 1 DDPM-like).
 
-    Guidance runs when both ``uncond`` and ``guidance`` are given; a step whose weight is 1 needs
-    only the conditional output and skips the unconditional half. ``after_step(i, x)`` may replace
-    the sample after step i (DiffEdit's and inpainting's mask blending); ``callback`` then receives
-    {"i", "t", "x", "x0"}; η-noise comes from ``generator``.
+    ``guidance`` (a number, a 1-D tensor of per-sample weights, or a schedule (step, num_steps) -> w)
+    needs ``uncond``; a step whose weights are all 1 needs only the conditional output and skips the
+    unconditional half. x̂0 is clamped to ±``clip_sample_range`` or dynamically thresholded
+    (quantile ``dynamic_threshold``, s bounded by ``dynamic_threshold_max``); these default to the
+    schedule's settings. ``after_step(i, x)`` may replace the sample after step i (DiffEdit's and
+    inpainting's mask blending); ``callback`` then receives {"i", "t", "x", "x0"}; η-noise comes
+    from ``generator``.
     """
     _check_inputs(model, x_T, schedule, eta)
-    weights = as_guidance_schedule(guidance) if uncond is not None else None
-    x = x_T
+    x0_options = _x0_options("ddim_sample", schedule, model, clip_sample_range=clip_sample_range,
+                             dynamic_threshold=dynamic_threshold, dynamic_threshold_max=dynamic_threshold_max)
     n = len(schedule)
+    weights = _guidance_weights(guidance, uncond, n, x_T.shape[0])
+    if guidance_rescale != 0.0 and guidance is None:
+        raise ValueError(f"guidance_rescale={guidance_rescale} needs guidance (it rescales the guided prediction)")
+    batched_cond = _cat_cond(uncond, cond) if any(w is not None for w in weights) else None
+    x = x_T
     for i, (t, a_t, a_prev) in enumerate(tqdm(schedule, desc="DDIM", disable=not progress, leave=False)):
-        w = weights(i, n) if weights is not None else None
-        w = None if w == 1.0 else w  # ε̃ = ε_c at w = 1 (and the rescale factor is 1)
-        out = _predict(model, x, t, cond, uncond, w)
+        w = weights[i]
+        out = _predict(model, x, t, cond, batched_cond, w is not None)
         noise = _noise_like(x, generator) if eta > 0 else None
         result = ops.ddim_step(
-            x, out, a_t, a_prev, eta=eta, noise=noise, prediction_type=model.prediction_type,
-            clip_sample_range=clip_sample_range, dynamic_threshold=dynamic_threshold, guidance_scale=w,
-            guidance_rescale=guidance_rescale if w is not None else 0.0, return_x0=callback is not None,
+            x, out, a_t, a_prev, eta=eta, noise=noise, prediction_type=model.prediction_type, **x0_options,
+            guidance_scale=w, guidance_rescale=guidance_rescale if w is not None else 0.0,
+            return_x0=callback is not None,
         )
         x, x0 = result if callback is not None else (result, None)
         if after_step is not None:
@@ -160,28 +235,37 @@ def ddim_invert(
     cond: Any = None,
     uncond: Any = None,
     guidance: Guidance = None,
+    clip_sample_range: Optional[float] = None,
     callback: Optional[Callable[[dict], None]] = None,
     progress: bool = True,
 ) -> List[torch.Tensor]:
     """DDIM inversion (Song et al. 2021, eq. 12 at η = 0 run towards noise): the exact reverse of
     :func:`ddim_sample`'s steps — each step goes from ᾱ_prev to ᾱ_t with the model evaluated at t,
-    the timestep the sampler uses for that pair.
+    the timestep the sampler uses for that pair. ``guidance`` as in :func:`ddim_sample` (step i of
+    the sampler is inversion step N − 1 − i); x̂0 is clamped to ±``clip_sample_range`` (default: the
+    schedule's), as diffusers' DDIMInverseScheduler does with clip_sample.
 
     Returns the latents [x_0, x at timesteps[N−1], …, x at timesteps[0]] (increasing noise), so
     ``latents[-1]`` is x_T and ``latents[N − i]`` is the latent at ``schedule.timesteps[i]``.
     Use ``schedule.tail(strength)`` to encode only to a ratio of the way (DiffEdit, img2img).
     """
     _check_inputs(model, x_0, schedule, 0.0)
-    weights = as_guidance_schedule(guidance) if uncond is not None else None
+    if schedule.dynamic_threshold is not None:
+        raise ValueError("ddim_invert has no dynamic thresholding (nor has diffusers' DDIMInverseScheduler), but the "
+                         "schedule sets dynamic_threshold; invert with dataclasses.replace(schedule, dynamic_threshold="
+                         "None, dynamic_threshold_max=None)")
+    x0_options = _x0_options("ddim_invert", schedule, model, clip_sample_range=clip_sample_range)
+    n = len(schedule)
+    weights = _guidance_weights(guidance, uncond, n, x_0.shape[0])
+    batched_cond = _cat_cond(uncond, cond) if any(w is not None for w in weights) else None
     latents = [x_0]
     x = x_0
-    n = len(schedule)
     steps = list(schedule)[::-1]
     for j, (t, a_t, a_prev) in enumerate(tqdm(steps, desc="DDIM inversion", disable=not progress, leave=False)):
-        w = weights(n - 1 - j, n) if weights is not None else None
-        w = None if w == 1.0 else w
-        out = _predict(model, x, t, cond, uncond, w)
-        x = ops.ddim_invert_step(x, out, a_prev, a_t, prediction_type=model.prediction_type, guidance_scale=w)
+        w = weights[n - 1 - j]
+        out = _predict(model, x, t, cond, batched_cond, w is not None)
+        x = ops.ddim_invert_step(x, out, a_prev, a_t, prediction_type=model.prediction_type, guidance_scale=w,
+                                 **x0_options)
         latents.append(x)
         if callback is not None:
             callback({"i": j, "t": t, "x": x})

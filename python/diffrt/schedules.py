@@ -10,14 +10,18 @@ DDIMScheduler subtracts T//N instead, which lands off the sequence for ``linspac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+import numbers
+from dataclasses import dataclass, replace
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .ops import PREDICTION_TYPES
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
+TAIL_ROUNDINGS = ("ceil", "floor")
 
 
 def make_betas(kind: str, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
@@ -111,11 +115,39 @@ class NoiseSchedule:
 @dataclass(frozen=True)
 class SamplingSchedule:
     """The steps of a DDIM-style sampler: timesteps t_1 > … > t_N with ᾱ at each, and the ᾱ it
-    steps to — the next timestep of the same sequence, and ``final_alpha`` after the last."""
+    steps to — the next timestep of the same sequence, and ``final_alpha`` after the last.
+
+    A schedule may also carry how the sampler treats x̂0 and what the model must predict, as a
+    diffusers scheduler's config does (:func:`diffrt.integrations.diffusers.schedules_from_diffusers`
+    fills them): ``prediction_type`` (the samplers refuse a model that predicts something else),
+    ``clip_sample_range`` or Imagen's ``dynamic_threshold`` quantile with its bound
+    ``dynamic_threshold_max``. The samplers' keyword arguments of the same names default to these;
+    passing a different value raises. ``dataclasses.replace(schedule, clip_sample_range=None)``
+    drops one.
+    """
 
     timesteps: Tuple[int, ...]
     alphas: Tuple[float, ...]
     alphas_prev: Tuple[float, ...]
+    prediction_type: Optional[str] = None
+    clip_sample_range: Optional[float] = None
+    dynamic_threshold: Optional[float] = None
+    dynamic_threshold_max: Optional[float] = None
+
+    def __post_init__(self):
+        if not len(self.timesteps) == len(self.alphas) == len(self.alphas_prev) or not self.timesteps:
+            raise ValueError(f"timesteps, alphas and alphas_prev must have one equal, nonzero length; got "
+                             f"{len(self.timesteps)}, {len(self.alphas)}, {len(self.alphas_prev)}")
+        if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES} or None, got {self.prediction_type!r}")
+        if self.clip_sample_range is not None and not self.clip_sample_range > 0:
+            raise ValueError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
+        if self.dynamic_threshold is not None and not 0 < self.dynamic_threshold <= 1:
+            raise ValueError(f"dynamic_threshold must lie in (0, 1], got {self.dynamic_threshold}")
+        if self.clip_sample_range is not None and self.dynamic_threshold is not None:
+            raise ValueError("a schedule takes clip_sample_range or dynamic_threshold, not both")
+        if self.dynamic_threshold_max is not None and self.dynamic_threshold is None:
+            raise ValueError("dynamic_threshold_max needs dynamic_threshold")
 
     @classmethod
     def ddim(cls, noise: NoiseSchedule, num_steps: int, *, spacing: str = "leading", steps_offset: int = 0,
@@ -134,10 +166,24 @@ class SamplingSchedule:
         """(t, ᾱ_t, ᾱ_prev) for each sampling step, noisiest first."""
         return iter(zip(self.timesteps, self.alphas, self.alphas_prev))
 
-    def tail(self, strength: float) -> "SamplingSchedule":
-        """The last ⌈strength·N⌉ steps: encoding to ratio ``strength`` and decoding back from it
-        (img2img, DiffEdit's encoding ratio r). strength = 1 is the whole schedule."""
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must lie in (0, 1], got {strength}")
-        k = max(1, math.ceil(strength * len(self) - 1e-9))
-        return SamplingSchedule(self.timesteps[-k:], self.alphas[-k:], self.alphas_prev[-k:])
+    def tail(self, strength: float, rounding: str = "ceil") -> "SamplingSchedule":
+        """The last k of the N steps: encoding to ratio ``strength`` and decoding back from it
+        (img2img, DiffEdit's encoding ratio r). strength = 1 is the whole schedule.
+
+        rounding="ceil" (default): k = ⌈strength·N⌉, at least 1 — a strength above 0 always moves.
+        rounding="floor": k = int(strength·N) exactly as diffusers' img2img / DiffEdit pipelines
+        compute it (so 0.55 of 10 steps is 5, not 6); a strength that keeps no step raises.
+        """
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must lie in (0, 1], got {strength!r}")
+        n = len(self)
+        if rounding == "ceil":
+            k = max(1, math.ceil(strength * n - 1e-9))
+        elif rounding == "floor":
+            k = int(strength * n)  # diffusers' int(num_inference_steps * strength), float rounding included
+            if k == 0:
+                raise ValueError(f"strength={strength} keeps no step of {n} with rounding='floor' (int(strength·N) = 0); "
+                                 f"raise strength or the number of steps, or use rounding='ceil'")
+        else:
+            raise ValueError(f"rounding must be one of {TAIL_ROUNDINGS}, got {rounding!r}")
+        return replace(self, timesteps=self.timesteps[-k:], alphas=self.alphas[-k:], alphas_prev=self.alphas_prev[-k:])

@@ -2,7 +2,10 @@
 
 ``DiffrtAttnProcessor`` reproduces diffusers' ``AttnProcessor2_0`` step for step (spatial norm, group
 norm, q/k/v projections, q/k norms, output projection, residual connection, rescale factor) and swaps
-torch's scaled_dot_product_attention for :func:`diffrt.ops.attention`.
+torch's scaled_dot_product_attention for :func:`diffrt.ops.attention`. On layers with added key/value
+projections (``add_k_proj``: UnCLIP / Kandinsky "simple cross-attention" blocks) it reproduces
+``AttnAddedKVProcessor2_0`` instead, the text's keys and values preceding the image's own in one fused call.
+Joint attention (``add_q_proj``, SD3 / Flux) is refused by name.
 
 Masks: diffusers hands the processor an additive bias (UNets turn ``encoder_attention_mask`` into
 0 / −10000) or a boolean mask. When it is a key-padding mask — the same for every head and query, each
@@ -58,6 +61,11 @@ class DiffrtAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  *args, **kwargs) -> torch.Tensor:
+        if getattr(attn, "add_q_proj", None) is not None:
+            raise NotImplementedError("DiffrtAttnProcessor does not run joint attention (an Attention with add_q_proj, "
+                                      "as in SD3/Flux transformers); keep diffusers' processor on those layers")
+        if getattr(attn, "add_k_proj", None) is not None:
+            return self._added_kv(attn, hidden_states, encoder_hidden_states, attention_mask)
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -98,15 +106,7 @@ class DiffrtAttnProcessor:
 
         # AttnProcessor2_0 calls SDPA with its default scale 1/√d, which is attn.scale for every Attention
         # built with scale_qk=True (the only case where diffusers picks AttnProcessor2_0 itself).
-        key_padding_mask = None
-        if attention_mask is not None:
-            key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, attn.heads)
-        if attention_mask is not None and key_padding_mask is None:
-            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                           dropout_p=0.0, is_causal=False, scale=attn.scale)
-        else:
-            hidden_states = attention(query, key, value, key_padding_mask=key_padding_mask, scale=attn.scale,
-                                      backend=self.backend)
+        hidden_states = self._attend(attn, query, key, value, attention_mask, batch_size)
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
@@ -120,3 +120,44 @@ class DiffrtAttnProcessor:
             hidden_states = hidden_states + residual
         hidden_states = hidden_states / attn.rescale_output_factor
         return hidden_states
+
+    def _attend(self, attn, query, key, value, attention_mask, batch_size):
+        """softmax(q·kᵀ·scale + mask)·v on (B, H, L, d) views: the fused kernel, or SDPA for masks it cannot take."""
+        key_padding_mask = None
+        if attention_mask is not None:
+            key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, attn.heads)
+        if attention_mask is not None and key_padding_mask is None:
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                                  is_causal=False, scale=attn.scale)
+        return attention(query, key, value, key_padding_mask=key_padding_mask, scale=attn.scale, backend=self.backend)
+
+    def _added_kv(self, attn, hidden_states, encoder_hidden_states, attention_mask):
+        """diffusers' AttnAddedKVProcessor(2_0) (UnCLIP / Kandinsky "simple cross-attention" blocks): the text's
+        keys and values come from add_k_proj / add_v_proj and, unless only_cross_attention, precede the image's
+        own; the input is (B, C, H, W) or (B, C, L), group-normed, and the residual is always added."""
+        residual = hidden_states
+        hidden_states = hidden_states.view(hidden_states.shape[0], hidden_states.shape[1], -1).transpose(1, 2)
+        batch_size, sequence_length, _ = hidden_states.shape
+        if attention_mask is not None:
+            # the text mask, padded with `sequence_length` zeros (attend) for the image's own keys
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        def heads(x):  # (B, L, H·d) viewed as (B, H, L, d)
+            return x.view(batch_size, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        query = heads(attn.to_q(hidden_states))
+        key, value = heads(attn.add_k_proj(encoder_hidden_states)), heads(attn.add_v_proj(encoder_hidden_states))
+        if not attn.only_cross_attention:
+            key = torch.cat([key, heads(attn.to_k(hidden_states))], dim=2)
+            value = torch.cat([value, heads(attn.to_v(hidden_states))], dim=2)
+        # scale: attn.scale, which is SDPA's default 1/√d (what AttnAddedKVProcessor2_0 uses) whenever scale_qk=True
+        hidden_states = self._attend(attn, query, key, value, attention_mask, batch_size)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, residual.shape[1]).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))  # linear projection, dropout
+        return hidden_states.transpose(-1, -2).reshape(residual.shape) + residual

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -32,20 +33,52 @@ class DiffEditOutput:
     latents: List[torch.Tensor]  # the inverted latents, x_0 first
 
 
+POSTERIORS = ("mean", "sample")
+
+
 class DiffEditPipeline:
     def __init__(self, model: Denoiser, noise_schedule: NoiseSchedule, encode_prompt: Callable[[List[str]], Any], *,
-                 codec: Any = None, num_steps: int = 50, spacing: str = "trailing"):
+                 codec: Any = None, num_steps: int = 50, spacing: str = "trailing", steps_offset: int = 0,
+                 set_alpha_to_one: bool = True, strength_rounding: str = "ceil", posterior: str = "mean"):
         """``encode_prompt(prompts) -> cond`` gives the model's condition for a list of prompts
         (e.g. a :class:`diffrt.models.TextEncoder`); ``codec`` maps images to the model's latents
-        and back (default: pixel space)."""
+        and back (default: pixel space).
+
+        ``spacing``, ``steps_offset`` and ``set_alpha_to_one`` build the DDIM schedule as diffusers'
+        DDIMScheduler config does. ``strength_rounding`` ("ceil" or diffusers' "floor") is how a
+        strength becomes a number of steps (:meth:`SamplingSchedule.tail`). ``posterior="sample"``
+        encodes with a draw from the codec's posterior (a VAE's latent_dist.sample) taken from the
+        call's generator, as diffusers' pipeline does — the mask gets one draw per noise draw;
+        "mean" (default) encodes with the posterior mean.
+        """
         check_denoiser(model)
         self.model, self.noise_schedule, self.encode_prompt = model, noise_schedule, encode_prompt
         self.codec = codec or PixelCodec()
-        self.schedule = SamplingSchedule.ddim(noise_schedule, num_steps, spacing=spacing)
+        self.schedule = SamplingSchedule.ddim(noise_schedule, num_steps, spacing=spacing, steps_offset=steps_offset,
+                                              set_alpha_to_one=set_alpha_to_one)
+        self.schedule.tail(1.0, rounding=strength_rounding)  # validates the name
+        self.strength_rounding = strength_rounding
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+        if posterior == "sample":
+            params = inspect.signature(self.codec.encode).parameters
+            if not {"sample", "generator"} <= set(params):
+                raise ValueError(f"posterior='sample' needs a codec whose encode takes sample= and generator= (a VAE, e.g. "
+                                 f"DiffusersLatentCodec); {type(self.codec).__name__} has no posterior to sample")
+        self.posterior = posterior
 
-    def _encode(self, image: torch.Tensor) -> torch.Tensor:
-        latents = self.codec.encode(check_image("image", image))
+    def _encode(self, image: torch.Tensor, generator: Optional[torch.Generator] = None, copies: int = 1) -> torch.Tensor:
+        """The latents of each image, ``copies`` times in a row (image-major); with posterior="sample",
+        each copy is its own posterior draw from ``generator``."""
+        image = check_image("image", image)
+        if self.posterior == "sample":
+            latents = self.codec.encode(image.repeat_interleave(copies, 0), sample=True, generator=generator)
+        else:
+            latents = self.codec.encode(image).repeat_interleave(copies, 0)
         return check_image("image (encoded)", latents, self.model)
+
+    def _tail(self, strength: float) -> SamplingSchedule:
+        return self.schedule.tail(strength, rounding=self.strength_rounding)
 
     @torch.no_grad()
     def generate_mask(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
@@ -59,14 +92,14 @@ class DiffEditPipeline:
         the soft map (radius in pixels) before thresholding; ``dilate`` grows it."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        x0 = self._encode(image)
-        b = x0.shape[0]
-        src, tgt = prompt_list("source_prompt", source_prompt, b), prompt_list("target_prompt", target_prompt, b)
-        t = self.schedule.tail(strength).timesteps[0]
-        noise = torch.randn((b * n, *x0.shape[1:]), generator=generator, dtype=x0.dtype,
+        b = check_image("image", image).shape[0]
+        src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
+        tgt = prompt_list("target_prompt", target_prompt, b)
+        t = self._tail(strength).timesteps[0]
+        x0 = self._encode(image, generator, copies=n)  # (b·n, …): n copies of each image
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
                             device=generator.device if generator is not None else x0.device).to(x0.device)
-        x_t = self.noise_schedule.add_noise(x0.repeat_interleave(n, 0), noise,
-                                            torch.full((b * n,), t, device=x0.device))
+        x_t = self.noise_schedule.add_noise(x0, noise, torch.full((b * n,), t, device=x0.device))
         cond_q = self.encode_prompt([p for p in tgt for _ in range(n)])
         cond_r = self.encode_prompt([p for p in src for _ in range(n)])
         guided = guidance_scale is not None and guidance_scale != 1.0
@@ -96,11 +129,14 @@ class DiffEditPipeline:
 
     @torch.no_grad()
     def invert(self, image: torch.Tensor, prompt: Union[str, Sequence[str]], *, strength: float = 0.5,
-               progress: bool = True) -> List[torch.Tensor]:
-        """DDIM encoding of the image to ratio ``strength`` under ``prompt``: [x_0, …, x_r]."""
-        x0 = self._encode(image)
-        cond = self.encode_prompt(prompt_list("prompt", prompt, x0.shape[0]))
-        return ddim_invert(self.model, x0, self.schedule.tail(strength), cond=cond, progress=progress)
+               generator: Optional[torch.Generator] = None, progress: bool = True) -> List[torch.Tensor]:
+        """DDIM encoding of the image to ratio ``strength`` under ``prompt`` (may be ''): [x_0, …, x_r]."""
+        return self._invert(self._encode(image, generator), prompt, strength, progress)
+
+    def _invert(self, x0: torch.Tensor, prompt: Union[str, Sequence[str]], strength: float,
+                progress: bool) -> List[torch.Tensor]:
+        cond = self.encode_prompt(prompt_list("prompt", prompt, x0.shape[0], allow_empty=True))
+        return ddim_invert(self.model, x0, self._tail(strength), cond=cond, progress=progress)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
@@ -109,27 +145,30 @@ class DiffEditPipeline:
                  threshold: float = 0.5, mask_guidance_scale: Optional[float] = None,
                  generator: Optional[torch.Generator] = None, output_type: str = "pil",
                  callback: Optional[Callable[[dict], None]] = None, progress: bool = True) -> DiffEditOutput:
-        """Edit ``image`` from ``source_prompt`` to ``target_prompt`` (mask estimated unless given;
-        ``mask_guidance_scale`` guides the mask's noise estimates)."""
-        x0 = self._encode(image)
+        """Edit ``image`` from ``source_prompt`` (may be '') to ``target_prompt`` (mask estimated unless
+        given; ``mask_guidance_scale`` guides the mask's noise estimates). With posterior="sample" the
+        mask and the inversion each draw their latents from ``generator``."""
+        x0 = self._encode(image, generator)
         b = x0.shape[0]
+        src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
         tgt = prompt_list("target_prompt", target_prompt, b)
         if mask is None:
-            mask = self.generate_mask(image, source_prompt, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio,
+            mask = self.generate_mask(image, src, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio,
                                       threshold=threshold, guidance_scale=mask_guidance_scale, generator=generator)
         elif mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != x0.shape[-2:]:
             raise ValueError(f"mask must have shape (B or 1, 1, {x0.shape[-2]}, {x0.shape[-1]}), got {tuple(mask.shape)}")
         mask = mask.to(x0.dtype)
-        latents = self.invert(image, source_prompt, strength=strength, progress=progress)
-        schedule = self.schedule.tail(strength)
+        latents = self._invert(x0, src, strength, progress)
+        schedule = self._tail(strength)
         n_steps = len(schedule)
 
         def keep_outside_mask(i: int, x: torch.Tensor) -> torch.Tensor:
             # after step i the sample sits at the level of inverted latent n_steps − 1 − i
             return ops.mask_blend(mask, x, latents[n_steps - 1 - i])
 
-        uncond = self.encode_prompt([""] * b) if guidance_scale is not None and guidance_scale != 1.0 else None
-        x = ddim_sample(self.model, latents[-1], schedule, cond=self.encode_prompt(tgt), uncond=uncond,
-                        guidance=guidance_scale, generator=generator, callback=callback,
+        guided = guidance_scale is not None and guidance_scale != 1.0
+        x = ddim_sample(self.model, latents[-1], schedule, cond=self.encode_prompt(tgt),
+                        uncond=self.encode_prompt([""] * b) if guided else None,
+                        guidance=guidance_scale if guided else None, generator=generator, callback=callback,
                         after_step=keep_outside_mask, progress=progress)
         return DiffEditOutput(convert_output(self.codec.decode(x), output_type), mask, latents)
