@@ -173,6 +173,8 @@ def _ddp_worker(rank, world, rendezvous, run_dir, result_file):
         t.run(6)
         if rank == 0:
             torch.save(t.model.state_dict(), result_file)
+        # Both ranks leave together: gloo aborts a rank that tears down while its peer still works.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
