@@ -4,7 +4,7 @@ into one normalised space, trained contrastively with a learnable temperature.""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Tuple
 
 import torch
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import TransformerBlock
-from .serialization import SavableModel
+from .serialization import SavableModel, check_config
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class CLIPConfig:
     embed_dim: int = 128
 
     def __post_init__(self):
+        problems = check_config(self, {f.name: 1 for f in fields(self)})
+        if problems:
+            raise ValueError("invalid CLIPConfig: " + "; ".join(problems))
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for width, heads, name in ((self.text_width, self.text_heads, "text"), (self.image_width, self.image_heads, "image")):

@@ -5,14 +5,14 @@ output at the query position is the prediction (x0 parameterisation: prediction_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
 from .layers import TransformerBlock, timestep_embedding
-from .serialization import SavableModel
+from .serialization import SavableModel, check_config
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class PriorConfig:
     heads: int = 8
 
     def __post_init__(self):
+        problems = check_config(self, {f.name: 1 for f in fields(self)})
+        if problems:
+            raise ValueError("invalid PriorConfig: " + "; ".join(problems))
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 

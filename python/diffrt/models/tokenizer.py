@@ -144,7 +144,20 @@ class Tokenizer:
         if not file.is_file():
             raise FileNotFoundError(f"{file}: tokenizer vocabulary not found")
         try:
-            data = json.loads(file.read_text())
-            return cls(data["pieces"], data["max_length"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{file}: not a diffrt tokenizer vocabulary ({e})") from e
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{file}: not UTF-8 text ({e})") from e
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: not a diffrt tokenizer vocabulary (not valid JSON: {e})") from e
+        if not isinstance(data, dict) or set(data) != {"pieces", "max_length"}:
+            raise ValueError(f"{file}: not a diffrt tokenizer vocabulary (expected an object with exactly "
+                             f"'pieces' and 'max_length')")
+        pieces, max_length = data["pieces"], data["max_length"]
+        if not isinstance(pieces, list) or not all(isinstance(p, str) and p for p in pieces):
+            raise ValueError(f"{file}: pieces must be a list of strings (non-empty)")
+        if not isinstance(max_length, int) or isinstance(max_length, bool):
+            raise ValueError(f"{file}: max_length must be an int, got {max_length!r}")
+        try:
+            return cls(pieces, max_length)
+        except ValueError as e:
+            raise ValueError(f"{file}: {e}") from e

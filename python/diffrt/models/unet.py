@@ -26,7 +26,7 @@ from torch import nn
 from .. import ops
 from ..ops import PREDICTION_TYPES
 from .layers import timestep_embedding
-from .serialization import SavableModel
+from .serialization import SavableModel, check_config
 
 SKIP_SCALE = 1 / math.sqrt(2)
 NUM_IMAGE_EMBED_TOKENS = 4
@@ -59,7 +59,17 @@ class UNetConfig:
     image_embed_dim: Optional[int] = None
 
     def __post_init__(self):
-        problems = []
+        problems = check_config(self, {
+            "in_channels": 1, "out_channels": 1, "image_size": 1, "patch_size": 1, "base_channels": 1,
+            "channel_mult": 1, "num_res_blocks": 0, "attention_resolutions": 1, "head_dim": 1, "groups": 1,
+            "context_dim": 1, "pooled_text_dim": 1, "cond_image_size": 0, "cond_channels": 1, "low_res_channels": 0,
+            "image_embed_dim": 1})
+        if not self.channel_mult:
+            problems.append("channel_mult must not be empty")
+        if self.image_embed_dim and self.context_dim is None:
+            problems.append("image_embed_dim needs context_dim (the 4 extra context tokens)")
+        if problems:  # the checks below assume positive sizes
+            raise ValueError("invalid UNetConfig: " + "; ".join(problems))
         if self.prediction_type not in PREDICTION_TYPES:
             problems.append(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         widths = [self.base_channels * m for m in self.channel_mult] + [self.cond_channels if self.cond_image else self.groups]
@@ -179,8 +189,6 @@ class UNet(nn.Module, SavableModel):
             if c.low_res_channels else None
         )
         if c.image_embed_dim:
-            if c.context_dim is None:
-                raise ValueError("invalid UNetConfig: image_embed_dim needs context_dim (the 4 extra context tokens)")
             self.image_embed_time = nn.Linear(c.image_embed_dim, time_dim)
             self.image_embed_tokens = nn.Linear(c.image_embed_dim, NUM_IMAGE_EMBED_TOKENS * c.context_dim)
         self.cond_conv = None
