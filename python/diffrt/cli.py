@@ -225,6 +225,9 @@ def _info(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command. Bad input (a missing or unreadable file, an invalid value) prints one line,
+    ``diffrt COMMAND: error: …``, and returns 2, as argparse does for bad options; anything else is a
+    bug and raises with its traceback. DIFFRT_DEBUG=1 shows the traceback of bad input too."""
     from .train.kinds import KINDS
 
     parser = argparse.ArgumentParser(prog="diffrt", description="diffrt: a compiled diffusion sampling runtime")
@@ -268,14 +271,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.run(args)
-        if isinstance(result, list):  # the image commands return the files they wrote
-            for path in result:
-                print(path)
-            return 0
-        return result
-    except (ValueError, FileNotFoundError) as e:
-        print(f"diffrt {args.command}: {e}", file=sys.stderr)
+    except Exception as e:
+        if os.environ.get("DIFFRT_DEBUG", "0") not in ("", "0") or not _bad_input(e):
+            raise  # a bug (or DIFFRT_DEBUG=1): the traceback is what is needed
+        print(f"diffrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    if isinstance(result, list):  # the image commands return the files they wrote
+        for path in result:
+            print(path)
+        return 0
+    return result
+
+
+def _bad_input(e: Exception) -> bool:
+    """Failures that mean bad input or environment, reported as one line: invalid values and files
+    (ValueError, which includes JSON, TOML and Unicode errors), file system errors (OSError, which
+    includes PIL's unreadable images), damaged safetensors files and images over PIL's size limit.
+    Anything else (TypeError, KeyError, RuntimeError, …) is a bug and keeps its traceback."""
+    from PIL import Image
+    from safetensors import SafetensorError
+
+    return isinstance(e, (ValueError, OSError, SafetensorError, Image.DecompressionBombError))
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

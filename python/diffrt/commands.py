@@ -4,14 +4,18 @@ Each reads PNG/JPEG files, runs a pipeline on a model bundle (``--model DIR``) a
 from __future__ import annotations
 
 import argparse
+import math
+import tempfile
+import warnings
 from pathlib import Path
 from typing import List
 
 import torch
 
-from .images import from_pil, to_pil
+from .images import from_pil, to_8bit, to_pil
 
 DEFAULT_OUT = "diffrt-out"
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any unsigned 64-bit seed
 
 
 class CommandError(ValueError):
@@ -19,16 +23,41 @@ class CommandError(ValueError):
 
 
 def read_image(path: str, *, mode: str = "RGB"):
+    """An image file as 8-bit RGB (or L for masks), upright per its EXIF orientation; 16-bit and
+    transparent images as :func:`diffrt.images.to_8bit` describes. Images of more than PIL's
+    ``Image.MAX_IMAGE_PIXELS`` pixels are refused (a decompression bomb, or far too large to edit)."""
     from PIL import Image, UnidentifiedImageError
 
     file = Path(path)
     if not file.is_file():
         raise CommandError(f"{file}: no such file")
     try:
-        with Image.open(file) as im:
-            return im.convert(mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as im:
+                orientation = im.getexif().get(_EXIF_ORIENTATION)
+                image = to_8bit(im, mode, name=str(file))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise CommandError(f"{file}: too large to read ({e}); diffrt reads images of at most "
+                           f"{Image.MAX_IMAGE_PIXELS} pixels") from e
     except (UnidentifiedImageError, OSError) as e:
         raise CommandError(f"{file}: not a readable image ({e})") from e
+    transpose = _EXIF_TRANSPOSE.get(orientation)
+    return image.transpose(transpose) if transpose is not None else image
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _exif_transposes():
+    from PIL import Image
+
+    t = Image.Transpose
+    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
+            7: t.TRANSVERSE, 8: t.ROTATE_90}
+
+
+_EXIF_TRANSPOSE = _exif_transposes()
 
 
 def _prompt(name: str, text: str) -> str:
@@ -37,7 +66,23 @@ def _prompt(name: str, text: str) -> str:
     return text
 
 
+def output_folder(path: str) -> Path:
+    """--out, checked before any model loads: a folder that exists or can be made, and is writable."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise CommandError(f"--out {out}: cannot write there ({e.strerror or e})") from e
+    return out
+
+
 def _write(images: torch.Tensor, out: Path, stem: str) -> List[Path]:
+    if not torch.isfinite(images).all():  # to_pil would save NaN as black
+        raise CommandError(f"sampling produced non-finite pixel values (NaN or ±inf); nothing written to {out}")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, im in enumerate(to_pil(images)):
@@ -56,6 +101,20 @@ def _bundle(args):
         raise CommandError(str(e)) from e
 
 
+def _start(args):
+    """(model bundle, output folder) of an image command: --out is checked first, so a bad --out
+    fails before any model loads or samples."""
+    out = output_folder(args.out)
+    return _bundle(args), out
+
+
+def _steps(args, noise_schedule) -> int:
+    if args.steps > noise_schedule.num_train_timesteps:
+        raise CommandError(f"--steps must be <= {noise_schedule.num_train_timesteps} (the model's training "
+                           f"timesteps), got {args.steps}")
+    return args.steps
+
+
 def _generator(args):
     return torch.Generator().manual_seed(args.seed)
 
@@ -66,32 +125,35 @@ def _cascade(bundle, args):
     sr = bundle.unet("sr") if bundle.has("sr") else None
     return ImagenEditorPipeline(bundle.unet("base"), bundle.noise_schedule("base"), bundle.text_encoder,
                                 super_resolution=sr, sr_noise_schedule=bundle.noise_schedule("sr") if sr else None,
-                                num_steps=args.steps, sr_num_steps=max(1, args.steps // 2))
+                                num_steps=_steps(args, bundle.noise_schedule("base")),
+                                sr_num_steps=max(1, args.steps // 2))
 
 
 def generate(args) -> List[Path]:
-    pipe = _cascade(_bundle(args), args)
-    out = pipe(_prompt("prompt", args.prompt), num_images_per_prompt=args.num_images, guidance=args.guidance,
-               dynamic_threshold=args.dynamic_threshold, composite=False, generator=_generator(args), output_type="pt",
-               progress=not args.quiet)
-    return _write(out.images, Path(args.out), "generate")
+    prompt = _prompt("prompt", args.prompt)
+    bundle, out = _start(args)
+    pipe = _cascade(bundle, args)
+    result = pipe(prompt, num_images_per_prompt=args.num_images, guidance=args.guidance,
+                  dynamic_threshold=args.dynamic_threshold, composite=False, generator=_generator(args),
+                  output_type="pt", progress=not args.quiet)
+    return _write(result.images, out, "generate")
 
 
 def inpaint(args) -> List[Path]:
-    bundle = _bundle(args)
-    pipe = _cascade(bundle, args)
+    prompt = _prompt("prompt", args.prompt)
+    bundle, out = _start(args)
     image, mask = read_image(args.image), read_image(args.mask, mode="L")
+    pipe = _cascade(bundle, args)
     last = bundle.unet("sr") if bundle.has("sr") else bundle.unet("base")
     side = last.config.cond_image_size or last.config.image_size
     if image.size != (side, side):
         print(f"diffrt inpaint: resizing {args.image} from {image.size[0]}×{image.size[1]} to {side}×{side}")
     if mask.size != image.size:
         print(f"diffrt inpaint: resizing the mask from {mask.size[0]}×{mask.size[1]} to the image's size")
-    out = pipe(_prompt("prompt", args.prompt), from_pil(image, size=side), mask, guidance=args.guidance,
-               dynamic_threshold=args.dynamic_threshold, num_images_per_prompt=args.num_images,
-               generator=_generator(args), output_type="pt",
-               progress=not args.quiet)
-    return _write(out.images, Path(args.out), "inpaint")
+    result = pipe(prompt, from_pil(image, size=side), mask, guidance=args.guidance,
+                  dynamic_threshold=args.dynamic_threshold, num_images_per_prompt=args.num_images,
+                  generator=_generator(args), output_type="pt", progress=not args.quiet)
+    return _write(result.images, out, "inpaint")
 
 
 def _text_to_image_model(bundle):
@@ -102,29 +164,35 @@ def _text_to_image_model(bundle):
 def diffedit(args) -> List[Path]:
     from .pipelines import DiffEditPipeline
 
-    bundle = _bundle(args)
+    source, target = _prompt("source", args.source), _prompt("target", args.target)
+    bundle, out = _start(args)
+    picture = read_image(args.image)
     model, encode = _text_to_image_model(bundle)
-    pipe = DiffEditPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
-    image = from_pil(read_image(args.image), size=model.config.image_size)
-    out = pipe(image, _prompt("source", args.source), _prompt("target", args.target), strength=args.strength,
-               guidance_scale=args.guidance, generator=_generator(args), output_type="pt", progress=not args.quiet)
+    pipe = DiffEditPipeline(model, bundle.noise_schedule("base"), encode,
+                            num_steps=_steps(args, bundle.noise_schedule("base")))
+    image = from_pil(picture, size=model.config.image_size)
+    result = pipe(image, source, target, strength=args.strength, guidance_scale=args.guidance,
+                  generator=_generator(args), output_type="pt", progress=not args.quiet)
     overlay = image.clone()
-    overlay[:, 0:1] = torch.where(out.mask.bool(), torch.ones_like(overlay[:, :1]), overlay[:, :1])  # mask in red
-    return _write(out.images, Path(args.out), "diffedit") + _write(overlay, Path(args.out), "diffedit_mask")
+    overlay[:, 0:1] = torch.where(result.mask.bool(), torch.ones_like(overlay[:, :1]), overlay[:, :1])  # mask in red
+    return _write(result.images, out, "diffedit") + _write(overlay, out, "diffedit_mask")
 
 
 def imagic(args) -> List[Path]:
     from .pipelines import ImagicPipeline
 
-    bundle = _bundle(args)
+    target = _prompt("target", args.target)
+    bundle, out = _start(args)
+    picture = read_image(args.image)
     model, encode = _text_to_image_model(bundle)
-    pipe = ImagicPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
-    image = from_pil(read_image(args.image), size=model.config.image_size)
-    pipe.fit(image, _prompt("target", args.target), embedding_steps=args.embedding_steps,
-             finetune_steps=args.finetune_steps, generator=_generator(args), progress=not args.quiet)
-    out = pipe(args.eta, guidance_scale=args.guidance, generator=_generator(args), output_type="pt",
-               progress=not args.quiet)
-    return _write(out.images, Path(args.out), "imagic")
+    pipe = ImagicPipeline(model, bundle.noise_schedule("base"), encode,
+                          num_steps=_steps(args, bundle.noise_schedule("base")))
+    image = from_pil(picture, size=model.config.image_size)
+    pipe.fit(image, target, embedding_steps=args.embedding_steps, finetune_steps=args.finetune_steps,
+             generator=_generator(args), progress=not args.quiet)
+    result = pipe(args.eta, guidance_scale=args.guidance, generator=_generator(args), output_type="pt",
+                  progress=not args.quiet)
+    return _write(result.images, out, "imagic")
 
 
 def _unclip(bundle, args):
@@ -132,32 +200,88 @@ def _unclip(bundle, args):
 
     return UnCLIPPipeline(bundle.prior, bundle.unet("decoder"), bundle.text_encoder, bundle.clip.encode_image,
                           noise_schedule=bundle.noise_schedule("decoder"),
-                          prior_noise_schedule=bundle.noise_schedule("prior"), num_steps=args.steps,
+                          prior_noise_schedule=bundle.noise_schedule("prior"),
+                          num_steps=_steps(args, bundle.noise_schedule("decoder")),
                           prior_steps=max(1, args.steps // 2))
 
 
-def _clip_image(bundle, path):
-    return from_pil(read_image(path), size=bundle.clip.config.image_size)
+def _clip_image(bundle, picture):
+    return from_pil(picture, size=bundle.clip.config.image_size)
 
 
 def variations(args) -> List[Path]:
-    bundle = _bundle(args)
+    bundle, out = _start(args)
+    picture = read_image(args.image)
     pipe = _unclip(bundle, args)
-    image = _clip_image(bundle, args.image)
-    out = pipe.variations(image, num_variations=args.num_images, guidance=args.guidance, generator=_generator(args),
-                          output_type="pt", progress=not args.quiet)
-    return _write(out.images, Path(args.out), "variations")
+    result = pipe.variations(_clip_image(bundle, picture), num_variations=args.num_images, guidance=args.guidance,
+                             generator=_generator(args), output_type="pt", progress=not args.quiet)
+    return _write(result.images, out, "variations")
 
 
 def interpolate(args) -> List[Path]:
-    bundle = _bundle(args)
+    bundle, out = _start(args)
+    picture_a, picture_b = read_image(args.image_a), read_image(args.image_b)
     pipe = _unclip(bundle, args)
-    za = bundle.clip.encode_image(_clip_image(bundle, args.image_a))
-    zb = bundle.clip.encode_image(_clip_image(bundle, args.image_b))
-    ts = [i / (args.frames - 1) for i in range(args.frames)] if args.frames > 1 else [0.0]
-    out = pipe.interpolate(za, zb, ts, guidance=args.guidance, generator=_generator(args), output_type="pt",
-                           progress=not args.quiet)
-    return _write(out.images, Path(args.out), "interpolate")
+    za = bundle.clip.encode_image(_clip_image(bundle, picture_a))
+    zb = bundle.clip.encode_image(_clip_image(bundle, picture_b))
+    ts = [i / (args.frames - 1) for i in range(args.frames)]  # --frames >= 2: both endpoints
+    result = pipe.interpolate(za, zb, ts, guidance=args.guidance, generator=_generator(args), output_type="pt",
+                              progress=not args.quiet)
+    return _write(result.images, out, "interpolate")
+
+
+# Option types: argparse reports their errors as "argument --name: ..." before anything loads.
+def int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(text: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+    return value
+
+
+def finite_arg(text: str) -> float:
+    return _finite(text, "a finite number")
+
+
+def guidance_arg(text: str) -> float:
+    """--guidance: a finite weight >= 0 (1 = the conditional model alone, 0 = the unconditional)."""
+    value = _finite(text, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+def strength_arg(text: str) -> float:
+    """--strength: the fraction of the noise schedule to encode to, in (0, 1]."""
+    value = _finite(text, "a number in (0, 1]")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64 - 1], got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64 - 1], got {value}")
+    return value
 
 
 def dynamic_threshold_arg(text: str) -> float:
@@ -181,14 +305,15 @@ def add_commands(sub) -> None:
     def common(p, steps=50, guidance=3.0, out=DEFAULT_OUT):
         p.add_argument("--model", help="model folder (clip/, base/, sr/, prior/, decoder/); default: the shipped weights")
         p.add_argument("--out", default=out, help=f"output folder for the PNGs (default: {out})")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--steps", type=int, default=steps, help="DDIM steps")
-        p.add_argument("--guidance", type=float, default=guidance, help="classifier-free guidance weight")
+        p.add_argument("--seed", type=seed_arg, default=0, help="random seed, 0 to 2**64 - 1 (default 0)")
+        p.add_argument("--steps", type=int_at_least(1), default=steps, help=f"DDIM steps (default {steps})")
+        p.add_argument("--guidance", type=guidance_arg, default=guidance,
+                       help=f"classifier-free guidance weight >= 0 (default {guidance})")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("generate", help="text-to-image with the cascade")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--num-images", type=int_at_least(1), default=4)
     common(p)
     add_threshold_option(p)
     p.set_defaults(run=generate)
@@ -196,7 +321,7 @@ def add_commands(sub) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--mask", required=True, help="white = repaint; resized to the image")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--num-images", type=int_at_least(1), default=1)
     common(p)
     add_threshold_option(p)
     p.set_defaults(run=inpaint)
@@ -204,31 +329,33 @@ def add_commands(sub) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--source", required=True)
     p.add_argument("--target", required=True)
-    p.add_argument("--strength", type=float, default=0.5, help="encoding ratio r")
+    p.add_argument("--strength", type=strength_arg, default=0.5, help="encoding ratio r in (0, 1] (default 0.5)")
     common(p)
     p.set_defaults(run=diffedit)
     p = sub.add_parser("imagic", help="edit an image towards a target text (optimise, fine-tune, interpolate)")
     p.add_argument("--image", required=True)
     p.add_argument("--target", required=True)
-    p.add_argument("--eta", type=float, nargs="+", default=[0.6, 0.8, 1.0])
-    p.add_argument("--embedding-steps", type=int, default=100)
-    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--eta", type=finite_arg, nargs="+", default=[0.6, 0.8, 1.0],
+                   help="interpolation weights of the target text, one image each (default 0.6 0.8 1.0)")
+    p.add_argument("--embedding-steps", type=int_at_least(0), default=100)
+    p.add_argument("--finetune-steps", type=int_at_least(0), default=200)
     common(p, guidance=3.0)
     p.set_defaults(run=imagic)
     p = sub.add_parser("variations", help="unCLIP variations of an image")
     p.add_argument("--image", required=True)
-    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--num-images", type=int_at_least(1), default=4)
     common(p, guidance=3.0)
     p.set_defaults(run=variations)
     p = sub.add_parser("interpolate", help="unCLIP interpolation between two images")
     p.add_argument("--image-a", required=True)
     p.add_argument("--image-b", required=True)
-    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--frames", type=int_at_least(2), default=5,
+                   help="images from image A to image B, both included (>= 2, default 5)")
     common(p, guidance=3.0)
     p.set_defaults(run=interpolate)
     p = sub.add_parser("demo", help="every pipeline on the default (or given) models; PNGs and a contact sheet")
-    p.add_argument("--embedding-steps", type=int, default=50)
-    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--embedding-steps", type=int_at_least(0), default=50)
+    p.add_argument("--finetune-steps", type=int_at_least(0), default=100)
     common(p, steps=25, out="diffrt-demo")
     add_threshold_option(p)
     p.set_defaults(run=demo)
@@ -246,8 +373,7 @@ def demo(args) -> List[Path]:
     from .data import ProceduralDataset
     from .pipelines import DiffEditPipeline, ImagicPipeline
 
-    bundle = _bundle(args)
-    out = Path(args.out)
+    bundle, out = _start(args)
     quiet = args.quiet
     base = bundle.unet("base")
     last = bundle.unet("sr") if bundle.has("sr") else base

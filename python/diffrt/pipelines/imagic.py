@@ -13,6 +13,7 @@ small models. Every random draw (t, noise, sampling) comes from the caller's gen
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
@@ -52,6 +53,33 @@ def interpolate_condition(e_tgt: Any, e_opt: Any, eta: float) -> Any:
     return _map_float(e_tgt, lambda t: eta * t + (1 - eta) * next(opt))
 
 
+def _check_count(name: str, value: Any, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_etas(etas: Any) -> List[float]:
+    """η values as a list of floats: one number or a non-empty sequence, every η finite (a NaN η
+    makes a NaN condition and a black image)."""
+    if isinstance(etas, (int, float)) and not isinstance(etas, bool):
+        etas = [etas]
+    try:
+        values = [float(e) for e in etas]
+    except (TypeError, ValueError):
+        raise ValueError(f"etas must be a number or a sequence of numbers, got {etas!r}") from None
+    if not values:
+        raise ValueError("etas must not be empty")
+    bad = [e for e in values if not math.isfinite(e)]
+    if bad:
+        raise ValueError(f"etas must be finite numbers, got {bad}")
+    return values
+
+
 @dataclass
 class ImagicResult:
     images: Any  # per output_type; one entry per η, in the order given
@@ -87,6 +115,10 @@ class ImagicPipeline:
             raise ValueError(f"Imagic edits one image at a time, got a batch of {x0.shape[0]}")
         if finetune not in ("full", "efficient"):
             raise ValueError(f"finetune must be 'full' or 'efficient', got {finetune!r}")
+        _check_count("embedding_steps", embedding_steps)
+        _check_count("finetune_steps", finetune_steps)
+        _check_positive("embedding_lr", embedding_lr)
+        _check_positive("finetune_lr", finetune_lr)
         prompt_list("target_prompt", target_prompt, 1)
         self._latent_shape = x0.shape
         generator = generator or torch.Generator().manual_seed(0)
@@ -138,7 +170,9 @@ class ImagicPipeline:
         """Stage C: one image per η from the same initial noise (so the sweep is comparable)."""
         if self.model is None:
             raise RuntimeError("call fit(image, target_prompt) first")
-        etas = [float(e) for e in etas]
+        etas = check_etas(etas)
+        if isinstance(guidance_scale, (int, float)) and not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale}")
         x_T = randn(self._latent_shape, generator, model_placement(self.model)[0])
         uncond = self.encode_prompt([""]) if guidance_scale not in (None, 1.0) else None
         images = []

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -42,6 +43,27 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return F.normalize(direction, dim=-1) * ((1 - t) * na + t * nb)
 
 
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_eta(eta: Any) -> None:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+
+
+def _check_weights(name: str, values: Sequence[float]) -> List[float]:
+    """Interpolation weights: a non-empty sequence of finite numbers."""
+    try:
+        weights = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}") from None
+    if not weights or not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"{name} must be a non-empty sequence of finite numbers, got {weights}")
+    return weights
+
+
 @dataclass
 class UnCLIPOutput:
     images: Any
@@ -71,6 +93,7 @@ class UnCLIPPipeline:
                             generator=None, progress=True, return_candidates: bool = False):
         """Prior sampling, best of ``candidates`` by cosine similarity to the text embedding
         (and all candidates (B, candidates, E) with ``return_candidates``)."""
+        _check_count("candidates", candidates)
         text, empty = self.text_encoder(prompts), self.text_encoder([""] * len(prompts))
         rep = lambda d: {k: v.repeat_interleave(candidates, 0) for k, v in d.items()}  # noqa: E731
         prior_cond = lambda d: {"text_tokens": d["context"], "text_mask": d["context_mask"],  # noqa: E731
@@ -91,6 +114,7 @@ class UnCLIPPipeline:
                guidance: Guidance = 3.0, eta: float = 0.0, generator=None, sr_guidance: Guidance = 3.0,
                callback=None, progress=True) -> torch.Tensor:
         """Decoder (and SR) from image embeddings; ``prompts`` add the caption tokens as context."""
+        _check_eta(eta)
         b = image_embeds.shape[0]
         text = self.text_encoder(prompts if prompts is not None else [""] * b)
         empty = self.text_encoder([""] * b)
@@ -115,6 +139,7 @@ class UnCLIPPipeline:
     def __call__(self, prompt: Union[str, Sequence[str]], *, num_images_per_prompt: int = 1,
                  prior_guidance: Guidance = 4.0, guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
                  callback=None, progress: bool = True) -> UnCLIPOutput:
+        _check_count("num_images_per_prompt", num_images_per_prompt)
         prompts = [p for p in prompt_list("prompt", prompt) for _ in range(num_images_per_prompt)]
         z = self.sample_image_embeds(prompts, guidance=prior_guidance, generator=generator, progress=progress)
         images = self.decode(z, prompts, guidance=guidance, generator=generator, callback=callback, progress=progress)
@@ -131,6 +156,8 @@ class UnCLIPPipeline:
     def variations(self, image: torch.Tensor, *, num_variations: int = 4, eta: float = 1.0, guidance: Guidance = 3.0,
                    generator=None, output_type: str = "pil", progress: bool = True) -> UnCLIPOutput:
         """Decode the image's own embedding from its DDIM-inverted x_T with η > 0 noise."""
+        _check_count("num_variations", num_variations)
+        _check_eta(eta)
         z = self._embed(image)
         empty = self.text_encoder([""] * image.shape[0])
         x_T = ddim_invert(self.decoder, self._decoder_input(image), self.schedule,
@@ -146,6 +173,7 @@ class UnCLIPPipeline:
                     progress: bool = True) -> UnCLIPOutput:
         """Decode slerp(z_a, z_b, t) for each t from one shared x_T (pass image embeddings, e.g.
         ``pipe.image_encoder(images)``)."""
+        ts = _check_weights("ts", ts)
         s = self.decoder.config.image_size
         x_T = randn((1, self.decoder.in_channels, s, s), generator, model_placement(self.decoder)[0])
         z = torch.cat([slerp(embeds_a, embeds_b, float(t)) for t in ts])
@@ -157,6 +185,7 @@ class UnCLIPPipeline:
                   amounts: Sequence[float] = (0.0, 0.25, 0.5), *, guidance: Guidance = 3.0, generator=None,
                   output_type: str = "pil", progress: bool = True) -> UnCLIPOutput:
         """Move the image embedding towards the caption change: z_θ = slerp(z_i, normalise(z_t − z_t0), θ)."""
+        amounts = _check_weights("amounts", amounts)
         prompt_list("source_caption", source_caption)
         prompt_list("target_caption", target_caption)
         z_i = self._embed(image)[:1]
