@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import List
 
 import torch
+from PIL import Image
 
 from .images import from_pil, to_8bit, to_pil
 
 DEFAULT_OUT = "diffrt-out"
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any unsigned 64-bit seed
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation → the transpose that shows the picture upright (what ImageOps.exif_transpose does)
+_T = getattr(Image, "Transpose", Image)  # the enum from Pillow 9.1, module constants before
+_UPRIGHT = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE, 6: _T.ROTATE_270,
+            7: _T.TRANSVERSE, 8: _T.ROTATE_90}
 
 
 class CommandError(ValueError):
@@ -26,7 +32,7 @@ def read_image(path: str, *, mode: str = "RGB"):
     """An image file as 8-bit RGB (or L for masks), upright per its EXIF orientation; 16-bit and
     transparent images as :func:`diffrt.images.to_8bit` describes. Images of more than PIL's
     ``Image.MAX_IMAGE_PIXELS`` pixels are refused (a decompression bomb, or far too large to edit)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     file = Path(path)
     if not file.is_file():
@@ -35,29 +41,16 @@ def read_image(path: str, *, mode: str = "RGB"):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file) as im:
-                orientation = im.getexif().get(_EXIF_ORIENTATION)
+                orientation = im.getexif().get(EXIF_ORIENTATION)
                 image = to_8bit(im, mode, name=str(file))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise CommandError(f"{file}: too large to read ({e}); diffrt reads images of at most "
                            f"{Image.MAX_IMAGE_PIXELS} pixels") from e
     except (UnidentifiedImageError, OSError) as e:
         raise CommandError(f"{file}: not a readable image ({e})") from e
-    transpose = _EXIF_TRANSPOSE.get(orientation)
-    return image.transpose(transpose) if transpose is not None else image
-
-
-_EXIF_ORIENTATION = 0x0112
-
-
-def _exif_transposes():
-    from PIL import Image
-
-    t = Image.Transpose
-    return {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE, 6: t.ROTATE_270,
-            7: t.TRANSVERSE, 8: t.ROTATE_90}
-
-
-_EXIF_TRANSPOSE = _exif_transposes()
+    # transposed after the conversion: to_8bit needs the file's own format (mode I from a PNG is 16-bit)
+    upright = _UPRIGHT.get(orientation)
+    return image.transpose(upright) if upright is not None else image
 
 
 def _prompt(name: str, text: str) -> str:
