@@ -56,7 +56,8 @@ def test_a_saved_folder_loads_back_identically(saved):
 
 def test_constructing_in_code_keeps_the_defaults():
     assert UNetConfig().head_dim == 32 and CLIPConfig().text_heads == 4 and PriorConfig().heads == 8
-    assert UNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))).config.head_dim == 32
+    config = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), attention_resolutions=(8,))
+    assert UNet(config).config.head_dim == 32
 
 
 @pytest.mark.parametrize("field", ["head_dim", "channel_mult", "prediction_type", "image_embed_dim"])
