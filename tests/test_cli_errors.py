@@ -439,3 +439,16 @@ def test_unclip_refuses_bad_counts_and_weights(unclip):
     for call, words in cases:
         with pytest.raises(ValueError, match=words):
             call()
+
+
+def test_a_16_bit_mask_given_to_a_pipeline_is_scaled_not_clipped():
+    from diffrt.pipelines._common import as_mask
+
+    samples = np.zeros((8, 8), dtype=np.uint16)
+    samples[2:6, 2:6] = 65535
+    samples[0, 0] = 32896  # 128·257: half-grey
+    image = Image.fromarray(samples)
+    assert image.mode.startswith("I;16")
+    mask = as_mask(image, 8, 1)
+    assert mask[0, 0, 2:6, 2:6].eq(1).all() and mask[0, 0, 7, 7] == 0
+    assert mask[0, 0, 0, 0] == pytest.approx(128 / 255)

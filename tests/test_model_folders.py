@@ -195,3 +195,21 @@ def test_bad_tokenizer_vocabularies_name_the_file(tmp_path, content, words):
     file.write_bytes(content)
     with pytest.raises(ValueError, match=rf"{re.escape(str(file))}.*{words}"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\xff\xfe{", "not valid UTF-8 JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'{"beta_schedule": "linear", "beta_start": -0.1}', "beta_start must lie in (0, 1)"),
+    (b'{"beta_schedule": "linear", "beta_end": "x"}', "invalid noise schedule"),
+    (b'{"beta_schedule": "cubic"}', "beta schedule must be one of"),
+    (b'{"zero_terminal_snr": "false"}', "zero_terminal_snr must be true or false"),
+])
+def test_bad_noise_schedules_name_the_file(tmp_path, content, words):
+    from diffrt.bundle import DIFFUSION_FILE, Bundle
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / DIFFUSION_FILE).write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(words)) as e:
+        Bundle(tmp_path).noise_schedule("base")
+    assert str(tmp_path / "base" / DIFFUSION_FILE) in str(e.value)

@@ -34,6 +34,8 @@ DEFAULT_DIRECTORY = Path(__file__).parent / "weights"  # the bundle shipped insi
 
 
 def noise_schedule_from(diffusion: Dict[str, Any]) -> NoiseSchedule:
+    if not isinstance(diffusion.get("zero_terminal_snr", False), bool):
+        raise ValueError(f"zero_terminal_snr must be true or false, got {diffusion['zero_terminal_snr']!r}")
     return NoiseSchedule.make(diffusion.get("beta_schedule", "linear"), beta_start=float(diffusion.get("beta_start", 1e-4)),
                               beta_end=float(diffusion.get("beta_end", 0.02)),
                               zero_terminal_snr=bool(diffusion.get("zero_terminal_snr", False)))
@@ -82,9 +84,15 @@ class Bundle:
             if not file.is_file():
                 raise FileNotFoundError(f"{file}: the noise schedule of '{name}' is missing")
             try:
-                self._schedules[name] = noise_schedule_from(json.loads(file.read_text()))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{file}: not valid JSON ({e})") from e
+                diffusion = json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{file}: not valid UTF-8 JSON ({e})") from e
+            if not isinstance(diffusion, dict):
+                raise ValueError(f"{file}: expected a JSON object, got {type(diffusion).__name__}")
+            try:
+                self._schedules[name] = noise_schedule_from(diffusion)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{file}: invalid noise schedule ({e})") from e
         return self._schedules[name]
 
     def text_to_image_condition(self, name: str, prompts: List[str]) -> Dict[str, torch.Tensor]:

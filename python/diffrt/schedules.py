@@ -36,6 +36,9 @@ def make_betas(kind: str, num_train_timesteps: int = 1000, beta_start: float = 0
     if num_train_timesteps < 1:
         raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
     T = num_train_timesteps
+    for name, beta in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not 0 < beta < 1:  # also refuses NaN
+            raise ValueError(f"{name} must lie in (0, 1), got {beta}")
     if kind == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
     if kind == "scaled_linear":

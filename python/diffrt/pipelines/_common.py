@@ -7,7 +7,7 @@ from typing import Any, List, Sequence, Union
 import numpy as np
 import torch
 
-from ..images import to_pil, to_uint8
+from ..images import to_8bit, to_pil, to_uint8
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -68,7 +68,7 @@ def as_mask(mask: Any, size: int, batch: int) -> torch.Tensor:
     from PIL import Image
 
     if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"))
+        mask = np.asarray(to_8bit(mask, "L", name="mask"))  # 16-bit masks scaled, not clipped
     if isinstance(mask, np.ndarray):
         scale = 255.0 if mask.dtype == np.uint8 else 1.0
         mask = torch.from_numpy(mask.astype(np.float32) / scale)
