@@ -20,10 +20,12 @@ struct AttentionForwardArgs {
   const void* k;
   const void* v;
   HeadStrides q_strides, k_strides, v_strides;
-  const uint8_t* key_padding_mask;  // (B, Lk) dense, nonzero = attend; nullptr: attend to all keys
+  const uint8_t* key_padding_mask;  // (B, Lk) dense, nonzero = attend; nullptr: attend to all keys. A masked
+                                    // key's k and v are never read into a result (NaN/inf there is harmless)
   void* out;                        // (B, H, Lq, d)
   HeadStrides out_strides;
-  float* lse;    // (B, H, Lq) dense: ln Σ_j exp(scale·q·k_j), −inf for a row with no key; or nullptr
+  float* lse;    // (B, H, Lq) dense: ln Σ_j exp(scale·q·k_j) over attended keys, −inf for a row with no
+                 // key, NaN for a row whose softmax is NaN (non-finite scores); or nullptr
   float scale;   // multiplies q·k before the softmax
   int num_threads;
 };

@@ -209,6 +209,195 @@ def test_fused_backward_agrees_with_reference_autograd_on_lse_recompute(isa):
         assert (a.double() - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())
 
 
+# ---- non-finite inputs ----------------------------------------------------------------------------------
+# The float64 reference (torch's softmax semantics) decides: NaN or +inf among a row's attended scores, or
+# attended scores all −inf, make the row NaN; a −inf score drops its key (but 0·v still sees a NaN/inf v);
+# NaN/inf in v reaches only the output columns it touches; masked keys (k and v) have no effect at all.
+# Batch 2 of every masked case attends to no key and is poisoned too: it must stay exactly 0.
+
+NAN, INF = math.nan, math.inf
+
+
+def _poison_masked(t, mask):
+    """NaN, +inf and −inf (in turn) in one column of every masked key of batches 0 and 1."""
+    values = (NAN, INF, -INF)
+    for b in range(2):
+        for n, j in enumerate((~mask[b]).nonzero().flatten().tolist()):
+            t[b, :, j, (3 * n) % t.shape[-1]] = values[n % 3]
+
+
+def _last_attended(mask, b, Lk):
+    return Lk - 1 if mask is None else int(mask[b].nonzero().max())
+
+
+def _case_masked_k(q, k, v, mask):
+    _poison_masked(k, mask)
+
+
+def _case_masked_v(q, k, v, mask):
+    _poison_masked(v, mask)
+
+
+def _case_attended_k_nan(q, k, v, mask):
+    k[0, 1, _last_attended(mask, 0, k.shape[2]), 3] = NAN  # every row of (0, 1) is NaN
+
+
+def _case_attended_k_inf(q, k, v, mask):
+    # Rows with q[..., 0] > 0 score −inf on that key (dropped), rows with q[..., 0] < 0 score +inf (NaN).
+    k[0, 0, _last_attended(mask, 0, k.shape[2]), 0] = -INF
+    k[1, 1, _last_attended(mask, 1, k.shape[2]), 2] = INF
+
+
+def _case_attended_v_nan(q, k, v, mask):
+    v[0, 0, _last_attended(mask, 0, k.shape[2]), 5] = NAN  # column 5 of (0, 0) is NaN
+
+
+def _case_attended_v_inf(q, k, v, mask):
+    v[0, 1, _last_attended(mask, 0, k.shape[2]), 4] = INF
+    v[1, 0, _last_attended(mask, 1, k.shape[2]), 6] = -INF
+
+
+def _case_q_nan(q, k, v, mask):
+    q[0, 0, 3, 7] = NAN
+    q[1, 1, 0, :] = NAN
+
+
+def _case_q_inf(q, k, v, mask):
+    q[0, 0, 2, 0] = INF  # scores ±inf (k's column 0 has both signs): NaN row
+    q[1, 0, 4, 1] = -INF
+    k[1, 0, :, 1] = k[1, 0, :, 1].abs() + 0.25  # every score of row (1, 0, 4) is −inf: NaN row
+    q[0, 1, 5, 1] = -INF
+
+
+NONFINITE_CASES = {
+    "masked_k": _case_masked_k, "masked_v": _case_masked_v,
+    "attended_k_nan": _case_attended_k_nan, "attended_k_inf": _case_attended_k_inf,
+    "attended_v_nan": _case_attended_v_nan, "attended_v_inf": _case_attended_v_inf,
+    "q_nan": _case_q_nan, "q_inf": _case_q_inf,
+}
+
+
+@pytest.fixture
+def finite_poison(monkeypatch):
+    """Outputs start as a finite sentinel here, so an unwritten element cannot pass for an expected NaN."""
+    def empty(shape, *, dtype, device):
+        return torch.full(shape, 7777.0, dtype=dtype, device=device)
+
+    monkeypatch.setattr(_alloc, "empty", empty)
+
+
+def nonfinite_inputs(case, masked, Lk, dtype):
+    q0, k0, v0, mask = make_inputs(3, 2, 37, Lk, 40, dtype, mask_kind="empty_row" if masked else None)
+    q, k, v = q0.clone(), k0.clone(), v0.clone()
+    NONFINITE_CASES[case](q, k, v, mask)
+    if masked:  # batch 2 attends to nothing: its non-finite values must not matter either
+        q[2, 0, 1, 0], k[2, 1, 3, 2], v[2, 0, 4, 1], k[2, 0, 0, 0], v[2, 1, 2, 3] = NAN, INF, NAN, NAN, -INF
+    return (q0, k0, v0), (q, k, v), mask
+
+
+def assert_same_nonfinite(got, ref, tol, what):
+    """got has NaN, +inf and −inf exactly where ref does, and is within tol of ref elsewhere."""
+    got = got.double()
+    for kind, where in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        differ = where(got) != where(ref)
+        assert not differ.any(), (f"{what}: {kind} disagrees with the reference at {int(differ.sum())} of "
+                                  f"{differ.numel()} elements, first at {differ.nonzero()[0].tolist()} "
+                                  f"(got {got[tuple(differ.nonzero()[0])].item()}, "
+                                  f"want {ref[tuple(differ.nonzero()[0])].item()})")
+    finite = torch.isfinite(ref)
+    err = (got[finite] - ref[finite]).abs().max().item() if finite.any() else 0.0
+    assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g} on the finite elements"
+
+
+def forward_tolerance(q, k, v, mask, scale=None):
+    """The tolerance assert_close_to_ref applies, for finite inputs q, k, v."""
+    ref = ref64(q, k, v, mask, scale)
+    if q.dtype == torch.float32:
+        d = q.shape[-1]
+        scale = 1 / math.sqrt(d) if scale is None else scale
+        score_range = abs(scale) * q.double().norm(dim=-1).max().item() * k.double().norm(dim=-1).max().item()
+        return 4 * EPS32 * v.abs().max().item() * (4 + score_range)
+    sdpa_err = (sdpa(q, k, v, mask, scale).double() - ref).abs().max().item()
+    return 2 * sdpa_err + 4 * EPS32 * v.abs().max().item()
+
+
+@pytest.mark.parametrize("case", NONFINITE_CASES)
+@pytest.mark.parametrize("Lk", [77, 300], ids=["one_key_tile", "three_key_tiles"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_nonfinite_forward_matches_reference(isa, finite_poison, dtype, Lk, case):
+    clean, (q, k, v), mask = nonfinite_inputs(case, True, Lk, dtype)
+    out, ref = attention(q, k, v, key_padding_mask=mask), ref64(q, k, v, mask)
+    assert_same_nonfinite(out, ref, forward_tolerance(*clean, mask), f"{case} out")
+    assert torch.equal(out[2], torch.zeros_like(out[2])), "batch without keys"
+    if case.startswith("masked"):
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("case", [c for c in NONFINITE_CASES if not c.startswith("masked")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_nonfinite_forward_without_mask_matches_reference(isa, finite_poison, dtype, case):
+    clean, (q, k, v), _ = nonfinite_inputs(case, False, 300, dtype)
+    out, ref = attention(q, k, v), ref64(q, k, v, None)
+    assert_same_nonfinite(out, ref, forward_tolerance(*clean, None), f"{case} out")
+
+
+def backward_tolerances(q, k, v, dout, mask):
+    """Per gradient, the tolerance test_backward_matches_reference applies, for finite inputs."""
+    magnitude = dout.abs().max().item() * max(q.abs().max().item(), k.abs().max().item(), v.abs().max().item(), 1.0)
+    if q.dtype == torch.float32:
+        return [64 * EPS32 * magnitude] * 3
+    _, *ref = grads(attention_ref, q.double(), k.double(), v.double(), dout.double(), key_padding_mask=mask)
+    _, *low = grads(lambda q, k, v: sdpa(q, k, v, mask), q, k, v, dout)
+    return [2 * (lo.double() - r).abs().max().item() + 2**-8 * r.abs().max().item() + 16 * EPS32 * magnitude
+            for lo, r in zip(low, ref)]
+
+
+@pytest.mark.parametrize("case", NONFINITE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_nonfinite_backward_matches_reference(isa, finite_poison, dtype, case):
+    clean, (q, k, v), mask = nonfinite_inputs(case, True, 300, dtype)
+    dout = torch.randn(q.shape).to(dtype)
+    _, *ours = grads(attention, q, k, v, dout, key_padding_mask=mask)
+    _, *ref = grads(attention_ref, q.double(), k.double(), v.double(), dout.double(), key_padding_mask=mask)
+    tols = backward_tolerances(*clean, dout, mask)
+    for name, got, want, tol in zip(("dq", "dk", "dv"), ours, ref, tols):
+        assert_same_nonfinite(got, want, tol, f"{case} {name}")
+        assert torch.equal(got[2], torch.zeros_like(got[2])), f"{name}: batch without keys"
+    # A masked key has no effect, so its gradients are exactly zero whatever its k and v hold.
+    for name, got in (("dk", ours[1]), ("dv", ours[2])):
+        masked_keys = got.permute(0, 2, 1, 3)[~mask]  # (masked keys, H, d)
+        assert torch.equal(masked_keys, torch.zeros_like(masked_keys)), f"{name}: masked keys"
+    if case.startswith("masked"):
+        assert all(torch.isfinite(g).all() for g in ours)
+
+
+# ---- zero-size inputs ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+@pytest.mark.parametrize("B,H,Lq,Lk", [(0, 2, 5, 6), (2, 0, 5, 6), (2, 2, 0, 6), (2, 2, 5, 0), (2, 2, 0, 0),
+                                       (0, 0, 0, 0), (1, 3, 1, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_zero_size_inputs_match_reference(isa, finite_poison, dtype, B, H, Lq, Lk, masked):
+    q, k, v, _ = make_inputs(B, H, Lq, Lk, 24, dtype)
+    mask = (torch.rand(B, Lk) > 0.5) if masked else None
+    dout = torch.randn(B, H, Lq, 24).to(dtype)
+    out, *ours = grads(attention, q, k, v, dout, key_padding_mask=mask)
+    ref_out, *ref = grads(attention_ref, q.double(), k.double(), v.double(), dout.double(), key_padding_mask=mask)
+    for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *ours), (ref_out, *ref)):
+        assert got.shape == want.shape and got.dtype == dtype, name
+        assert torch.equal(got.double(), want), name  # every element is an exact 0 (or there is none)
+    assert attention(q, k, v, key_padding_mask=mask).shape == (B, H, Lq, 24)  # the no-grad path too
+
+
+def test_zero_head_dim_is_refused():
+    q, k, v, _ = make_inputs(2, 2, 3, 4, 0, torch.float32)
+    with pytest.raises(ValueError, match="head dim"):
+        attention(q, k, v)
+    q, k, v, _ = make_inputs(0, 2, 0, 0, 0, torch.float32)
+    with pytest.raises(ValueError, match="head dim"):
+        attention(q, k, v)
+
+
 # ---- dispatch and validation ------------------------------------------------------------------------------
 
 def test_backends():

@@ -17,8 +17,16 @@
 // _mm512_dpbf16_ps (pairs along the reduction dim packed next to each other; P and dS rounded to bfloat16
 // as FlashAttention does), all sums in float32. Elsewhere bfloat16 inputs are widened to float32 while packing.
 //
-// Masked keys (key_padding_mask, and the padding of Lk to a multiple of W) get the finite score kMasked,
-// whose exponential is exactly 0; a row with no unmasked key ends with l = 0 and is written as zeros.
+// Masked keys (key_padding_mask, and the padding of Lk to a multiple of W) take no part at all, whatever
+// their k and v hold: their score is replaced (selected, not added: NaN + −inf is NaN) by −inf, whose
+// exp2 is exactly 0, and their rows of K and V are packed as zeros (0·NaN would be NaN), so they add
+// exactly 0 to O, l and every gradient, and their dK, dV rows are written as zeros. A row without any
+// attended key is written as zeros (lse = −inf).
+// Non-finite values among the attended keys follow torch's softmax (the reference ops.attention_ref):
+// NaN reaches P through exp2(NaN) = NaN (the max reductions may drop it; exp2 and the sums never do),
+// so l is NaN, as it is for a +inf score (2^(inf − inf)); a row whose l is NaN, or 0 although it has
+// attended keys (every attended score −inf), is written as NaN with lse = NaN. A −inf score just gets
+// P = 0, and 0·v of its key still takes part (NaN for a NaN or inf v, as in the reference).
 //
 // Memory traffic (forward): read Q, K, V once (K, V once more from the packed copy per query tile, from
 // L2/L3), write O and lse; 4·Lk·d FLOPs per 8·d bytes of Q and O, so compute-bound for any Lk ≳ 8.
@@ -50,10 +58,9 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
-// A masked key's score. Finite, so exponents never meet inf − inf and exp2 needs no clamp: 2^(−1e30) = 0.
-constexpr float kMasked = -1e30f;
-// A running max below this means the row has seen no unmasked key yet.
-constexpr float kNoKey = -1e29f;
+// A masked key's score, and the running max of a row that has seen no finite score yet (which then
+// subtracts 0 instead, so that its exponents never meet −inf − (−inf)).
+constexpr float kMasked = -kInf;
 
 // ---- W-wide float vectors ------------------------------------------------------------------------
 
@@ -72,9 +79,14 @@ inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline float hmax(vf v) { return _mm512_reduce_max_ps(v); }
 inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
-// 2^x = 2^n·2^f, n = round(x), |f| ≤ ½; 2^f by a degree-5 minimax polynomial (relative error 9e-8, 1.9e-7
-// evaluated in float32); scalef applies 2^n and underflows to exactly 0 for x = kMasked. x = −inf would
-// give NaN (−inf − round(−inf)), which is why masked scores are kMasked and never −inf.
+// x where the key is attended (bias 0), −inf where it is masked (bias −inf).
+inline vf vkeep(vf x, vf bias) {
+  return _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(bias, _mm512_setzero_ps(), _CMP_LT_OQ), bias);
+}
+// 2^x for x ≤ 0 or NaN: 2^n·2^f, n = round(x), |f| ≤ ½; 2^f by a degree-5 minimax polynomial (relative
+// error 9e-8, 1.9e-7 evaluated in float32); scalef applies 2^n and underflows to exactly 0. Non-finite x
+// needs no clamp: for x = −inf, f = −inf − (−inf) is a quiet NaN and scalef(QNaN, −inf) = +0 (the SDM's
+// VSCALEFPS special cases); for x = NaN, scalef(QNaN, QNaN) is NaN.
 inline vf vexp2(vf x) {
   const vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vf f = _mm512_sub_ps(x, n);
@@ -111,10 +123,11 @@ inline float hsum(vf v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-// As the AVX-512 version; 2^n is built in the exponent bits, and x < −126 gives 0.
+// As the AVX-512 version; 2^n is built in the exponent bits, and x < −126 (−inf included) gives 0. NaN
+// passes: the keep mask is "not less than" (true for NaN) and max_ps returns its second operand, x.
 inline vf vexp2(vf x) {
-  const vf underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-126.f), _CMP_GE_OQ);
-  x = _mm256_max_ps(x, _mm256_set1_ps(-126.f));
+  const vf keep = _mm256_cmp_ps(x, _mm256_set1_ps(-126.f), _CMP_NLT_UQ);
+  x = _mm256_max_ps(_mm256_set1_ps(-126.f), x);
   const vf n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vf f = _mm256_sub_ps(x, n);
   vf p = _mm256_set1_ps(1.3264727080430985e-3f);
@@ -124,8 +137,10 @@ inline vf vexp2(vf x) {
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931469775965884e-1f));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), underflow);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
 }
+// x where the key is attended (bias +0), −inf where it is masked (bias −inf: blendv reads the sign bit).
+inline vf vkeep(vf x, vf bias) { return _mm256_blendv_ps(x, bias, bias); }
 #else
 constexpr int W = 1;
 constexpr int kRows = 4, kMaxNC = 4;
@@ -142,6 +157,7 @@ inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline float hmax(vf v) { return v; }
 inline float hsum(vf v) { return v; }
 inline vf vexp2(vf x) { return std::exp2(x); }
+inline vf vkeep(vf x, vf bias) { return bias < 0.f ? bias : x; }
 #endif
 
 #if defined(__AVX512BF16__)
@@ -164,9 +180,10 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 //   zero:       C = X
 //   load:       C = C + X
 //   scale_rows: C = row_aux[r]·C + X                  (the online softmax's O·2^(m−m_new) + P·V)
-//   scores:     C = X + bias;  row_aux[r·W..] = max(row_aux[r·W..], C)   (per-lane running row max)
-//   probs:      C = 2^(X + bias − row_aux[r])          (P recomputed from the log-sum-exp)
-// bias is per column (the key mask), nullptr for none.
+//   scores:     C = keep(X);  row_aux[r·W..] = max(row_aux[r·W..], C)   (per-lane running row max)
+//   probs:      C = 2^keep(X − row_aux[r])             (P recomputed from the log-sum-exp)
+// keep() replaces the columns of masked keys by −inf (bias per column: 0 = attend, −inf = masked;
+// nullptr when no column of the block is masked).
 enum class Init { zero, load, scale_rows, scores, probs };
 
 // The epilogue shared by the float32 and bfloat16 micro-kernels (see Init).
@@ -183,10 +200,10 @@ inline void store_block(vf (&acc)[R][NC], float* C, int64_t c_rs, float* row_aux
       vf base = vzero();
       if constexpr (init == Init::load) base = vload(c + v * W);
       if constexpr (init == Init::scale_rows) base = vmul(vload(c + v * W), vset1(row_aux[r]));
-      if constexpr (init == Init::scores || init == Init::probs)
-        if (bias) base = vload(bias + v * W);
-      if constexpr (init == Init::probs) base = vsub(base, vset1(row_aux[r]));
+      if constexpr (init == Init::probs) base = vset1(-row_aux[r]);
       vf x = vfma(acc[r][v], s, base);
+      if constexpr (init == Init::scores || init == Init::probs)
+        if (bias) x = vkeep(x, vload(bias + v * W));
       if constexpr (init == Init::probs) x = vexp2(x);
       if constexpr (init == Init::scores) row_max = vmax(row_max, x);
       vstore(c + v * W, x);
@@ -342,14 +359,17 @@ KeyTiles key_tiles(int64_t kv_len) {
   return kt;
 }
 
-// Additive key bias in the log2 domain: 0 = attend, kMasked = masked by key_padding_mask or padding beyond Lk.
-// One row per batch item (or a single row without a mask), and which tiles need it at all.
+// Which keys take part: per key 0 = attend, −inf = masked by key_padding_mask or padding beyond Lk (see
+// vkeep). One row per batch item (or a single row without a mask), which tiles have a masked key at all,
+// and whether a batch item attends to any key.
 struct KeyBias {
   std::vector<float> bias;
-  std::vector<uint8_t> tile_biased;
+  std::vector<uint8_t> tile_biased, any_key;
   int64_t rows = 0;
   const float* row(int64_t b) const { return bias.data() + (rows == 1 ? 0 : b) * stride; }
   bool biased(int64_t b, int64_t t) const { return tile_biased[(rows == 1 ? 0 : b) * tiles + t]; }
+  bool masked(int64_t b, int64_t j) const { return row(b)[j] != 0.f; }
+  bool has_key(int64_t b) const { return any_key[rows == 1 ? 0 : b]; }
   int64_t stride = 0, tiles = 0;
 };
 
@@ -360,10 +380,15 @@ KeyBias key_bias(const uint8_t* mask, int64_t batch, int64_t kv_len, const KeyTi
   kb.tiles = kt.count;
   kb.bias.assign(size_t(kb.rows * kb.stride), 0.f);
   kb.tile_biased.assign(size_t(kb.rows * kb.tiles), 0);
+  kb.any_key.assign(size_t(kb.rows), 0);
   for (int64_t b = 0; b < kb.rows; ++b) {
     float* row = kb.bias.data() + b * kb.stride;
-    for (int64_t j = 0; j < kt.padded_len; ++j)
-      if (j >= kv_len || (mask && !mask[b * kv_len + j])) row[j] = kMasked;
+    for (int64_t j = 0; j < kt.padded_len; ++j) {
+      if (j >= kv_len || (mask && !mask[b * kv_len + j]))
+        row[j] = kMasked;
+      else
+        kb.any_key[b] = 1;
+    }
     for (int64_t t = 0; t < kt.count; ++t)
       for (int64_t j = kt.begin(t); j < kt.begin(t) + kt.size(t); ++j)
         if (row[j] != 0.f) kb.tile_biased[b * kb.tiles + t] = 1;
@@ -422,21 +447,36 @@ inline void store_row(const float* src, float scale, int64_t d, bf16* dst) {
   for (; c < d; ++c) dst[c] = to_bf16(src[c] * scale);
 }
 
-// rows × d (row stride `stride`) → rows × dp float32, zero-padded columns.
+// rows × d (row stride `stride`) → rows × dp float32, zero-padded columns; with key_bias, the rows of
+// masked keys (key_bias[i] ≠ 0) are zeros.
 template <typename T>
-void pack_rows_f32(const T* src, int64_t stride, int64_t rows, int64_t d, int64_t dp, float* dst) {
-  for (int64_t i = 0; i < rows; ++i) load_row(src + i * stride, d, dp, dst + i * dp);
+void pack_rows_f32(const T* src, int64_t stride, int64_t rows, int64_t d, int64_t dp, float* dst,
+                   const float* key_bias = nullptr) {
+  for (int64_t i = 0; i < rows; ++i) {
+    if (key_bias && key_bias[i] != 0.f)
+      std::fill(dst + i * dp, dst + (i + 1) * dp, 0.f);
+    else
+      load_row(src + i * stride, d, dp, dst + i * dp);
+  }
 }
 
-// Keys [0, Lk) of one head → per key tile a d × width float32 block (Kᵀ), zero-padded.
+// d copies of value → dst (a row of the output).
+template <typename T>
+void fill_row(T* dst, int64_t d, float value) {
+  std::fill(dst, dst + d, store_as<T>(value));
+}
+
+// Keys [0, Lk) of one head → per key tile a d × width float32 block (Kᵀ), zero-padded; masked keys
+// (key_bias[j] ≠ 0) are left as zeros.
 template <typename T>
 void pack_transposed_f32(const T* src, int64_t stride, int64_t kv_len, int64_t d, int64_t dp, const KeyTiles& kt,
-                         float* dst) {
+                         const float* key_bias, float* dst) {
   std::fill(dst, dst + kt.padded_len * dp, 0.f);
   for (int64_t t = 0; t < kt.count; ++t) {
     const int64_t k0 = kt.begin(t), w = kt.size(t);
     float* tile = dst + k0 * dp;
     for (int64_t j = k0; j < std::min(kv_len, k0 + w); ++j) {
+      if (key_bias[j] != 0.f) continue;
       const T* s = src + j * stride;
       for (int64_t c = 0; c < d; ++c) tile[c * w + (j - k0)] = load(s[c]);
     }
@@ -451,17 +491,18 @@ struct ForwardScratch {
   std::vector<uint16_t> q_bf16, p_bf16;
 };
 
-// One online-softmax step over a tile of scores t (rows × width, log2 domain, masked keys at kMasked,
+// One online-softmax step over a tile of scores t (rows × width, log2 domain, masked keys at −inf,
 // row stride width; row_max holds W lanes of each row's max, from the scores epilogue): updates m, l,
 // writes alpha = 2^(m_old − m_new) and P = 2^(t − m_new) (into t itself, or as bfloat16 into p_bf16).
-// A row with no unmasked key so far keeps m ≈ kMasked and gets P = 2^(kMasked − 0) = 0.
+// A row with no finite score so far keeps m = −inf and subtracts 0 instead: P = 2^(−inf − 0) = 0, and
+// α = 2^(−inf − m_used) = 0. NaN scores may be dropped by the max, but not by exp2 or the sums: l turns NaN.
 void softmax_step(int64_t rows, int64_t width, float* t, const float* row_max, float* m, float* l, float* alpha,
                   float* row_sum, uint16_t* p_bf16) {
   const int64_t nv = width / W;
   for (int64_t r = 0; r < rows; ++r) {
     float* row = t + r * width;
     const float m_new = std::max(m[r], hmax(vload(row_max + r * W)));
-    const float m_used = m_new < kNoKey ? 0.f : m_new;
+    const float m_used = m_new == -kInf ? 0.f : m_new;
     alpha[r] = m[r] - m_used;                           // exponentiated below, W rows at a time
     m[r] = m_new;
     const vf mu = vset1(m_used);
@@ -528,16 +569,18 @@ void forward_typed(const AttentionForwardArgs& a) {
         for (int64_t t = 0; t < kt.count; ++t) {
           const int64_t k0 = kt.begin(t), w = kt.size(t);
           for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j)
-            for (int64_t cc = 0; cc < d; ++cc)
-              kp[k0 * dp + (cc / 2) * 2 * w + (j - k0) * 2 + (cc & 1)] = bf16_bits(k[j * a.k_strides.row + cc]);
+            if (!kb.masked(b, j))  // masked keys stay zero
+              for (int64_t cc = 0; cc < d; ++cc)
+                kp[k0 * dp + (cc / 2) * 2 * w + (j - k0) * 2 + (cc & 1)] = bf16_bits(k[j * a.k_strides.row + cc]);
         }
         for (int64_t j = 0; j < Lk; ++j)
-          for (int64_t cc = 0; cc < d; ++cc)
-            vp[(j / 2) * 2 * dp + cc * 2 + (j & 1)] = bf16_bits(v[j * a.v_strides.row + cc]);
+          if (!kb.masked(b, j))
+            for (int64_t cc = 0; cc < d; ++cc)
+              vp[(j / 2) * 2 * dp + cc * 2 + (j & 1)] = bf16_bits(v[j * a.v_strides.row + cc]);
       } else {
-        pack_transposed_f32(k, a.k_strides.row, Lk, d, dp, kt, kt_f32.get() + bh * head_elems);
+        pack_transposed_f32(k, a.k_strides.row, Lk, d, dp, kt, kb.row(b), kt_f32.get() + bh * head_elems);
         float* vp = v_f32.get() + bh * head_elems;
-        pack_rows_f32(v, a.v_strides.row, Lk, d, dp, vp);
+        pack_rows_f32(v, a.v_strides.row, Lk, d, dp, vp, kb.row(b));
         std::fill(vp + Lk * dp, vp + head_elems, 0.f);
       }
     }
@@ -570,7 +613,6 @@ void forward_typed(const AttentionForwardArgs& a) {
       } else {
         pack_rows_f32(q, a.q_strides.row, rows, d, dp, s.q.data());
       }
-      if (kt.count == 0) std::fill(s.o.begin(), s.o.end(), 0.f);  // no keys: out = 0
       std::fill(s.m.begin(), s.m.end(), kMasked);
       std::fill(s.l.begin(), s.l.end(), 0.f);
 
@@ -605,12 +647,21 @@ void forward_typed(const AttentionForwardArgs& a) {
           gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
       }
 
-      // out = O / l (0 for a row without keys), lse = (m + log2 l)·ln 2.
+      // out = O / l, lse = (m + log2 l)·ln 2; zeros and −inf for a row without keys; NaN for a row with
+      // keys whose l is NaN (a NaN or +inf score) or 0 (every attended score −inf), as torch's softmax.
       T* out = head_ptr<T>(a.out, a.out_strides, b, h) + q0 * a.out_strides.row;
+      const bool has_key = kb.has_key(b);
       for (int64_t i = 0; i < rows; ++i) {
         const float l = s.l[i];
-        store_row(s.o.data() + i * dp, l > 0.f ? 1.f / l : 0.f, d, out + i * a.out_strides.row);
-        if (a.lse) a.lse[bh * Lq + q0 + i] = l > 0.f ? (s.m[i] + std::log2(l)) * kLn2 : -kInf;
+        float lse;
+        if (has_key && l > 0.f) {
+          store_row(s.o.data() + i * dp, 1.f / l, d, out + i * a.out_strides.row);
+          lse = (s.m[i] + std::log2(l)) * kLn2;
+        } else {
+          lse = has_key ? std::numeric_limits<float>::quiet_NaN() : -kInf;
+          fill_row(out + i * a.out_strides.row, d, has_key ? lse : 0.f);
+        }
+        if (a.lse) a.lse[bh * Lq + q0 + i] = lse;
       }
     }
   }
@@ -672,13 +723,14 @@ void backward_typed(const AttentionBackwardArgs& a) {
           for (int64_t cc = 0; cc < d; ++cc) acc += dout[i * dp + cc] * load(o[i * a.out_strides.row + cc]);
           delta[i] = acc;
           const float lse = a.lse[bh * Lq + i];
-          lse2[i] = lse == -kInf ? -kMasked : lse * kLog2e;
+          lse2[i] = lse == -kInf ? kInf : lse * kLog2e;  // no key: P = 2^(t − inf) = 0
         }
         const T* kh = head_ptr<T>(a.k, a.k_strides, b, h);
-        pack_rows_f32(kh, a.k_strides.row, Lk, d, dp, k.data());
+        pack_rows_f32(kh, a.k_strides.row, Lk, d, dp, k.data(), kb.row(b));
         std::fill(k.begin() + Lk * dp, k.end(), 0.f);
-        pack_transposed_f32(kh, a.k_strides.row, Lk, d, dp, kt, kt_packed.data());
-        pack_transposed_f32(head_ptr<T>(a.v, a.v_strides, b, h), a.v_strides.row, Lk, d, dp, kt, vt_packed.data());
+        pack_transposed_f32(kh, a.k_strides.row, Lk, d, dp, kt, kb.row(b), kt_packed.data());
+        pack_transposed_f32(head_ptr<T>(a.v, a.v_strides, b, h), a.v_strides.row, Lk, d, dp, kt, kb.row(b),
+                            vt_packed.data());
       }
       float* dq = dq_partial.get() + (chunk * BH + bh) * Lq * dp;
       std::fill(dq, dq + Lq * dp, 0.f);
@@ -712,11 +764,13 @@ void backward_typed(const AttentionBackwardArgs& a) {
         }
         T* dk_out = head_ptr<T>(a.dk, HeadStrides{a.heads * Lk * d, Lk * d, d}, b, h);
         T* dv_out = head_ptr<T>(a.dv, HeadStrides{a.heads * Lk * d, Lk * d, d}, b, h);
-        for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j)
+        for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j) {
+          const bool masked = kb.masked(b, j);  // exactly 0, even where a NaN row made dS NaN
           for (int64_t cc = 0; cc < d; ++cc) {
-            dk_out[j * d + cc] = store_as<T>(dk[(j - k0) * dp + cc]);
-            dv_out[j * d + cc] = store_as<T>(dv[(j - k0) * dp + cc]);
+            dk_out[j * d + cc] = store_as<T>(masked ? 0.f : dk[(j - k0) * dp + cc]);
+            dv_out[j * d + cc] = store_as<T>(masked ? 0.f : dv[(j - k0) * dp + cc]);
           }
+        }
       }
     }
 
@@ -828,7 +882,7 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
             acc = _mm512_fmadd_ps(_mm512_loadu_ps(row.data() + cc), _mm512_loadu_ps(orow.data() + cc), acc);
           delta[i] = _mm512_reduce_add_ps(acc);
           const float lse = a.lse[bh * Lq + i];
-          lse2[i] = lse == -kInf ? -kMasked : lse * kLog2e;
+          lse2[i] = lse == -kInf ? kInf : lse * kLog2e;  // no key: P = 2^(t − inf) = 0
         }
         pair_rows(q.data(), Lq, dp, q_t.data());
         pair_rows(dout.data(), Lq, dp, dout_t.data());
@@ -838,7 +892,7 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
         for (int64_t t = 0; t < kt.count; ++t) {
           const int64_t k0 = kt.begin(t), w = kt.size(t);
           for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j)
-            for (int64_t cc = 0; cc < d; ++cc) {
+            for (int64_t cc = 0; cc < d && !kb.masked(b, j); ++cc) {  // masked keys stay zero
               const int64_t at = k0 * dp + (cc / 2) * 2 * w + (j - k0) * 2 + (cc & 1);
               kt_pairs[at] = kh[j * a.k_strides.row + cc].bits;
               vt_pairs[at] = vh[j * a.v_strides.row + cc].bits;
@@ -888,11 +942,13 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
         }
         bf16* dk_out = head_ptr<bf16>(a.dk, dense_kv, b, h);
         bf16* dv_out = head_ptr<bf16>(a.dv, dense_kv, b, h);
-        for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j)
+        for (int64_t j = k0; j < std::min(Lk, k0 + w); ++j) {
+          const bool masked = kb.masked(b, j);  // exactly 0, even where a NaN row made dS NaN
           for (int64_t cc = 0; cc < d; ++cc) {
-            dk_out[j * d + cc] = to_bf16(dk_t[cc * w + (j - k0)]);
-            dv_out[j * d + cc] = to_bf16(dv_t[cc * w + (j - k0)]);
+            dk_out[j * d + cc] = to_bf16(masked ? 0.f : dk_t[cc * w + (j - k0)]);
+            dv_out[j * d + cc] = to_bf16(masked ? 0.f : dv_t[cc * w + (j - k0)]);
           }
+        }
       }
     }
 

@@ -1,7 +1,8 @@
 // Fused multi-head attention on CUDA, FlashAttention-style: the Lq×Lk score matrix is never
 // materialised. Same conventions as the CPU kernel (csrc/cpu/attention_kernels.cpp): storage float32,
 // bfloat16 or float16, all arithmetic float32; key_padding_mask nonzero = attend; a row with no key to
-// attend to is written as zeros with lse = −inf.
+// attend to is written as zeros with lse = −inf; non-finite inputs give what the CPU kernel (and the
+// reference ops.attention_ref) gives.
 //
 // Forward, one block per (batch·head, tile of BQ query rows), looping over tiles of BK keys staged in
 // shared memory, in the log2 domain t = scale·log2(e)·q·k (so the exponential is exp2f):
@@ -20,8 +21,13 @@
 // Head dims up to 256, in three compiled buckets (Dmax = 64, 128, 256; the head dim is a runtime loop
 // bound). Tiles are sized so that static shared memory stays below 48 KB.
 //
-// Masked keys (and keys past Lk in the last tile) get the finite score kMasked, whose exp2 is exactly 0;
-// while a row has seen no key, its exponent offset is 0 instead of m, so its P stays 0 (not 2^0).
+// Masked keys (and keys past Lk in the last tile) take no part whatever their k and v hold: their score
+// is selected as −inf (exp2 exactly 0) and their rows of the K and V tiles are loaded as zeros (0·NaN
+// would be NaN); their dK, dV are written as zeros. While a row has seen no finite score, m = −inf and
+// its exponent offset is 0 instead, so its P stays 0 (not 2^0) and no −inf − (−inf) arises.
+// Non-finite attended values follow torch's softmax: fmaxf drops NaN, but exp2f(NaN) = NaN reaches l, as
+// does a +inf score (2^(inf − inf)); a row with keys whose l is NaN, or 0 (every attended score −inf), is
+// written as NaN with lse = NaN.
 //
 // Memory traffic (forward): read Q, O-sized output once; K and V once per query tile (from L2);
 // 4·Lq·Lk·d FLOPs. Scalar FMAs, no tensor cores: this is the portable version of the kernel.
@@ -47,8 +53,7 @@ namespace attention_detail {
 constexpr int kThreads = 128;  // 4 warps per block
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kMasked = -1e30f;  // a masked key's score: finite, so no inf − inf; 2^(kMasked − m) = 0
-constexpr float kNoKey = -1e29f;   // a running max below this: the row has seen no key yet
+constexpr float kMasked = -INFINITY;  // a masked key's score, and the running max before any finite score
 
 // Forward tiles per head-dim bucket: shared floats (BQ + 2·BK)·(D + 1) + BQ·BK ≤ 12K (48 KB).
 template <int D> struct FwdTile;
@@ -87,11 +92,21 @@ __device__ inline float key_ok(const uint8_t* mask, int64_t b, int64_t Lk, int64
   return key < Lk && (mask == nullptr || mask[b * Lk + key] != 0) ? 1.f : 0.f;
 }
 
-// lse in the log2 domain, +|kMasked| for a row without keys (or past Lq), so that its P = 2^(t − lse2) = 0.
+// load_tile for K and V: rows of keys that take no part (masked, or at or past Lk) are zeros.
+template <int ROWS, int LD, typename T>
+__device__ void load_key_tile(float (*dst)[LD], const T* src, int64_t row_stride, int64_t k0, const uint8_t* mask,
+                              int64_t b, int64_t Lk, int d) {
+  for (int e = threadIdx.x; e < ROWS * d; e += kThreads) {
+    const int r = e / d, c = e % d;
+    dst[r][c] = key_ok(mask, b, Lk, k0 + r) != 0.f ? load(src[(k0 + r) * row_stride + c]) : 0.f;
+  }
+}
+
+// lse in the log2 domain, +inf for a row without keys (or past Lq), so that its P = 2^(t − lse2) = 0.
 __device__ inline float lse_log2(const float* lse, int64_t row, bool valid) {
-  if (!valid) return -kMasked;
+  if (!valid) return INFINITY;
   const float v = lse[row];
-  return v == -INFINITY ? -kMasked : v * kLog2e;
+  return v == -INFINITY ? INFINITY : v * kLog2e;
 }
 
 struct FwdParams {
@@ -109,6 +124,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(FwdParams p
   __shared__ float p_s[BQ][BK];
   __shared__ float max_s[BQ][G], sum_s[BQ][G];
   __shared__ float ok_s[BK];
+  __shared__ int any_key_s;  // the batch item attends to some key
 
   const AttentionForwardArgs& a = p.a;
   const int d = int(a.head_dim);
@@ -126,12 +142,17 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(FwdParams p
 DIFFRT_UNROLL
   for (int k = 0; k < NC; ++k) o[k] = 0.f;
   float m = kMasked, l = 0.f;
+  if (threadIdx.x == 0) any_key_s = 0;  // ordered before the loop's writes by its first barrier
 
   for (int64_t k0 = 0; k0 < Lk; k0 += BK) {
     __syncthreads();  // the previous tile's readers are done (and q_s is visible the first time)
-    load_tile<BK>(k_s, kh, a.k_strides.row, k0, Lk, d);
-    load_tile<BK>(v_s, vh, a.v_strides.row, k0, Lk, d);
-    if (threadIdx.x < BK) ok_s[threadIdx.x] = key_ok(a.key_padding_mask, b, Lk, k0 + threadIdx.x);
+    load_key_tile<BK>(k_s, kh, a.k_strides.row, k0, a.key_padding_mask, b, Lk, d);
+    load_key_tile<BK>(v_s, vh, a.v_strides.row, k0, a.key_padding_mask, b, Lk, d);
+    if (threadIdx.x < BK) {
+      const float ok = key_ok(a.key_padding_mask, b, Lk, k0 + threadIdx.x);
+      ok_s[threadIdx.x] = ok;
+      if (ok != 0.f) any_key_s = 1;
+    }
     __syncthreads();
 
     // t = c2·q·k for this thread's keys, and the row max over the G threads of the row.
@@ -146,8 +167,8 @@ DIFFRT_UNROLL
     __syncthreads();
     float m_new = m;
     for (int gg = 0; gg < G; ++gg) m_new = fmaxf(m_new, max_s[r][gg]);
-    const float m_used = m_new < kNoKey ? 0.f : m_new;
-    const float alpha = exp2f(m - m_used);  // 2^(m − m'); 0 while no key was seen (O, l are 0 then)
+    const float m_used = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = exp2f(m - m_used);  // 2^(m − m'); 0 while no finite score was seen
     m = m_new;
     float psum = 0.f;
 DIFFRT_UNROLL
@@ -172,16 +193,18 @@ DIFFRT_UNROLL
     }
   }
 
-  // out = O / l (zeros for a row without keys);  lse = (m + log2 l)·ln 2, −inf without keys.
+  // out = O / l, lse = (m + log2 l)·ln 2; zeros and −inf for a row without keys; NaN (both) for a row
+  // with keys whose l is NaN or 0. The last write to any_key_s precedes the loop's last barrier.
   if (q0 + r < Lq) {
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const bool has_key = Lk > 0 && any_key_s != 0, finite = has_key && l > 0.f;
+    const float inv = 1.f / l, fill = has_key ? NAN : 0.f;
     T* out = const_cast<T*>(head_ptr<T>(a.out, a.out_strides, b, h)) + (q0 + r) * a.out_strides.row;
 DIFFRT_UNROLL
     for (int k = 0; k < NC; ++k) {
       const int c = g + G * k;
-      if (c < d) out[c] = store_as<T>(o[k] * inv);
+      if (c < d) out[c] = store_as<T>(finite ? o[k] * inv : fill);
     }
-    if (a.lse && g == 0) a.lse[bh * Lq + q0 + r] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+    if (a.lse && g == 0) a.lse[bh * Lq + q0 + r] = finite ? (m + log2f(l)) * kLn2 : has_key ? NAN : -INFINITY;
   }
 }
 
@@ -243,8 +266,8 @@ DIFFRT_UNROLL
 
   for (int64_t k0 = 0; k0 < Lk; k0 += B) {
     __syncthreads();  // previous tile's readers done (sum_s read too)
-    load_tile<B>(k_s, kh, a.k_strides.row, k0, Lk, d);
-    load_tile<B>(v_s, vh, a.v_strides.row, k0, Lk, d);
+    load_key_tile<B>(k_s, kh, a.k_strides.row, k0, a.key_padding_mask, b, Lk, d);
+    load_key_tile<B>(v_s, vh, a.v_strides.row, k0, a.key_padding_mask, b, Lk, d);
     if (threadIdx.x < B) ok_s[threadIdx.x] = key_ok(a.key_padding_mask, b, Lk, k0 + threadIdx.x);
     __syncthreads();
     // P = 2^(t − lse2),  dS = P∘(dO·vᵀ − D)
@@ -295,8 +318,8 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkv_kernel(BwdPar
   const float c2 = a.scale * kLog2e;
   const bool key_live = key_ok(a.key_padding_mask, b, Lk, k0 + r) != 0.f;
 
-  load_tile<B>(k_s, head_ptr<T>(a.k, a.k_strides, b, h), a.k_strides.row, k0, Lk, d);
-  load_tile<B>(v_s, head_ptr<T>(a.v, a.v_strides, b, h), a.v_strides.row, k0, Lk, d);
+  load_key_tile<B>(k_s, head_ptr<T>(a.k, a.k_strides, b, h), a.k_strides.row, k0, a.key_padding_mask, b, Lk, d);
+  load_key_tile<B>(v_s, head_ptr<T>(a.v, a.v_strides, b, h), a.v_strides.row, k0, a.key_padding_mask, b, Lk, d);
   const T* qh = head_ptr<T>(a.q, a.q_strides, b, h);
   const T* doh = head_ptr<T>(a.dout, a.dout_strides, b, h);
   float dk[NC], dv[NC];
@@ -334,15 +357,15 @@ DIFFRT_UNROLL
     }
   }
 
-  if (k0 + r < Lk) {
+  if (k0 + r < Lk) {  // a masked key: exactly 0, even where a NaN row made its dS NaN
     T* dko = static_cast<T*>(a.dk) + (bh * Lk + k0 + r) * a.head_dim;
     T* dvo = static_cast<T*>(a.dv) + (bh * Lk + k0 + r) * a.head_dim;
 DIFFRT_UNROLL
     for (int k = 0; k < NC; ++k) {
       const int c = g + G * k;
       if (c < d) {
-        dko[c] = store_as<T>(a.scale * dk[k]);
-        dvo[c] = store_as<T>(dv[k]);
+        dko[c] = store_as<T>(key_live ? a.scale * dk[k] : 0.f);
+        dvo[c] = store_as<T>(key_live ? dv[k] : 0.f);
       }
     }
   }

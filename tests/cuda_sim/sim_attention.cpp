@@ -2,7 +2,8 @@
 // runs forward and backward on small shapes — Lq, Lk ∈ {1, 7, 33, 70} (partial tiles at both ends),
 // head dims in all three compiled buckets (32 … 256, odd ones included), padded keys, a batch whose
 // keys are all masked (rows of zeros, lse = −inf, zero gradients), strided inputs, float32 / bfloat16 /
-// float16 — against the double-precision reference csrc/dev/attention_reference.h. Outputs start as NaN,
+// float16, NaN and ±inf in q, k, v at masked and attended keys — against the double-precision reference
+// csrc/dev/attention_reference.h. Outputs start as NaN (as a finite sentinel in the non-finite cases),
 // so an element no thread writes fails; the backward scratch starts as NaN too (cuda_shim.h).
 //
 // Without a GPU (tests/test_cuda_simulation.py):
@@ -29,8 +30,9 @@ using namespace diffrt::harness;
 
 std::mt19937 rng(2024);
 // |got − ref| ≤ eps(T)·|ref| + atol·max(max|ref|, floor), atol = 2·eps(T) + 64·eps(float32): the output's
-// rounding plus float32 sums of up to a few hundred terms; −inf must match exactly; NaN fails. floor: the
-// size of the terms when the result cancels (gradients through a softmax over one key are exactly 0).
+// rounding plus float32 sums of up to a few hundred terms; ±inf must match exactly, NaN only where the
+// reference is NaN. floor: the size of the terms when the result cancels (gradients through a softmax
+// over one key are exactly 0).
 template <typename G>
 void compare(const std::string& name, const G* got, const std::vector<double>& ref, double rel, double floor = 0) {
   double scale = floor;
@@ -42,7 +44,9 @@ void compare(const std::string& name, const G* got, const std::vector<double>& r
   for (size_t i = 0; i < ref.size(); ++i) {
     const double g = double(load(got[i]));
     bool ok;
-    if (std::isinf(ref[i])) {
+    if (std::isnan(ref[i])) {
+      ok = std::isnan(g);
+    } else if (std::isinf(ref[i])) {
       ok = g == ref[i];
     } else {
       const double err = std::fabs(g - ref[i]);
@@ -60,6 +64,8 @@ void compare(const std::string& name, const G* got, const std::vector<double>& r
 }
 
 enum class Mask { none, padded };  // padded: batch 0 random keys off, batch 1 (if any) every key off
+// Non-finite values put into the inputs (after the mask is drawn; see poison()).
+enum class Poison { none, masked, attended };
 
 // A (B, H, L, d) tensor with rows `pad` elements longer than d (strided when pad > 0), its loaded values
 // densely as double, and its strides.
@@ -73,21 +79,72 @@ struct Input {
     strides = HeadStrides{H * L * row, L * row, row};
     data.assign(B * H * L * row + 1, store_as<T>(NAN));  // padding is NaN: it must never be read
     dense.resize(B * H * L * d);
+    dim = d;
     std::normal_distribution<float> dist(0.f, float(scale));
     for (int64_t r = 0; r < B * H * L; ++r)
-      for (int64_t c = 0; c < d; ++c) {
-        data[r * row + c] = store_as<T>(dist(rng));
-        dense[r * d + c] = double(load(data[r * row + c]));
-      }
+      for (int64_t c = 0; c < d; ++c) set(r, c, dist(rng));
   }
+  // Element c of row r (of all B·H·L rows) becomes x (rounded to T).
+  void set(int64_t r, int64_t c, float x) {
+    data[r * strides.row + c] = store_as<T>(x);
+    dense[r * dim + c] = double(load(data[r * strides.row + c]));
+  }
+  double get(int64_t r, int64_t c) const { return dense[r * dim + c]; }
+  int64_t dim = 0;
 };
+
+// Poison::masked: NaN, +inf, −inf (in turn) in k and v of every masked key of batch 0, and NaN/inf in q,
+// k, v of batch 1, whose keys are all masked: none of it may show. Poison::attended (needs B ≥ 3, H ≥ 2,
+// Lq ≥ 3): in batch 0 head 0, a NaN query row, a query row whose attended scores are all −inf, and an
+// attended key with k = −inf in one column (−inf scores drop it, +inf scores make NaN rows); in batch 0
+// head 1, +inf and NaN in v of attended keys; in batch 2 head 0, a NaN in an attended key.
+template <typename T>
+void poison(Poison kind, Input<T>& q, Input<T>& k, Input<T>& v, const std::vector<uint8_t>& mask, int64_t B, int64_t H,
+            int64_t Lq, int64_t Lk, int64_t d) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const auto on = [&](int64_t b, int64_t j) { return mask[b * Lk + j] != 0; };
+  const auto last_on = [&](int64_t b) {
+    int64_t j = Lk - 1;
+    while (j > 0 && !on(b, j)) --j;
+    return j;
+  };
+  if (kind == Poison::masked) {
+    const float values[] = {nan, inf, -inf};
+    int n = 0;
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t j = 0; j < Lk; ++j)
+        if (!on(0, j)) {
+          k.set(h * Lk + j, (3 * n) % d, values[n % 3]);
+          v.set(h * Lk + j, (5 * n + 1) % d, values[(n + 1) % 3]);
+          ++n;
+        }
+    if (B > 1) {
+      q.set(H * Lq, 0, nan);
+      k.set(H * Lk, d - 1, inf);
+      v.set(H * Lk + Lk - 1, 0, nan);
+    }
+    return;
+  }
+  if (kind != Poison::attended) return;
+  // batch 0, head 0 (rows 0 … Lq−1 of q, keys 0 … Lk−1 of k and v)
+  q.set(0, d / 2, nan);
+  q.set(1, 1, -inf);
+  for (int64_t j = 0; j < Lk; ++j) k.set(j, 1, float(std::fabs(k.get(j, 1)) + 0.25));  // row 1: all −inf
+  k.set(last_on(0), 0, -inf);
+  // batch 0, head 1
+  v.set(Lk + last_on(0), 2, inf);
+  v.set(Lk, d - 1, nan);  // key 0 always attends
+  // batch 2, head 0
+  k.set(2 * H * Lk + last_on(2), 3, nan);
+}
 
 template <typename T>
 void check_attention(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t d, Mask mask_kind, int64_t pad = 0,
-                     double q_scale = 1.0) {
-  char tag[128];
-  std::snprintf(tag, sizeof tag, "%s B%ld H%ld Lq%ld Lk%ld d%ld%s%s", name_of<T>(), long(B), long(H), long(Lq),
-                long(Lk), long(d), mask_kind == Mask::padded ? " masked" : "", pad ? " strided" : "");
+                     double q_scale = 1.0, Poison poison_kind = Poison::none) {
+  char tag[160];
+  std::snprintf(tag, sizeof tag, "%s B%ld H%ld Lq%ld Lk%ld d%ld%s%s%s", name_of<T>(), long(B), long(H), long(Lq),
+                long(Lk), long(d), mask_kind == Mask::padded ? " masked" : "", pad ? " strided" : "",
+                poison_kind == Poison::masked ? " nonfinite-masked" : poison_kind == Poison::attended ? " nonfinite" : "");
   Input<T> q(B, H, Lq, d, pad, q_scale), k(B, H, Lk, d, pad, 1.0), v(B, H, Lk, d, pad, 1.0), dout(B, H, Lq, d, 0, 1.0);
   std::vector<uint8_t> mask(B * Lk + 1, 1);
   if (mask_kind == Mask::padded) {
@@ -95,13 +152,18 @@ void check_attention(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t d, Ma
     for (int64_t j = 0; j < Lk; ++j) mask[j] = keep(rng);
     for (int64_t b = 1; b < B; ++b)
       for (int64_t j = 0; j < Lk; ++j) mask[b * Lk + j] = b == 1 ? 0 : keep(rng);
+    for (int64_t b = 0; b < B && poison_kind != Poison::none; ++b)
+      if (b != 1) mask[b * Lk] = 1;  // every batch item but 1 attends to key 0
   }
+  poison(poison_kind, q, k, v, mask, B, H, Lq, Lk, d);
+  // Outputs start as NaN, or as a finite sentinel where NaN is an expected result.
+  const T unwritten = store_as<T>(poison_kind == Poison::none ? NAN : 7777.f);
   const uint8_t* mask_ptr = mask_kind == Mask::padded ? mask.data() : nullptr;
   const double scale = 1.0 / std::sqrt(double(d));
   const int64_t BH = B * H;
 
-  std::vector<T> out(BH * Lq * d + 1, store_as<T>(NAN));
-  std::vector<float> lse(BH * Lq + 1, NAN);
+  std::vector<T> out(BH * Lq * d + 1, unwritten);
+  std::vector<float> lse(BH * Lq + 1, load(unwritten));
   Mirror<T> mq(q.data), mk(k.data), mv(v.data), mdo(dout.data), mout(out);
   Mirror<uint8_t> mmask(mask);
   Mirror<float> mlse(lse);
@@ -124,13 +186,13 @@ void check_attention(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t d, Ma
   std::vector<double> ref_out, ref_lse;
   reference::attention_forward(shape, q.dense, k.dense, v.dense, mask_ptr, scale, ref_out, ref_lse);
   record(std::string("attention_forward writes nothing past out, lse ") + tag,
-         std::isnan(load(out.back())) && std::isnan(lse.back()), "");
+         float_to_bits(load(out.back())) == float_to_bits(load(unwritten)) &&
+             float_to_bits(lse.back()) == float_to_bits(load(unwritten)), "");
   compare(std::string("attention_forward out ") + tag, out.data(), ref_out, eps<T>());
   compare(std::string("attention_forward lse ") + tag, lse.data(), ref_lse, 1.1920929e-07);
 
   // Backward from the kernel's own O and lse, as in training.
-  const T nan = store_as<T>(NAN);
-  std::vector<T> dq(BH * Lq * d, nan), dk(BH * Lk * d, nan), dv(BH * Lk * d, nan);
+  std::vector<T> dq(BH * Lq * d, unwritten), dk(BH * Lk * d, unwritten), dv(BH * Lk * d, unwritten);
   Mirror<T> mdq(dq), mdk(dk), mdv(dv);
   AttentionBackwardArgs g{};
   g.dtype = dtype_of<T>();
@@ -240,6 +302,15 @@ int run_checks() {
   check_attention<f16>(2, 1, 9, 20, 256, Mask::padded);
   // No keys at all: zeros and lse = −inf.
   check_attention<float>(1, 2, 7, 0, 40, Mask::none);
+  // NaN and ±inf at masked keys (no effect) and at attended ones (as torch's softmax), several key tiles.
+  for (Poison kind : {Poison::masked, Poison::attended}) {
+    check_attention<float>(3, 2, 7, 33, 40, Mask::padded, 0, 1.0, kind);
+    check_attention<float>(3, 2, 33, 70, 64, Mask::padded, 2, 1.0, kind);
+    check_attention<float>(3, 2, 9, 20, 160, Mask::padded, 0, 1.0, kind);
+    check_attention<bf16>(3, 2, 33, 70, 40, Mask::padded, 0, 1.0, kind);
+    check_attention<f16>(3, 2, 7, 33, 64, Mask::padded, 1, 1.0, kind);
+  }
+  check_attention<float>(3, 2, 33, 70, 40, Mask::none, 0, 1.0, Poison::attended);
   check_head_dim_limit();
 #if defined(DIFFRT_CUDA_SIM)
   record("every workspace allocation freed", cuda_sim::live_allocations == 0,

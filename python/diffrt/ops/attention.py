@@ -7,7 +7,13 @@ torch's current stream) and differentiates through its fused backward. ``attenti
 torch oracle (any floating dtype, float64 included).
 
 Shapes: q (B, H, Lq, d), k and v (B, H, Lk, d), key_padding_mask (B, Lk) bool with True = attend.
-A query whose keys are all masked gets a zero output (not NaN) and zero gradients.
+A query whose keys are all masked gets a zero output (not NaN) and zero gradients. Empty inputs (B, H, Lq
+or Lk = 0) give empty outputs, or zeros for Lk = 0 (no key to attend to); a head dim of 0 is refused.
+
+Non-finite inputs give what ``attention_ref`` gives on every backend and instruction set: masked keys take
+no part at all (NaN/inf in their k or v changes nothing, and their gradients are 0); among attended keys,
+torch's softmax rules: a NaN or +inf score, or scores that are all −inf, make the query's whole output row
+NaN; a −inf score gives its key weight 0; a NaN/inf in v reaches the output columns it is multiplied into.
 FLOPs: 4·B·H·Lq·Lk·d forward (two matrix products), 10·B·H·Lq·Lk·d backward (five, P recomputed).
 """
 
@@ -30,16 +36,25 @@ _CUDA_MAX_HEAD_DIM = 256
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                   key_padding_mask: Optional[torch.Tensor] = None, scale: Optional[float] = None) -> torch.Tensor:
-    """softmax(scale·q·kᵀ, masked keys → −inf)·v in q's dtype, materialising the (Lq, Lk) scores."""
+    """softmax(scale·q·kᵀ, masked keys → −inf)·v in q's dtype, materialising the (Lq, Lk) scores.
+
+    Non-finite inputs follow torch's softmax: a NaN or +inf score among a row's attended keys, or attended
+    scores that are all −inf, make the whole output row NaN; a −inf score gives its key weight 0 (and
+    0·v, so a NaN/inf v of that key still makes NaN). Masked keys take no part at all: their k and v
+    (finite or not) are never multiplied by anything, and their gradients are exactly 0.
+    """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
     if key_padding_mask is None:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
         return torch.matmul(torch.softmax(scores, dim=-1), v)
+    keep_kv = key_padding_mask[:, None, :, None].to(torch.bool)  # (B, 1, Lk, 1)
+    k, v = k.masked_fill(~keep_kv, 0.0), v.masked_fill(~keep_kv, 0.0)  # 0·NaN would be NaN: remove them
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     keep = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, Lk)
     has_key = keep.any(dim=-1, keepdim=True)  # rows with at least one key to attend to
     scores = scores.masked_fill(~keep, float("-inf")).masked_fill(~has_key, 0.0)
-    probs = torch.softmax(scores, dim=-1).masked_fill(~has_key, 0.0)
+    probs = torch.softmax(scores, dim=-1).masked_fill(~keep, 0.0)  # also zeroes the rows without keys
     return torch.matmul(probs, v)
 
 
