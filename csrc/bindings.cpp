@@ -97,8 +97,10 @@ void bind_downsample(py::module_& m);  // bindings_downsample.cpp
 PYBIND11_MODULE(_C, m) {
   m.doc() = "diffrt compiled kernels (framework-free; called through diffrt.ops)";
   m.attr("__version__") = DIFFRT_VERSION;
-  // Resolve the ISA now so a bad DIFFRT_CPU_ISA fails the import with a clear message.
-  cpu::active_isa();
+  // Resolve the ISA now: a bad DIFFRT_CPU_ISA falls back to the best supported ISA with a RuntimeWarning
+  // (an error only where warnings are errors), so that diffrt — and diffrt.info — still import.
+  if (const std::string& warning = cpu::isa_env_warning(); !warning.empty())
+    if (PyErr_WarnEx(PyExc_RuntimeWarning, warning.c_str(), 1) != 0) throw py::error_already_set();
 
   auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("ddim_step", &ddim_step, nogil);
@@ -111,6 +113,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", [](const std::string& name) { cpu::set_active_isa(cpu::parse_isa(name)); },
         py::arg("name"), "Select the CPU kernels (scalar, avx2, avx512); raises if this CPU cannot run them.");
   m.def("supported_cpu_isas", &cpu::supported_isas, "Instruction sets this CPU can run, narrowest first.");
+  m.def("cpu_isa_env_warning", [] { return cpu::isa_env_warning(); },
+        "Why DIFFRT_CPU_ISA was ignored at import (empty when it was not set, or honoured).");
   m.def("omp_max_threads", [] { return omp_get_max_threads(); });
   m.def("build_info", &build_info);
 #if defined(DIFFRT_WITH_CUDA)

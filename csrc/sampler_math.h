@@ -11,6 +11,7 @@
 // ᾱ_prev replaced by ᾱ_next.
 #pragma once
 #include <cmath>
+#include <type_traits>
 
 #include "common.h"
 
@@ -19,13 +20,23 @@ namespace diffrt {
 enum class Prediction : int { epsilon = 0, v_prediction = 1, sample = 2 };
 enum class ClipMode : int { none = 0, fixed = 1, dynamic = 2 };
 
-// Every quantity of eq. 12 is affine in (x_t, m), so each sample needs only these scalars.
+// Every quantity of eq. 12 is affine in (x_t, m), so each sample needs only these scalars. A term
+// the reference formula does not have (ε̂ = m for ε-prediction, x̂0 = m for x0-prediction) is left
+// out at compile time (ddim_element<P>) rather than multiplied by 0, so that an infinite x_t gives
+// what the reference gives (0·inf would be NaN).
 struct DdimCoeffs {
   float x0_x, x0_m;     // x̂0 = x0_x·x_t + x0_m·m
   float eps_x, eps_m;   // ε̂  = eps_x·x_t + eps_m·m
   float epsc_x, epsc_x0;  // ε̂ recomputed from a clipped x̂0: ε̂ = epsc_x·x_t + epsc_x0·x̂0
   float prev_x0, prev_eps, prev_z;  // x_prev = prev_x0·x̂0 + prev_eps·ε̂ + prev_z·z
 };
+
+// c ? x : y with both sides computed and no branch: the auto-vectoriser will not if-convert a float
+// ?: under -ftrapping-math (it would have to evaluate the other side speculatively), but keeps this.
+DIFFRT_HD float select(bool c, float x, float y) {
+  const uint32_t mask = 0u - uint32_t(c);
+  return bits_to_float((float_to_bits(x) & mask) | (float_to_bits(y) & ~mask));
+}
 
 // Host-side, in double: ᾱ values near 0 or 1 lose digits in float32.
 inline DdimCoeffs ddim_coefficients(double alpha_t, double alpha_prev, double eta, Prediction pred) {
@@ -55,29 +66,75 @@ inline DdimCoeffs ddim_coefficients(double alpha_t, double alpha_prev, double et
   return k;
 }
 
-// Classifier-free guidance with rescale, folded into two per-sample weights on [uncond; cond]:
+// Classifier-free guidance with rescale on [uncond; cond]:
 //   ε̃ = ε_u + w·(ε_c − ε_u)                                   (Ho & Salimans 2022)
-//   ε̃ ← φ·ε̃·std(ε_c)/std(ε̃) + (1−φ)·ε̃ = r·ε̃,  r = 1 − φ + φ·std(ε_c)/std(ε̃)   (Lin et al. 2023)
-// so ε̃ = r(1−w)·ε_u + r·w·ε_c. std is the unbiased per-sample std over all elements (as diffusers).
+//   ε̃ ← φ·ε̃·std(ε_c)/std(ε̃) + (1−φ)·ε̃ = r·ε̃,  r = φ·std(ε_c)/std(ε̃) + 1 − φ   (Lin et al. 2023)
+// std is the unbiased per-sample std over all elements (as diffusers); r = 1 when std(ε̃) = 0 (a
+// constant ε̃ has no spread to match) and NaN when a std is NaN (a NaN or inf in the sample).
+// The element is evaluated in the reference's form (not folded into r(1−w)·ε_u + r·w·ε_c), so
+// infinities combine as they do there: ε_u = inf gives inf + w·(ε_c − inf) = NaN for w > 0. The DDIM
+// step folds r into the coefficients of m (fold_guidance_scale) instead of multiplying each element.
 // Host and device: the CUDA kernels evaluate it right after their on-device std reduction.
 struct GuidanceWeights {
-  float uncond, cond;
+  float w, scale;  // ε̃ = scale·(ε_u + w·(ε_c − ε_u))
 };
 
 DIFFRT_HD GuidanceWeights guidance_weights(double w, double rescale, double std_cond, double std_cfg) {
   double r = 1.0;
-  if (rescale != 0.0 && std_cfg > 0.0) r = 1.0 - rescale + rescale * std_cond / std_cfg;
-  return GuidanceWeights{float(r * (1.0 - w)), float(r * w)};
+  if (rescale != 0.0 && std_cfg != 0.0) r = rescale * (std_cond / std_cfg) + (1.0 - rescale);
+  return GuidanceWeights{float(w), float(r)};
+}
+
+// ε_u + w·(ε_c − ε_u), times the rescale factor when kRescale.
+template <bool kRescale = true>
+DIFFRT_HD float guided_element(const GuidanceWeights& g, float uncond, float cond) {
+  const float guided = uncond + g.w * (cond - uncond);
+  return kRescale ? g.scale * guided : guided;
+}
+
+// The DDIM coefficients of m = r·ε̃ with r applied: x̂0 and ε̂ take x0_m·r and eps_m·r (rounded once).
+DIFFRT_HD void fold_guidance_scale(DdimCoeffs& k, float scale) {
+  k.x0_m = float(double(k.x0_m) * double(scale));
+  k.eps_m = float(double(k.eps_m) * double(scale));
+}
+
+// Unbiased variance from a sum of squared deviations M2 over n elements (Chan et al.'s merge keeps
+// M2 exact-ish at any mean); NaN stays NaN (a max(0, ·) would turn it into 0, "no spread").
+DIFFRT_HD double unbiased_std(double m2, double n) {
+  if (n <= 1.0) return 0.0;
+  const double var = m2 / (n - 1.0);
+  return var < 0.0 ? 0.0 : sqrt(var);
+}
+
+// torch.quantile's interpolation between the sorted neighbours v[lo] ≤ q ≤ v[hi] (hi = ⌈pos⌉, so
+// hi = lo when pos is whole): torch.lerp's two-sided formula, which is NaN when v[hi] = inf and the
+// weight is ≥ 1/2, or when both are inf — the reference's answer, so the kernels give it too.
+DIFFRT_HD double quantile_lerp(double below, double above, double weight) {
+  return weight < 0.5 ? below + weight * (above - below) : above - (above - below) * (1.0 - weight);
+}
+
+// Dynamic thresholding's s = clamp(q, min=1, max) as torch.clamp computes it: NaN stays NaN, and
+// max < 1 gives max (min is applied first, then max).
+DIFFRT_HD double dynamic_threshold_scale(double q, double max_s) {
+  if (q != q) return q;
+  const double s = q < 1.0 ? 1.0 : q;
+  return s > max_s ? max_s : s;
 }
 
 // One element of the DDIM update. `lim` and `divisor` implement both clip modes:
 //   fixed:   x̂0 ← clamp(x̂0, −range, range)              (lim = range, divisor = 1)
 //   dynamic: x̂0 ← clamp(x̂0, −s, s)/s  (Imagen, Saharia et al. 2022; lim = s, divisor = s)
-// A true division (not ·1/s) keeps |x̂0| ≤ 1 exactly after thresholding.
-template <bool kClip, bool kRecomputeEps>
+// A true division (not ·1/s) keeps |x̂0| ≤ 1 exactly after thresholding. clampf keeps a NaN x̂0,
+// and a NaN s leaves x̂0 unclamped and then divides by NaN: NaN, as torch's clamp gives.
+template <Prediction P>
+DIFFRT_HD float x0_element(const DdimCoeffs& k, float x, float m) {
+  return P == Prediction::sample ? k.x0_m * m : k.x0_x * x + k.x0_m * m;
+}
+
+template <Prediction P, bool kClip, bool kRecomputeEps>
 DIFFRT_HD float ddim_element(const DdimCoeffs& k, float x, float m, float z, float lim, float divisor, float* x0_out) {
-  float x0 = k.x0_x * x + k.x0_m * m;
-  float eps = k.eps_x * x + k.eps_m * m;
+  float x0 = x0_element<P>(k, x, m);
+  float eps = P == Prediction::epsilon ? k.eps_m * m : k.eps_x * x + k.eps_m * m;
   if (kClip) {
     x0 = clampf(x0, -lim, lim) / divisor;
     if (kRecomputeEps) eps = k.epsc_x * x + k.epsc_x0 * x0;
@@ -86,7 +143,40 @@ DIFFRT_HD float ddim_element(const DdimCoeffs& k, float x, float m, float z, flo
   return k.prev_x0 * x0 + k.prev_eps * eps + k.prev_z * z;
 }
 
-// out = m·a + (1−m)·b: for a binary mask this returns a or b bit-exactly (b + m·(a−b) would not).
-DIFFRT_HD float blend_element(float m, float a, float b) { return m * a + (1.f - m) * b; }
+// |x̂0| for the dynamic-threshold quantile, the same x̂0 as ddim_element's (a NaN stays NaN).
+template <Prediction P>
+DIFFRT_HD float abs_x0_element(const DdimCoeffs& k, float x, float m) {
+  return bits_to_float(float_to_bits(x0_element<P>(k, x, m)) & 0x7fffffffu);
+}
+
+// Runs fn with the prediction type as a compile-time constant:
+// with_prediction(p, [&](auto kp) { f<decltype(kp)::value>(); }).
+template <typename F>
+inline void with_prediction(Prediction p, F&& fn) {
+  switch (p) {
+    case Prediction::epsilon: fn(std::integral_constant<Prediction, Prediction::epsilon>{}); break;
+    case Prediction::v_prediction: fn(std::integral_constant<Prediction, Prediction::v_prediction>{}); break;
+    case Prediction::sample: fn(std::integral_constant<Prediction, Prediction::sample>{}); break;
+  }
+}
+
+// out = m·a + (1−m)·b, and exactly a where m = 1, exactly b where m = 0: a binary mask selects,
+// whatever the other input holds (m·a + (1−m)·b would give NaN for 0·inf, and round b + 0·a).
+// A NaN mask gives NaN.
+DIFFRT_HD float blend_element(float m, float a, float b) {
+  const float soft = m * a + (1.f - m) * b;
+  return select(m == 1.f, a, select(m == 0.f, b, soft));
+}
+
+// DiffEdit's normalisation of one map value: min(v, bound)/bound, 0 everywhere when bound = 0
+// (identical predictions: nothing to edit), binarised at > threshold unless threshold < 0. NaN
+// propagates: a NaN bound (a NaN in the image's noise predictions) makes the image's map NaN,
+// thresholded or not, rather than a silently empty mask.
+DIFFRT_HD float diffedit_normalise_element(float v, float bound, float threshold) {
+  const float clamped = select((v < bound) | (v != v), v, bound);  // min that keeps a NaN v or bound
+  const float soft = clamped / bound;
+  const float out = select((threshold < 0.f) | (soft != soft), soft, select(soft > threshold, 1.f, 0.f));
+  return select(bound == 0.f, 0.f, out);
+}
 
 }  // namespace diffrt

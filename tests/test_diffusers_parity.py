@@ -116,3 +116,25 @@ def test_fused_guidance_matches_diffusers_cfg_then_step(gen, guidance_rescale):
     got = ops.ddim_step(x, out, a_t, a_prev, prediction_type="v_prediction", guidance_scale=7.5,
                         guidance_rescale=guidance_rescale)
     assert_close_to_ref(got, want, dtype=torch.float32, scale=_scale(x, 16 * out, alpha=a_t))
+
+
+@pytest.mark.parametrize("sample_max_value", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_thresholding_with_any_sample_max_value_matches_diffusers(gen, sample_max_value, prediction_type):
+    """diffusers' own thresholding test uses sample_max_value 0.5, 1 and 2: s = clamp(quantile, 1, max) is
+    `max` when max < 1 (torch.clamp with min > max gives max), so x̂0 is clamped to ±max and divided by it."""
+    scheduler = diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear", prediction_type=prediction_type, clip_sample=False, thresholding=True,
+        dynamic_thresholding_ratio=0.995, sample_max_value=sample_max_value, set_alpha_to_one=False, steps_offset=1,
+    )
+    scheduler.set_timesteps(NUM_STEPS)
+    for t in scheduler.timesteps[[0, 12, NUM_STEPS - 1]].tolist():
+        x, m = rand(gen, 2, 4, 12, 10, scale=2.0), rand(gen, 2, 4, 12, 10, scale=2.0)
+        a_t, a_prev = _alphas(scheduler, t)
+        want = scheduler.step(m, t, x)
+        kwargs = dict(prediction_type=prediction_type, dynamic_threshold=0.995, dynamic_threshold_max=sample_max_value)
+        got, got_x0 = ops.ddim_step(x, m, a_t, a_prev, return_x0=True, **kwargs)
+        exact, exact_x0 = ops.ddim_step_ref(x.double(), m.double(), a_t, a_prev, return_x0=True, **kwargs)
+        scale = _scale(x, m, alpha=min(a_t, 1 - a_t) if prediction_type == "sample" else a_t)
+        _assert_matches(got_x0, want.pred_original_sample, exact_x0, scale)
+        _assert_matches(got, want.prev_sample, exact, scale)

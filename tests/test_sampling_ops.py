@@ -186,3 +186,60 @@ def test_ddim_step_at_zero_terminal_snr(isa, gen, prediction_type):
     x, m = rand(gen, 2, 4, 9, 9), rand(gen, 2, 4, 9, 9)
     out, ref = _run_both(x, m, 0.0, 0.05, prediction_type=prediction_type)
     assert_close_to_ref(out, ref, dtype=torch.float32, scale=x.abs().max().item() + m.abs().max().item())
+
+
+def _offset_halves(gen, n, shape, offset, dtype=torch.float32):
+    """[uncond; cond] with a large common mean: |mean|/std ≈ offset (the regime of latents that drift)."""
+    uncond = offset + rand(gen, n, *shape, dtype=torch.float64)
+    cond = offset + 1.3 * rand(gen, n, *shape, dtype=torch.float64) + 0.2
+    return torch.cat([uncond, cond]).to(dtype)
+
+
+@pytest.mark.parametrize("offset", [1e2, 1e3, 1e4, -3e4])
+@pytest.mark.parametrize("rescale", [0.7, 1.0])
+def test_guidance_rescale_std_is_accurate_at_large_offsets(isa, gen, offset, rescale):
+    """The per-sample std of ε_c and ε̃ is computed stably (chunked two-pass, merged in a fixed order):
+    the fused kernels are at most 2× as far from the float64 truth as torch's own float32 std is."""
+    shape = (4, 48, 40)
+    m = _offset_halves(gen, 2, shape, offset)
+    w = torch.tensor([7.5, 3.0])
+    exact = ops.cfg_combine_ref(m.double(), w.double(), guidance_rescale=rescale)
+    torch32 = ops.cfg_combine_ref(m, w, guidance_rescale=rescale).double()
+    allowed = 2 * (torch32 - exact).abs().max().item() + 4 * torch.finfo(torch.float32).eps * exact.abs().max().item()
+    err = (ops.cfg_combine(m, w, guidance_rescale=rescale).double() - exact).abs().max().item()
+    assert err <= allowed, f"cfg_combine: max error {err:.3g}, torch float32 {allowed:.3g}"
+
+    x = offset + rand(gen, 2, *shape)
+    exact = ops.ddim_step_ref(x.double(), m.double(), 0.5, 0.7, guidance_scale=w.double(), guidance_rescale=rescale)
+    torch32 = ops.ddim_step_ref(x, m, 0.5, 0.7, guidance_scale=w, guidance_rescale=rescale).double()
+    allowed = 2 * (torch32 - exact).abs().max().item() + 4 * torch.finfo(torch.float32).eps * exact.abs().max().item()
+    err = (ops.ddim_step(x, m, 0.5, 0.7, guidance_scale=w, guidance_rescale=rescale).double() - exact).abs().max().item()
+    assert err <= allowed, f"ddim_step: max error {err:.3g}, torch float32 {allowed:.3g}"
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_results_do_not_depend_on_the_thread_count(isa, gen, offset):
+    """Per-sample reductions (guidance-rescale std, quantile, DiffEdit mean) add in a fixed order:
+    8 threads give the single-threaded result bit for bit."""
+    shape = (3, 4, 96, 80)
+    x = offset + rand(gen, *shape)
+    m = _offset_halves(gen, 3, shape[1:], offset)
+    q, r = rand(gen, 2, 3, 4, 96, 80), rand(gen, 2, 3, 4, 96, 80)
+    mask = torch.rand(3, 1, 96, 80, generator=gen)
+    calls = [
+        lambda: ops.ddim_step(x, m, 0.3, 0.5, guidance_scale=torch.tensor([7.5, 2.0, 4.0]), guidance_rescale=0.7),
+        lambda: ops.ddim_step(x, m, 0.3, 0.5, guidance_scale=5.0, dynamic_threshold=0.995, return_x0=True)[1],
+        lambda: ops.cfg_combine(m, 7.5, guidance_rescale=1.0),
+        lambda: ops.mask_blend(mask, x, m[:3]),
+        lambda: ops.diffedit_mask(q, r, threshold=None),
+    ]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = [call() for call in calls]
+        torch.set_num_threads(8)
+        parallel = [call() for call in calls]
+    finally:
+        torch.set_num_threads(threads)
+    for i, (s, p) in enumerate(zip(serial, parallel)):
+        assert torch.equal(s, p), f"call {i}: {int((s != p).sum())} elements differ between 1 and 8 threads"

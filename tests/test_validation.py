@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,7 +51,6 @@ def raises(exc, name, fn, *args, **kwargs):
         (ValueError, "clip_sample_range", (X, M, 0.5, 0.6), {"clip_sample_range": -1.0}),
         (ValueError, "dynamic_threshold", (X, M, 0.5, 0.6), {"dynamic_threshold": 1.5}),
         (ValueError, "dynamic_threshold", (X, M, 0.5, 0.6), {"dynamic_threshold": 0.9, "clip_sample_range": 1.0}),
-        (ValueError, "dynamic_threshold_max", (X, M, 0.5, 0.6), {"dynamic_threshold": 0.9, "dynamic_threshold_max": 0.5}),
         (ValueError, "alpha_t", (X, M, 1.0, 1.0), {"prediction_type": "sample"}),
     ],
 )
@@ -132,3 +132,64 @@ def test_set_cpu_isa_rejects_unknown_name():
 
     with pytest.raises(ValueError, match="unknown CPU ISA"):
         _C.set_cpu_isa("sse9")
+
+
+# Scalars may be any real number: Python int/float, numpy scalars, 0-d tensors (bool, NaN and inf are errors).
+REAL_SCALARS = [
+    lambda v: v, lambda v: np.float32(v), lambda v: np.float64(v), lambda v: torch.tensor(v),
+    lambda v: torch.tensor(v, dtype=torch.float64), lambda v: torch.tensor(v, dtype=torch.bfloat16),
+]
+DDIM_SCALARS = {
+    "alpha_t": 0.375, "alpha_prev": 0.625, "eta": 0.5, "guidance_scale": 7.5, "guidance_rescale": 0.5,
+    "dynamic_threshold": 0.875, "dynamic_threshold_max": 2.5,
+}
+
+
+def _ddim_with(**overrides):
+    kw = {k: v for k, v in DDIM_SCALARS.items() if k not in ("alpha_t", "alpha_prev")}
+    kw.update({k: v for k, v in overrides.items() if k not in ("alpha_t", "alpha_prev")})
+    a_t, a_prev = overrides.get("alpha_t", DDIM_SCALARS["alpha_t"]), overrides.get("alpha_prev", DDIM_SCALARS["alpha_prev"])
+    torch.manual_seed(0)
+    x, m, z = torch.randn(2, 4, 8, 8), torch.randn(4, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    return ops.ddim_step(x, m, a_t, a_prev, noise=z, **kw)
+
+
+@pytest.mark.parametrize("make", REAL_SCALARS)
+@pytest.mark.parametrize("name", list(DDIM_SCALARS))
+def test_ddim_step_accepts_any_real_scalar(make, name):
+    assert torch.equal(_ddim_with(**{name: make(DDIM_SCALARS[name])}), _ddim_with())
+
+
+@pytest.mark.parametrize("name", list(DDIM_SCALARS))
+@pytest.mark.parametrize(
+    "exc, value", [(TypeError, True), (TypeError, np.bool_(True)), (TypeError, torch.tensor(True)),
+                   (ValueError, np.float32("nan")), (ValueError, torch.tensor(math.inf)), (ValueError, np.float64("-inf"))],
+)
+def test_ddim_step_rejects_bool_and_non_finite_scalars(name, exc, value):
+    raises(exc, name, _ddim_with, **{name: value})
+
+
+@pytest.mark.parametrize("make", REAL_SCALARS)
+def test_other_ops_accept_any_real_scalar(make):
+    m = torch.randn(4, 3, 8, 8)
+    assert torch.equal(ops.cfg_combine(m, make(7.5), guidance_rescale=make(0.5)), ops.cfg_combine(m, 7.5, guidance_rescale=0.5))
+    q, r = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    assert torch.equal(ops.diffedit_mask(q, r, clamp_ratio=make(2.5), threshold=make(0.5)),
+                       ops.diffedit_mask(q, r, clamp_ratio=2.5, threshold=0.5))
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(ops.ddim_step(x, x, 0.5, 0.75, clip_sample_range=make(1.5)),
+                       ops.ddim_step(x, x, 0.5, 0.75, clip_sample_range=1.5))
+
+
+@pytest.mark.parametrize("value", [0.5, 0.999, 1e-3])
+def test_dynamic_threshold_max_below_one_is_accepted(value):
+    """diffusers' s = clamp(quantile, min=1, max=M) is M when M < 1 (torch.clamp with min > max gives max)."""
+    x, m = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    _, x0 = ops.ddim_step(x, m, 0.5, 0.75, dynamic_threshold=0.9, dynamic_threshold_max=value, return_x0=True)
+    assert x0.abs().max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_dynamic_threshold_max_must_be_positive(value):
+    raises(ValueError, "dynamic_threshold_max", ops.ddim_step, X, M, 0.5, 0.6, dynamic_threshold=0.9,
+           dynamic_threshold_max=value)

@@ -349,12 +349,25 @@ void downsample_cond_typed(const DownsampleCondArgs& a) {
   }
 }
 
+// No input channels: every output is the empty sum, bias[c] (or 0).
+template <typename T>
+void bias_only(const DownsampleCondArgs& a) {
+  T* out = static_cast<T*>(a.out);
+  const int64_t plane = a.out_height * a.out_width;
+  for (int64_t n = 0; n < a.batch; ++n)
+    for (int64_t c = 0; c < a.out_channels; ++c) {
+      const T value = a.bias ? typed<T>(a.bias)[c] : store_as<T>(0.f);
+      std::fill_n(out + n * a.out_batch_stride + (a.channel_offset + c) * a.out_channel_stride, plane, value);
+    }
+}
+
 void downsample_cond(const DownsampleCondArgs& a) {
   if (a.batch <= 0 || a.out_channels <= 0 || a.out_height <= 0 || a.out_width <= 0) return;
+  const bool no_inputs = a.image_channels + a.mask_channels <= 0;
   if (a.dtype == DType::bf16)
-    downsample_cond_typed<bf16>(a);
+    no_inputs ? bias_only<bf16>(a) : downsample_cond_typed<bf16>(a);
   else
-    downsample_cond_typed<float>(a);
+    no_inputs ? bias_only<float>(a) : downsample_cond_typed<float>(a);
 }
 
 }  // namespace

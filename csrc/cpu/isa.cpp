@@ -1,8 +1,11 @@
 // Run-time instruction-set dispatch: CPUID (with the OS's XSAVE state check) picks the widest
-// kernel table the CPU can run; DIFFRT_CPU_ISA=scalar|avx2|avx512 or set_active_isa() lowers it.
+// kernel table the CPU can run; DIFFRT_CPU_ISA=scalar|avx2|avx512 or set_active_isa() lowers it
+// (a bad DIFFRT_CPU_ISA falls back to the widest, with a warning: isa_env_warning()).
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "cpu/kernels.h"
 
@@ -42,21 +45,45 @@ Isa parse_isa(const std::string& name) {
 }
 
 namespace {
-Isa initial_isa() {
-  Isa best = best_supported_isa();
-  if (const char* env = std::getenv("DIFFRT_CPU_ISA"); env && *env) {
-    Isa requested = parse_isa(env);
-    if (int(requested) > int(best))
-      throw std::invalid_argument(std::string("DIFFRT_CPU_ISA=") + env + " but this CPU supports at most " +
-                                  isa_name(best));
-    return requested;
-  }
-  return best;
+std::string g_env_warning;  // written once, by the first active_isa() (at import), before any reader
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
 }
-// Resolved on first use (not during static initialisation) so a bad DIFFRT_CPU_ISA raises a
-// catchable error at import instead of terminating the process.
+
+// DIFFRT_CPU_ISA lowers the choice; a value that names no ISA, or one this CPU cannot run, must not
+// stop diffrt from importing (python -m diffrt.info is how one finds out what went wrong): the best
+// supported ISA runs instead and isa_env_warning() says why, for the bindings to raise as a RuntimeWarning.
+Isa initial_isa() {
+  const Isa best = best_supported_isa();
+  const char* env = std::getenv("DIFFRT_CPU_ISA");
+  if (!env || !*env) return best;
+  const std::string value(env);
+  const std::string fallback = std::string("; using ") + isa_name(best) + ", the best this CPU supports";
+  Isa requested;
+  try {
+    requested = parse_isa(value);
+  } catch (const std::invalid_argument&) {
+    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' names no CPU instruction set (valid: scalar, avx2, avx512)" + fallback;
+    return best;
+  }
+  if (int(requested) > int(best)) {
+    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' cannot run on this CPU (valid: scalar, avx2, avx512; this CPU "
+                    "supports " + joined(supported_isas()) + ")" + fallback;
+    return best;
+  }
+  return requested;
+}
+// Resolved on first use (not during static initialisation), once the bindings can report a warning.
 std::atomic<int> g_active{-1};
 }  // namespace
+
+const std::string& isa_env_warning() {
+  active_isa();
+  return g_env_warning;
+}
 
 Isa active_isa() {
   int isa = g_active.load(std::memory_order_relaxed);

@@ -26,6 +26,7 @@ const char* isa_name(Isa isa);
 Isa best_supported_isa();         // what this CPU (and OS) can run
 std::vector<std::string> supported_isas();
 Isa active_isa();                 // best_supported_isa(), or DIFFRT_CPU_ISA, or set_active_isa()
+const std::string& isa_env_warning();  // why DIFFRT_CPU_ISA was ignored (bad or unsupported value), or ""
 void set_active_isa(Isa isa);     // throws std::invalid_argument if the CPU cannot run it
 Isa parse_isa(const std::string& name);  // throws std::invalid_argument
 const SamplerKernels& sampler_kernels();  // table of the active ISA

@@ -12,10 +12,11 @@
 //
 // Memory traffic per call (N samples of M elements, s bytes per element):
 //   ddim_step          read x, m (both halves when guided) [, z]; write x_prev [, x̂0]   one pass
-//     + guidance_rescale   one extra read of both model halves (per-sample std)
+//     + guidance_rescale   two extra reads of both model halves (per-sample mean, then the squared
+//                          deviations from it: a two-pass std, accurate at any |mean|/std)
 //     + dynamic threshold  one extra read of x and m, a 4-byte |x̂0| per element written to scratch,
 //                          then read back 4 or 5 times by one block per sample (radix select)
-//   cfg_combine        read ε_u, ε_c; write ε̃                  (+ one read of both for rescale)
+//   cfg_combine        read ε_u, ε_c; write ε̃                  (+ two reads of both for rescale)
 //   mask_blend         read a, b, mask (1/C of a); write out
 //   diffedit_mask      read ε_q, ε_r once; write the map, then read and rewrite it to normalise
 #include <cmath>
@@ -46,8 +47,9 @@ constexpr int64_t kMaxGridY = DIFFRT_CUDA_MAX_ROW_BLOCKS;  // rows beyond it loo
 // guidance_rescale rewrites `g` and dynamic thresholding rewrites `lim`/`divisor` on the device.
 struct RowParams {
   DdimCoeffs k;
-  GuidanceWeights g;  // ε̃ = g.uncond·ε_u + g.cond·ε_c when guided
+  GuidanceWeights g;  // ε̃ = g.scale·(ε_u + g.w·(ε_c − ε_u)) when guided
   double w;           // guidance scale, for the rescale statistics
+  float mean_cond, mean_cfg;  // rescale: the row's mean of ε_c and of ε̃ (pass 1), the shift of pass 2
   float lim, divisor; // sampler_math.h ddim_element
 };
 
@@ -130,31 +132,67 @@ __device__ void block_sum(double (&v)[K]) {
 }
 
 // ---- guidance rescale: per-sample std of ε_c and of ε̃ = ε_u + w(ε_c − ε_u) --------------------
+// Two passes over the row (raw Σv² loses the variance at large |mean|/std): pass 1 the means, pass 2
+// Σd and Σd² of d = v − mean, so M2 = Σd² − (Σd)²/n (the correction term absorbs the mean's own
+// rounding). Per-thread sums in double, block sums, partials added in a fixed order.
 
-// Pass 1: Σε_c, Σε_c², Σε̃, Σε̃² over this block's slice of the row (float per thread, as the CPU
-// kernel's lanes; double across threads) → partial[row][block][4].
+// Pass 1: Σε_c, Σε̃ over this block's slice of the row → partial[row][block][2].
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-guidance_stats_kernel(const T* uncond, const T* cond, const RowParams* rows, int64_t batch, int64_t numel,
-                      double* partial) {
+guidance_sum_kernel(const T* uncond, const T* cond, const RowParams* rows, int64_t batch, int64_t numel,
+                    double* partial) {
   for (int64_t r = blockIdx.y; r < batch; r += gridDim.y) {
     const float w = float(rows[r].w);
     const int64_t o = r * numel;
-    float sc = 0.f, scc = 0.f, sg = 0.f, sgg = 0.f;
+    double s[2] = {0.0, 0.0};
     for (int64_t i = row_begin(); i < numel; i += row_step()) {
       const float u = load(uncond[o + i]), c = load(cond[o + i]);
-      const float g = u + w * (c - u);
-      sc += c; scc += c * c; sg += g; sgg += g * g;
+      s[0] += c;
+      s[1] += u + w * (c - u);
     }
-    double s[4] = {sc, scc, sg, sgg};
+    block_sum(s);
+    if (threadIdx.x == 0)
+      for (int j = 0; j < 2; ++j) partial[(r * gridDim.x + blockIdx.x) * 2 + j] = s[j];
+  }
+}
+
+// One block per row adds its `parts` partials in a fixed order → the row's means.
+__global__ void __launch_bounds__(kThreads)
+guidance_mean_kernel(RowParams* rows, int64_t batch, int64_t numel, const double* partial, int parts) {
+  for (int64_t r = blockIdx.x; r < batch; r += gridDim.x) {
+    double s[2] = {0.0, 0.0};
+    for (int p = threadIdx.x; p < parts; p += blockDim.x)
+      for (int j = 0; j < 2; ++j) s[j] += partial[(r * parts + p) * 2 + j];
+    block_sum(s);
+    if (threadIdx.x == 0) {
+      rows[r].mean_cond = float(s[0] / double(numel));
+      rows[r].mean_cfg = float(s[1] / double(numel));
+    }
+  }
+}
+
+// Pass 2: Σd, Σd² for ε_c and for ε̃ (d = v − mean) → partial[row][block][4].
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+guidance_dev_kernel(const T* uncond, const T* cond, const RowParams* rows, int64_t batch, int64_t numel,
+                    double* partial) {
+  for (int64_t r = blockIdx.y; r < batch; r += gridDim.y) {
+    const float w = float(rows[r].w), mc = rows[r].mean_cond, mg = rows[r].mean_cfg;
+    const int64_t o = r * numel;
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int64_t i = row_begin(); i < numel; i += row_step()) {
+      const float u = load(uncond[o + i]), c = load(cond[o + i]);
+      const double d = c - mc, e = (u + w * (c - u)) - mg;
+      s[0] += d; s[1] += d * d; s[2] += e; s[3] += e * e;
+    }
     block_sum(s);
     if (threadIdx.x == 0)
       for (int j = 0; j < 4; ++j) partial[(r * gridDim.x + blockIdx.x) * 4 + j] = s[j];
   }
 }
 
-// Pass 2: one block per row adds its `parts` partials in a fixed order; the unbiased stds give the
-// rescaled weights (sampler_math.h guidance_weights), which replace the row's `g`.
+// One block per row adds the pass-2 partials in a fixed order; the unbiased stds give the rescaled
+// weights (sampler_math.h guidance_weights), which replace the row's `g`.
 __global__ void __launch_bounds__(kThreads)
 guidance_rescale_kernel(RowParams* rows, int64_t batch, int64_t numel, const double* partial, int parts,
                         double rescale) {
@@ -165,12 +203,10 @@ guidance_rescale_kernel(RowParams* rows, int64_t batch, int64_t numel, const dou
     block_sum(s);
     if (threadIdx.x == 0) {
       const double n = double(numel);
-      double std_cond = 0.0, std_cfg = 0.0;
-      if (numel > 1) {
-        std_cond = sqrt(fmax(0.0, (s[1] - s[0] * s[0] / n) / (n - 1)));
-        std_cfg = sqrt(fmax(0.0, (s[3] - s[2] * s[2] / n) / (n - 1)));
-      }
+      const double std_cond = unbiased_std(s[1] - s[0] * s[0] / n, n);
+      const double std_cfg = unbiased_std(s[3] - s[2] * s[2] / n, n);
       rows[r].g = guidance_weights(rows[r].w, rescale, std_cond, std_cfg);
+      fold_guidance_scale(rows[r].k, rows[r].g.scale);  // the DDIM step applies r through x0_m, eps_m
     }
   }
 }
@@ -178,7 +214,7 @@ guidance_rescale_kernel(RowParams* rows, int64_t batch, int64_t numel, const dou
 // ---- dynamic thresholding: s = clamp(quantile_p |x̂0|, 1, max) per sample ------------------------
 
 // |x̂0| of every element into scratch (x̂0 from the guided, possibly rescaled, model output).
-template <typename T, bool kGuided>
+template <typename T, Prediction P, bool kGuided>
 __global__ void __launch_bounds__(kThreads)
 abs_x0_kernel(DdimTensors<T> t, const RowParams* rows, int64_t batch, int64_t numel, float* scratch) {
   for (int64_t r = blockIdx.y; r < batch; r += gridDim.y) {
@@ -186,18 +222,20 @@ abs_x0_kernel(DdimTensors<T> t, const RowParams* rows, int64_t batch, int64_t nu
     const int64_t o = r * numel;
     for (int64_t i = row_begin(); i < numel; i += row_step()) {
       float m = load(t.model[o + i]);
-      if constexpr (kGuided) m = p.g.uncond * m + p.g.cond * load(t.model_cond[o + i]);
-      scratch[o + i] = fabsf(p.k.x0_x * load(t.x[o + i]) + p.k.x0_m * m);
+      if constexpr (kGuided) m = guided_element<false>(p.g, m, load(t.model_cond[o + i]));  // r is in p.k
+      scratch[o + i] = abs_x0_element<P>(p.k, load(t.x[o + i]), m);
     }
   }
 }
 
-// torch.quantile's linear interpolation: with v sorted, pos = p(M−1), lo = ⌊pos⌋,
-// q = v[lo] + (pos − lo)(v[lo+1] − v[lo]). One block per sample finds v[lo] by radix select:
+// torch.quantile's linear interpolation: with v sorted, pos = p(M−1), lo = ⌊pos⌋, hi = ⌈pos⌉,
+// q = lerp(v[lo], v[hi], pos − lo) (sampler_math.h quantile_lerp), NaN when any value is NaN.
+// One block per sample finds v[lo] by radix select:
 // the values are ≥ 0, so their float bits order like the values; each of four passes builds a
 // 256-bin shared histogram of the next 8 bits over the elements that match the bits chosen so
 // far and picks the bin holding rank lo. v[lo+1] equals v[lo] when that value repeats past rank
-// lo, else a fifth pass takes the smallest value above it. Cost: the row is read 4–5 times by one
+// lo, else a fifth pass takes the smallest value above it (none when pos is whole). NaN (|x̂0| bits
+// above those of inf) is counted in the first pass. Cost: the row is read 4–5 times by one
 // block (4 B per element each), and equal values contend on one shared counter — small next to
 // a model evaluation, but serial per sample for very large rows.
 __global__ void __launch_bounds__(kThreads)
@@ -205,11 +243,13 @@ dynamic_threshold_kernel(RowParams* rows, int64_t batch, int64_t numel, const fl
                          double max_s) {
   __shared__ unsigned hist[256];
   __shared__ uint32_t chosen_bits;
-  __shared__ unsigned chosen_rank, chosen_count, min_above;
+  __shared__ unsigned chosen_rank, chosen_count, min_above, any_nan;
   for (int64_t r = blockIdx.x; r < batch; r += gridDim.x) {
     const float* v = scratch + r * numel;
     const double pos = p * double(numel - 1);
     const int64_t lo = int64_t(floor(pos));
+    const double weight = pos - double(lo);
+    if (threadIdx.x == 0) any_nan = 0u;
     uint32_t prefix = 0, prefix_mask = 0;
     unsigned rank = unsigned(lo), count = 0;  // rank among the elements matching `prefix`
     for (int shift = 24; shift >= 0; shift -= 8) {
@@ -218,6 +258,7 @@ dynamic_threshold_kernel(RowParams* rows, int64_t batch, int64_t numel, const fl
       for (int64_t i = threadIdx.x; i < numel; i += blockDim.x) {
         const uint32_t u = float_to_bits(v[i]);
         if ((u & prefix_mask) == prefix) atomicAdd(&hist[(u >> shift) & 0xffu], 1u);
+        if (shift == 24 && u > 0x7f800000u) any_nan = 1u;  // a benign race: every writer stores 1
       }
       __syncthreads();
       if (threadIdx.x == 0) {
@@ -235,7 +276,7 @@ dynamic_threshold_kernel(RowParams* rows, int64_t batch, int64_t numel, const fl
     }
     const float below = bits_to_float(prefix);
     float above = below;
-    if (lo + 1 < numel && rank + 1 >= count) {  // v[lo] does not repeat past rank lo: v[lo+1] is the next value
+    if (weight > 0.0 && rank + 1 >= count) {  // v[lo] does not repeat past rank lo: v[lo+1] is the next value
       if (threadIdx.x == 0) min_above = 0xffffffffu;
       __syncthreads();
       uint32_t mine = 0xffffffffu;
@@ -248,8 +289,8 @@ dynamic_threshold_kernel(RowParams* rows, int64_t batch, int64_t numel, const fl
       above = bits_to_float(min_above);
     }
     if (threadIdx.x == 0) {
-      const double q = double(below) + (pos - double(lo)) * (double(above) - double(below));
-      const double s = fmin(fmax(q, 1.0), max_s);  // s = max(1, q), bounded above
+      const double q = any_nan ? double(NAN) : quantile_lerp(below, above, weight);
+      const double s = dynamic_threshold_scale(q, max_s);  // s = clamp(q, min=1, max), as torch.clamp
       rows[r].lim = float(s);
       rows[r].divisor = float(s);
     }
@@ -260,7 +301,7 @@ dynamic_threshold_kernel(RowParams* rows, int64_t batch, int64_t numel, const fl
 // ---- the DDIM update (eq. 12), one pass --------------------------------------------------------
 
 // Indices below count packs of kVec elements (kVec = 1: single elements).
-template <typename T, int kVec, bool kGuided, bool kClip, bool kRecomputeEps>
+template <typename T, int kVec, Prediction P, bool kGuided, bool kClip, bool kRecomputeEps>
 __global__ void __launch_bounds__(kThreads)
 ddim_step_kernel(DdimTensors<T> t, const RowParams* rows, int64_t batch, int64_t numel) {
   const int64_t packs = numel / kVec;
@@ -274,9 +315,9 @@ ddim_step_kernel(DdimTensors<T> t, const RowParams* rows, int64_t batch, int64_t
       if (t.noise) z = load_pack<kVec>(t.noise, e);  // noise and x̂0: uniform branches, no extra kernels
       for (int j = 0; j < kVec; ++j) {
         float m = load(mu.v[j]);
-        if constexpr (kGuided) m = p.g.uncond * m + p.g.cond * load(mc.v[j]);
+        if constexpr (kGuided) m = guided_element<false>(p.g, m, load(mc.v[j]));  // r is in p.k
         float x0j;
-        const float xp = ddim_element<kClip, kRecomputeEps>(p.k, load(x.v[j]), m, t.noise ? load(z.v[j]) : 0.f,
+        const float xp = ddim_element<P, kClip, kRecomputeEps>(p.k, load(x.v[j]), m, t.noise ? load(z.v[j]) : 0.f,
                                                             p.lim, p.divisor, &x0j);
         x_prev.v[j] = store_as<T>(xp);
         x0.v[j] = store_as<T>(x0j);
@@ -297,7 +338,7 @@ cfg_combine_kernel(const T* uncond, const T* cond, T* out, const RowParams* rows
       const int64_t e = r * packs + i;
       const Pack<T, kVec> u = load_pack<kVec>(uncond, e), c = load_pack<kVec>(cond, e);
       Pack<T, kVec> o;
-      for (int j = 0; j < kVec; ++j) o.v[j] = store_as<T>(g.uncond * load(u.v[j]) + g.cond * load(c.v[j]));
+      for (int j = 0; j < kVec; ++j) o.v[j] = store_as<T>(guided_element(g, load(u.v[j]), load(c.v[j])));
       store_pack<kVec>(out, e, o);
     }
   }
@@ -347,7 +388,8 @@ diffedit_map_kernel(const T* query, const T* ref, float* out, int64_t batch, int
 }
 
 // Pass 2: bound = clamp_ratio · mean(map) (every block adds the image's partials in the same
-// order), then map = min(map, bound)/bound, binarised at > threshold unless threshold < 0.
+// order), then map = min(map, bound)/bound, binarised at > threshold unless threshold < 0
+// (sampler_math.h diffedit_normalise_element: a NaN bound gives a NaN map).
 __global__ void __launch_bounds__(kThreads)
 diffedit_normalise_kernel(float* out, int64_t batch, int64_t spatial, const double* partial, int parts,
                           double clamp_ratio, double threshold) {
@@ -359,13 +401,9 @@ diffedit_normalise_kernel(float* out, int64_t batch, int64_t spatial, const doub
       bound_shared = float(clamp_ratio * sum / double(spatial));
     }
     __syncthreads();
-    const float bound = bound_shared, inv = bound > 0.f ? 1.f / bound : 0.f, thr = float(threshold);
-    const bool binary = threshold >= 0.0;
+    const float bound = bound_shared, thr = threshold >= 0.0 ? float(threshold) : -1.f;
     float* map = out + r * spatial;
-    for (int64_t i = row_begin(); i < spatial; i += row_step()) {
-      const float v = fminf(map[i], bound) * inv;
-      map[i] = binary ? (v > thr ? 1.f : 0.f) : v;
-    }
+    for (int64_t i = row_begin(); i < spatial; i += row_step()) map[i] = diffedit_normalise_element(map[i], bound, thr);
     __syncthreads();  // bound_shared is rewritten for the next row
   }
 }
@@ -401,7 +439,8 @@ std::vector<RowParams> host_row_params(int64_t batch, const double* alpha_t, con
     RowParams& p = rows[r];
     p.k = alpha_t ? ddim_coefficients(alpha_t[r], alpha_prev[r], eta, pred) : DdimCoeffs{};
     p.w = guidance_scale ? guidance_scale[r] : 0.0;
-    p.g = guidance_scale ? guidance_weights(p.w, 0.0, 1.0, 1.0) : GuidanceWeights{1.f, 0.f};
+    p.g = guidance_weights(p.w, 0.0, 1.0, 1.0);
+    p.mean_cond = p.mean_cfg = 0.f;
     p.lim = clip == ClipMode::fixed ? float(clip_range) : 0.f;
     p.divisor = 1.f;
   }
@@ -419,8 +458,13 @@ RowParams* upload_rows(const char* op, Workspace& ws, const std::vector<RowParam
         "copying per-sample parameters");
   if (cond && rescale != 0.0) {
     const dim3 grid = row_grid(batch, numel);
-    double* partial = ws.take<double>(size_t(batch) * grid.x * 4);
-    launch(op, guidance_stats_kernel<T>, grid, dim3(kThreads), stream, uncond, cond, rows, batch, numel, partial);
+    double* partial = ws.take<double>(size_t(batch) * grid.x * 4);  // pass 1 uses the first half
+    launch(op, guidance_sum_kernel<T>, grid, dim3(kThreads), stream, uncond, cond, static_cast<const RowParams*>(rows),
+           batch, numel, partial);
+    launch(op, guidance_mean_kernel, rows_grid(batch), dim3(kThreads), stream, rows, batch, numel,
+           static_cast<const double*>(partial), int(grid.x));
+    launch(op, guidance_dev_kernel<T>, grid, dim3(kThreads), stream, uncond, cond, static_cast<const RowParams*>(rows),
+           batch, numel, partial);
     launch(op, guidance_rescale_kernel, rows_grid(batch), dim3(kThreads), stream, rows, batch, numel,
            static_cast<const double*>(partial), int(grid.x), rescale);
   }
@@ -453,9 +497,12 @@ void ddim_step_typed(const DdimStepArgs& a, cudaStream_t stream) {
   const dim3 grid = row_grid(N, M), block(kThreads);
   if (dynamic) {
     float* scratch = ws.take<float>(size_t(N) * M);
-    with_flag(guided, [&](auto kg) {
-      launch(op, abs_x0_kernel<T, decltype(kg)::value>, grid, block, stream, t,
-             static_cast<const RowParams*>(rows), N, M, scratch);
+    with_prediction(a.prediction, [&](auto kp) {
+      using Pred = decltype(kp);
+      with_flag(guided, [&](auto kg) {
+        launch(op, abs_x0_kernel<T, Pred::value, decltype(kg)::value>, grid, block, stream, t,
+               static_cast<const RowParams*>(rows), N, M, scratch);
+      });
     });
     launch(op, dynamic_threshold_kernel, rows_grid(N), block, stream, rows, N, M,
            static_cast<const float*>(scratch), a.dynamic_quantile, a.dynamic_max);
@@ -464,15 +511,18 @@ void ddim_step_typed(const DdimStepArgs& a, cudaStream_t stream) {
   const bool packed = packs_fit<T>(M, {t.x, t.model, t.model_cond, t.noise, t.out, t.out_x0});
   with_pack<T>(packed, [&](auto kv) {
     using Vec = decltype(kv);  // types, so the nested lambdas need not capture the tags
-    with_flag(guided, [&](auto kg) {
-      using Guided = decltype(kg);
-      with_flag(clip, [&](auto kc) {
-        using Clip = decltype(kc);
-        with_flag(clip && a.use_clipped_model_output, [&](auto kr) {
-          using Recompute = decltype(kr);
-          if constexpr (Clip::value || !Recompute::value)  // recomputing ε̂ needs a clipped x̂0: no such kernel
-            launch(op, ddim_step_kernel<T, Vec::value, Guided::value, Clip::value, Recompute::value>,
-                   row_grid(N, M / Vec::value), block, stream, t, static_cast<const RowParams*>(rows), N, M);
+    with_prediction(a.prediction, [&](auto kp) {
+      using Pred = decltype(kp);
+      with_flag(guided, [&](auto kg) {
+        using Guided = decltype(kg);
+        with_flag(clip, [&](auto kc) {
+          using Clip = decltype(kc);
+          with_flag(clip && a.use_clipped_model_output, [&](auto kr) {
+            using Recompute = decltype(kr);
+            if constexpr (Clip::value || !Recompute::value)  // recomputing ε̂ needs a clipped x̂0: no such kernel
+              launch(op, ddim_step_kernel<T, Vec::value, Pred::value, Guided::value, Clip::value, Recompute::value>,
+                     row_grid(N, M / Vec::value), block, stream, t, static_cast<const RowParams*>(rows), N, M);
+          });
         });
       });
     });
@@ -541,7 +591,7 @@ void mask_blend(const MaskBlendArgs& a, int device, cudaStream_t stream) {
 }
 
 void diffedit_mask(const DiffEditMaskArgs& a, int device, cudaStream_t stream) {
-  if (a.batch <= 0 || a.draws * a.channels <= 0 || a.spatial <= 0) return;
+  if (a.batch <= 0 || a.spatial <= 0) return;  // no draws or channels: the mean over nothing is NaN, as on the CPU
   DeviceGuard guard(device, "diffedit_mask");
   with_dtype(a.dtype, [&](auto tag) { diffedit_mask_typed<decltype(tag)>(a, stream); });
 }

@@ -34,7 +34,7 @@ void ddim_step(const DdimStepArgs& a, std::vector<double>& out, std::vector<doub
         m[i] = m[i] + w * (c[i] - m[i]);
       }
       if (a.guidance_rescale != 0.0 && M > 1) {
-        auto stddev = [M](const std::vector<double>& v) {
+        auto stddev = [M](const std::vector<double>& v) {  // two-pass: exact enough at any offset
           double mean = 0, ss = 0;
           for (double x : v) mean += x;
           mean /= double(M);
@@ -42,8 +42,8 @@ void ddim_step(const DdimStepArgs& a, std::vector<double>& out, std::vector<doub
           return std::sqrt(ss / double(M - 1));
         };
         const double s_cfg = stddev(m);
-        if (s_cfg > 0) {
-          const double f = 1.0 - a.guidance_rescale + a.guidance_rescale * stddev(c) / s_cfg;
+        if (s_cfg != 0) {  // a constant ε̃ stays as it is; a NaN std makes the sample NaN
+          const double f = a.guidance_rescale * (stddev(c) / s_cfg) + (1.0 - a.guidance_rescale);
           for (double& x : m) x *= f;
         }
       }
@@ -61,19 +61,24 @@ void ddim_step(const DdimStepArgs& a, std::vector<double>& out, std::vector<doub
       }
     }
     // 3. clip x̂0: fixed range, or s = clamp(quantile_p |x̂0|, 1, max) then clamp(x̂0, −s, s)/s
+    //    (torch.quantile: NaN if any |x̂0| is NaN, neighbours ⌊pos⌋ and ⌈pos⌉, torch.lerp's formula)
     if (a.clip != ClipMode::none) {
       double lim = a.clip_range, div = 1.0;
       if (a.clip == ClipMode::dynamic) {
         std::vector<double> v(M);
-        for (int64_t i = 0; i < M; ++i) v[i] = std::fabs(x0[i]);
+        bool has_nan = false;
+        for (int64_t i = 0; i < M; ++i) {
+          v[i] = std::fabs(x0[i]);
+          has_nan = has_nan || std::isnan(v[i]);
+        }
         std::sort(v.begin(), v.end());
         const double pos = a.dynamic_quantile * double(M - 1);
-        const int64_t lo = int64_t(std::floor(pos)), hi = std::min<int64_t>(lo + 1, M - 1);
-        const double q = v[lo] + (pos - double(lo)) * (v[hi] - v[lo]);
-        lim = div = std::min(std::max(q, 1.0), a.dynamic_max);
+        const int64_t lo = int64_t(std::floor(pos)), hi = int64_t(std::ceil(pos));
+        const double q = has_nan ? NAN : quantile_lerp(v[lo], v[hi], pos - double(lo));
+        lim = div = dynamic_threshold_scale(q, a.dynamic_max);
       }
       for (int64_t i = 0; i < M; ++i) {
-        x0[i] = std::min(std::max(x0[i], -lim), lim) / div;
+        x0[i] = std::isnan(lim) ? NAN : std::min(std::max(x0[i], -lim), lim) / div;
         if (a.use_clipped_model_output) eps[i] = (at<T>(a.sample, o + i) - sa * x0[i]) / sb;
       }
     }
@@ -111,8 +116,8 @@ void cfg_combine(const CfgCombineArgs& a, std::vector<double>& out) {
         ss_c += (c[i] - mean_c) * (c[i] - mean_c);
         ss_g += (out[o + i] - mean_g) * (out[o + i] - mean_g);
       }
-      if (ss_g > 0) {
-        const double f = 1.0 - a.guidance_rescale + a.guidance_rescale * std::sqrt(ss_c / ss_g);
+      if (ss_g != 0) {
+        const double f = a.guidance_rescale * std::sqrt(ss_c / ss_g) + (1.0 - a.guidance_rescale);
         for (int64_t i = 0; i < M; ++i) out[o + i] *= f;
       }
     }
@@ -127,7 +132,8 @@ void mask_blend(const MaskBlendArgs& a, std::vector<double>& out) {
       for (int64_t i = 0; i < a.spatial; ++i) {
         const int64_t k = (n * a.channels + c) * a.spatial + i;
         const double m = at<T>(a.mask, n * a.mask_batch_stride + i);
-        out[k] = m * at<T>(a.a, k) + (1 - m) * at<T>(a.b, k);
+        // a binary mask selects (whatever the other input holds); a soft one blends
+        out[k] = m == 1 ? at<T>(a.a, k) : m == 0 ? at<T>(a.b, k) : m * at<T>(a.a, k) + (1 - m) * at<T>(a.b, k);
       }
 }
 
@@ -147,11 +153,11 @@ void diffedit_mask(const DiffEditMaskArgs& a, std::vector<double>& out) {
       out[b * S + i] = acc / double(planes);
       mean += out[b * S + i] / double(S);
     }
-    const double bound = a.clamp_ratio * mean;
+    const double bound = a.clamp_ratio * mean;  // NaN when a prediction is NaN: the whole map is NaN
     for (int64_t i = 0; i < S; ++i) {
       double& v = out[b * S + i];
-      v = bound > 0 ? std::min(v, bound) / bound : 0.0;
-      if (a.threshold >= 0) v = v > a.threshold ? 1.0 : 0.0;
+      v = bound == 0 ? 0.0 : (std::isnan(v) || std::isnan(bound) ? NAN : std::min(v, bound) / bound);
+      if (a.threshold >= 0 && !std::isnan(v)) v = v > a.threshold ? 1.0 : 0.0;
     }
   }
 }

@@ -70,8 +70,9 @@ void report_speed(const std::function<void()>& run, double bytes) {
 
 template <typename T>
 void check_ddim(const char* label, int64_t N, int64_t M, bool guided, double rescale, Prediction pred, ClipMode clip,
-                double eta, bool use_clipped) {
+                double eta, bool use_clipped, double offset = 0.0) {
   auto x = random_tensor<T>(N * M), model = random_tensor<T>((guided ? 2 : 1) * N * M), z = random_tensor<T>(N * M);
+  for (auto& v : model) v = store_as<T>(load(v) + float(offset));  // large |mean|/std: the rescale std's hard case
   std::vector<T> out(N * M, store_as<T>(NAN)), x0(N * M, store_as<T>(NAN));  // poisoned
   std::vector<double> a_t(N), a_prev(N), w(N);
   for (int64_t r = 0; r < N; ++r) {
@@ -91,7 +92,7 @@ void check_ddim(const char* label, int64_t N, int64_t M, bool guided, double res
   isa::sampler_kernels.ddim_step(a);
   std::vector<double> ref, ref_x0;
   reference::ddim_step<T>(a, ref, ref_x0);
-  const double scale = (1 + 2 * w.back()) * 5.0 / std::sqrt(std::min(a_t[0], 1 - a_t.back()));
+  const double scale = (1 + 2 * w.back()) * (5.0 + offset) / std::sqrt(std::min(a_t[0], 1 - a_t.back()));
   const std::string name = std::string("ddim_step ") + (std::is_same_v<T, bf16> ? "bf16 " : "f32  ") + label;
   compare(name + " x0", x0.data(), ref_x0, scale);
   std::printf("\n");
@@ -144,6 +145,18 @@ int main() {
     check_ddim<float>("cfg+rescale v", N, M, true, 0.7, Prediction::v_prediction, ClipMode::none, 0.0, false);
     check_ddim<float>("cfg sample eta=1 dynamic", N, M, true, 0.0, Prediction::sample, ClipMode::dynamic, 1.0, true);
     check_ddim<bf16>("cfg", N, M, true, 0.0, Prediction::epsilon, ClipMode::fixed, 0.5, false);
+  }
+  check_ddim<float>("cfg+rescale offset 1e4", 2, 4 * 64 * 64, true, 1.0, Prediction::epsilon, ClipMode::none, 0.0, false,
+                    1e4);
+  // Empty rows and batches write nothing and must not touch memory (a quantile of no elements).
+  for (auto [N, M] : {std::pair<int64_t, int64_t>{2, 0}, {0, 5}}) {
+    DdimStepArgs a{};
+    std::vector<double> one(2, 0.5);
+    a.dtype = DType::f32; a.batch = N; a.numel = M; a.alpha_t = one.data(); a.alpha_prev = one.data();
+    a.guidance_scale = one.data(); a.clip = ClipMode::dynamic; a.dynamic_quantile = 0.995; a.dynamic_max = 1e30;
+    a.guidance_rescale = 0.7; a.num_threads = omp_get_max_threads();
+    isa::sampler_kernels.ddim_step(a);
+    std::printf("ddim_step N=%lld M=%lld (empty)                          ok\n", (long long)N, (long long)M);
   }
   check_mask_blend<float>(3, 5, 31 * 17, false);
   check_mask_blend<float>(8, 3, 256 * 256, true);

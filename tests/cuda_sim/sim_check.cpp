@@ -41,13 +41,21 @@ std::vector<T> poisoned(int64_t n) {
   return std::vector<T>(n, store_as<T>(NAN));
 }
 
-// |got − ref| ≤ eps(T)·|ref| + 64·eps(float32)·scale (NaN fails); prints the first mismatches.
+// |got − ref| ≤ eps(T)·|ref| + 64·eps(float32)·scale (an unexpected NaN fails); where the reference
+// is NaN or ±inf (non-finite inputs), got must be the same. Prints the first mismatches.
 template <typename T>
 void compare(const std::string& name, const T* got, const std::vector<double>& ref, double scale) {
   int bad = 0;
   double worst = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
     const double g = double(load(got[i])), err = std::fabs(g - ref[i]);
+    if (!std::isfinite(ref[i])) {
+      if (!(std::isnan(ref[i]) ? std::isnan(g) : g == ref[i])) {
+        if (bad < 3) std::printf("  mismatch %s[%zu]: got %.8g want %.8g\n", name.c_str(), i, g, ref[i]);
+        ++bad;
+      }
+      continue;
+    }
     if (err > worst) worst = err;
     if (!(err <= eps<T>() * std::fabs(ref[i]) + 64 * 1.1920929e-07 * scale)) {
       if (bad < 3) std::printf("  mismatch %s[%zu]: got %.8g want %.8g\n", name.c_str(), i, g, ref[i]);
@@ -71,6 +79,10 @@ struct DdimCase {
   double eta = 0.0;
   bool use_clipped = false, write_x0 = true, in_place = false;
   Model model = Model::normal;
+  char poison_where = 0;  // 'x', 'u' (uncond) or 'c' (cond): set poison_count elements of sample 0 to poison
+  float poison = 0.f;
+  int poison_count = 0;
+  double offset = 0.0;  // added to x and the model output (large |mean|/std for the rescale std)
 };
 
 template <typename T>
@@ -82,6 +94,14 @@ void check_ddim(int64_t N, int64_t M, const DdimCase& c) {
     for (auto& v : model) v = store_as<T>(0.5f * float(step(rng)));
   }
   auto z = random_tensor<T>(N * M);
+  if (c.offset != 0.0) {
+    for (auto& v : x) v = store_as<T>(load(v) + float(c.offset));
+    for (auto& v : model) v = store_as<T>(load(v) + float(c.offset));
+  }
+  if (c.poison_where) {
+    T* target = c.poison_where == 'x' ? x.data() : c.poison_where == 'u' ? model.data() : model.data() + N * M;
+    for (int k = 0; k < c.poison_count; ++k) target[(k * 7919) % M] = store_as<T>(c.poison);
+  }
   auto out = poisoned<T>(N * M), x0 = poisoned<T>(N * M);
   std::vector<double> a_t(N), a_prev(N), w(N);
   for (int64_t r = 0; r < N; ++r) {
@@ -110,7 +130,7 @@ void check_ddim(int64_t N, int64_t M, const DdimCase& c) {
   ra.noise = c.eta > 0 ? z.data() : nullptr;
   std::vector<double> ref, ref_x0;
   reference::ddim_step<T>(ra, ref, ref_x0);
-  const double scale = (1 + 2 * w.back()) * 7.5 / std::sqrt(std::min(a_t[0], 1 - a_t.back()));
+  const double scale = (1 + 2 * w.back()) * (7.5 + c.offset) / std::sqrt(std::min(a_t[0], 1 - a_t.back()));
   const std::string name = std::string("ddim_step ") + name_of<T>() + " N=" + std::to_string(N) +
                            " M=" + std::to_string(M) + " " + c.label;
   if (c.write_x0) compare(name + " x0", x0.data(), ref_x0, scale);
@@ -137,8 +157,10 @@ void check_cfg(int64_t N, int64_t M, double rescale) {
 }
 
 template <typename T>
-void check_mask_blend(int64_t N, int64_t C, int64_t S, bool shared_mask, bool binary) {
+void check_mask_blend(int64_t N, int64_t C, int64_t S, bool shared_mask, bool binary, bool non_finite = false) {
   auto a_ = random_tensor<T>(N * C * S), b_ = random_tensor<T>(N * C * S, 1e-3);
+  if (non_finite)  // a binary mask selects whatever the other input holds; a soft one follows m·a + (1−m)·b
+    for (int64_t k = 0; k < N * C * S; k += 5) (k % 2 ? a_ : b_)[k] = store_as<T>(k % 3 ? INFINITY : NAN);
   std::uniform_real_distribution<float> u(0.f, 1.f);
   std::vector<T> m((shared_mask ? 1 : N) * S);
   for (auto& v : m) v = store_as<T>(binary ? float(u(rng) > 0.5f) : u(rng));
@@ -151,13 +173,13 @@ void check_mask_blend(int64_t N, int64_t C, int64_t S, bool shared_mask, bool bi
   ra.mask = m.data(); ra.a = a_.data(); ra.b = b_.data();
   const std::string name = std::string("mask_blend ") + name_of<T>() + " " + std::to_string(N) + "x" +
                            std::to_string(C) + "x" + std::to_string(S) + (shared_mask ? " shared" : " per-sample") +
-                           (binary ? " binary" : " soft");
+                           (binary ? " binary" : " soft") + (non_finite ? " inf/NaN" : "");
   if (binary) {  // a binary mask returns a or b bit-exactly
     int64_t bad = 0;
     for (int64_t k = 0; k < N * C * S; ++k) {
       const int64_t i = k % S, n = k / (C * S);
       const T want = load(m[(shared_mask ? 0 : n) * S + i]) > 0.5f ? a_[k] : b_[k];
-      bad += std::memcmp(&out[k], &want, sizeof(T)) != 0;
+      bad += std::memcmp(&out[k], &want, sizeof(T)) != 0 && !(std::isnan(load(want)) && std::isnan(load(out[k])));
     }
     record(name, bad == 0, bad ? std::to_string(bad) + " elements differ" : "bit-exact");
     return;
@@ -168,8 +190,9 @@ void check_mask_blend(int64_t N, int64_t C, int64_t S, bool shared_mask, bool bi
 }
 
 template <typename T>
-void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold) {
+void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold, bool nan_in_first = false) {
   auto q = random_tensor<T>(B * n * C * S), r = random_tensor<T>(B * n * C * S);
+  if (nan_in_first) q[S / 2] = store_as<T>(NAN);  // image 0's map is NaN everywhere, the others unaffected
   std::vector<float> out(B * S, NAN);
   Mirror<T> dq(q), dr(r);
   Mirror<float> dout(out);
@@ -180,7 +203,7 @@ void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold
   ra.eps_query = q.data(); ra.eps_ref = r.data();
   const std::string name = std::string("diffedit_mask ") + name_of<T>() + " " + std::to_string(B) + "x" +
                            std::to_string(n) + "x" + std::to_string(C) + "x" + std::to_string(S) +
-                           (threshold >= 0 ? " binary" : " soft");
+                           (threshold >= 0 ? " binary" : " soft") + (nan_in_first ? " NaN" : "");
   if (threshold >= 0) {  // compare the decision where float32 and float64 cannot disagree
     DiffEditMaskArgs soft = ra;
     soft.threshold = -1.0;
@@ -188,6 +211,10 @@ void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold
     reference::diffedit_mask<T>(soft, ref);
     int64_t bad = 0, decided = 0;
     for (size_t i = 0; i < ref.size(); ++i) {
+      if (std::isnan(ref[i])) {  // a NaN map stays NaN when thresholded
+        bad += !std::isnan(out[i]);
+        continue;
+      }
       if (!(out[i] == 0.f || out[i] == 1.f)) ++bad;
       if (std::fabs(ref[i] - threshold) > 1e-5) {
         ++decided;
@@ -342,6 +369,28 @@ int run_checks() {
   check_cfg<bf16>(3, 1000, 0.0);
   check_cfg<f16>(2, 4104, 0.7);
   check_cfg<float>(2, 1, 0.7);  // one element: std undefined, the weights stay unrescaled
+
+  // Guidance rescale at a large offset (|mean|/std ≈ 10⁴): the two-pass std keeps its digits.
+  c = {}; c.label = "cfg+rescale offset 1e4"; c.guided = true; c.rescale = 1.0; c.offset = 1e4;
+  check_ddim<float>(3, 2635, c);
+  // Non-finite inputs give the reference's NaN / inf elements: a NaN |x̂0| makes the quantile (and the
+  // sample) NaN; inf in ε_u makes ε̃ = inf + w(ε_c − inf) NaN and its std NaN; eleven and twelve infinities
+  // put one or both quantile neighbours at inf (torch.lerp's NaN); inf x_t under ε-prediction keeps ε̂ = m.
+  c = {}; c.label = "dynamic p=.9 NaN x"; c.clip = ClipMode::dynamic; c.poison_where = 'x'; c.poison = NAN;
+  c.poison_count = 1;
+  check_ddim<float>(2, 1031, c);
+  c.label = "dynamic p=.99 11 inf"; c.quantile = 0.99; c.poison = INFINITY; c.poison_count = 11;
+  check_ddim<float>(2, 1031, c);
+  c.label = "dynamic p=.99 12 inf clipped-eps"; c.poison_count = 12; c.use_clipped = true;
+  check_ddim<bf16>(2, 1031, c);
+  c = {}; c.label = "eps inf x"; c.poison_where = 'x'; c.poison = INFINITY; c.poison_count = 3;
+  check_ddim<float>(2, 1031, c);
+  c = {}; c.label = "cfg+rescale inf uncond"; c.guided = true; c.rescale = 0.7; c.poison_where = 'u';
+  c.poison = INFINITY; c.poison_count = 2;
+  check_ddim<float>(3, 2635, c);
+  c.label = "cfg sample -inf cond"; c.rescale = 0.0; c.pred = Prediction::sample; c.poison_where = 'c';
+  c.poison = -INFINITY;
+  check_ddim<f16>(2, 1031, c);
   check_deterministic();
 
   check_mask_blend<float>(3, 5, 527, false, false);
@@ -354,6 +403,9 @@ int run_checks() {
   check_mask_blend<float>(2, 3, 4104, false, false);
   check_mask_blend<bf16>(3, 2, 1000, true, false);
   check_mask_blend<f16>(2, 2, 1000, false, true);
+  check_mask_blend<float>(2, 3, 1031, false, true, true);
+  check_mask_blend<bf16>(2, 3, 1000, true, true, true);
+  check_mask_blend<float>(2, 3, 1031, true, false, true);
 
   check_diffedit<float>(2, 10, 4, 527, -1.0);
   check_diffedit<float>(1, 3, 4, 2635, -1.0);
@@ -362,6 +414,8 @@ int run_checks() {
   check_diffedit<float>(2, 4, 4, 1031, 0.5);
   check_diffedit<bf16>(3, 2, 4, 1000, -1.0);  // three images: with the row-block limit lowered, a block loops
   check_diffedit<float>(3, 3, 2, 527, 0.5);
+  check_diffedit<float>(2, 3, 2, 527, -1.0, true);
+  check_diffedit<bf16>(3, 2, 2, 1031, 0.5, true);
 
 #if defined(DIFFRT_CUDA_SIM)
   record("every workspace allocation freed", cuda_sim::live_allocations == 0,

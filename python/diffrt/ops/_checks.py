@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 Scalar = Union[float, int, torch.Tensor]
@@ -37,12 +39,27 @@ def same_shape(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
         raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
 
 
+def _real_value(name: str, v) -> float:
+    """v as a float when it is a real scalar: a Python or numpy number, or a 0-d (or one-element)
+    real tensor. bool is no number here (True would silently mean 1.0)."""
+    if isinstance(v, torch.Tensor):
+        if v.dtype == torch.bool or v.is_complex():
+            raise TypeError(f"{name} must be a real number, got a tensor of dtype {v.dtype}")
+        if v.numel() != 1:
+            raise ValueError(f"{name} must be a single number, got a tensor of shape {tuple(v.shape)}")
+        if v.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{name} has no gradient in diffrt.ops: pass a number or a tensor that does not "
+                             f"require grad (e.g. {name}.detach()) instead of dropping its gradient silently")
+        return float(v.detach().reshape(()).item())
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    return float(v)
+
+
 def finite(name: str, v) -> float:
     if type(v) is float and math.isfinite(v):  # the common case, kept cheap: ops run once per sampler step
         return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
+    v = _real_value(name, v)
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     return v
@@ -50,17 +67,22 @@ def finite(name: str, v) -> float:
 
 def per_sample(name: str, v: Scalar, n: int, *, lo: float = -math.inf, hi: float = math.inf,
                lo_open: bool = False) -> List[float]:
-    """A float or a 1-D tensor of n values (or 1) -> a list of n finite floats in [lo, hi] ((lo, hi] if lo_open)."""
+    """A real scalar or a 1-D tensor of n values (or 1) -> a list of n finite floats in [lo, hi] ((lo, hi]
+    if lo_open). A tensor may require grad: the references differentiate through it (sampling._per_sample_view)."""
     if type(v) is float and math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi:
         return [v] * n  # the common case, kept cheap
-    if isinstance(v, torch.Tensor):
-        if v.dim() > 1 or (v.dim() == 1 and v.numel() not in (1, n)):
+    if isinstance(v, torch.Tensor) and v.dim() > 0:
+        if v.dim() > 1 or v.numel() not in (1, n):
             raise ValueError(f"{name} must be a number or a 1-D tensor of {n} per-sample values, got shape {tuple(v.shape)}")
-        if v.is_complex():
+        if v.dtype == torch.bool or v.is_complex():
             raise TypeError(f"{name} must be real, got dtype {v.dtype}")
         values = [float(x) for x in v.detach().reshape(-1).tolist()]
+    elif isinstance(v, torch.Tensor):
+        if v.dtype == torch.bool or v.is_complex():
+            raise TypeError(f"{name} must be a real number, got a tensor of dtype {v.dtype}")
+        values = [float(v.detach().item())]
     else:
-        values = [finite(name, v)]
+        values = [_real_value(name, v)]
     for x in values:
         if not math.isfinite(x):
             raise ValueError(f"{name} must be finite, got {x}")

@@ -179,6 +179,10 @@ def downsample_cond(
     ``copy_``: gradients flowing into ``out``'s slice reach the conv, while the rest of ``out`` (x_t)
     keeps its own history (an ``out`` that requires grad is always written this way). ``out`` itself
     must not be a leaf that requires grad.
+
+    Empty inputs: an empty batch gives the reference's empty result (``out`` returned unwritten); no
+    input channels, no output channels or an image without pixels is an error (torch's conv2d has
+    no answer for them either).
     """
     _checks.tensor("image", image, ndim=(4,))
     _checks.tensor("weight", weight, ndim=(4,))
@@ -193,14 +197,19 @@ def downsample_cond(
     if mask.shape[0] not in (1, n) or mask.shape[2:] != image.shape[2:]:
         raise ValueError(f"mask must have shape ({n} or 1, Cm, {h}, {w}) to go with image {tuple(image.shape)}, "
                          f"got {tuple(mask.shape)}")
-    if n == 0 or image_channels + mask.shape[1] == 0:
-        raise ValueError(f"image must not be empty, got shape {tuple(image.shape)}")
+    if image_channels + mask.shape[1] == 0:
+        raise ValueError(f"image and mask must have at least one channel between them, got shapes "
+                         f"{tuple(image.shape)} and {tuple(mask.shape)}")
+    if h == 0 or w == 0:  # torch's conv2d has no answer either; padding alone would make up an output
+        raise ValueError(f"image must have at least one pixel, got shape {tuple(image.shape)}")
     c, in_channels, k, k2 = weight.shape
     if in_channels != image_channels + mask.shape[1]:
         raise ValueError(f"weight must have {image_channels + mask.shape[1]} input channels (image {image_channels} "
                          f"+ mask {mask.shape[1]}), got shape {tuple(weight.shape)}")
-    if k != k2 or k == 0 or c == 0:
+    if k != k2 or k == 0:
         raise ValueError(f"weight must be (C, Cin, k, k) with a square kernel, got shape {tuple(weight.shape)}")
+    if c == 0:
+        raise ValueError(f"weight must have at least one output channel, got shape {tuple(weight.shape)}")
     if bias is not None:
         _checks.tensor("bias", bias, ndim=(1,))
         _checks.same_device_dtype("bias", bias, "image", image)
@@ -222,6 +231,8 @@ def downsample_cond(
         raise ValueError(f"channel_offset must be 0 without out, got {channel_offset}")
 
     impl = dispatch("downsample_cond", _IMPLS, image.device, image.dtype, backend)
+    if n == 0:  # an empty batch: the reference's empty result (nothing to write into `out`)
+        return out if out is not None else image.new_empty((0, c, ho, wo))
     # An `out` that is part of a graph (x_t written into it with grad) is also written through autograd,
     # so that its version counter and history see the write.
     needs_grad = torch.is_grad_enabled() and (

@@ -9,7 +9,7 @@ import torch
 from .. import _C
 from . import _alloc, _checks
 from ._backend import dispatch
-from .sampling import _DTYPE_CODES, _cuda_launch_args, _math_dtype
+from .sampling import _DTYPE_CODES, _cuda_launch_args, _math_dtype, needs_grad, with_reference_gradients
 
 
 # ---------------------------------------------------------------------------------------------
@@ -18,10 +18,12 @@ from .sampling import _DTYPE_CODES, _cuda_launch_args, _math_dtype
 
 
 def mask_blend_ref(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """out = m·a + (1−m)·b, the mask (N or 1, 1, H, W) broadcast over channels (and batch)."""
+    """out = m·a + (1−m)·b, the mask (N or 1, 1, H, W) broadcast over channels (and batch); exactly a
+    where m = 1 and b where m = 0, whatever the other holds (0·inf would be NaN)."""
     dtype = a.dtype
     m = mask.to(_math_dtype(dtype))
-    return (m * a.to(m.dtype) + (1 - m) * b.to(m.dtype)).to(dtype)
+    a_, b_ = a.to(m.dtype), b.to(m.dtype)
+    return torch.where(m == 1, a_, torch.where(m == 0, b_, m * a_ + (1 - m) * b_)).to(dtype)
 
 
 def diffedit_mask_ref(
@@ -30,15 +32,18 @@ def diffedit_mask_ref(
     """DiffEdit mask (Couairon et al. 2022, §3.2) from noise predictions of n draws of one image
     (n, C, H, W) or of B images (B, n, C, H, W) → (1 or B, 1, H, W) float32:
     map = mean over draws and channels of |ε_q − ε_r|; map = min(map, ratio·mean(map)) / (ratio·mean(map))
-    per image; binarised as map > threshold unless threshold is None."""
+    per image (0 where the bound is 0: identical predictions); binarised as map > threshold unless
+    threshold is None. A NaN in an image's predictions makes its map NaN everywhere, thresholded or not
+    (the bound is NaN): a loud result instead of a silently empty mask."""
     q, r = eps_query, eps_ref
     if q.dim() == 4:
         q, r = q.unsqueeze(0), r.unsqueeze(0)
     dtype = _math_dtype(q.dtype)
     diff = (q.to(dtype) - r.to(dtype)).abs().mean(dim=(1, 2))  # (B, H, W)
     bound = clamp_ratio * diff.mean(dim=(1, 2), keepdim=True)
-    soft = torch.where(bound > 0, torch.minimum(diff, bound) / bound.clamp_min(torch.finfo(dtype).tiny), 0.0)
-    out = soft if threshold is None else (soft > threshold).to(dtype)
+    empty = bound == 0  # divide by 1 there, so that no 0/0 reaches the values or the gradient
+    soft = torch.where(empty, 0.0, torch.minimum(diff, bound) / torch.where(empty, 1.0, bound))
+    out = soft if threshold is None else torch.where(soft.isnan(), torch.nan, (soft > threshold).to(dtype))
     return out.unsqueeze(1).to(torch.float32 if dtype != torch.float64 else dtype)
 
 
@@ -51,7 +56,7 @@ def _blend_compiled(kernel, tail, mask, a, b):
     a_, b_ = a.contiguous(), b.contiguous()
     m = mask.to(a.dtype).contiguous()
     n, c = a_.shape[0], a_.shape[1]
-    spatial = a_.numel() // (n * c)
+    spatial = a_.shape[2] * a_.shape[3]
     out = _alloc.empty_like(a_)
     kernel(
         _DTYPE_CODES[a_.dtype], n, c, spatial, m.data_ptr(), spatial if m.shape[0] == n and n > 1 else 0,
@@ -71,6 +76,34 @@ def _blend_cuda(mask, a, b):
 _BLEND_IMPLS = {"cuda": _blend_cuda, "cpu": _blend_cpu, "torch": mask_blend_ref}
 
 
+class _MaskBlendFunction(torch.autograd.Function):
+    """Any backend's forward; the backward of out = m·a + (1−m)·b written out:
+    ∂/∂a = m, ∂/∂b = 1 − m, ∂/∂m = Σ_c (a − b) (and Σ over the batch for a shared mask) — the
+    formula's derivative also where m is exactly 0 or 1 (where the forward selects)."""
+
+    @staticmethod
+    def forward(ctx, run, mask, a, b):
+        ctx.save_for_backward(mask, a, b)
+        return run()
+
+    @staticmethod
+    def backward(ctx, grad):
+        mask, a, b = ctx.saved_tensors
+        dtype = _math_dtype(a.dtype)
+        m, g = mask.to(dtype), grad.to(dtype)
+        grad_mask = grad_a = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_a = (g * m).to(a.dtype)
+        if ctx.needs_input_grad[3]:
+            grad_b = (g * (1 - m)).to(b.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_mask = (g * (a.to(dtype) - b.to(dtype))).sum(dim=1, keepdim=True)
+            if mask.shape[0] != grad_mask.shape[0]:
+                grad_mask = grad_mask.sum(dim=0, keepdim=True)
+            grad_mask = grad_mask.to(mask.dtype)
+        return None, grad_mask, grad_a, grad_b
+
+
 def mask_blend(
     mask: torch.Tensor,
     a: torch.Tensor,
@@ -79,7 +112,13 @@ def mask_blend(
     check_range: bool = False,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """out = m·a + (1−m)·b (soft or binary mask; a binary mask returns a or b bit-exactly).
+    """out = m·a + (1−m)·b (soft or binary mask).
+
+    Where the mask is exactly 1 the result is ``a``, where it is exactly 0 it is ``b`` — bit for bit,
+    whatever the other input holds (an inf or NaN in the unselected input does not leak through
+    0·inf); elsewhere m·a + (1−m)·b with IEEE arithmetic (a NaN mask value gives NaN). Empty inputs
+    (batch, channels or pixels 0) give an empty result. Autograd: gradients reach ``a``, ``b`` and a
+    floating ``mask`` (∂/∂m = Σ_c (a − b), also at m = 0 or 1).
 
     Args:
         mask: (N or 1, 1, H, W), floating or bool, 1 selects ``a``; broadcast over channels and batch.
@@ -106,7 +145,9 @@ def mask_blend(
         if not (lo >= 0 and hi <= 1):  # also catches NaN
             raise ValueError(f"mask values must lie in [0, 1], got min {lo.item()} max {hi.item()}")
     impl = dispatch("mask_blend", _BLEND_IMPLS, a.device, a.dtype, backend)
-    return impl(mask, a, b)
+    if not needs_grad(mask, a, b):
+        return impl(mask, a, b)
+    return _MaskBlendFunction.apply(lambda: impl(mask.detach(), a.detach(), b.detach()), mask, a, b)
 
 
 def _diffedit_compiled(kernel, tail, q, r, clamp_ratio, threshold):
@@ -154,14 +195,22 @@ def diffedit_mask(
         threshold: binarise at map > threshold (in [0, 1]); None returns the soft map in [0, 1].
 
     Returns:
-        float32 mask (1 or B, 1, H, W), ready for :func:`mask_blend`.
+        float32 mask (1 or B, 1, H, W), ready for :func:`mask_blend`. An image whose predictions hold a
+        NaN gets a map that is NaN everywhere (thresholded or not), never a silently empty mask.
+        Empty images (H or W 0) and an empty batch give an empty map; no draws or no channels is an error.
+
+    Autograd: the soft map (``threshold=None``) is differentiable (the reference's gradient). The
+    thresholded map is a step function of the inputs — zero gradient almost everywhere — and, like its
+    reference and torch's ``(x > t).float()``, is returned as a constant that does not require grad.
     """
     _checks.tensor("eps_query", eps_query, ndim=(4, 5))
     _checks.tensor("eps_ref", eps_ref)
     _checks.same_device_dtype("eps_ref", eps_ref, "eps_query", eps_query)
     _checks.same_shape("eps_ref", eps_ref, "eps_query", eps_query)
-    if eps_query.numel() == 0:
-        raise ValueError(f"eps_query must not be empty, got shape {tuple(eps_query.shape)}")
+    draws_and_channels = eps_query.shape[-4:-2]
+    if 0 in draws_and_channels:
+        raise ValueError(f"eps_query must hold at least one noise draw and one channel (the map is their mean), "
+                         f"got shape {tuple(eps_query.shape)}")
     clamp_ratio = _checks.finite("clamp_ratio", clamp_ratio)
     if clamp_ratio <= 0:
         raise ValueError(f"clamp_ratio must be > 0, got {clamp_ratio}")
@@ -170,4 +219,10 @@ def diffedit_mask(
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1] (or be None for the soft map), got {threshold}")
     impl = dispatch("diffedit_mask", _DIFFEDIT_IMPLS, eps_query.device, eps_query.dtype, backend)
-    return impl(eps_query, eps_ref, clamp_ratio, threshold)
+    if threshold is not None or not needs_grad(eps_query, eps_ref):
+        return impl(eps_query, eps_ref, clamp_ratio, threshold)
+    return with_reference_gradients(
+        lambda: impl(eps_query, eps_ref, clamp_ratio, None),
+        lambda q, r: diffedit_mask_ref(q, r, clamp_ratio=clamp_ratio, threshold=None),
+        (eps_query, eps_ref), impl is _diffedit_torch,
+    )

@@ -23,9 +23,15 @@ _CLIP_NONE, _CLIP_FIXED, _CLIP_DYNAMIC = 0, 1, 2  # csrc/sampler_math.h ClipMode
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/common.h DType (f16: CUDA only)
 
 
-def _per_sample_view(values: List[float], like: torch.Tensor) -> torch.Tensor:
-    """Per-sample scalars as a (N, 1, ..., 1) tensor that broadcasts over one sample's elements."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+def _per_sample_view(name: str, v: Scalar, like: torch.Tensor, **limits) -> torch.Tensor:
+    """Validated per-sample scalars (a number or N values) as an (N, 1, ..., 1) tensor that broadcasts
+    over one sample's elements. A tensor stays in the graph: the references differentiate through ᾱ and w."""
+    n = like.shape[0]
+    values = _checks.per_sample(name, v, n, **limits)
+    shape = (n, *([1] * (like.dim() - 1)))
+    if isinstance(v, torch.Tensor):
+        return v.to(dtype=like.dtype, device=like.device).reshape(-1).expand(n).reshape(shape)
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -40,18 +46,21 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def cfg_combine_ref(model_output: torch.Tensor, guidance_scale: Scalar, *, guidance_rescale: float = 0.0) -> torch.Tensor:
     """ε̃ = ε_u + w·(ε_c − ε_u) from the batched [uncond; cond] output (Ho & Salimans 2022), then
-    guidance rescale (Lin et al. 2023): ε̃ ← φ·ε̃·std(ε_c)/std(ε̃) + (1−φ)·ε̃, std per sample (unbiased)."""
+    guidance rescale (Lin et al. 2023): ε̃ ← φ·ε̃·std(ε_c)/std(ε̃) + (1−φ)·ε̃ = ε̃·(φ·std(ε_c)/std(ε̃) + 1 − φ),
+    std per sample (unbiased). A constant ε̃ (std 0) is left as it is; a NaN std (a NaN or inf in the
+    sample) makes the sample NaN, as in diffusers."""
     dtype = model_output.dtype
-    uncond, cond = model_output.to(_math_dtype(dtype)).chunk(2)
-    w = _per_sample_view(_checks.per_sample("guidance_scale", guidance_scale, uncond.shape[0]), uncond)
+    half = model_output.shape[0] // 2
+    uncond, cond = model_output.to(_math_dtype(dtype)).split([half, half])
+    w = _per_sample_view("guidance_scale", guidance_scale, uncond)
     guided = uncond + w * (cond - uncond)
-    if guidance_rescale != 0.0 and guided[0].numel() > 1:  # one element has no spread to rescale
+    if guidance_rescale != 0.0 and math.prod(guided.shape[1:]) > 1 and half > 0:  # one element has no spread
         dims = list(range(1, guided.dim()))
         std_cond = cond.std(dim=dims, keepdim=True)
         std_cfg = guided.std(dim=dims, keepdim=True)
-        # A constant ε̃ has no spread to match: leave it as it is (factor 1) instead of dividing by 0.
-        ratio = torch.where(std_cfg > 0, std_cond / std_cfg.clamp_min(torch.finfo(std_cfg.dtype).tiny), 1.0)
-        guided = guidance_rescale * guided * ratio + (1.0 - guidance_rescale) * guided
+        constant = std_cfg == 0  # factor 1 instead of a division by 0
+        ratio = torch.where(constant, 1.0, std_cond / torch.where(constant, 1.0, std_cfg))
+        guided = guided * (guidance_rescale * ratio + (1.0 - guidance_rescale))
     return guided.to(dtype)
 
 
@@ -82,8 +91,8 @@ def ddim_step_ref(
     else:
         m = model_output.to(x_t.dtype)
     # 2. ᾱ_t, ᾱ_prev, β_t = 1 − ᾱ_t (per sample)
-    a_t = _per_sample_view(_checks.per_sample("alpha_t", alpha_t, n), x_t)
-    a_prev = _per_sample_view(_checks.per_sample("alpha_prev", alpha_prev, n), x_t)
+    a_t = _per_sample_view("alpha_t", alpha_t, x_t)
+    a_prev = _per_sample_view("alpha_prev", alpha_prev, x_t)
     b_t = 1 - a_t
     # 3. predicted x0 and ε (eq. 9; v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 for v_prediction)
     if prediction_type == "epsilon":
@@ -97,8 +106,10 @@ def ddim_step_ref(
         eps = (x_t - a_t.sqrt() * x0) / b_t.sqrt()
     else:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    # 4. clip x0: fixed range, or Imagen's dynamic thresholding (s = max(1, quantile_p |x0|), clamp, divide by s)
-    if dynamic_threshold is not None:
+    # 4. clip x0: fixed range, or Imagen's dynamic thresholding (s = clamp(quantile_p |x0|, min=1, max),
+    #    which is `max` when max < 1 as in diffusers; clamp to ±s, divide by s). torch.quantile is NaN
+    #    when |x0| holds a NaN: the sample is NaN. Samples without elements have nothing to threshold.
+    if dynamic_threshold is not None and x0.numel() > 0:
         flat = x0.reshape(n, -1).abs()
         s = torch.quantile(flat, dynamic_threshold, dim=1)
         s = s.clamp(min=1.0, max=math.inf if dynamic_threshold_max is None else dynamic_threshold_max)
@@ -137,6 +148,59 @@ def ddim_invert_step_ref(
         clip_sample_range=clip_sample_range, guidance_scale=guidance_scale,
         guidance_rescale=guidance_rescale, return_x0=return_x0,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: the kernels compute the forward; the backward is the reference's vector-Jacobian product
+# ---------------------------------------------------------------------------------------------
+
+
+def needs_grad(*inputs) -> bool:
+    """Whether autograd must see this call: grad mode is on and some tensor input requires grad."""
+    if torch.is_grad_enabled():
+        for t in inputs:  # a plain loop and getattr: this runs on every call (numbers have no requires_grad)
+            if getattr(t, "requires_grad", False):
+                return True
+    return False
+
+
+class _KernelWithReferenceGrad(torch.autograd.Function):
+    """Forward: the compiled kernel's result. Backward: the VJP of the torch reference, recomputed from
+    the saved inputs (in float32 for float32/bfloat16 inputs, as the reference computes) — the
+    ops are elementwise up to per-sample statistics, so the recomputation costs about one forward.
+    Subgradients are the reference's: clamp's, torch.quantile's (to the two interpolated neighbours)."""
+
+    @staticmethod
+    def forward(ctx, run_kernel, reference, *inputs):
+        ctx.reference = reference
+        ctx.save_for_backward(*inputs)
+        return run_kernel()
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        wanted = ctx.needs_input_grad[2:]
+        with torch.enable_grad():
+            leaves = [None if t is None else t.detach().requires_grad_(w) for t, w in zip(ctx.saved_tensors, wanted)]
+            outputs = ctx.reference(*leaves)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
+        sources = [leaf for leaf, w in zip(leaves, wanted) if w]
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], sources, [g for _, g in pairs], allow_unused=True))
+        return (None, None, *(next(grads) if w else None for w in wanted))
+
+
+def with_reference_gradients(run_kernel, reference, inputs: tuple, on_reference: bool):
+    """run_kernel() as a differentiable function of `inputs` (tensors, numbers or None, in the order
+    `reference` takes them), with the reference's gradients. On the reference backend (float64, any
+    device) the reference itself runs under autograd."""
+    if on_reference:
+        return reference(*inputs)
+    tensors = [v if isinstance(v, torch.Tensor) else None for v in inputs]
+
+    def reference_of_tensors(*ts):
+        return reference(*(t if isinstance(v, torch.Tensor) else v for t, v in zip(ts, inputs)))
+
+    return _KernelWithReferenceGrad.apply(run_kernel, reference_of_tensors, *tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,8 +244,8 @@ def _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max) ->
     dyn_max = math.inf
     if dynamic_threshold_max is not None:
         dyn_max = _checks.finite("dynamic_threshold_max", dynamic_threshold_max)
-        if dyn_max < 1.0:
-            raise ValueError(f"dynamic_threshold_max must be >= 1, got {dyn_max}")
+        if dyn_max <= 0.0:  # below 1 is fine: s = clamp(q, min=1, max) is then max (diffusers' semantics)
+            raise ValueError(f"dynamic_threshold_max must be > 0, got {dyn_max}")
     return (_CLIP_DYNAMIC, 0.0, dyn_q, dyn_max)
 
 
@@ -207,7 +271,7 @@ def _ddim_compiled(kernel, tail, sample, model_output, noise, alpha_t, alpha_pre
     m = model_output.contiguous()
     z = noise.contiguous() if noise is not None else None
     n = len(alpha_t)
-    numel = x.numel() // n
+    numel = x.numel() // n if n else 0  # an empty batch: the kernel writes nothing
     out = _alloc.empty_like(x)
     x0 = _alloc.empty_like(x) if return_x0 else None
     cond_ptr = m.data_ptr() + n * numel * m.element_size() if guidance is not None else 0
@@ -272,13 +336,14 @@ def ddim_step(
         model_output: the model's prediction for ``sample`` (N, ...); with ``guidance_scale``, the
             batched ``[uncond; cond]`` outputs (2N, ...), combined in the same pass.
         alpha_t, alpha_prev: ᾱ at the current and the previous (less noisy) timestep, in [0, 1]
-            (ᾱ_t = 0, the end of a zero-terminal-SNR schedule, needs v or x0 prediction); a number
-            or a 1-D tensor of per-sample values.
+            (ᾱ_t = 0, the end of a zero-terminal-SNR schedule, needs v or x0 prediction); a real
+            number (Python, numpy or a 0-d tensor) or a 1-D tensor of per-sample values.
         eta: η ≥ 0; σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev). η > 0 needs ``noise`` (N, ...).
         prediction_type: "epsilon", "v_prediction" or "sample".
         clip_sample_range: clamp x̂0 to [−r, r].
-        dynamic_threshold: Imagen's dynamic thresholding: p in (0, 1]; s = max(1, quantile_p(|x̂0|))
-            per sample (bounded by ``dynamic_threshold_max``), x̂0 = clamp(x̂0, −s, s)/s.
+        dynamic_threshold: Imagen's dynamic thresholding: p in (0, 1]; s = clamp(quantile_p(|x̂0|),
+            min=1, max=``dynamic_threshold_max``) per sample, x̂0 = clamp(x̂0, −s, s)/s. The quantile is
+            torch.quantile's (linear); as in diffusers, a bound below 1 gives s = bound (any bound > 0).
         guidance_scale: classifier-free guidance weight w (number or per-sample 1-D tensor).
         guidance_rescale: φ in [0, 1] of Lin et al. 2023 (needs ``guidance_scale``).
         use_clipped_model_output: recompute ε̂ from the clipped x̂0 (as diffusers' flag of that name).
@@ -286,13 +351,27 @@ def ddim_step(
         backend: "cpu", "cuda" or "torch" to insist on one; None picks the fastest that can run.
 
     Returns:
-        x_prev, or (x_prev, x̂0) with ``return_x0``.
+        x_prev, or (x_prev, x̂0) with ``return_x0``. Empty inputs (batch 0, or no elements per
+        sample) give empty outputs.
+
+    Non-finite inputs: every backend gives the reference's answer element by element — the guided
+    output is ε_u + w·(ε_c − ε_u) (so ε_u = inf gives NaN for w > 0), ε̂ = m for ε-prediction and
+    x̂0 = m for x0-prediction (an infinite x_t does not reach them through 0·inf). A per-sample
+    statistic that is NaN makes the whole sample NaN: the guidance-rescale std of a sample holding
+    an inf or NaN, and the dynamic-threshold quantile of a sample whose |x̂0| holds a NaN (or whose
+    interpolation meets infinities, as torch.quantile's does).
+
+    Autograd: when grad mode is on and a tensor input requires grad (sample, model_output, noise,
+    or tensors of ᾱ or w), the kernels compute the forward and the backward is the reference's
+    (recomputed in float32, or float64 for float64 inputs): gradients of clipping and of the
+    dynamic-threshold quantile are torch's subgradients. The other scalars have no gradient; a
+    tensor of them that requires grad is an error.
     """
     _checks.tensor("sample", sample)
     _checks.tensor("model_output", model_output)
-    n = sample.shape[0] if sample.dim() else 0
-    if n == 0:
-        raise ValueError(f"sample must have a non-empty batch dimension, got shape {tuple(sample.shape)}")
+    if sample.dim() == 0:
+        raise ValueError("sample must have a batch dimension (N, ...), got a 0-d tensor")
+    n = sample.shape[0]
     if guidance_scale is None and guidance_rescale == 0.0:
         guidance, rescale = None, 0.0
     else:
@@ -331,10 +410,24 @@ def ddim_step(
     else:
         clip = _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max)
     impl = dispatch("ddim_step", _DDIM_IMPLS, sample.device, sample.dtype, backend)
-    return impl(
-        sample, model_output, noise, a_t, a_prev, guidance, eta, rescale, _PREDICTION_CODES[prediction_type],
-        clip, bool(use_clipped_model_output), bool(return_x0),
-    )
+    args = (sample, model_output, noise, a_t, a_prev, guidance, eta, rescale, _PREDICTION_CODES[prediction_type],
+            clip, bool(use_clipped_model_output), bool(return_x0))
+    grad_inputs = (sample, model_output, noise, alpha_t, alpha_prev, guidance_scale if guidance is not None else None)
+    if not needs_grad(*grad_inputs):
+        return impl(*args)
+    mode, clip_range, dyn_q, dyn_max = clip
+
+    def reference(sample, model_output, noise, alpha_t, alpha_prev, guidance_scale):
+        return ddim_step_ref(
+            sample, model_output, alpha_t, alpha_prev, eta=eta, noise=noise, prediction_type=prediction_type,
+            clip_sample_range=clip_range if mode == _CLIP_FIXED else None,
+            dynamic_threshold=dyn_q if mode == _CLIP_DYNAMIC else None,
+            dynamic_threshold_max=dyn_max if mode == _CLIP_DYNAMIC else None,
+            guidance_scale=guidance_scale, guidance_rescale=rescale,
+            use_clipped_model_output=bool(use_clipped_model_output), return_x0=bool(return_x0),
+        )
+
+    return with_reference_gradients(lambda: impl(*args), reference, grad_inputs, impl is _ddim_torch)
 
 
 def ddim_invert_step(
@@ -363,7 +456,7 @@ def ddim_invert_step(
 def _cfg_compiled(kernel, tail, model_output, guidance, rescale):
     m = model_output.contiguous()
     n = len(guidance)
-    numel = m.numel() // (2 * n)
+    numel = m.numel() // (2 * n) if n else 0
     out = _alloc.empty_like(m[:n])
     kernel(
         _DTYPE_CODES[m.dtype], n, numel, m.data_ptr(), m.data_ptr() + n * numel * m.element_size(),
@@ -395,14 +488,22 @@ def cfg_combine(
     backend: Optional[str] = None,
 ) -> torch.Tensor:
     """ε̃ = ε_u + w·(ε_c − ε_u) from the batched ``[uncond; cond]`` model output (2N, ...) → (N, ...),
-    with optional guidance rescale φ (Lin et al. 2023). ``guidance_scale`` is a number or a 1-D tensor
-    of N per-sample weights."""
+    with optional guidance rescale φ (Lin et al. 2023). ``guidance_scale`` is a real number or a 1-D
+    tensor of N per-sample weights. The rescale std is computed stably (per-chunk two-pass, merged
+    in a fixed order: accurate at any |mean|/std, the same bits for any thread count). Non-finite
+    inputs, empty inputs and autograd behave as in :func:`ddim_step`."""
     _checks.tensor("model_output", model_output)
-    if model_output.dim() < 1 or model_output.shape[0] == 0 or model_output.shape[0] % 2:
+    if model_output.dim() < 1 or model_output.shape[0] % 2:
         raise ValueError(
-            f"model_output must hold the batched [uncond; cond] outputs (an even, non-zero batch), "
+            f"model_output must hold the batched [uncond; cond] outputs (an even batch), "
             f"got shape {tuple(model_output.shape)}"
         )
     guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, model_output.shape[0] // 2)
     impl = dispatch("cfg_combine", _CFG_IMPLS, model_output.device, model_output.dtype, backend)
-    return impl(model_output, guidance, rescale)
+    if not needs_grad(model_output, guidance_scale):
+        return impl(model_output, guidance, rescale)
+    return with_reference_gradients(
+        lambda: impl(model_output, guidance, rescale),
+        lambda model_output, guidance_scale: cfg_combine_ref(model_output, guidance_scale, guidance_rescale=rescale),
+        (model_output, guidance_scale), impl is _cfg_torch,
+    )
