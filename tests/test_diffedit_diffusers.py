@@ -28,22 +28,32 @@ def components():
     return unet, vae, scheduler
 
 
-@pytest.mark.parametrize("guidance_scale", [7.5, 3.0])  # diffusers' prompt_embeds path needs CFG on
-def test_generate_mask_matches_diffusers(guidance_scale):
+def _diffusers_diffedit(unet, vae, scheduler):
     from diffusers.pipelines.deprecated.stable_diffusion_diffedit.pipeline_stable_diffusion_diffedit import (
         StableDiffusionDiffEditPipeline,
     )
 
-    unet, vae, scheduler = components()
-    g = torch.Generator().manual_seed(3)
-    latents = torch.randn(1, 4, 16, 16, generator=g)
-    embeds = {"": torch.zeros(1, 5, 32), "a cat": torch.randn(1, 5, 32, generator=g),
-              "a dog": torch.randn(1, 5, 32, generator=g)}
-    theirs = StableDiffusionDiffEditPipeline(
+    pipe = StableDiffusionDiffEditPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
         inverse_scheduler=diffusers.DDIMInverseScheduler.from_config(scheduler.config), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _prompt_embeds(g):
+    return {"": torch.zeros(1, 5, 32), "a cat": torch.randn(1, 5, 32, generator=g),
+            "a dog": torch.randn(1, 5, 32, generator=g)}
+
+
+@pytest.mark.parametrize("guidance_scale", [7.5, 3.0])  # diffusers' prompt_embeds path needs CFG on
+def test_generate_mask_matches_diffusers(guidance_scale):
+    unet, vae, scheduler = components()
+    g = torch.Generator().manual_seed(3)
+    latents = torch.randn(1, 4, 16, 16, generator=g)
+    embeds = _prompt_embeds(g)
+    theirs = _diffusers_diffedit(unet, vae, scheduler)
     negatives = {"source_negative_prompt_embeds": embeds[""], "target_negative_prompt_embeds": embeds[""]}
     theirs = theirs.generate_mask(
         image=latents, source_prompt_embeds=embeds["a cat"], target_prompt_embeds=embeds["a dog"], num_maps_per_mask=6,
@@ -66,22 +76,12 @@ def test_generate_mask_matches_diffusers(guidance_scale):
 
 
 def _pipelines(guidance_scale=1.0):
-    from diffusers.pipelines.deprecated.stable_diffusion_diffedit.pipeline_stable_diffusion_diffedit import (
-        StableDiffusionDiffEditPipeline,
-    )
-
     from diffrt.integrations.diffusers import DiffusersLatentCodec
 
     unet, vae, scheduler = components()
     g = torch.Generator().manual_seed(3)
-    embeds = {"": torch.zeros(1, 5, 32), "a cat": torch.randn(1, 5, 32, generator=g),
-              "a dog": torch.randn(1, 5, 32, generator=g)}
-    theirs = StableDiffusionDiffEditPipeline(
-        vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
-        inverse_scheduler=diffusers.DDIMInverseScheduler.from_config(scheduler.config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
-    theirs.set_progress_bar_config(disable=True)
+    embeds = _prompt_embeds(g)
+    theirs = _diffusers_diffedit(unet, vae, scheduler)
     # the scheduler's config (leading, steps_offset=1, set_alpha_to_one=False) and diffusers' int(s·N) steps;
     # latents drawn from the VAE posterior with the call's generator
     ours = DiffEditPipeline(DiffusersUNetDenoiser(unet, scheduler=scheduler),

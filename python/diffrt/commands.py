@@ -8,7 +8,7 @@ import math
 import tempfile
 import warnings
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import torch
 from PIL import Image
@@ -224,68 +224,42 @@ def interpolate(args) -> List[Path]:
 
 
 # Option types: argparse reports their errors as "argument --name: ..." before anything loads.
-def int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _finite(text: str, expected: str) -> float:
+def _option(text: str, kind, expected: str, valid) -> Any:
+    """``kind(text)`` if it parses and ``valid`` holds, else an argparse error saying what was expected."""
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not math.isfinite(value):
+    if not valid(value):  # NaN fails every comparison, so range checks refuse it too
         raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
 
 
+def int_at_least(minimum: int):
+    return lambda text: _option(text, int, f"an integer >= {minimum}", lambda v: v >= minimum)
+
+
 def finite_arg(text: str) -> float:
-    return _finite(text, "a finite number")
+    return _option(text, float, "a finite number", math.isfinite)
 
 
 def guidance_arg(text: str) -> float:
     """--guidance: a finite weight >= 0 (1 = the conditional model alone, 0 = the unconditional)."""
-    value = _finite(text, "a finite number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
-    return value
+    return _option(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
 
 
 def strength_arg(text: str) -> float:
     """--strength: the fraction of the noise schedule to encode to, in (0, 1]."""
-    value = _finite(text, "a number in (0, 1]")
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
+    return _option(text, float, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
 
 
 def seed_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64 - 1], got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64 - 1], got {value}")
-    return value
+    return _option(text, int, "an integer in [0, 2**64 - 1]", lambda v: 0 <= v <= MAX_SEED)
 
 
 def dynamic_threshold_arg(text: str) -> float:
     """--dynamic-threshold: a percentile in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
+    return _option(text, float, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
 
 
 def add_threshold_option(p) -> None:
