@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from dataclasses import fields
@@ -48,26 +49,6 @@ def _warm_start(kind, folder: Path) -> None:
 STOPPED_BY_SIGNAL = 128  # exit status 128 + N: stopped by signal N (143: SIGTERM, 130: Ctrl-C), checkpoint written
 
 
-def _train(args) -> int:
-    """Exit status: 0 trained (or stopped at --stop-at), 2 a clear error (bad config or option, no or
-    corrupt checkpoint to resume, no space left), STOPPED_BY_SIGNAL + N after signal N's checkpoint."""
-    import errno
-
-    from .train.checkpoint import CheckpointError
-
-    try:
-        return _run_training(args)
-    except CheckpointError as e:
-        print(f"diffrt train: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno != errno.ENOSPC or not e.filename:
-            raise
-        where = Path(e.filename) if Path(e.filename).is_dir() else Path(e.filename).parent
-        print(f"diffrt train: no space left in {where} ({e.strerror})", file=sys.stderr)
-        return 2
-
-
 def _prepare_run_dir(run_dir: Path, source: str) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"{source} {run_dir}: exists and is not a folder")
@@ -85,7 +66,10 @@ def _resume_hint(checkpointer) -> str:
     return f"; intact checkpoints at steps {steps}: continue from one with --resume-from STEP (e.g. {intact[-1]})"
 
 
-def _run_training(args) -> int:
+def _train(args) -> int:
+    """Exit status: 0 trained (or stopped at --stop-at), 2 a clear error (bad config or option, no or
+    corrupt checkpoint to resume, no space left: reported by main()), STOPPED_BY_SIGNAL + N after
+    signal N's checkpoint."""
     import errno
     import signal
 
@@ -291,10 +275,15 @@ def _bad_input(e: Exception) -> bool:
     from PIL import Image
     from safetensors import SafetensorError
 
-    return isinstance(e, (ValueError, OSError, SafetensorError, Image.DecompressionBombError))
+    from .train.checkpoint import CheckpointError
+
+    return isinstance(e, (ValueError, OSError, SafetensorError, Image.DecompressionBombError, CheckpointError))
 
 
 def _one_line(e: Exception) -> str:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename:
+        where = Path(e.filename) if Path(e.filename).is_dir() else Path(e.filename).parent
+        return f"no space left in {where} ({e.strerror})"
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"
     return " ".join(str(e).split()) or type(e).__name__
