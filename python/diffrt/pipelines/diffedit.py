@@ -194,14 +194,15 @@ class DiffEditPipeline:
         encoded once; with posterior="sample" the inversion and then the mask each draw their
         latents from ``generator`` (in that order, from the one posterior)."""
         guidance = check_guidance("guidance", guidance)
-        encoded = self._encode(image)
-        x0 = self._latents(encoded, generator)
-        b = x0.shape[0]
-        src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
-        tgt = prompt_list("target_prompt", target_prompt, b)
+        b = check_image("image", image).shape[0]
         if mask is None:
             self._check_n(n)
             weight = self._mask_weight("mask_guidance", mask_guidance, b, n)
+        encoded = self._encode(image)
+        x0 = self._latents(encoded, generator)
+        src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
+        tgt = prompt_list("target_prompt", target_prompt, b)
+        if mask is None:
             mask = self._mask(encoded, src, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio, threshold=threshold,
                               smooth=0, dilate=0, weight=weight, generator=generator)
         elif mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != x0.shape[-2:]:

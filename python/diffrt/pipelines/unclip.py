@@ -148,7 +148,7 @@ class UnCLIPPipeline:
                  prior_guidance: Guidance = 4.0, guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
                  callback=None, progress: bool = True) -> UnCLIPOutput:
         _check_count("num_images_per_prompt", num_images_per_prompt)
-        prior_guidance = check_guidance("prior_guidance", prior_guidance)
+        prior_guidance, guidance = check_guidance("prior_guidance", prior_guidance), check_guidance("guidance", guidance)
         prompts = [p for p in prompt_list("prompt", prompt) for _ in range(num_images_per_prompt)]
         z = self.sample_image_embeds(prompts, guidance=prior_guidance, generator=generator, progress=progress)
         images = self.decode(z, prompts, guidance=guidance, generator=generator, callback=callback, progress=progress)
@@ -167,6 +167,7 @@ class UnCLIPPipeline:
         """Decode the image's own embedding from its DDIM-inverted x_T with η > 0 noise."""
         _check_count("num_variations", num_variations)
         _check_eta(eta)
+        guidance = check_guidance("guidance", guidance)  # before the inversion, not after
         z = self._embed(image)
         empty = self.text_encoder([""] * image.shape[0])
         x_T = ddim_invert(self.decoder, self._decoder_input(image), self.schedule,
