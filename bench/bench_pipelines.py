@@ -138,7 +138,7 @@ def diffedit_runs(dtype, strength=0.5, n=10):
                       guidance_scale=W, output_type="pt").images
 
     def run_diffrt():
-        return ours(latents, "src", "tgt", n=n, strength=strength, guidance_scale=W, mask_guidance_scale=W,
+        return ours(latents, "src", "tgt", n=n, strength=strength, guidance=W, mask_guidance=W,
                     generator=torch.Generator().manual_seed(1), output_type="pt", progress=False).images
 
     return run_diffrt, run_diffusers

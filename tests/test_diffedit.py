@@ -4,7 +4,8 @@ region: the mask finds that region, decoding keeps the outside exactly, and all 
 import pytest
 import torch
 
-from diffrt import FunctionDenoiser, NoiseSchedule, ddim_sample
+from diffrt import ConstantGuidance, FunctionDenoiser, NoiseSchedule, OscillatingGuidance, ddim_sample
+from diffrt.integrations.diffusers_models import LatentPosterior
 from diffrt.pipelines import DiffEditPipeline
 
 SIZE = 24
@@ -22,7 +23,7 @@ def encode_prompt(prompts):
     return torch.tensor([[PROMPTS[p]] for p in prompts])
 
 
-def make_pipeline(calls=None):
+def make_pipeline(calls=None, **options):
     inside = region_mask()
     ab = NoiseSchedule.make().alphas_cumprod
 
@@ -34,7 +35,7 @@ def make_pipeline(calls=None):
         return eps + 0.8 * inside * cond.view(-1, 1, 1, 1).to(x.dtype)
 
     return DiffEditPipeline(FunctionDenoiser(fn, in_channels=3, out_channels=3), NoiseSchedule.make(), encode_prompt,
-                            num_steps=40)
+                            num_steps=40, **options)
 
 
 def image(seed=0, b=1):
@@ -81,7 +82,7 @@ def test_inversion_then_decoding_reconstructs_the_input():
 def test_decoding_keeps_the_unmasked_region_bit_exact():
     pipe = make_pipeline()
     x = image(4)
-    out = pipe(x, "a cat", "a dog", strength=0.6, guidance_scale=3.0, output_type="pt", progress=False,
+    out = pipe(x, "a cat", "a dog", strength=0.6, guidance=3.0, output_type="pt", progress=False,
                generator=torch.Generator().manual_seed(0))
     outside = out.mask == 0
     assert torch.equal(out.images.expand_as(x)[outside.expand_as(x)], x[outside.expand_as(x)])
@@ -94,7 +95,7 @@ def test_blending_at_the_same_timestep_vs_one_step_late():
     pipe = make_pipeline()
     x = image(5)
     empty = torch.zeros(1, 1, SIZE, SIZE)
-    ours = pipe(x, "a cat", "a dog", mask=empty, strength=0.5, guidance_scale=None, output_type="pt", progress=False)
+    ours = pipe(x, "a cat", "a dog", mask=empty, strength=0.5, guidance=None, output_type="pt", progress=False)
     assert torch.equal(ours.images, x)
     lagging = ours.latents[1]  # what a one-step-late blend leaves after its last step
     assert (lagging - x).abs().max() > 1e-3
@@ -131,7 +132,7 @@ def test_empty_source_prompt_is_allowed():
     pipe = make_pipeline()
     mask = pipe.generate_mask(image(), "", "a dog", n=8, generator=torch.Generator().manual_seed(0))
     assert iou(mask, region_mask()) >= 0.9  # '' (0.0) and 'a dog' (−1.0) disagree inside the region
-    out = pipe(image(), "", "a dog", strength=0.5, guidance_scale=3.0, output_type="pt", progress=False,
+    out = pipe(image(), "", "a dog", strength=0.5, guidance=3.0, output_type="pt", progress=False,
                generator=torch.Generator().manual_seed(0))
     assert torch.equal(out.mask, mask)
     assert len(pipe.invert(image(), "", strength=0.5, progress=False)) == 21
@@ -152,7 +153,7 @@ def test_schedule_options_and_strength_rounding():
     ceil = DiffEditPipeline(ours.model, NoiseSchedule.make(), encode_prompt, num_steps=10, spacing="leading",
                             steps_offset=1, set_alpha_to_one=False)
     assert len(ceil.invert(x, "a photo", strength=0.55, progress=False)) == 1 + 6  # ⌈0.55·10⌉, the default
-    out = ours(x, "a cat", "a dog", strength=0.55, guidance_scale=None, output_type="pt", progress=False,
+    out = ours(x, "a cat", "a dog", strength=0.55, guidance=None, output_type="pt", progress=False,
                generator=torch.Generator().manual_seed(0))
     assert len(out.latents) == 6
     with pytest.raises(ValueError, match="rounding"):
@@ -165,3 +166,101 @@ def test_posterior_sampling_needs_a_codec_with_a_posterior():
         DiffEditPipeline(model, NoiseSchedule.make(), encode_prompt, posterior="sample")
     with pytest.raises(ValueError, match="posterior must be one of"):
         DiffEditPipeline(model, NoiseSchedule.make(), encode_prompt, posterior="mode")
+
+
+class CountingCodec:
+    """Pixel space, recording the batch of every encode (each one a VAE pass in a latent codec)."""
+
+    def __init__(self):
+        self.encoded = []
+
+    def encode(self, images):
+        self.encoded.append(images.shape[0])
+        return images
+
+    def decode(self, latents):
+        return latents
+
+
+class GaussianCodec(CountingCodec):
+    """A toy VAE whose posterior is q(z | x) = N(x/2, 0.1²), recording its encoder passes."""
+
+    def posterior(self, images):
+        self.encoded.append(images.shape[0])
+        return LatentPosterior(images / 2, torch.full_like(images, 0.1), lambda z: z)
+
+    def decode(self, latents):
+        return 2 * latents
+
+
+def test_a_call_encodes_its_image_once():
+    codec = CountingCodec()
+    pipe = make_pipeline(codec=codec)
+    x = image(7, b=2)
+    out = pipe(x, "a cat", ["a dog", "a photo"], n=4, strength=0.5, output_type="pt", progress=False,
+               generator=torch.Generator().manual_seed(0))
+    assert codec.encoded == [2]  # not once for the mask and again for the inversion
+    plain = make_pipeline()(x, "a cat", ["a dog", "a photo"], n=4, strength=0.5, output_type="pt", progress=False,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.images, plain.images) and torch.equal(out.mask, plain.mask)
+    codec.encoded.clear()
+    pipe.generate_mask(x, "a cat", "a dog", n=4, generator=torch.Generator().manual_seed(0))
+    pipe.invert(x, "a cat", progress=False)
+    assert codec.encoded == [2, 2]
+
+
+def test_posterior_samples_come_from_one_encoding_in_the_documented_order():
+    """posterior="sample": one encoder pass; the inversion draws its latent first, then the mask one
+    latent per noise draw, then the mask's noise — all from the call's generator."""
+    codec = GaussianCodec()
+    pipe = make_pipeline(codec=codec, posterior="sample")
+    x = image(8, b=2)
+    out = pipe(x, ["a cat", "a photo"], "a dog", n=4, strength=0.5, output_type="pt", progress=False,
+               generator=torch.Generator().manual_seed(3))
+    assert codec.encoded == [2]
+    g = torch.Generator().manual_seed(3)
+    x0 = x / 2 + 0.1 * torch.randn(x.shape, generator=g)  # the inversion's draw
+    assert torch.equal(out.latents[0], x0)
+    mask = pipe.generate_mask(x, ["a cat", "a photo"], "a dog", n=4, strength=0.5, generator=g)  # the stream goes on
+    assert torch.equal(out.mask, mask) and 0 < mask.sum() < mask.numel()
+    # the mask's n latents per image are n draws, image-major
+    draws = LatentPosterior(x / 2, torch.full_like(x, 0.1), lambda z: z).sample(torch.Generator().manual_seed(4), copies=3)
+    assert draws.shape == (6, 3, SIZE, SIZE) and not torch.equal(draws[0], draws[1])
+    assert (draws[:3] - x[:1] / 2).abs().max() < 1 and (draws[3:] - x[1:] / 2).abs().max() < 1
+
+
+def test_guidance_takes_numbers_per_image_tensors_and_schedules():
+    pipe = make_pipeline()
+    x, mask = image(9, b=2), region_mask()
+
+    def edit(guidance, **kw):
+        return pipe(x, "a cat", "a dog", mask=mask, strength=0.5, guidance=guidance, output_type="pt", progress=False,
+                    **kw).images
+
+    per_image = edit(torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(per_image[:1], edit(3.0)[:1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(per_image[1:], edit(None)[1:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(edit(ConstantGuidance(3.0)), edit(3.0), rtol=0, atol=0)
+    assert not torch.equal(edit(OscillatingGuidance(high=6.0, low=1.0)), edit(3.0))
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        edit(float("nan"))
+
+
+def test_mask_guidance_takes_per_image_weights_but_no_schedule():
+    pipe = make_pipeline()
+    x = image(10, b=2)
+
+    def soft(guidance):
+        return pipe.generate_mask(x, "a cat", "a dog", n=4, threshold=None, guidance=guidance,
+                                  generator=torch.Generator().manual_seed(5))
+
+    per_image = soft(torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(per_image[:1], soft(3.0)[:1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(per_image[1:], soft(None)[1:], rtol=0, atol=1e-6)
+    assert torch.equal(soft(torch.tensor([3.0])), soft(3.0))
+    with pytest.raises(TypeError, match="guidance must be a number or a 1-D tensor .* one model call at one timestep"):
+        soft(ConstantGuidance(3.0))
+    with pytest.raises(ValueError, match="guidance must hold 1 or 2 per-image weights"):
+        soft(torch.tensor([3.0, 2.0, 1.0]))
+    with pytest.raises(TypeError, match="mask_guidance must be a number"):
+        pipe(x, "a cat", "a dog", mask_guidance=OscillatingGuidance(), progress=False)

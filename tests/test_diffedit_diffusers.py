@@ -47,8 +47,8 @@ def _prompt_embeds(g):
             "a dog": torch.randn(1, 5, 32, generator=g)}
 
 
-@pytest.mark.parametrize("guidance_scale", [7.5, 3.0])  # diffusers' prompt_embeds path needs CFG on
-def test_generate_mask_matches_diffusers(guidance_scale):
+@pytest.mark.parametrize("guidance", [7.5, 3.0])  # diffusers' prompt_embeds path needs CFG on
+def test_generate_mask_matches_diffusers(guidance):
     unet, vae, scheduler = components()
     g = torch.Generator().manual_seed(3)
     latents = torch.randn(1, 4, 16, 16, generator=g)
@@ -58,12 +58,12 @@ def test_generate_mask_matches_diffusers(guidance_scale):
     theirs = theirs.generate_mask(
         image=latents, source_prompt_embeds=embeds["a cat"], target_prompt_embeds=embeds["a dog"], num_maps_per_mask=6,
         mask_encode_strength=0.5, mask_thresholding_ratio=3.0, num_inference_steps=20,
-        guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(11), output_type="np", **negatives,
+        guidance_scale=guidance, generator=torch.Generator().manual_seed(11), output_type="np", **negatives,
     )
     ours_pipe = DiffEditPipeline(DiffusersUNetDenoiser(unet, scheduler=scheduler),
                                  NoiseSchedule(scheduler.alphas_cumprod.double()),
                                  lambda prompts: torch.cat([embeds[p] for p in prompts]), num_steps=20, spacing="leading")
-    kw = dict(n=6, strength=0.5, clamp_ratio=3.0, guidance_scale=guidance_scale)
+    kw = dict(n=6, strength=0.5, clamp_ratio=3.0, guidance=guidance)
     ours = ours_pipe.generate_mask(latents, "a cat", "a dog", generator=torch.Generator().manual_seed(11), **kw)
     soft = ours_pipe.generate_mask(latents, "a cat", "a dog", threshold=None, generator=torch.Generator().manual_seed(11),
                                    **kw)
@@ -96,7 +96,7 @@ def _pipelines(guidance_scale=1.0):
 def test_generate_mask_from_pixels_matches_diffusers():
     """Strength 0.55 of 10 steps (diffusers keeps int(5.5) = 5) and a VAE posterior draw per noise draw."""
     theirs, ours, embeds, image = _pipelines()
-    kw = dict(n=6, strength=0.55, clamp_ratio=3.0, guidance_scale=7.5)
+    kw = dict(n=6, strength=0.55, clamp_ratio=3.0, guidance=7.5)
     want = theirs.generate_mask(
         image=image, source_prompt_embeds=embeds["a cat"], target_prompt_embeds=embeds["a dog"],
         source_negative_prompt_embeds=embeds[""], target_negative_prompt_embeds=embeds[""], num_maps_per_mask=6,
@@ -119,3 +119,21 @@ def test_invert_matches_diffusers_with_an_empty_source_prompt():
     got = ours.invert(image, "", strength=0.55, generator=torch.Generator().manual_seed(5), progress=False)
     assert want.shape[1] == len(got) - 1 == 5
     torch.testing.assert_close(torch.stack(got[:0:-1], 1), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_call_runs_the_vae_encoder_once_with_posterior_sampling():
+    """Mask estimation (n posterior draws), inversion and decoding share one encoder pass; the mask
+    is the one generate_mask gives after the inversion's draw."""
+    _, ours, _, image = _pipelines()
+    vae = ours.codec.vae
+    passes = []
+    encode = vae.encode
+    vae.encode = lambda x, *a, **k: passes.append(x.shape[0]) or encode(x, *a, **k)
+    out = ours(image, "a cat", "a dog", n=6, strength=0.55, guidance=7.5, mask_guidance=7.5, output_type="pt",
+               generator=torch.Generator().manual_seed(11), progress=False)
+    assert passes == [1]
+    g = torch.Generator().manual_seed(11)
+    x0 = ours.codec.encode(image, sample=True, generator=g)
+    torch.testing.assert_close(out.latents[0], x0, rtol=0, atol=0)
+    mask = ours.generate_mask(image, "a cat", "a dog", n=6, strength=0.55, guidance=7.5, generator=g)
+    assert torch.equal(out.mask, mask) and 0 < mask.sum() < mask.numel()

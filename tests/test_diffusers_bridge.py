@@ -213,9 +213,9 @@ def test_unet_conditioning_arguments_pass_through_under_guidance():
 
 
 def diffrt_batch(uncond, cond):
-    from diffrt.sampling import _cat_cond
+    from diffrt.sampling import cat_conditions
 
-    return _cat_cond(uncond, cond)
+    return cat_conditions(uncond, cond)
 
 
 def test_controlnet_runs_every_step_on_the_batched_input():
@@ -287,3 +287,31 @@ def test_latent_codec_applies_the_vae_configs_normalisation():
         torch.testing.assert_close(codec.decode(z), vae.decode(z * s / 0.5 + m).sample)
     with pytest.raises(ValueError, match="latents_mean and latents_std"):
         DiffusersLatentCodec(tiny_vae(latents_mean=mean))
+
+
+@pytest.mark.parametrize("config", [dict(scaling_factor=0.7, shift_factor=0.3),
+                                    dict(scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 0.0],
+                                         latents_std=[1.5, 0.5, 2.0, 1.0])], ids=["shift", "per-channel"])
+def test_latent_posterior_draws_what_latent_dist_sample_draws_from_one_encoder_pass(config):
+    """copies=1 is latent_dist.sample(generator) exactly; copies=n is the sample of the image batch
+    repeated n times (image-major), as diffusers' DiffEdit encodes it for its mask, from one pass."""
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    vae = tiny_vae(**config)
+    codec = DiffusersLatentCodec(vae)
+    passes = []
+    encode = vae.encode
+    vae.encode = lambda x, *a, **k: passes.append(x.shape[0]) or encode(x, *a, **k)
+    with torch.no_grad():
+        posterior = codec.posterior(images)
+        once = posterior.sample(torch.Generator().manual_seed(2))
+        thrice = posterior.sample(torch.Generator().manual_seed(2), copies=3)
+        assert passes == [2]
+        want_once = codec._normalise(encode(images).latent_dist.sample(torch.Generator().manual_seed(2)))
+        want_thrice = codec._normalise(encode(images.repeat_interleave(3, 0)).latent_dist.sample(
+            torch.Generator().manual_seed(2)))
+    assert torch.equal(once, want_once)
+    torch.testing.assert_close(thrice, want_thrice, rtol=1e-5, atol=1e-5)  # a batch of 6 may round differently
+    assert not torch.equal(thrice[0], thrice[1])
+    assert torch.equal(posterior.mean, codec.encode(images))
+    with pytest.raises(ValueError, match="copies must be an integer >= 1"):
+        posterior.sample(copies=0)

@@ -34,7 +34,7 @@ def unet(size, cond_size, **kw):
 def pipe():
     noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
     return ImagenEditorPipeline(unet(8, 16), noise, encode_prompt, super_resolution=unet(16, 16, low_res_channels=3),
-                                num_steps=4, sr_num_steps=3)
+                                num_steps=4, sr_steps=3)
 
 
 def inputs():
@@ -110,10 +110,26 @@ def test_bfloat16_models():
     noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
     bf16 = ImagenEditorPipeline(unet(8, 16).to(torch.bfloat16), noise, encode_prompt,
                                 super_resolution=unet(16, 16, low_res_channels=3).to(torch.bfloat16), num_steps=3,
-                                sr_num_steps=2)
+                                sr_steps=2)
     image, mask = inputs()
     out = bf16(["a red circle", "a blue square"], image, mask, output_type="pt", progress=False,
                generator=torch.Generator().manual_seed(2))
     keep = (mask == 0).expand_as(image)
     assert out.images.dtype == torch.float32 and torch.isfinite(out.images).all()
     assert torch.equal(out.images[keep], image[keep])
+
+
+def test_guidance_per_image_and_its_checks(pipe):
+    image, mask = inputs()
+
+    def base(guidance):
+        return pipe(["a red circle", "a blue square"], image, mask, guidance=guidance, output_type="pt", progress=False,
+                    generator=torch.Generator().manual_seed(7)).base
+
+    per_image = base(torch.tensor([10.0, 1.0]))
+    torch.testing.assert_close(per_image[:1], base(10.0)[:1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(per_image[1:], base(1.0)[1:], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="sr_guidance must be a finite number"):
+        pipe("a red circle", sr_guidance=float("inf"), progress=False)
+    with pytest.raises(ValueError, match="guidance as a tensor must be a real 1-D tensor"):
+        pipe("a red circle", guidance=torch.ones(1, 1), progress=False)

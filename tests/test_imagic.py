@@ -48,13 +48,13 @@ def test_imagic_reproduces_its_input_at_eta_zero():
              generator=torch.Generator().manual_seed(1), progress=False)
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())  # base model untouched
     assert not torch.equal(pipe.e_opt["context"], pipe.e_tgt["context"])
-    out = pipe([0.0, 1.0], guidance_scale=None, output_type="pt", generator=torch.Generator().manual_seed(2),
+    out = pipe([0.0, 1.0], guidance=None, output_type="pt", generator=torch.Generator().manual_seed(2),
                progress=False)
     assert out.images.shape == (2, 3, 8, 8) and out.etas == [0.0, 1.0]
     err = (out.images[0] - image[0]).abs().mean().item()
     print("mean abs error at eta=0:", err)
     assert err < 0.1, err
-    again = pipe([0.0, 1.0], guidance_scale=None, output_type="pt", generator=torch.Generator().manual_seed(2),
+    again = pipe([0.0, 1.0], guidance=None, output_type="pt", generator=torch.Generator().manual_seed(2),
                  progress=False)
     assert torch.equal(out.images, again.images)
 
@@ -85,5 +85,25 @@ def test_imagic_runs_on_a_diffusers_unet():
     latents = torch.randn(1, 4, 8, 8)
     pipe.fit(latents, "a blue square", embedding_steps=2, finetune_steps=2, finetune="efficient", progress=False)
     assert not torch.equal(pipe.e_opt, pipe.e_tgt)
-    out = pipe([0.0, 0.5], guidance_scale=2.0, output_type="pt", progress=False)
+    out = pipe([0.0, 0.5], guidance=2.0, output_type="pt", progress=False)
     assert out.images.shape == (2, 4, 8, 8)
+
+
+def test_imagic_guidance_per_eta():
+    """Each η samples alone; a 1-D tensor of guidance weights holds one per η."""
+    from diffrt import ConstantGuidance
+
+    pipe = ImagicPipeline(tiny_unet(), NoiseSchedule.make(), encode_prompt, num_steps=3)
+    pipe.fit(torch.zeros(1, 3, 8, 8), "a blue square", embedding_steps=1, finetune_steps=1, progress=False)
+
+    def sweep(etas, guidance):
+        return pipe(etas, guidance=guidance, output_type="pt", generator=torch.Generator().manual_seed(3),
+                    progress=False).images
+
+    per_eta = sweep([0.0, 0.5], torch.tensor([3.0, 1.0]))
+    assert torch.equal(per_eta[:1], sweep([0.0], 3.0)) and torch.equal(per_eta[1:], sweep([0.5], None))
+    assert torch.equal(sweep([0.5], ConstantGuidance(2.0)), sweep([0.5], 2.0))
+    with pytest.raises(ValueError, match="one weight per η or one for all: 1 or 2 weights, got 3"):
+        sweep([0.0, 0.5], torch.tensor([3.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        sweep([0.5], float("nan"))

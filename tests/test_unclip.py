@@ -91,3 +91,23 @@ def test_variations(pipe):
     assert out.images.shape == (3, 16, 16, 3) and out.images.dtype.name == "uint8"
     assert not (out.images[0] == out.images[1]).all()  # η > 0: each variation differs
     assert math.isfinite(float(out.image_embeds.sum()))
+
+
+def test_prior_guidance_per_prompt_and_as_a_schedule(pipe):
+    """A 1-D tensor holds one weight per prompt; each applies to all the prompt's candidates."""
+    from diffrt import ConstantGuidance
+
+    def embeds(guidance):
+        return pipe.sample_image_embeds(PROMPTS, guidance=guidance, generator=torch.Generator().manual_seed(6),
+                                        progress=False, return_candidates=True)[1]
+
+    per_prompt = embeds(torch.tensor([4.0, 1.0]))
+    assert torch.equal(per_prompt, embeds(torch.tensor([4.0, 4.0, 1.0, 1.0])))  # per candidate, as the sampler runs
+    assert not torch.equal(per_prompt, embeds(4.0))
+    assert torch.equal(embeds(ConstantGuidance(4.0)), embeds(4.0))
+    with pytest.raises(ValueError, match="prior_guidance must be a finite number"):
+        pipe(PROMPTS, prior_guidance=math.nan, progress=False)
+    with pytest.raises(ValueError, match="sr_guidance must hold finite weights"):
+        pipe.decode(embeds(4.0)[:, 0], sr_guidance=torch.tensor([1.0, math.inf]), progress=False)
+    with pytest.raises(TypeError, match="guidance must be a number, a 1-D tensor"):
+        pipe.variations(torch.zeros(1, 3, 16, 16), guidance="high", progress=False)

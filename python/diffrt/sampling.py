@@ -118,20 +118,22 @@ def _x0_options(fn: str, schedule: SamplingSchedule, model: Denoiser, **given: A
 _PASS_THROUGH = (type(None), bool, int, float, str)
 
 
-def _cat_cond(uncond: Any, cond: Any) -> Any:
-    """[uncond; cond] along the batch dimension, for tensors and dicts/lists/tuples of them. A leaf
-    that is not a tensor (None, a number, a string: e.g. a LoRA scale in cross_attention_kwargs)
-    is the same for the whole batch: it must be equal in both and is passed through once."""
+def cat_conditions(uncond: Any, cond: Any) -> Any:
+    """[uncond; cond] along the batch dimension, for tensors and dicts/lists/tuples of them: how the
+    samplers batch a guided step, and how a pipeline batches any two conditions of one structure
+    into one model call (DiffEdit's [reference; query]). A leaf that is not a tensor (None, a
+    number, a string: e.g. a LoRA scale in cross_attention_kwargs) is the same for the whole batch:
+    it must be equal in both and is passed through once."""
     if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
         return torch.cat([uncond, cond])
     if isinstance(cond, dict) and isinstance(uncond, dict):
         if set(cond) != set(uncond):
             raise ValueError(f"uncond must have the keys of cond {sorted(cond)}, got {sorted(uncond)}")
-        return {k: _cat_cond(uncond[k], cond[k]) for k in cond}
+        return {k: cat_conditions(uncond[k], cond[k]) for k in cond}
     if isinstance(cond, (list, tuple)) and isinstance(uncond, (list, tuple)):
         if len(cond) != len(uncond):
             raise ValueError(f"uncond must have the {len(cond)} entries of cond, got {len(uncond)}")
-        return type(cond)(_cat_cond(u, c) for u, c in zip(uncond, cond))
+        return type(cond)(cat_conditions(u, c) for u, c in zip(uncond, cond))
     if isinstance(cond, _PASS_THROUGH) and type(uncond) is type(cond):
         if cond != uncond:
             raise ValueError(f"cond and uncond hold different {type(cond).__name__} values ({cond!r}, {uncond!r}) "
@@ -207,7 +209,7 @@ def ddim_sample(
     weights = _guidance_weights(guidance, uncond, n, x_T.shape[0])
     if guidance_rescale != 0.0 and guidance is None:
         raise ValueError(f"guidance_rescale={guidance_rescale} needs guidance (it rescales the guided prediction)")
-    batched_cond = _cat_cond(uncond, cond) if any(w is not None for w in weights) else None
+    batched_cond = cat_conditions(uncond, cond) if any(w is not None for w in weights) else None
     x = x_T
     for i, (t, a_t, a_prev) in enumerate(tqdm(schedule, desc="DDIM", disable=not progress, leave=False)):
         w = weights[i]
@@ -257,7 +259,7 @@ def ddim_invert(
     x0_options = _x0_options("ddim_invert", schedule, model, clip_sample_range=clip_sample_range)
     n = len(schedule)
     weights = _guidance_weights(guidance, uncond, n, x_0.shape[0])
-    batched_cond = _cat_cond(uncond, cond) if any(w is not None for w in weights) else None
+    batched_cond = cat_conditions(uncond, cond) if any(w is not None for w in weights) else None
     latents = [x_0]
     x = x_0
     steps = list(schedule)[::-1]

@@ -26,9 +26,15 @@ import torch.nn.functional as F
 
 from ..ops.attention import attention
 
-from .diffusers_models import DiffusersLatentCodec, DiffusersUNetDenoiser, schedules_from_diffusers  # noqa: E402
+from .diffusers_models import (  # noqa: E402
+    DiffusersLatentCodec,
+    DiffusersUNetDenoiser,
+    LatentPosterior,
+    schedules_from_diffusers,
+)
 
-__all__ = ["DiffrtAttnProcessor", "DiffusersLatentCodec", "DiffusersUNetDenoiser", "schedules_from_diffusers"]
+__all__ = ["DiffrtAttnProcessor", "DiffusersLatentCodec", "DiffusersUNetDenoiser", "LatentPosterior",
+           "schedules_from_diffusers"]
 
 # Bias gap beyond which a key's softmax weight underflows to exactly 0 in float32 (e^-10000 ≪ 2^-149).
 _MASKED_GAP = 1.0e4

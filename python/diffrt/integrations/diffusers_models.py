@@ -5,8 +5,8 @@ passes its objects in."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -182,6 +182,33 @@ def schedules_from_diffusers(scheduler: Any, num_steps: int, *, step_to: str = "
                    dynamic_threshold=dyn, dynamic_threshold_max=dyn_max)
 
 
+@dataclass(frozen=True)
+class LatentPosterior:
+    """A VAE's diagonal Gaussian posterior q(z | x) = N(μ, diag σ²), one row per image, seen through the
+    codec's latent normalisation: ``mean`` is the normalised μ, ``sample`` gives normalised draws
+    z = μ + σ·ε. The image is encoded once; draw from it as often as needed."""
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    normalise: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.normalise(self.mu)
+
+    def sample(self, generator: Optional[torch.Generator] = None, copies: int = 1) -> torch.Tensor:
+        """``copies`` draws per image, image-major (rows i·copies … i·copies + copies − 1 are image i's).
+        ε is drawn as diffusers' ``latent_dist.sample(generator)`` draws it — in the VAE's dtype, on the
+        generator's device (else μ's) — so this is exactly ``latent_dist.sample`` of the image batch
+        repeated ``copies`` times, without encoding it ``copies`` times."""
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
+        mu, sigma = self.mu.repeat_interleave(copies, 0), self.sigma.repeat_interleave(copies, 0)
+        device = generator.device if generator is not None else mu.device
+        eps = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype).to(mu.device)
+        return self.normalise(mu + sigma * eps)
+
+
 class DiffusersLatentCodec:
     """An ``AutoencoderKL`` as a latent codec: images in [−1, 1] ⇄ latents, normalised as diffusers'
     pipelines do from the VAE config: z = (x − shift_factor)·scaling_factor (SD3, Flux), or
@@ -204,17 +231,25 @@ class DiffusersLatentCodec:
         self.latents_mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) if mean is not None else None
         self.latents_std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) if std is not None else None
 
+    def _normalise(self, z: torch.Tensor) -> torch.Tensor:
+        if self.latents_mean is not None:
+            mean, std = self.latents_mean.to(z), self.latents_std.to(z)
+            return (z - mean) * self.scaling_factor / std
+        return (z - self.shift_factor) * self.scaling_factor
+
+    @torch.no_grad()
+    def posterior(self, images: torch.Tensor) -> LatentPosterior:
+        """The VAE's posterior of each image (one encoder pass), to take the mean of or draw from."""
+        dist = self.vae.encode(images.to(next(self.vae.parameters()).dtype)).latent_dist
+        return LatentPosterior(dist.mean, dist.std, self._normalise)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor, *, generator: Optional[torch.Generator] = None,
                sample: bool = False) -> torch.Tensor:
         """Normalised latents of the posterior mean, or of a posterior sample with ``sample=True``
         (drawn from ``generator`` as diffusers' ``latent_dist.sample(generator)``)."""
-        dist = self.vae.encode(images.to(next(self.vae.parameters()).dtype)).latent_dist
-        z = dist.sample(generator) if sample else dist.mean
-        if self.latents_mean is not None:
-            mean, std = self.latents_mean.to(z), self.latents_std.to(z)
-            return (z - mean) * self.scaling_factor / std
-        return (z - self.shift_factor) * self.scaling_factor
+        posterior = self.posterior(images)
+        return posterior.sample(generator) if sample else posterior.mean
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,17 @@
-"""What every pipeline shares: prompt lists, output conversion, the pixel-space codec."""
+"""What every pipeline shares: prompt lists, output conversion, the pixel-space codec, the noise
+draw, and the checks of guidance arguments."""
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Union
+import math
+import numbers
+from typing import Any, Callable, List, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..images import to_8bit, to_pil, to_uint8
+from ..sampling import Guidance
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -55,10 +59,57 @@ def model_placement(model: Any):
 
 
 def randn(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
-    """N(0, I) drawn on the generator's device (CPU by default, so seeds mean the same on any device),
-    then moved to where the model runs."""
+    """N(0, I) in ``dtype``, drawn on the generator's device — CPU without a generator, so a seed means
+    the same noise on any device — then moved to ``device``, where the model runs. Drawn in ``dtype``
+    itself, as diffusers' randn_tensor does (a bfloat16 draw is not the float32 draw rounded)."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def check_guidance(name: str, guidance: Guidance) -> Guidance:
+    """A guidance argument as :func:`diffrt.ddim_sample` takes it — None (unguided), a finite number,
+    a real 1-D tensor of per-sample weights, or a schedule (step, num_steps) -> w — checked where the
+    pipeline receives it, so the error names the argument."""
+    if guidance is None:
+        return None
+    if isinstance(guidance, torch.Tensor):
+        if guidance.dim() > 1 or guidance.is_complex() or guidance.dtype == torch.bool:
+            raise ValueError(f"{name} as a tensor must be a real 1-D tensor of per-sample weights, got a "
+                             f"{guidance.dtype} tensor of shape {tuple(guidance.shape)}")
+        if not bool(torch.isfinite(guidance).all()):
+            raise ValueError(f"{name} must hold finite weights, got {guidance.tolist()}")
+        return guidance
+    if isinstance(guidance, numbers.Real) and not isinstance(guidance, bool):
+        if not math.isfinite(guidance):
+            raise ValueError(f"{name} must be a finite number, got {guidance}")
+        return guidance
+    if callable(guidance):
+        return guidance
+    raise TypeError(f"{name} must be a number, a 1-D tensor of per-sample weights, a guidance schedule "
+                    f"(step, num_steps) -> w, or None; got {type(guidance).__name__}")
+
+
+def needs_uncond(guidance: Guidance) -> bool:
+    """Whether sampling with ``guidance`` may need the unconditional condition: not for None nor for
+    the number 1 (ε̃ = ε_u + 1·(ε_c − ε_u) = ε_c); a tensor or a schedule may differ per sample and
+    step, so the sampler decides (it skips the unconditional half wherever every weight is 1)."""
+    return guidance is not None and not (isinstance(guidance, numbers.Real) and guidance == 1)
+
+
+def map_weights(guidance: Guidance, fn: Callable[[torch.Tensor], torch.Tensor]) -> Guidance:
+    """``guidance`` with ``fn`` applied to every tensor of per-sample weights it gives, directly or
+    from a schedule at each step: how a pipeline maps weights given per output image onto the rows
+    its sampler runs. Numbers and None pass through."""
+    if isinstance(guidance, torch.Tensor):
+        return fn(guidance)
+    if guidance is None or isinstance(guidance, numbers.Real) or not callable(guidance):
+        return guidance
+
+    def mapped(step: int, num_steps: int):
+        w = guidance(step, num_steps)
+        return fn(w) if isinstance(w, torch.Tensor) else w
+
+    return mapped
 
 
 def as_mask(mask: Any, size: int, batch: int) -> torch.Tensor:
@@ -102,4 +153,5 @@ def check_image(name: str, image: torch.Tensor, model: Any = None) -> torch.Tens
     return image
 
 
-__all__ = ["OUTPUT_TYPES", "PixelCodec", "as_mask", "check_image", "convert_output", "model_placement", "prompt_list", "randn"]
+__all__ = ["OUTPUT_TYPES", "PixelCodec", "as_mask", "check_guidance", "check_image", "convert_output", "map_weights",
+           "model_placement", "needs_uncond", "prompt_list", "randn"]

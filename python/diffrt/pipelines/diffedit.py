@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-import inspect
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..denoiser import Denoiser, check_denoiser
-from ..sampling import _cat_cond, ddim_invert, ddim_sample
+from ..sampling import Guidance, cat_conditions, ddim_invert, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ._common import PixelCodec, check_image, convert_output, prompt_list
+from ._common import PixelCodec, check_guidance, check_image, convert_output, needs_uncond, prompt_list, randn
 
 
 @dataclass
@@ -49,7 +49,13 @@ class DiffEditPipeline:
         strength becomes a number of steps (:meth:`SamplingSchedule.tail`). ``posterior="sample"``
         encodes with a draw from the codec's posterior (a VAE's latent_dist.sample) taken from the
         call's generator, as diffusers' pipeline does — the mask gets one draw per noise draw;
-        "mean" (default) encodes with the posterior mean.
+        "mean" (default) encodes with the posterior mean. It needs a codec with
+        ``posterior(images)`` returning the posterior of each image (``.mean``, and
+        ``.sample(generator, copies=)``: ``copies`` draws per image, image-major), e.g.
+        :class:`diffrt.integrations.diffusers.DiffusersLatentCodec`.
+
+        Each call encodes its image once: mask estimation, inversion and decoding all start from
+        that one encoding (with posterior="sample", from draws of its one posterior).
         """
         check_denoiser(model)
         self.model, self.noise_schedule, self.encode_prompt = model, noise_schedule, encode_prompt
@@ -61,59 +67,95 @@ class DiffEditPipeline:
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
         if posterior == "sample":
-            params = inspect.signature(self.codec.encode).parameters
-            if not {"sample", "generator"} <= set(params):
-                raise ValueError(f"posterior='sample' needs a codec whose encode takes sample= and generator= (a VAE, e.g. "
+            if not callable(getattr(self.codec, "posterior", None)):
+                raise ValueError(f"posterior='sample' needs a codec with posterior(images) (a VAE, e.g. "
                                  f"DiffusersLatentCodec); {type(self.codec).__name__} has no posterior to sample")
         self.posterior = posterior
 
-    def _encode(self, image: torch.Tensor, generator: Optional[torch.Generator] = None, copies: int = 1) -> torch.Tensor:
-        """The latents of each image, ``copies`` times in a row (image-major); with posterior="sample",
-        each copy is its own posterior draw from ``generator``."""
+    def _encode(self, image: torch.Tensor) -> Any:
+        """The image through the codec, the one time a call encodes it: its latents, or with
+        posterior="sample" its posterior (drawn from by :meth:`_latents`)."""
         image = check_image("image", image)
         if self.posterior == "sample":
-            latents = self.codec.encode(image.repeat_interleave(copies, 0), sample=True, generator=generator)
-        else:
-            latents = self.codec.encode(image).repeat_interleave(copies, 0)
-        return check_image("image (encoded)", latents, self.model)
+            return self.codec.posterior(image)
+        return check_image("image (encoded)", self.codec.encode(image), self.model)
+
+    def _latents(self, encoded: Any, generator: Optional[torch.Generator], copies: int = 1) -> torch.Tensor:
+        """The latents of each image, ``copies`` times in a row (image-major); with posterior="sample",
+        each copy is its own posterior draw from ``generator``."""
+        if self.posterior == "sample":
+            return check_image("image (encoded)", encoded.sample(generator, copies=copies), self.model)
+        return encoded.repeat_interleave(copies, 0)
 
     def _tail(self, strength: float) -> SamplingSchedule:
         return self.schedule.tail(strength, rounding=self.strength_rounding)
+
+    @staticmethod
+    def _mask_weight(name: str, guidance: Guidance, b: int, n: int) -> Optional[Union[float, torch.Tensor]]:
+        """The mask's guidance as cfg_combine takes it on the b·n rows (None: unguided). A schedule is
+        refused: the mask comes from one model call at one timestep, so there are no steps to schedule."""
+        guidance = check_guidance(name, guidance)
+        if not needs_uncond(guidance):
+            return None
+        if not isinstance(guidance, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"{name} must be a number or a 1-D tensor of per-image weights, not a guidance schedule: "
+                            f"the mask is estimated in one model call at one timestep, so there are no steps to schedule")
+        if isinstance(guidance, torch.Tensor):
+            if guidance.numel() not in (1, b):
+                raise ValueError(f"{name} must hold 1 or {b} per-image weights, got {guidance.numel()}")
+            if bool((guidance == 1).all()):
+                return None
+            return guidance.reshape(-1).expand(b).repeat_interleave(n)  # one weight per image, on its n draws
+        return guidance
 
     @torch.no_grad()
     def generate_mask(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
                       target_prompt: Union[str, Sequence[str]], *, n: int = 10, strength: float = 0.5,
                       clamp_ratio: float = 3.0, threshold: Optional[float] = 0.5, smooth: int = 0, dilate: int = 0,
-                      guidance_scale: Optional[float] = None,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                      guidance: Guidance = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The edit mask (B, 1, h, w) at the model's resolution: 1 where the two prompts disagree.
-        With ``guidance_scale`` both noise estimates are classifier-free guided (the batch becomes
-        n draws × [uncond, reference, uncond, query], still one model call). ``smooth`` box-blurs
-        the soft map (radius in pixels) before thresholding; ``dilate`` grows it."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        With ``guidance`` both noise estimates are classifier-free guided (the batch becomes
+        n draws × [uncond, reference, uncond, query], still one model call); it is a number or a
+        1-D tensor of one weight per image (not a schedule: the mask is one model call at one
+        timestep). ``smooth`` box-blurs the soft map (radius in pixels) before thresholding;
+        ``dilate`` grows it."""
+        self._check_n(n)
         b = check_image("image", image).shape[0]
         src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
         tgt = prompt_list("target_prompt", target_prompt, b)
+        weight = self._mask_weight("guidance", guidance, b, n)
+        self._tail(strength)  # a bad strength fails before the encoder runs
+        return self._mask(self._encode(image), src, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio,
+                          threshold=threshold, smooth=smooth, dilate=dilate, weight=weight, generator=generator)
+
+    @staticmethod
+    def _check_n(n: int) -> None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+
+    def _mask(self, encoded: Any, src: List[str], tgt: List[str], *, n: int, strength: float, clamp_ratio: float,
+              threshold: Optional[float], smooth: int, dilate: int, weight: Optional[Union[float, torch.Tensor]],
+              generator: Optional[torch.Generator]) -> torch.Tensor:
+        """§3.2 on the encoded image: noise n copies to ratio ``strength``, predict ε under both prompts."""
+        b = len(src)
         t = self._tail(strength).timesteps[0]
-        x0 = self._encode(image, generator, copies=n)  # (b·n, …): n copies of each image
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                            device=generator.device if generator is not None else x0.device).to(x0.device)
+        x0 = self._latents(encoded, generator, copies=n)  # (b·n, …): n copies of each image
+        noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.noise_schedule.add_noise(x0, noise, torch.full((b * n,), t, device=x0.device))
         cond_q = self.encode_prompt([p for p in tgt for _ in range(n)])
         cond_r = self.encode_prompt([p for p in src for _ in range(n)])
-        guided = guidance_scale is not None and guidance_scale != 1.0
+        guided = weight is not None
         if guided:
             empty = self.encode_prompt([""] * (b * n))
-            conds = _cat_cond(_cat_cond(empty, cond_r), _cat_cond(empty, cond_q))
+            conds = cat_conditions(cat_conditions(empty, cond_r), cat_conditions(empty, cond_q))
         else:
-            conds = _cat_cond(cond_r, cond_q)
+            conds = cat_conditions(cond_r, cond_q)
         copies = 4 if guided else 2
         out = self.model(torch.cat([x_t] * copies), torch.full((copies * b * n,), t, device=x0.device, dtype=torch.long),
                          conds).to(x0.dtype)  # one call: n draws × 2 prompts (× CFG)
         if guided:
             halves = out.chunk(2)  # [uncond; reference], [uncond; query]
-            eps_r, eps_q = (ops.cfg_combine(h, guidance_scale) for h in halves)
+            eps_r, eps_q = (ops.cfg_combine(h, weight) for h in halves)
         else:
             eps_r, eps_q = out.chunk(2)
         eps_q, eps_r = (e.reshape(b, n, *e.shape[1:]) for e in (eps_q, eps_r))
@@ -131,7 +173,7 @@ class DiffEditPipeline:
     def invert(self, image: torch.Tensor, prompt: Union[str, Sequence[str]], *, strength: float = 0.5,
                generator: Optional[torch.Generator] = None, progress: bool = True) -> List[torch.Tensor]:
         """DDIM encoding of the image to ratio ``strength`` under ``prompt`` (may be ''): [x_0, …, x_r]."""
-        return self._invert(self._encode(image, generator), prompt, strength, progress)
+        return self._invert(self._latents(self._encode(image), generator), prompt, strength, progress)
 
     def _invert(self, x0: torch.Tensor, prompt: Union[str, Sequence[str]], strength: float,
                 progress: bool) -> List[torch.Tensor]:
@@ -141,20 +183,28 @@ class DiffEditPipeline:
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
                  target_prompt: Union[str, Sequence[str]], *, mask: Optional[torch.Tensor] = None,
-                 strength: float = 0.5, guidance_scale: float = 7.5, n: int = 10, clamp_ratio: float = 3.0,
-                 threshold: float = 0.5, mask_guidance_scale: Optional[float] = None,
+                 strength: float = 0.5, guidance: Guidance = 7.5, n: int = 10, clamp_ratio: float = 3.0,
+                 threshold: float = 0.5, mask_guidance: Guidance = None,
                  generator: Optional[torch.Generator] = None, output_type: str = "pil",
                  callback: Optional[Callable[[dict], None]] = None, progress: bool = True) -> DiffEditOutput:
         """Edit ``image`` from ``source_prompt`` (may be '') to ``target_prompt`` (mask estimated unless
-        given; ``mask_guidance_scale`` guides the mask's noise estimates). With posterior="sample" the
-        mask and the inversion each draw their latents from ``generator``."""
-        x0 = self._encode(image, generator)
-        b = x0.shape[0]
+        given; ``mask_guidance`` guides the mask's noise estimates, as ``guidance`` in
+        :meth:`generate_mask`). ``guidance`` guides the decoding: a number, a 1-D tensor of one weight
+        per image, or a schedule (step, num_steps) -> w, as in :func:`ddim_sample`. The image is
+        encoded once; with posterior="sample" the inversion and then the mask each draw their
+        latents from ``generator`` (in that order, from the one posterior)."""
+        guidance = check_guidance("guidance", guidance)
+        b = check_image("image", image).shape[0]
+        if mask is None:
+            self._check_n(n)
+            weight = self._mask_weight("mask_guidance", mask_guidance, b, n)
+        encoded = self._encode(image)
+        x0 = self._latents(encoded, generator)
         src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
         tgt = prompt_list("target_prompt", target_prompt, b)
         if mask is None:
-            mask = self.generate_mask(image, src, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio,
-                                      threshold=threshold, guidance_scale=mask_guidance_scale, generator=generator)
+            mask = self._mask(encoded, src, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio, threshold=threshold,
+                              smooth=0, dilate=0, weight=weight, generator=generator)
         elif mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != x0.shape[-2:]:
             raise ValueError(f"mask must have shape (B or 1, 1, {x0.shape[-2]}, {x0.shape[-1]}), got {tuple(mask.shape)}")
         mask = mask.to(x0.dtype)
@@ -166,9 +216,8 @@ class DiffEditPipeline:
             # after step i the sample sits at the level of inverted latent n_steps − 1 − i
             return ops.mask_blend(mask, x, latents[n_steps - 1 - i])
 
-        guided = guidance_scale is not None and guidance_scale != 1.0
         x = ddim_sample(self.model, latents[-1], schedule, cond=self.encode_prompt(tgt),
-                        uncond=self.encode_prompt([""] * b) if guided else None,
-                        guidance=guidance_scale if guided else None, generator=generator, callback=callback,
+                        uncond=self.encode_prompt([""] * b) if needs_uncond(guidance) else None,
+                        guidance=guidance, generator=generator, callback=callback,
                         after_step=keep_outside_mask, progress=progress)
         return DiffEditOutput(convert_output(self.codec.decode(x), output_type), mask, latents)

@@ -7,6 +7,10 @@ classifier-free guidance (default: alternating 30 and 1, Imagen Video's recipe, 
 credits for both fidelity and text alignment); the super-resolution stage upsamples the base
 output, noise-augmented to level ``noise_aug_level``. An optional final composite copies the
 unmasked pixels of the input exactly. With no image (or an all-ones mask) it is text-to-image.
+
+Guidance (``guidance`` for the base stage, ``sr_guidance`` for super-resolution) is a number, a
+1-D tensor with one weight per output image, or a schedule (step, num_steps) -> w, as in
+:func:`diffrt.ddim_sample`.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from ..denoiser import check_denoiser
 from ..sampling import Guidance, OscillatingGuidance, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
 from ..images import from_pil
-from ._common import as_mask, check_image, convert_output, model_placement, prompt_list, randn
+from ._common import as_mask, check_guidance, check_image, convert_output, model_placement, prompt_list, randn
 
 
 @dataclass
-class CascadeOutput:
+class ImagenEditorOutput:
     images: Any  # per output_type, at the last stage's resolution
     base: torch.Tensor  # the base stage's samples, (B, 3, h, w) in [−1, 1]
 
@@ -41,9 +45,10 @@ def _merge(*conds: dict) -> dict:
 class ImagenEditorPipeline:
     def __init__(self, base: Any, noise_schedule: NoiseSchedule, encode_prompt: Callable[[List[str]], dict], *,
                  super_resolution: Any = None, sr_noise_schedule: Optional[NoiseSchedule] = None,
-                 num_steps: int = 50, sr_num_steps: int = 25, spacing: str = "trailing"):
+                 num_steps: int = 50, sr_steps: int = 25, spacing: str = "trailing"):
         """``base`` and ``super_resolution`` are UNets with image conditioning (``cond_image``);
-        ``encode_prompt(prompts) -> {"context", "context_mask", "pooled"}`` (a TextEncoder)."""
+        ``encode_prompt(prompts) -> {"context", "context_mask", "pooled"}`` (a TextEncoder). The base
+        stage samples ``num_steps`` DDIM steps, the super-resolution stage ``sr_steps``."""
         check_denoiser(base)
         if super_resolution is not None:
             check_denoiser(super_resolution)
@@ -51,7 +56,7 @@ class ImagenEditorPipeline:
         self.noise_schedule = noise_schedule
         self.sr_noise_schedule = sr_noise_schedule or noise_schedule
         self.schedule = SamplingSchedule.ddim(noise_schedule, num_steps, spacing=spacing)
-        self.sr_schedule = SamplingSchedule.ddim(self.sr_noise_schedule, sr_num_steps, spacing=spacing)
+        self.sr_schedule = SamplingSchedule.ddim(self.sr_noise_schedule, sr_steps, spacing=spacing)
 
     @staticmethod
     def _size(model) -> int:
@@ -94,9 +99,10 @@ class ImagenEditorPipeline:
                  guidance_rescale: float = 0.0, dynamic_threshold: Optional[float] = 0.995,
                  noise_aug_level: int = 100, composite: bool = True, eta: float = 0.0,
                  generator: Optional[torch.Generator] = None, output_type: str = "pil",
-                 callback: Optional[Callable[[dict], None]] = None, progress: bool = True) -> CascadeOutput:
+                 callback: Optional[Callable[[dict], None]] = None, progress: bool = True) -> ImagenEditorOutput:
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        guidance, sr_guidance = check_guidance("guidance", guidance), check_guidance("sr_guidance", sr_guidance)
         n_images = None if image is None else (image.shape[0] if isinstance(image, torch.Tensor) else
                                                len(image) if isinstance(image, (list, tuple)) else 1)
         prompts = prompt_list("prompt", prompt, n_images)
@@ -135,4 +141,4 @@ class ImagenEditorPipeline:
             if out.shape[-1] != image.shape[-1]:
                 raise ValueError("composite needs the last stage at the input resolution; pass composite=False")
             out = ops.mask_blend(mask, out, image)  # unmasked pixels copied exactly
-        return CascadeOutput(convert_output(out, output_type), base_out)
+        return ImagenEditorOutput(convert_output(out, output_type), base_out)

@@ -24,10 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..denoiser import check_denoiser
-from ..sampling import ddim_sample
+from ..sampling import Guidance, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
 from ..train.objectives import diffusion_target
-from ._common import PixelCodec, check_image, convert_output, model_placement, prompt_list, randn
+from ._common import (PixelCodec, check_guidance, check_image, convert_output, map_weights, model_placement,
+                      needs_uncond, prompt_list, randn)
 
 
 def _map_float(cond: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -81,7 +82,7 @@ def check_etas(etas: Any) -> List[float]:
 
 
 @dataclass
-class ImagicResult:
+class ImagicOutput:
     images: Any  # per output_type; one entry per η, in the order given
     etas: List[float]
     e_opt: Any
@@ -164,21 +165,27 @@ class ImagicPipeline:
         return self
 
     @torch.no_grad()
-    def __call__(self, etas: Sequence[float] = (0.7,), *, guidance_scale: Optional[float] = 3.0,
+    def __call__(self, etas: Sequence[float] = (0.7,), *, guidance: Guidance = 3.0,
                  generator: Optional[torch.Generator] = None, output_type: str = "pil",
-                 progress: bool = True) -> ImagicResult:
-        """Stage C: one image per η from the same initial noise (so the sweep is comparable)."""
+                 progress: bool = True) -> ImagicOutput:
+        """Stage C: one image per η from the same initial noise (so the sweep is comparable).
+        ``guidance`` is a number, a 1-D tensor of one weight per η (or one for all), or a schedule
+        (step, num_steps) -> w (whose tensors also hold one weight per η), as in :func:`ddim_sample`."""
         if self.model is None:
             raise RuntimeError("call fit(image, target_prompt) first")
         etas = check_etas(etas)
-        if isinstance(guidance_scale, (int, float)) and not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale}")
+        guidance = check_guidance("guidance", guidance)
+        if isinstance(guidance, torch.Tensor) and guidance.numel() not in (1, len(etas)):
+            raise ValueError(f"guidance holds one weight per η or one for all: 1 or {len(etas)} weights, got "
+                             f"{guidance.numel()}")
         x_T = randn(self._latent_shape, generator, model_placement(self.model)[0])
-        uncond = self.encode_prompt([""]) if guidance_scale not in (None, 1.0) else None
+        uncond = self.encode_prompt([""]) if needs_uncond(guidance) else None
         images = []
-        for eta in etas:
+        for i, eta in enumerate(etas):
             cond = interpolate_condition(self.e_tgt, self.e_opt, eta)
-            x = ddim_sample(self.model, x_T.clone(), self.schedule, cond=cond, uncond=uncond, guidance=guidance_scale,
+            # each η samples alone (batch 1): its own weight of a per-η tensor
+            weight_i = map_weights(guidance, lambda w: w.reshape(-1)[i:i + 1] if w.numel() == len(etas) else w)
+            x = ddim_sample(self.model, x_T.clone(), self.schedule, cond=cond, uncond=uncond, guidance=weight_i,
                             progress=progress)
             images.append(self.codec.decode(x))
-        return ImagicResult(convert_output(torch.cat(images), output_type), etas, self.e_opt)
+        return ImagicOutput(convert_output(torch.cat(images), output_type), etas, self.e_opt)

@@ -7,6 +7,10 @@
 - variations (§3.1): DDIM-invert the decoder on the input image to get x_T, then decode with η > 0.
 - interpolation (§3.2): slerp between two image embeddings, decoded from the same x_T.
 - text diffs (§3.3): z_d = normalise(z_t − z_t0); z_θ = slerp(z_i, z_d, θ).
+
+Every guidance argument (``guidance``, ``prior_guidance``, ``sr_guidance``) is a number, a 1-D
+tensor with one weight per output (image or image embedding), or a schedule (step, num_steps) -> w,
+as in :func:`diffrt.ddim_sample`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 from ..denoiser import check_denoiser
 from ..sampling import Guidance, ddim_invert, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ._common import check_image, convert_output, model_placement, prompt_list, randn
+from ._common import check_guidance, check_image, convert_output, map_weights, model_placement, prompt_list, randn
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -92,8 +96,11 @@ class UnCLIPPipeline:
     def sample_image_embeds(self, prompts: List[str], *, guidance: Guidance = 4.0, candidates: int = 2,
                             generator=None, progress=True, return_candidates: bool = False):
         """Prior sampling, best of ``candidates`` by cosine similarity to the text embedding
-        (and all candidates (B, candidates, E) with ``return_candidates``)."""
+        (and all candidates (B, candidates, E) with ``return_candidates``). A 1-D tensor of
+        ``guidance`` weights holds one per prompt (each applies to all of its candidates)."""
         _check_count("candidates", candidates)
+        guidance = map_weights(check_guidance("guidance", guidance),
+                               lambda w: w.reshape(-1).repeat_interleave(candidates) if w.numel() == len(prompts) else w)
         text, empty = self.text_encoder(prompts), self.text_encoder([""] * len(prompts))
         rep = lambda d: {k: v.repeat_interleave(candidates, 0) for k, v in d.items()}  # noqa: E731
         prior_cond = lambda d: {"text_tokens": d["context"], "text_mask": d["context_mask"],  # noqa: E731
@@ -115,6 +122,7 @@ class UnCLIPPipeline:
                callback=None, progress=True) -> torch.Tensor:
         """Decoder (and SR) from image embeddings; ``prompts`` add the caption tokens as context."""
         _check_eta(eta)
+        guidance, sr_guidance = check_guidance("guidance", guidance), check_guidance("sr_guidance", sr_guidance)
         b = image_embeds.shape[0]
         text = self.text_encoder(prompts if prompts is not None else [""] * b)
         empty = self.text_encoder([""] * b)
@@ -140,6 +148,7 @@ class UnCLIPPipeline:
                  prior_guidance: Guidance = 4.0, guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
                  callback=None, progress: bool = True) -> UnCLIPOutput:
         _check_count("num_images_per_prompt", num_images_per_prompt)
+        prior_guidance, guidance = check_guidance("prior_guidance", prior_guidance), check_guidance("guidance", guidance)
         prompts = [p for p in prompt_list("prompt", prompt) for _ in range(num_images_per_prompt)]
         z = self.sample_image_embeds(prompts, guidance=prior_guidance, generator=generator, progress=progress)
         images = self.decode(z, prompts, guidance=guidance, generator=generator, callback=callback, progress=progress)
@@ -158,6 +167,7 @@ class UnCLIPPipeline:
         """Decode the image's own embedding from its DDIM-inverted x_T with η > 0 noise."""
         _check_count("num_variations", num_variations)
         _check_eta(eta)
+        guidance = check_guidance("guidance", guidance)  # before the inversion, not after
         z = self._embed(image)
         empty = self.text_encoder([""] * image.shape[0])
         x_T = ddim_invert(self.decoder, self._decoder_input(image), self.schedule,
