@@ -88,8 +88,7 @@ def train(args) -> int:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(train_values) - known)
     if unknown:
-        print(f"diffrt train: {config_file}: [train] has unknown keys {unknown}", file=sys.stderr)
-        return 2
+        raise ValueError(f"{config_file}: [train] has unknown keys {unknown}")
     try:
         train_config = TrainConfig(**train_values)
     except (TypeError, ValueError) as e:
