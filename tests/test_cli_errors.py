@@ -15,8 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from diffrt import NoiseSchedule
-from diffrt import commands
-from diffrt.cli import main
+from diffrt.cli import files, main
+from diffrt.cli import generate as image_commands
+from diffrt.cli.errors import CommandError
 from diffrt import images as image_io
 from diffrt.models import CLIP, CLIPConfig, DiffusionPrior, PriorConfig, TextEncoder, Tokenizer, UNet, UNetConfig
 from diffrt.pipelines import ImagicPipeline, UnCLIPPipeline
@@ -198,8 +199,8 @@ def test_damaged_weights_are_refused_not_sampled(tmp_path, damaged_bundle, capsy
 def test_non_finite_images_are_not_written(tmp_path):
     images = torch.zeros(2, 3, 4, 4)
     images[1, 0, 0, 0] = math.nan
-    with pytest.raises(commands.CommandError, match="non-finite pixel values"):
-        commands._write(images, tmp_path, "x")
+    with pytest.raises(CommandError, match="non-finite pixel values"):
+        files.write_images(images, tmp_path, "x")
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -216,7 +217,7 @@ def test_bad_input_and_environment_errors_are_one_line(monkeypatch, capsys, erro
     def fail(args):
         raise error
 
-    monkeypatch.setattr(commands, "generate", fail)
+    monkeypatch.setattr(image_commands, "generate", fail)
     code, _, err = run(capsys, "generate", "--prompt", "x")
     assert code == 2 and err == f"diffrt generate: error: {line}\n"
 
@@ -226,7 +227,7 @@ def test_bugs_keep_their_traceback(monkeypatch, bug):
     def fail(args):
         raise bug
 
-    monkeypatch.setattr(commands, "generate", fail)
+    monkeypatch.setattr(image_commands, "generate", fail)
     with pytest.raises(type(bug)):
         main(["generate", "--prompt", "x"])
 
@@ -235,7 +236,7 @@ def test_diffrt_debug_shows_the_traceback_of_bad_input(monkeypatch):
     def fail(args):
         raise PermissionError(13, "Permission denied", "/data/in.png")
 
-    monkeypatch.setattr(commands, "generate", fail)
+    monkeypatch.setattr(image_commands, "generate", fail)
     monkeypatch.setenv("DIFFRT_DEBUG", "1")
     with pytest.raises(PermissionError):
         main(["generate", "--prompt", "x"])
@@ -257,8 +258,8 @@ def png_header_only(path, width, height):
 @pytest.mark.parametrize("side", [20_000, 12_000])  # over 2× and over 1× PIL's MAX_IMAGE_PIXELS
 def test_huge_images_are_refused_with_the_limit(tmp_path, capsys, side):
     path = png_header_only(tmp_path / "huge.png", side, side)
-    with pytest.raises(commands.CommandError, match=rf"too large to read.*at most {Image.MAX_IMAGE_PIXELS} pixels"):
-        commands.read_image(str(path))
+    with pytest.raises(CommandError, match=rf"too large to read.*at most {Image.MAX_IMAGE_PIXELS} pixels"):
+        files.read_image(str(path))
     code, _, err = run(capsys, "variations", "--image", path, "--model", tmp_path, "--out", tmp_path / "o")
     assert code == 2 and err.startswith(f"diffrt variations: error: {path}: too large to read"), err
 
@@ -275,7 +276,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path, suffix):
     Image.fromarray(samples).save(path)
     expected = np.round(samples / 257).astype(np.uint8)
     for mode in ("RGB", "L"):
-        image = np.asarray(commands.read_image(str(path), mode=mode))
+        image = np.asarray(files.read_image(str(path), mode=mode))
         got = image[..., 0] if mode == "RGB" else image
         assert np.array_equal(got, expected)
     with Image.open(path) as im:
@@ -296,7 +297,7 @@ def test_32_bit_images_are_refused(tmp_path, dtype, words):
     path = tmp_path / "deep.tif"
     Image.fromarray(gradient16().astype(dtype)).save(path)
     with pytest.raises(ValueError, match=rf"{path}: {words}.*no defined white level"):
-        commands.read_image(str(path))
+        files.read_image(str(path))
 
 
 def rgba_picture():
@@ -314,7 +315,7 @@ def test_rgba_is_composited_over_white(tmp_path):
     rgba = rgba_picture()
     path = tmp_path / "rgba.png"
     Image.fromarray(rgba, "RGBA").save(path)
-    got = np.asarray(commands.read_image(str(path))).astype(np.float64)
+    got = np.asarray(files.read_image(str(path))).astype(np.float64)
     want = over_white(rgba[..., :3].astype(np.float64), rgba[..., 3:].astype(np.float64))
     assert np.abs(got - want).max() <= 1
 
@@ -323,7 +324,7 @@ def test_la_is_composited_over_white(tmp_path):
     la = np.stack([np.full((4, 4), 100, np.uint8), rgba_picture()[..., 3]], -1)
     path = tmp_path / "la.png"
     Image.fromarray(la, "LA").save(path)
-    got = np.asarray(commands.read_image(str(path))).astype(np.float64)
+    got = np.asarray(files.read_image(str(path))).astype(np.float64)
     want = over_white(np.full((4, 4, 1), 100.0), la[..., 1:].astype(np.float64))
     assert got.shape == (4, 4, 3) and np.abs(got - want).max() <= 1
 
@@ -334,12 +335,12 @@ def test_palette_images_keep_their_colours_and_transparency(tmp_path):
     palette.putpixel((0, 0), 2)
     plain = tmp_path / "p.png"
     palette.save(plain)
-    got = np.asarray(commands.read_image(str(plain)))
+    got = np.asarray(files.read_image(str(plain)))
     assert tuple(got[1, 1]) == (10, 120, 250) and tuple(got[0, 0]) == (250, 250, 0)
     palette.info["transparency"] = 2  # index 2 transparent
     keyed = tmp_path / "p_transparent.png"
     palette.save(keyed, transparency=2)
-    got = np.asarray(commands.read_image(str(keyed)))
+    got = np.asarray(files.read_image(str(keyed)))
     assert tuple(got[0, 0]) == (255, 255, 255) and tuple(got[1, 1]) == (10, 120, 250)
 
 
@@ -357,12 +358,12 @@ def test_masks_must_be_opaque(tmp_path):
     rgba[..., 3] = 255
     opaque = tmp_path / "opaque.png"
     Image.fromarray(rgba, "RGBA").save(opaque)
-    assert np.array_equal(np.asarray(commands.read_image(str(opaque), mode="L")), rgba[..., 0])
+    assert np.array_equal(np.asarray(files.read_image(str(opaque), mode="L")), rgba[..., 0])
     rgba[0, 0, 3] = 0
     transparent = tmp_path / "transparent.png"
     Image.fromarray(rgba, "RGBA").save(transparent)
     with pytest.raises(ValueError, match=rf"{transparent}: the mask has transparent pixels"):
-        commands.read_image(str(transparent), mode="L")
+        files.read_image(str(transparent), mode="L")
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -372,7 +373,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # the camera was turned: rotate 90° clockwise to view
     path = tmp_path / "photo.png"
     Image.fromarray(pixels).save(path, exif=exif)
-    got = np.asarray(commands.read_image(str(path)))
+    got = np.asarray(files.read_image(str(path)))
     assert got.shape == (16, 8, 3)
     assert got[:8].min() == 255 and got[8:].max() == 0  # the white half is now on top
 

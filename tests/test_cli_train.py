@@ -333,6 +333,19 @@ def test_bad_train_values_name_their_key(tmp_path, capsys, edit, options, messag
     assert not (run / "checkpoints").exists()
 
 
+def test_unknown_train_keys_are_reported_like_every_bad_input(tmp_path, capsys):
+    """One line in main()'s form `diffrt train: error: …`, exit 2, and the traceback under DIFFRT_DEBUG=1."""
+    config = edited_config(tmp_path, "clip", edit=("ema_decay = 0.9", "ema_decay = 0.9\nema_decya = 0.5"))
+    run = tmp_path / "run"
+    assert main(["train", "clip", "--config", str(config), "--run-dir", str(run)]) == 2
+    assert capsys.readouterr().err == f"diffrt train: error: {config}: [train] has unknown keys ['ema_decya']\n"
+    assert not run.exists()
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("DIFFRT_DEBUG", "1")
+        with pytest.raises(ValueError, match="has unknown keys"):
+            main(["train", "clip", "--config", str(config), "--run-dir", str(run)])
+
+
 def test_run_dir_that_is_a_file_fails_clearly(tmp_path, capsys):
     config = write_config(tmp_path, "clip")
     not_a_folder = tmp_path / "notes.txt"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from diffrt import data
-from diffrt.data.world import ObjectSpec, SceneSpec
+from diffrt.data.world import BOUND, GAP, ObjectSpec, SceneSpec, fits, occupied, place
 
 RESOLUTIONS = [32, 64, 97, 256]
 
@@ -124,6 +124,32 @@ def test_count_renders_that_many_separate_instances():
             for a, b in itertools.combinations(obj.instance_boxes, 2):  # boxes apart too
                 assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
     assert seen == {1, 2, 3}
+
+
+def test_place_follows_the_placement_rule_of_sampled_scenes():
+    """`place` keeps every new instance inside the frame and GAP clear of the discs already taken,
+    like the scenes the world samples; a radius too large for the frame, or a frame left full, gives None."""
+    rng = np.random.default_rng(int(np.random.SeedSequence().generate_state(1)[0]))
+    radius = float(rng.uniform(*data.world.SIZE_RADIUS["small"]))
+    taken = [(0.5, 0.5, 0.1)]
+    centres = place(rng, radius, 3, taken)
+    assert centres is not None and len(centres) == 3
+    discs = taken + [(x, y, radius * BOUND) for x, y in centres]
+    for i, (x, y, r) in enumerate(discs[1:], start=1):
+        assert r + GAP / 2 <= x <= 1 - r - GAP / 2 and r + GAP / 2 <= y <= 1 - r - GAP / 2
+        for tx, ty, tr in discs[:i]:
+            assert np.hypot(x - tx, y - ty) >= r + tr + GAP - 1e-12
+        assert fits(x, y, radius, discs[:i])
+    assert not fits(0.5, 0.5, radius, taken) and not fits(0.0, 0.5, radius, [])
+    assert place(rng, 0.5, 1) is None  # 2·BOUND·radius > 1: no room in the frame
+    assert place(rng, 0.2, 1, [(0.5, 0.5, 0.45)]) is None  # the one disc leaves no room
+    for index in range(20):  # sampled scenes keep the same rule
+        objects = data.scene_at(3, index, max_objects=4).objects
+        for k, obj in enumerate(objects):
+            others = [d for o in objects[:k] for d in occupied(o)]
+            discs = occupied(obj)
+            for i, (x, y, _) in enumerate(discs):
+                assert fits(x, y, obj.radius, others + discs[:i])
 
 
 def test_every_category_of_the_vocabulary_occurs():

@@ -183,7 +183,7 @@ def _result(name, scores, sizes):
 
 
 def test_paired_difference_interval():
-    from diffrt.eval_report import paired_difference
+    from diffrt.eval.report import paired_difference
 
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
     n = 200

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffrt import eval as ev
-from diffrt import eval_report
+from diffrt.eval import report as eval_report
 from diffrt.bundle import Bundle
 from diffrt.cli import main
 

@@ -1,14 +1,14 @@
-"""Image conversions at the package boundary: tensors in [−1, 1] ⇄ PIL / numpy, and contact grids."""
+"""Image conversions at the package boundary: tensors in [−1, 1] ⇄ PIL / numpy, and contact sheets."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -103,3 +103,24 @@ def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = None) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images, nrow).save(path)
     return path
+
+
+def contact_sheet(rows: Sequence[Tuple[str, torch.Tensor]], height: int = 96, min_width: int = 640) -> Image.Image:
+    """One labelled row per (label, (B, C, H, W) images in [−1, 1]), each image scaled to height×height
+    (nearest neighbour, so pixels stay visible); rows are at least ``min_width`` wide."""
+    if not rows:
+        raise ValueError("a contact sheet needs at least one row")
+    sheet_rows = []
+    for label, images in rows:
+        tiles = [im.resize((height, height), Image.NEAREST) for im in to_pil(images)]
+        row = Image.new("RGB", (max(min_width, len(tiles) * (height + 4) + 4), height + 22), "white")
+        ImageDraw.Draw(row).text((4, 4), label, fill="black")
+        for i, tile in enumerate(tiles):
+            row.paste(tile, (4 + i * (height + 4), 20))
+        sheet_rows.append(row)
+    sheet = Image.new("RGB", (max(r.width for r in sheet_rows), sum(r.height for r in sheet_rows)), "white")
+    y = 0
+    for row in sheet_rows:
+        sheet.paste(row, (0, y))
+        y += row.height
+    return sheet

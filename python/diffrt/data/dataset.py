@@ -16,14 +16,14 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .masking import MaskingStrategy, default_masking
-from .world import _check_int, check_resolution, render, scene_at
+from .world import check_int, check_resolution, render, scene_at
 
 
 class _SampleMaker:
     def __init__(self, resolution: int, seed: int, masking: Optional[MaskingStrategy], max_objects: int,
                  p_glyph: float, antialias: bool):
         self.resolution = check_resolution(resolution)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
         if masking is not None and not callable(masking):
             raise TypeError(f"masking must be a masking strategy (called as masking(scene, rng)), got {masking!r}")
         self.masking = default_masking() if masking is None else masking
@@ -66,7 +66,7 @@ class ProceduralDataset(Dataset):
     def __init__(self, resolution: int = 64, *, length: int = 100_000, seed: int = 0,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
                  antialias: bool = True):
-        self.length = _check_int("length", length, 1)
+        self.length = check_int("length", length, 1)
         self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias)
 
     def __len__(self) -> int:
@@ -98,22 +98,22 @@ class ProceduralStream(IterableDataset):
                  batch_size: int = 1, rank: Optional[int] = None, world_size: Optional[int] = None,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
                  antialias: bool = True):
-        self.start = _check_int("start", start, 0)
-        self.stop = None if stop is None else _check_int("stop", stop, self.start)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.start = check_int("start", start, 0)
+        self.stop = None if stop is None else check_int("stop", stop, self.start)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         if (rank is None) != (world_size is None):
             raise ValueError("rank and world_size must be given together (or both left to torch.distributed)")
         if rank is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             rank = torch.distributed.get_rank() if distributed else 0
             world_size = torch.distributed.get_world_size() if distributed else 1
-        self.world_size = _check_int("world_size", world_size, 1)
-        self.rank = _check_int("rank", rank, 0, self.world_size - 1)
+        self.world_size = check_int("world_size", world_size, 1)
+        self.rank = check_int("rank", rank, 0, self.world_size - 1)
         self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias)
 
     def resume_start(self, steps: int) -> int:
         """The `start` that continues exactly after `steps` batches were consumed on every rank."""
-        return self.start + _check_int("steps", steps, 0) * self.world_size * self.batch_size
+        return self.start + check_int("steps", steps, 0) * self.world_size * self.batch_size
 
     def shard_indices(self, worker: int = 0, num_workers: int = 1) -> Iterator[int]:
         """The indices one data-loader worker of this rank renders, in order."""
@@ -169,5 +169,5 @@ def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def steps_per_epoch(length: int, batch_size: int, world_size: int = 1) -> int:
     """Global steps to see `length` samples once (the last one may be partial)."""
-    return math.ceil(_check_int("length", length, 1) / (_check_int("batch_size", batch_size, 1)
-                                                        * _check_int("world_size", world_size, 1)))
+    return math.ceil(check_int("length", length, 1) / (check_int("batch_size", batch_size, 1)
+                                                        * check_int("world_size", world_size, 1)))

@@ -54,8 +54,8 @@ MIN_RESOLUTION, MAX_RESOLUTION = 32, 256
 # Object half-extent as a fraction of the image side, per size class.
 SIZE_RADIUS: Dict[str, Tuple[float, float]] = {"small": (0.07, 0.09), "medium": (0.11, 0.14), "large": (0.17, 0.21)}
 # Every shape and glyph fits in a circle of BOUND·radius, so instances placed that far apart never touch.
-_BOUND = 1.25
-_GAP = 0.02  # extra clearance between instances (normalised) so anti-aliased edges never overlap
+BOUND = 1.25
+GAP = 0.02  # extra clearance between instances (normalised) so anti-aliased edges never overlap
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 
 # 5×7 bitmap font: '#' is ink. Scaled up by exact area coverage in `_glyph_coverage`.
@@ -221,7 +221,9 @@ def caption_full(scene: SceneSpec) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
+def check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
+    """``value`` as an int in [lo, hi] (no upper bound when ``hi`` is None); TypeError for a non-int
+    (bool included), ValueError out of range, each naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
@@ -232,29 +234,49 @@ def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
 
 
 def check_resolution(resolution) -> int:
-    return _check_int("resolution", resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+    return check_int("resolution", resolution, MIN_RESOLUTION, MAX_RESOLUTION)
 
 
-def _place(rng: np.random.Generator, radius: float, count: int, taken: List[Tuple[float, float, float]],
-           tries: int = 60) -> Optional[List[Tuple[float, float]]]:
-    """Centres for `count` instances inside the frame, clear of every (x, y, bound) in `taken`."""
-    lo, hi = radius * _BOUND + _GAP / 2, 1 - radius * _BOUND - _GAP / 2
-    placed: List[Tuple[float, float, float]] = []
+# A disc an instance keeps clear: (x, y, BOUND·radius), normalised.
+Disc = Tuple[float, float, float]
+
+
+def occupied(obj: ObjectSpec) -> List[Disc]:
+    """The discs the instances of ``obj`` keep clear of other instances."""
+    return [(x, y, obj.radius * BOUND) for x, y in obj.positions]
+
+
+def fits(x: float, y: float, radius: float, taken: Sequence[Disc]) -> bool:
+    """The placement rule: an instance of ``radius`` centred at (x, y) lies inside the frame (its
+    disc plus half the GAP) and its disc is at least GAP away from every disc in ``taken``."""
+    lo, hi = radius * BOUND + GAP / 2, 1 - radius * BOUND - GAP / 2
+    return (lo <= x <= hi and lo <= y <= hi and
+            all(math.hypot(x - tx, y - ty) >= radius * BOUND + tb + GAP for tx, ty, tb in taken))
+
+
+def place(rng: np.random.Generator, radius: float, count: int, taken: Sequence[Disc] = (),
+          tries: int = 60) -> Optional[Tuple[Tuple[float, float], ...]]:
+    """Centres for ``count`` instances of ``radius``, each drawn uniformly inside the frame until it
+    `fits` (clear of ``taken`` and of the ones placed before it); None after ``tries`` misses."""
+    lo, hi = radius * BOUND + GAP / 2, 1 - radius * BOUND - GAP / 2
+    if lo > hi:
+        return None
+    placed: List[Disc] = []
     for _ in range(count):
         for _ in range(tries):
-            x, y = rng.uniform(lo, hi, size=2)
-            if all(math.hypot(x - tx, y - ty) >= radius * _BOUND + tb + _GAP for tx, ty, tb in taken + placed):
-                placed.append((float(x), float(y), radius * _BOUND))
+            x, y = (float(v) for v in rng.uniform(lo, hi, size=2))
+            if fits(x, y, radius, [*taken, *placed]):
+                placed.append((x, y, radius * BOUND))
                 break
         else:
             return None
-    return [(x, y) for x, y, _ in placed]
+    return tuple((x, y) for x, y, _ in placed)
 
 
 def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: float = 0.3) -> SceneSpec:
     """Draw a scene: a background and 1..max_objects objects, each with its own shape and colour
     (and colours unlike the background's), so that every Mask-Simple caption names one object."""
-    max_objects = _check_int("max_objects", max_objects, 1, 4)
+    max_objects = check_int("max_objects", max_objects, 1, 4)
     if not 0.0 <= p_glyph <= 1.0:
         raise ValueError(f"p_glyph must be in [0, 1], got {p_glyph}")
     kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
@@ -265,7 +287,7 @@ def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: flo
 
     free_colours = [c for c in COLOURS if c not in bg_colours]
     used_shapes: set = set()
-    taken: List[Tuple[float, float, float]] = []
+    taken: List[Disc] = []
     objects: List[ObjectSpec] = []
     n_objects = int(rng.integers(1, max_objects + 1))
     for _ in range(n_objects):
@@ -281,13 +303,13 @@ def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: flo
             radius = float(rng.uniform(*SIZE_RADIUS[size]))
             if shape in used_shapes:
                 continue
-            positions = _place(rng, radius, count, taken)
+            positions = place(rng, radius, count, taken)
             if positions is None:
                 continue
-            objects.append(ObjectSpec(shape, colour, COLOUR_RGB[colour], texture, size, radius, tuple(positions)))
+            objects.append(ObjectSpec(shape, colour, COLOUR_RGB[colour], texture, size, radius, positions))
             used_shapes.add(shape)
             free_colours.remove(colour)
-            taken.extend((x, y, radius * _BOUND) for x, y in positions)
+            taken.extend(occupied(objects[-1]))
             break
     if not objects:  # practically unreachable; a scene always has an object
         objects.append(ObjectSpec("circle", free_colours[0], COLOUR_RGB[free_colours[0]], "solid", "medium", 0.12,
@@ -297,8 +319,8 @@ def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: flo
 
 def scene_at(seed: int, index: int, **kwargs) -> SceneSpec:
     """Sample `index` of the world `seed`: its own generator, so any sample is drawn independently."""
-    seed = _check_int("seed", seed, 0)
-    index = _check_int("index", index, 0)
+    seed = check_int("seed", seed, 0)
+    index = check_int("index", index, 0)
     return sample_scene(np.random.default_rng([seed, index, 0]), **kwargs)
 
 
@@ -451,7 +473,7 @@ def render(scene: SceneSpec, resolution: int, *, antialias: bool = True) -> Rend
         boxes = np.zeros((obj.count, 4), dtype=np.int64)
         for k, (px, py) in enumerate(obj.positions):
             cx, cy = px * n, py * n
-            reach = r * _BOUND + 1.5  # every pixel the instance can touch, anti-aliased edge included
+            reach = r * BOUND + 1.5  # every pixel the instance can touch, anti-aliased edge included
             x0, x1 = max(0, int(cx - reach)), min(n, int(math.ceil(cx + reach)))
             y0, y1 = max(0, int(cy - reach)), min(n, int(math.ceil(cy + reach)))
             xs, ys = np.arange(x0, x1), np.arange(y0, y1)

@@ -1,4 +1,4 @@
-"""Text-to-image prompt following on the procedural world, and ``diffrt eval t2i``.
+"""Text-to-image prompt following on the procedural world (``diffrt eval t2i``).
 
 Each item is a single-object scene drawn by the world's own sampler (`diffrt.data.world.sample_scene`
 with one object; draws with two or three instances are redrawn) and its Full caption, e.g. "a large
@@ -34,30 +34,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .data.world import (BACKGROUNDS, COLOUR_RGB, COLOURS, GLYPHS, SHAPES, SIZES, BackgroundSpec, ObjectSpec,
-                         SceneSpec, caption_full, check_resolution, render, sample_scene, spatial_phrase)
-from .eval import _PALETTE, _check_positive, _closed, _generator, component_labels, threshold_label
+from ..data.world import (BACKGROUNDS, COLOUR_RGB, COLOURS, GLYPHS, SHAPES, SIZES, BackgroundSpec, ObjectSpec,
+                          SceneSpec, caption_full, check_resolution, render, sample_scene, spatial_phrase)
+from ..models.tokenizer import TruncationWarning
+from ..sampling import ddim_sample
+from ..schedules import SamplingSchedule
+from ._shared import OBJECT_PALETTES, check_positive, closing, component_labels, seeded_generator
 
 DEFAULT_ITEMS = 200
 DEFAULT_BENCH_SEED = 1234
 CATEGORIES = ("shape", "glyph")
 CHECKS = ("background", "colour", "position", "colour_position", "shape")
-CHECK_NAMES = {"background": "Background", "colour": "Colour", "position": "Position",
-               "colour_position": "Colour+position", "shape": "Shape"}
 BREAKDOWNS = {"background": BACKGROUNDS, "size": SIZES, "category": CATEGORIES}
-BREAKDOWN_NAMES = {"background": "Background kind", "size": "Size", "category": "Object"}
 # A pixel is foreground when its distance (max over R, G, B; [−1, 1] units) to every colour of the
-# estimated background exceeds this: 15 % of the range. Lower than eval.py's silhouette threshold
+# estimated background exceeds this: 15 % of the range. Lower than EditBench's silhouette threshold
 # (0.4) because at 32 px a glyph's strokes are one or two pixels wide, so most of its pixels are
 # anti-aliased mixes; at 0.4 the ground truth loses 4 % of colours and positions, at 0.3 about 1 %.
 FOREGROUND_THRESHOLD = 0.3
@@ -66,7 +65,6 @@ FOREGROUND_THRESHOLD = 0.3
 PAIR_TOLERANCE = 0.15
 POSITION_MARGIN = 1.0  # pixels (see `position_matches`)
 MAX_PIXELS, MAX_COLOURS = 256, 24  # bound the colour check's cost on a blob the size of the image
-GRID_TILES = 32  # samples in OUT/t2i_samples.png
 _MAX_ATTEMPTS = 200  # a draw has one instance with probability 1/3
 
 
@@ -101,7 +99,7 @@ class T2IItem:
 
 def t2i_item(seed: int, index: int, resolution: int) -> T2IItem:
     """Item ``index`` of the benchmark ``seed`` at ``resolution`` (see the module docstring)."""
-    seed, index = _check_positive("seed", seed, allow_zero=True), _check_positive("index", index, allow_zero=True)
+    seed, index = check_positive("seed", seed, allow_zero=True), check_positive("index", index, allow_zero=True)
     resolution = check_resolution(resolution)
     for attempt in range(_MAX_ATTEMPTS):
         scene = sample_scene(np.random.default_rng([seed, index, attempt]), max_objects=1)
@@ -116,7 +114,7 @@ def t2i_item(seed: int, index: int, resolution: int) -> T2IItem:
 
 def t2i_items(n: int = DEFAULT_ITEMS, *, resolution: int = 32, seed: int = DEFAULT_BENCH_SEED) -> List[T2IItem]:
     """``n`` items, deterministic in (seed, index, resolution)."""
-    n = _check_positive("n", n)
+    n = check_positive("n", n)
     return [t2i_item(seed, i, resolution) for i in range(n)]
 
 
@@ -143,7 +141,6 @@ def _background_entries(kind: str, colour: str) -> np.ndarray:
     else:
         entries = [c]
     return np.stack(entries)
-
 
 _BACKGROUND_PALETTES = {k: {c: torch.from_numpy(_background_entries(k, c) * 2 - 1).float() for c in COLOURS}
                         for k in BACKGROUNDS}
@@ -268,7 +265,7 @@ def object_region(image: torch.Tensor, background: torch.Tensor) -> np.ndarray:
     foreground = (far > FOREGROUND_THRESHOLD).view(image.shape[-2:]).numpy()
     if not foreground.any():
         return foreground
-    labels = component_labels(_closed(foreground))
+    labels = component_labels(closing(foreground))
     values, counts = np.unique(labels[labels > 0], return_counts=True)
     return foreground & (labels == values[counts.argmax()])
 
@@ -286,27 +283,27 @@ def local_background(image: torch.Tensor, region: np.ndarray) -> torch.Tensor:
     """(B, 3): the colours around the object — the ring of pixels two steps out from the region's
     3×3 closing (one step out still holds faint fringe), rounded to 1/16, the MAX_COLOURS most
     common: what the object's anti-aliased fringe is mixed with. Empty when the object fills the image."""
-    core = _dilate(_closed(region))
+    core = _dilate(closing(region))
     around = torch.from_numpy(_dilate(core) & ~core)
     colours, counts = torch.unique(torch.round(image.float()[:, around].T * 16) / 16, dim=0, return_counts=True)
     return colours[torch.argsort(counts, descending=True, stable=True)[:MAX_COLOURS]]
 
 
 def object_colour(image: torch.Tensor, region: np.ndarray, background: torch.Tensor) -> str:
-    """The named colour whose object palette (`diffrt.eval._palette`: base, texture accents, metallic
+    """The named colour whose object palette (`diffrt.eval._shared.OBJECT_PALETTES`: base, texture accents, metallic
     shades and highlights) best explains the region: per pixel, the distance to the nearest mix of a
     palette entry with one of the ``background`` colours (a fringe pixel is such a mix; see
     `local_background`); per colour, the median over the region; the lowest wins —
-    `diffrt.eval.dominant_colour` with a set of background colours in place of a background image."""
+    `diffrt.eval.attributes.dominant_colour` with a set of background colours in place of a background image."""
     pixels = image.float()[:, torch.from_numpy(region)].T  # (P, 3)
     if len(pixels) == 0:
         raise ValueError("region is empty")
     pixels = pixels[:: -(-len(pixels) // MAX_PIXELS)]  # an evenly spread subset: bounded cost, the same median
     background = background.float()
     # segments from every background colour to every palette entry, colour after colour
-    sizes = [len(_PALETTE[c]) * len(background) for c in COLOURS]
-    start = torch.cat([background.repeat(len(_PALETTE[c]), 1) for c in COLOURS])
-    end = torch.cat([_PALETTE[c].repeat_interleave(len(background), dim=0) for c in COLOURS])
+    sizes = [len(OBJECT_PALETTES[c]) * len(background) for c in COLOURS]
+    start = torch.cat([background.repeat(len(OBJECT_PALETTES[c]), 1) for c in COLOURS])
+    end = torch.cat([OBJECT_PALETTES[c].repeat_interleave(len(background), dim=0) for c in COLOURS])
     per_colour = _segment_distances(pixels, start, end - start).split(sizes, dim=1)
     scores = [float(d.amin(dim=1).median()) for d in per_colour]
     return COLOURS[int(np.argmin(scores))]
@@ -441,7 +438,8 @@ def summarize(records: Sequence[Dict[str, Any]], key: str = "checks") -> Dict[st
     return summary
 
 
-# -- what the text encoder passes on --------------------------------------------------------
+# -- what the text encoder passes on -----------------------------------------------------------
+
 
 SENSITIVITY_ATTRIBUTES = ("colour", "position", "shape", "background")
 _CELL_CENTRES = tuple((x, y) for y in (1 / 6, 1 / 2, 5 / 6) for x in (1 / 6, 1 / 2, 5 / 6))
@@ -522,18 +520,11 @@ def run_t2i(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, guidance: fl
     checks on the ground-truth renderings: each metric's ceiling), "records" (per item: prompt,
     labels, predictions and checks), "images" ((N, 3, H, W) samples in [−1, 1]; not JSON)}.
     """
-    from tqdm.auto import tqdm
-
-    from .models.tokenizer import TruncationWarning
-    from .pipelines._common import model_placement
-    from .sampling import ddim_sample
-    from .schedules import SamplingSchedule
-
-    items = _check_positive("items", items)
-    steps = _check_positive("steps", steps)
-    batch_size = _check_positive("batch_size", batch_size)
-    seed = _check_positive("seed", seed, allow_zero=True)
-    bench_seed = _check_positive("bench_seed", bench_seed, allow_zero=True)
+    items = check_positive("items", items)
+    steps = check_positive("steps", steps)
+    batch_size = check_positive("batch_size", batch_size)
+    seed = check_positive("seed", seed, allow_zero=True)
+    bench_seed = check_positive("bench_seed", bench_seed, allow_zero=True)
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
             or guidance < 0:
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
@@ -543,7 +534,8 @@ def run_t2i(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, guidance: fl
     unet = bundle.unet("base")
     side = unet.config.image_size
     schedule = SamplingSchedule.ddim(bundle.noise_schedule("base"), steps, spacing="trailing")
-    device, dtype = model_placement(unet)
+    weight = next(unet.parameters())
+    device, dtype = weight.device, weight.dtype
     tokenizer = bundle.text_encoder.tokenizer
     truncated = 0
 
@@ -558,7 +550,8 @@ def run_t2i(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, guidance: fl
             prompts = [it.prompt for it in batch]
             scenes += [it.scene for it in batch]
             truncated += sum(len(tokenizer.encode(p)) > tokenizer.max_length - 2 for p in prompts)  # <bos>, <eos>
-            noise = torch.stack([torch.randn(3, side, side, generator=_generator(seed, it.index)) for it in batch])
+            noise = torch.stack([torch.randn(3, side, side, generator=seeded_generator(seed, it.index))
+                                 for it in batch])
             cond = _to(bundle.text_to_image_condition("base", prompts), device)
             uncond = _to(bundle.text_to_image_condition("base", [""] * len(batch)), device)
             x = ddim_sample(unet, noise.to(device=device, dtype=dtype), schedule, cond=cond, uncond=uncond,
@@ -582,152 +575,3 @@ def run_t2i(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, guidance: fl
 
 def _to(cond: Dict[str, Any], device) -> Dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-
-
-# -- reports -----------------------------------------------------------------------------------
-
-
-def _fmt(value: Optional[float]) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
-    """The accuracies as markdown tables: overall (model and ground truth), then per background kind,
-    size and object category."""
-    c, s, gt = result["config"], result["summary"], result["ground_truth"]
-    header = ["", *(CHECK_NAMES[k] for k in CHECKS), "items", "shape-checkable"]
-
-    def row(label, cell):
-        return [label, *(_fmt(cell[k]) for k in CHECKS), str(cell["n"]), str(cell["n_shape"])]
-
-    def table(rows):
-        return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-                *("| " + " | ".join(r) + " |" for r in rows)]
-
-    lines = [f"# Text-to-image prompt following — {name}", "",
-             f"{c['items']} single-object prompts (benchmark seed {c['bench_seed']}) at {c['resolution']} px; "
-             f"DDIM ({c['spacing']} spacing), {c['steps']} steps, guidance {c['guidance']}, dynamic thresholding "
-             f"{threshold_label(c)}, sampling seed "
-             f"{c['seed']}.", "",
-             "Background: the border ring's dominant colour is the background's (either colour for stripes and "
-             "paintings). Colour: the object's dominant palette colour is the prompted one. Position: the "
-             "object's box centre is in the prompted 3×3 cell. Colour+position: both. Shape: the best-fitting "
-             "re-rendered shape or glyph is the prompted one, over the shape-checkable items only. Ground "
-             "truth: the same checks on the world's own renderings — each metric's ceiling.", "",
-             "## Overall", "", *table([row(name, s["overall"]), row("ground truth", gt["overall"])])]
-    for key, values in BREAKDOWNS.items():
-        rows = [row(v, s[f"by_{key}"][v]) for v in values if v in s[f"by_{key}"]]
-        lines += ["", f"## By {BREAKDOWN_NAMES[key].lower()}", "", *table(rows)]
-    if "text_sensitivity" in result:
-        sens = result["text_sensitivity"]
-        lines += ["", "## What the text encoder passes on", "",
-                  "Mean cosine distance (1 − cos) between the text encoder's outputs for each prompt and for the "
-                  "same prompt with one attribute changed (`text_sensitivity`): the pooled embedding, which the "
-                  "UNet adds to its time embedding, and the token states averaged over the prompt, a summary of "
-                  "what its cross-attention reads. Near 0: the encoder all but drops the attribute.", "",
-                  "| Changed attribute | Pooled embedding | Token states (mean) |", "|---|---|---|",
-                  *(f"| {a} | {v['pooled']:.4f} | {v['tokens']:.4f} |" for a, v in sens.items())]
-    if c.get("prompts_truncated"):
-        lines += ["", f"Note: {c['prompts_truncated']} of the {c['items']} prompts are longer than the text "
-                      "encoder's context and were truncated."]
-    return "\n".join(lines) + "\n"
-
-
-def _short(record: Dict[str, Any]) -> Tuple[str, str, str]:
-    """The prompt's key words in three lines: 'red letter A', 'top left', 'on blue/white'."""
-    lab = record["labels"]
-    shape = lab["shape"]
-    noun = shape if lab["category"] == "shape" else ("digit " if shape.isdigit() else "letter ") + shape
-    where = lab["position"].split(" ", 2)[-1]
-    return f"{lab['colour']} {noun}", where, f"on {'/'.join(lab['background_colours'])}"
-
-
-def sample_grid(result: Dict[str, Any], count: int = GRID_TILES, columns: int = 8, tile: int = 96):
-    """A PIL image of the first ``count`` samples, each with its prompt's key words below it and a
-    frame: green when colour and position are both right, red otherwise."""
-    from PIL import Image, ImageDraw
-
-    from .images import to_pil
-
-    records, images = result["records"][:count], result["images"][:count]
-    label_h, pad = 36, 4
-    rows = math.ceil(len(records) / columns)
-    sheet = Image.new("RGB", (pad + columns * (tile + pad), pad + rows * (tile + label_h + pad)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k, (record, image) in enumerate(zip(records, to_pil(images))):
-        r, col = divmod(k, columns)
-        x, y = pad + col * (tile + pad), pad + r * (tile + label_h + pad)
-        ok = record["checks"]["colour_position"]
-        draw.rectangle([x - 2, y - 2, x + tile + 1, y + tile + 1], outline=(30, 150, 30) if ok else (200, 30, 30),
-                       width=2)
-        sheet.paste(image.resize((tile, tile), Image.NEAREST), (x, y))
-        for j, text in enumerate(_short(record)):
-            draw.text((x, y + tile + 2 + 11 * j), text[: tile // 6], fill="black")
-    return sheet
-
-
-def write_t2i_report(result: Dict[str, Any], out, name: str = "model") -> List[Path]:
-    """OUT/t2i.json (everything but the images), OUT/t2i.md (`markdown_report`) and OUT/t2i_samples.png
-    (`sample_grid`); returns the paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "t2i.json", out / "t2i.md", out / "t2i_samples.png"]
-    data = {"name": name, **{k: v for k, v in result.items() if k != "images"}}
-    paths[0].write_text(json.dumps(data, indent=1) + "\n")
-    paths[1].write_text(markdown_report(result, name))
-    sample_grid(result).save(paths[2])
-    return paths
-
-
-# -- diffrt eval t2i ---------------------------------------------------------------------------
-
-
-def _t2i_command(args) -> List[Path]:
-    from .commands import CommandError, _bundle
-
-    for flag, value in (("--items", args.items), ("--steps", args.steps), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise CommandError(f"{flag} must be >= 1, got {value}")
-    if args.seed < 0 or args.bench_seed < 0:
-        raise CommandError("--seed and --bench-seed must be >= 0")
-    if not math.isfinite(args.guidance) or args.guidance < 0:
-        raise CommandError(f"--guidance must be a finite number >= 0, got {args.guidance}")
-    bundle = _bundle(args)
-    for part in ("clip", "base"):
-        if not bundle.has(part):
-            hint = "" if args.model else " (the default weights folder; pass --model DIR)"
-            raise CommandError(f"{bundle.directory}{hint} has no '{part}' model, which the t2i evaluation needs")
-    result = run_t2i(bundle, items=args.items, steps=args.steps, guidance=args.guidance,
-                     dynamic_threshold=args.dynamic_threshold, seed=args.seed,
-                     batch_size=args.batch_size, bench_seed=args.bench_seed, progress=not args.quiet)
-    name = Path(args.model).resolve().name if args.model else "default"
-    return write_t2i_report(result, args.out, name)
-
-
-def add_t2i_command(benches) -> None:
-    """Register ``diffrt eval t2i`` on the ``diffrt eval`` subparsers."""
-    from .commands import add_threshold_option
-
-    t = benches.add_parser("t2i", help="text-to-image prompt following: background, colour, position and shape",
-                           description="Sample single-object prompts of the procedural world with the base model "
-                                       "as text-to-image, check background colour, object colour, position and "
-                                       "shape against the ground truth, and write OUT/t2i.json, OUT/t2i.md and "
-                                       "OUT/t2i_samples.png.")
-    t.add_argument("--model", help="model folder (clip/, base/, …); default: the shipped weights")
-    t.add_argument("--items", type=int, default=DEFAULT_ITEMS, help=f"prompts (default {DEFAULT_ITEMS})")
-    t.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-    t.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance weight (default 5)")
-    add_threshold_option(t)
-    t.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    t.add_argument("--bench-seed", type=int, default=DEFAULT_BENCH_SEED,
-                   help=f"seed of the benchmark's prompts (default {DEFAULT_BENCH_SEED})")
-    t.add_argument("--batch-size", type=int, default=25, help="images per batch (default 25)")
-    t.add_argument("--out", default="eval-t2i", help="output folder (default: eval-t2i)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(run=_t2i_command)
-
-
-__all__ = ["CATEGORIES", "CHECKS", "DEFAULT_BENCH_SEED", "DEFAULT_ITEMS", "T2IItem", "add_t2i_command",
-           "background_colours", "border_ring", "box_centre", "check", "estimated_background", "local_background",
-           "markdown_report", "object_colour", "object_region", "position_matches", "predict", "run_t2i",
-           "sample_grid", "shape_scores", "summarize", "t2i_item", "t2i_items", "write_t2i_report"]

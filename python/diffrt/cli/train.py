@@ -1,26 +1,35 @@
-"""The ``diffrt`` command.
+"""Training and packaging models: ``diffrt train`` (a model kind from a TOML config), ``diffrt export``
+(a checkpoint's weights as a model folder) and ``diffrt bundle`` (trained models into one model folder).
 
-    diffrt info                                   what this build contains
     diffrt train KIND --config run.toml [--resume | --resume-from STEP] [--run-dir DIR] [--steps N] [--stop-at N]
     diffrt export KIND --run-dir RUN --out DIR [--step N] [--live]
     diffrt bundle --out DIR --clip RUN/final [--base …] [--sr …] [--prior …] [--decoder …]
-    diffrt generate | inpaint | diffedit | imagic | variations | interpolate  (see --help of each)
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
+import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..bundle import PARTS, pack
+from ..models.serialization import CONFIG_FILE, SavableModel
+from ..train import Checkpointer, CheckpointError, TrainConfig, Trainer
+from ..train.kinds import KINDS, batch_factory, build
 
 try:
     import tomllib
 except ImportError:  # Python < 3.11
     import tomli as tomllib
+
+STOPPED_BY_SIGNAL = 128  # exit status 128 + N: stopped by signal N (143: SIGTERM, 130: Ctrl-C), checkpoint written
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def _read_config(config_file: Path) -> dict:
@@ -35,8 +44,6 @@ def _read_config(config_file: Path) -> dict:
 def _warm_start(kind, folder: Path) -> None:
     """[init] from = a trained model folder (e.g. a shipped part): start from its weights, with a fresh
     optimizer and LR schedule; the architecture in [model] must match the folder's."""
-    from .models.serialization import CONFIG_FILE, SavableModel
-
     model = kind.model
     if not isinstance(model, SavableModel):
         raise ValueError(f"[init] from: {type(model).__name__} models cannot be warm-started")
@@ -44,9 +51,6 @@ def _warm_start(kind, folder: Path) -> None:
     if trained != model.config:
         raise ValueError(f"[init] from: {folder / CONFIG_FILE} describes another architecture than [model]")
     model.load_state_dict(type(model).from_pretrained(folder).state_dict())
-
-
-STOPPED_BY_SIGNAL = 128  # exit status 128 + N: stopped by signal N (143: SIGTERM, 130: Ctrl-C), checkpoint written
 
 
 def _prepare_run_dir(run_dir: Path, source: str) -> None:
@@ -66,19 +70,10 @@ def _resume_hint(checkpointer) -> str:
     return f"; intact checkpoints at steps {steps}: continue from one with --resume-from STEP (e.g. {intact[-1]})"
 
 
-def _train(args) -> int:
+def train(args) -> int:
     """Exit status: 0 trained (or stopped at --stop-at), 2 a clear error (bad config or option, no or
     corrupt checkpoint to resume, no space left: reported by main()), STOPPED_BY_SIGNAL + N after
     signal N's checkpoint."""
-    import errno
-    import signal
-
-    import torch
-    import torch.distributed as dist
-
-    from .train import Checkpointer, CheckpointError, TrainConfig, Trainer
-    from .train.kinds import batch_factory, build
-
     for option, value, least in (("--steps", args.steps, 1), ("--stop-at", args.stop_at, 0),
                                  ("--resume-from", args.resume_from, 0)):
         if value is not None and value < least:
@@ -93,8 +88,7 @@ def _train(args) -> int:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(train_values) - known)
     if unknown:
-        print(f"diffrt train: {config_file}: [train] has unknown keys {unknown}", file=sys.stderr)
-        return 2
+        raise ValueError(f"{config_file}: [train] has unknown keys {unknown}")
     try:
         train_config = TrainConfig(**train_values)
     except (TypeError, ValueError) as e:
@@ -159,12 +153,9 @@ def _train(args) -> int:
         raise
 
 
-def _export(args) -> int:
+def export(args) -> int:
     """A checkpoint's weights (EMA unless --live) as a model folder, like a finished run's final/.
     Only the checkpoint's safetensors are read (never its trainer state)."""
-    from .train.checkpoint import Checkpointer, CheckpointError
-    from .train.kinds import build
-
     if args.step is not None and args.step < 0:
         raise ValueError(f"--step must be >= 0, got {args.step}")
     run_dir = Path(args.run_dir)
@@ -188,106 +179,44 @@ def _export(args) -> int:
     return 0
 
 
-def _bundle(args) -> int:
-    import torch
-
-    from .bundle import PARTS, pack
-
+def pack_bundle(args) -> int:
     parts = {name: getattr(args, name) for name in PARTS if getattr(args, name)}
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    dtype = STORAGE_DTYPES[args.dtype]
     bundle = pack(parts, args.out, dtype=dtype)
     size = sum(f.stat().st_size for f in bundle.directory.rglob("*") if f.is_file())
     print(f"packed {', '.join(parts)} into {bundle.directory} ({size / 2**20:.1f} MiB, {args.dtype} weights)")
     return 0
 
 
-def _info(args) -> int:
-    from .info import main as info_main
-
-    info_main()
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run one command. Bad input (a missing or unreadable file, an invalid value) prints one line,
-    ``diffrt COMMAND: error: …``, and returns 2, as argparse does for bad options; anything else is a
-    bug and raises with its traceback. DIFFRT_DEBUG=1 shows the traceback of bad input too."""
-    from .train.kinds import KINDS
-
-    parser = argparse.ArgumentParser(prog="diffrt", description="diffrt: a compiled diffusion sampling runtime")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="what this build contains").set_defaults(run=_info)
-    train = sub.add_parser("train", help="train a model kind from a TOML config",
-                           epilog="exit status: 0 trained (or stopped at --stop-at); 2 bad config or option, no or "
-                                  "corrupt checkpoint to resume, or no space left; 128+N stopped by signal N after "
-                                  "writing a checkpoint (143: SIGTERM, 130: Ctrl-C) — continue with --resume")
-    train.add_argument("kind", choices=KINDS)
-    train.add_argument("--config", required=True, help="TOML file with [train], [model], [data], [diffusion], [text]")
-    resume = train.add_mutually_exclusive_group()
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a model kind from a TOML config",
+                       epilog="exit status: 0 trained (or stopped at --stop-at); 2 bad config or option, no or "
+                              "corrupt checkpoint to resume, or no space left; 128+N stopped by signal N after "
+                              "writing a checkpoint (143: SIGTERM, 130: Ctrl-C) — continue with --resume")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--config", required=True, help="TOML file with [train], [model], [data], [diffusion], [text]")
+    resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
     resume.add_argument("--resume-from", type=int, metavar="STEP",
                         help="continue from the checkpoint of step STEP (e.g. an earlier intact one when the newest "
                              "is corrupt); checkpoints of later steps are moved to checkpoints/abandoned/")
-    train.add_argument("--run-dir", help="output folder (default: run_dir from the config, or runs/KIND)")
-    train.add_argument("--steps", type=int, help="override [train] steps (the length of the LR schedule)")
-    train.add_argument("--stop-at", type=int, metavar="N",
-                       help="stop (with a checkpoint) after N steps (0 <= N <= [train] steps); --resume continues")
-    train.set_defaults(run=_train)
-    export = sub.add_parser("export", help="a training checkpoint's weights as a model folder")
-    export.add_argument("kind", choices=KINDS)
-    export.add_argument("--run-dir", required=True, help="the training run's folder")
-    export.add_argument("--config", help="the run's TOML config (default: RUN_DIR/config.toml)")
-    export.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
-    export.add_argument("--live", action="store_true", help="the live weights instead of the EMA weights")
-    export.add_argument("--out", required=True, help="the model folder to write")
-    export.set_defaults(run=_export)
-    pack = sub.add_parser("bundle", help="assemble trained models (run/final folders) into a model folder")
-    pack.add_argument("--out", required=True, help="the model folder to write (its parts are replaced)")
-    for name in ("clip", "base", "sr", "prior", "decoder"):
-        pack.add_argument(f"--{name}", metavar="DIR", help=f"the trained {name} (a final/ folder)")
-    pack.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
-                      help="storage type of the weights (default: float16; models load them as float32)")
-    pack.set_defaults(run=_bundle)
-    from .commands import add_commands
-
-    add_commands(sub)
-    from .eval import add_eval_command; add_eval_command(sub)  # diffrt eval editbench
-    args = parser.parse_args(argv)
-    try:
-        result = args.run(args)
-    except Exception as e:
-        if os.environ.get("DIFFRT_DEBUG", "0") not in ("", "0") or not _bad_input(e):
-            raise  # a bug (or DIFFRT_DEBUG=1): the traceback is what is needed
-        print(f"diffrt {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    if isinstance(result, list):  # the image commands return the files they wrote
-        for path in result:
-            print(path)
-        return 0
-    return result
-
-
-def _bad_input(e: Exception) -> bool:
-    """Failures that mean bad input or environment, reported as one line: invalid values and files
-    (ValueError, which includes JSON, TOML and Unicode errors), file system errors (OSError, which
-    includes PIL's unreadable images), damaged safetensors files and images over PIL's size limit.
-    Anything else (TypeError, KeyError, RuntimeError, …) is a bug and keeps its traceback."""
-    from PIL import Image
-    from safetensors import SafetensorError
-
-    from .train.checkpoint import CheckpointError
-
-    return isinstance(e, (ValueError, OSError, SafetensorError, Image.DecompressionBombError, CheckpointError))
-
-
-def _one_line(e: Exception) -> str:
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename:
-        where = Path(e.filename) if Path(e.filename).is_dir() else Path(e.filename).parent
-        return f"no space left in {where} ({e.strerror})"
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        return f"{e.filename}: {e.strerror}"
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    p.add_argument("--run-dir", help="output folder (default: run_dir from the config, or runs/KIND)")
+    p.add_argument("--steps", type=int, help="override [train] steps (the length of the LR schedule)")
+    p.add_argument("--stop-at", type=int, metavar="N",
+                   help="stop (with a checkpoint) after N steps (0 <= N <= [train] steps); --resume continues")
+    p.set_defaults(run=train)
+    p = sub.add_parser("export", help="a training checkpoint's weights as a model folder")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--run-dir", required=True, help="the training run's folder")
+    p.add_argument("--config", help="the run's TOML config (default: RUN_DIR/config.toml)")
+    p.add_argument("--step", type=int, help="the checkpoint's step (default: the newest)")
+    p.add_argument("--live", action="store_true", help="the live weights instead of the EMA weights")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.set_defaults(run=export)
+    p = sub.add_parser("bundle", help="assemble trained models (run/final folders) into a model folder")
+    p.add_argument("--out", required=True, help="the model folder to write (its parts are replaced)")
+    for name in PARTS:
+        p.add_argument(f"--{name}", metavar="DIR", help=f"the trained {name} (a final/ folder)")
+    p.add_argument("--dtype", choices=tuple(STORAGE_DTYPES), default="float16",
+                   help="storage type of the weights (default: float16; models load them as float32)")
+    p.set_defaults(run=pack_bundle)

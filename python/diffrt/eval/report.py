@@ -19,8 +19,12 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
-from .eval import BREAKDOWNS, MASK_SIZES, METRICS, PROMPT_NAMES, PROMPT_TYPES, EditBenchResult, threshold_label
+from ..images import to_pil
+from ._shared import threshold_label
+from .design import BREAKDOWNS, MASK_SIZES, PROMPT_NAMES, PROMPT_TYPES
+from .metrics import METRICS, EditBenchResult
 
 METRIC_NAMES = {
     "clip_score": "CLIPScore",
@@ -115,10 +119,6 @@ def _bar_chart(result: EditBenchResult, key: str, path: Path) -> Path:
 def example_grid(result: EditBenchResult, tile: int = 96):
     """A PIL image: one row per example item — masked input, ground truth, the Mask-Simple,
     Mask-Rich and Full edits, and DiffEdit's mask (Mask-Rich prompts) in red over the input."""
-    from PIL import Image, ImageDraw
-
-    from .images import to_pil
-
     columns = ["input + mask", "ground truth", *(PROMPT_NAMES[p] for p in PROMPT_TYPES), "DiffEdit mask"]
     label_h, pad = 14, 4
     rows = []

@@ -1,0 +1,86 @@
+"""``diffrt demo``: every pipeline on one model folder — cascade generation and inpainting, DiffEdit
+with its mask drawn over the input, an Imagic η sweep, unCLIP generation / variations /
+interpolation / a text diff — as single PNGs plus a labelled contact sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+from ..data import ProceduralDataset
+from ..images import contact_sheet
+from ..pipelines import DiffEditPipeline, ImagicPipeline
+from .files import write_images
+from .generate import cascade_pipeline, prepare, seed_generator, text_to_image_model, unclip_pipeline
+from .options import add_sampling_options, add_threshold_option, int_at_least
+
+PROMPT = "a large red solid circle in the middle on a plain blue background"  # the world's Full-caption wording
+
+
+def demo(args) -> List[Path]:
+    bundle, out = prepare(args)
+    quiet = args.quiet
+    base = bundle.unet("base")
+    last = bundle.unet("sr") if bundle.has("sr") else base
+    side = last.config.cond_image_size or last.config.image_size
+    sample = ProceduralDataset(max(32, side), length=1, seed=args.seed)[0]
+    scene = F.interpolate(sample["image"][None], size=(side, side), mode="area")
+    mask = (F.interpolate(sample["mask"][None], size=(side, side), mode="area") > 0).float()
+    rows = []  # (label, images)
+
+    def stage(label, images):
+        rows.append((label, images.float().clamp(-1, 1)))
+        return write_images(images, out, label.split(":")[0].replace(" ", "_"))
+
+    written: List[Path] = []
+    cascade = cascade_pipeline(bundle, args)
+    g = seed_generator(args)
+    threshold = args.dynamic_threshold
+    written += stage("generate: " + PROMPT, cascade(PROMPT, num_images_per_prompt=3, composite=False, generator=g,
+                                                    guidance=args.guidance, dynamic_threshold=threshold,
+                                                    output_type="pt", progress=not quiet).images)
+    written += stage("inpaint: a yellow star", cascade("a yellow star", scene, mask, generator=g, guidance=args.guidance,
+                                                       dynamic_threshold=threshold,
+                                                       output_type="pt", progress=not quiet).images)
+    model, encode = text_to_image_model(bundle)
+    small = F.interpolate(scene, size=(base.config.image_size,) * 2, mode="area")
+    edit = DiffEditPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
+    source = sample["captions"]["simple"]
+    edited = edit(small, source, "a blue square", generator=g, output_type="pt", progress=not quiet)
+    overlay = small.clone()
+    overlay[:, :1] = torch.where(edited.mask.bool(), torch.ones_like(overlay[:, :1]), overlay[:, :1])
+    written += stage(f"diffedit: {source} -> a blue square (input, mask, edit)",
+                     torch.cat([small, overlay, edited.images]))
+    imagic = ImagicPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
+    imagic.fit(small, "a green " + source.split()[-1], embedding_steps=args.embedding_steps,
+               finetune_steps=args.finetune_steps, generator=seed_generator(args), progress=not quiet)
+    written += stage("imagic: eta 0, 0.5, 1", imagic([0.0, 0.5, 1.0], generator=g, output_type="pt",
+                                                      progress=not quiet).images)
+    if bundle.has("prior") and bundle.has("decoder"):
+        unclip = unclip_pipeline(bundle, args)
+        generated = unclip(PROMPT, num_images_per_prompt=2, generator=g, output_type="pt", progress=not quiet)
+        written += stage("unclip: " + PROMPT, generated.images)
+        clip_in = F.interpolate(scene, size=(bundle.clip.config.image_size,) * 2, mode="area")
+        written += stage("variations", unclip.variations(clip_in, num_variations=3, generator=g, output_type="pt",
+                                                         progress=not quiet).images)
+        za, zb = generated.image_embeds[:1], bundle.clip.encode_image(clip_in)
+        written += stage("interpolate", unclip.interpolate(za, zb, (0.0, 0.5, 1.0), generator=g, output_type="pt",
+                                                           progress=not quiet).images)
+        written += stage(f"text diff: {source} -> a blue square",
+                         unclip.text_diff(clip_in, source, "a blue square", (0.0, 0.3, 0.6), generator=g,
+                                          output_type="pt", progress=not quiet).images)
+    sheet_path = out / "contact_sheet.png"
+    contact_sheet(rows).save(sheet_path)
+    return written + [sheet_path]
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("demo", help="every pipeline on the default (or given) models; PNGs and a contact sheet")
+    p.add_argument("--embedding-steps", type=int_at_least(0), default=50)
+    p.add_argument("--finetune-steps", type=int_at_least(0), default=100)
+    add_sampling_options(p, steps=25, out="diffrt-demo")
+    add_threshold_option(p)
+    p.set_defaults(run=demo)
