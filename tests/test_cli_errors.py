@@ -402,7 +402,7 @@ def test_imagic_refuses_bad_etas(imagic, etas, words):
 
 
 def test_imagic_takes_one_eta_as_a_number(imagic):
-    assert imagic(0.5, guidance_scale=None, output_type="pt", progress=False).etas == [0.5]
+    assert imagic(0.5, guidance=None, output_type="pt", progress=False).etas == [0.5]
 
 
 @pytest.mark.parametrize("kwargs, words", [

@@ -47,7 +47,7 @@ def cascade_pipeline(bundle, args) -> ImagenEditorPipeline:
     return ImagenEditorPipeline(bundle.unet("base"), bundle.noise_schedule("base"), bundle.text_encoder,
                                 super_resolution=sr, sr_noise_schedule=bundle.noise_schedule("sr") if sr else None,
                                 num_steps=checked_steps(args, bundle.noise_schedule("base")),
-                                sr_num_steps=max(1, args.steps // 2))
+                                sr_steps=max(1, args.steps // 2))
 
 
 def generate(args) -> List[Path]:
@@ -90,7 +90,7 @@ def diffedit(args) -> List[Path]:
     pipe = DiffEditPipeline(model, bundle.noise_schedule("base"), encode,
                             num_steps=checked_steps(args, bundle.noise_schedule("base")))
     image = from_pil(picture, size=model.config.image_size)
-    result = pipe(image, source, target, strength=args.strength, guidance_scale=args.guidance,
+    result = pipe(image, source, target, strength=args.strength, guidance=args.guidance,
                   generator=seed_generator(args), output_type="pt", progress=not args.quiet)
     overlay = image.clone()
     overlay[:, 0:1] = torch.where(result.mask.bool(), torch.ones_like(overlay[:, :1]), overlay[:, :1])  # mask in red
@@ -107,7 +107,7 @@ def imagic(args) -> List[Path]:
     image = from_pil(picture, size=model.config.image_size)
     pipe.fit(image, target, embedding_steps=args.embedding_steps, finetune_steps=args.finetune_steps,
              generator=seed_generator(args), progress=not args.quiet)
-    result = pipe(args.eta, guidance_scale=args.guidance, generator=seed_generator(args), output_type="pt",
+    result = pipe(args.eta, guidance=args.guidance, generator=seed_generator(args), output_type="pt",
                   progress=not args.quiet)
     return write_images(result.images, out, "imagic")
 

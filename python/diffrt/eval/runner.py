@@ -99,7 +99,7 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
     sr = bundle.unet("sr") if use_sr else None
     pipe = ImagenEditorPipeline(unet, noise_schedule, text_encoder, super_resolution=sr,
                                 sr_noise_schedule=bundle.noise_schedule("sr") if use_sr else None,
-                                num_steps=steps, sr_num_steps=max(1, steps // 2))
+                                num_steps=steps, sr_steps=max(1, steps // 2))
     last = sr or unet
     in_side = last.config.cond_image_size or last.config.image_size
     out_side = last.config.image_size
