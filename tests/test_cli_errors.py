@@ -119,7 +119,7 @@ def no_model_loading(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("a model folder was opened before --out was checked")
 
-    monkeypatch.setattr("diffrt.bundle.load", refuse)
+    monkeypatch.setattr("diffrt.models.bundle.load", refuse)
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

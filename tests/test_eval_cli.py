@@ -9,7 +9,7 @@ import torch
 
 from diffrt import eval as ev
 from diffrt.eval import report as eval_report
-from diffrt.bundle import Bundle
+from diffrt.models.bundle import Bundle
 from diffrt.cli import main
 
 from .test_cli_train import write_config  # the tiny model configs of the CLI tests

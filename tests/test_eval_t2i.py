@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from diffrt.eval import t2i as et
-from diffrt.bundle import DEFAULT_DIRECTORY, Bundle
+from diffrt.models.bundle import DEFAULT_DIRECTORY, Bundle
 from diffrt.cli import main
 from diffrt.data.world import COLOUR_RGB, COLOURS, SceneSpec, caption_full, render, spatial_phrase
 

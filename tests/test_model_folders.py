@@ -206,7 +206,7 @@ def test_bad_tokenizer_vocabularies_name_the_file(tmp_path, content, words):
     (b'{"zero_terminal_snr": "false"}', "zero_terminal_snr must be true or false"),
 ])
 def test_bad_noise_schedules_name_the_file(tmp_path, content, words):
-    from diffrt.bundle import DIFFUSION_FILE, Bundle
+    from diffrt.models.bundle import DIFFUSION_FILE, Bundle
 
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / DIFFUSION_FILE).write_bytes(content)

@@ -125,3 +125,78 @@ def test_objects_union_and_validation():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="object_loss_weight"):
             UNetObjective(noise, None, prediction_type="sample", object_loss_weight=bad)
+
+
+def editor_unet(cond_image_size=0):
+    torch.manual_seed(0)
+    return UNet(UNetConfig(image_size=8, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                           attention_resolutions=(4,), head_dim=16, context_dim=32, cond_image=True,
+                           cond_image_size=cond_image_size, cond_channels=8)).eval()
+
+
+@pytest.mark.parametrize("cond_image_size", [8, 16])
+def test_training_and_the_pipeline_build_the_same_image_condition(cond_image_size):
+    """UNetObjective and ImagenEditorPipeline condition a UNet on the same image + mask through the
+    model's own inpainting_condition (a 16×16 input area-resized to an 8×8 conditioning side), and
+    a fully-masked training sample is the pipeline's text-to-image condition."""
+    from diffrt.pipelines import ImagenEditorPipeline
+
+    model = editor_unet(cond_image_size)
+    noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
+    objective = UNetObjective(noise, None, prediction_type="epsilon")
+    pipe = ImagenEditorPipeline(model, noise, lambda prompts: {}, num_steps=2)
+    data = batch(size=16, seed=4)
+    trained = objective.conditions(model, data, torch.Generator().manual_seed(0))
+    sampled = pipe._stage_inputs(model, data["image"], data["mask"])  # as a cascade's base stage sees them
+    assert trained.keys() == sampled.keys() == {"image", "mask"}
+    assert trained["image"].shape[-1] == cond_image_size
+    assert torch.equal(trained["image"], sampled["image"]) and torch.equal(trained["mask"], sampled["mask"])
+
+    full = {**data, "mask": torch.ones_like(data["mask"])}
+    trained = objective.conditions(model, full, torch.Generator().manual_seed(0))
+    sampled = pipe._stage_inputs(model, *pipe._inputs(None, None, 4))
+    expected = model.full_mask_condition(4)
+    for k in ("image", "mask"):
+        assert torch.equal(trained[k], expected[k]) and torch.equal(sampled[k], expected[k]), k
+
+
+class RecordingPrior(DiffusionPrior):
+    """Records what ``condition`` turns text into and what ``forward`` receives."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.conditions, self.inputs = [], []
+
+    def condition(self, text):
+        out = super().condition(text)
+        self.conditions.append(out)
+        return out
+
+    def forward(self, z_t, t, cond):
+        self.inputs.append(cond)
+        return super().forward(z_t, t, cond)
+
+
+def test_training_and_the_pipeline_condition_the_prior_alike(parts):
+    """PriorObjective and UnCLIPPipeline both turn the text encoder's output into the prior's input
+    through DiffusionPrior.condition."""
+    from diffrt.pipelines import UnCLIPPipeline
+
+    tok, clip, text = parts
+    prior = RecordingPrior(PriorConfig(embed_dim=16, text_width=32, max_length=8, width=32, layers=1, heads=4))
+    noise = NoiseSchedule.make("squaredcos_cap_v2")
+    PriorObjective(noise, text, clip.encode_image, caption_dropout=0.0)(prior, batch(), torch.Generator())
+    expected = DiffusionPrior.condition(text(PROMPTS))
+    assert expected.keys() == {"text_tokens", "text_mask", "text_embed"}
+    assert torch.equal(expected["text_tokens"], text(PROMPTS)["context"])
+    assert prior.inputs[-1].keys() == expected.keys()
+    assert all(torch.equal(prior.inputs[-1][k], expected[k]) for k in expected)
+
+    decoder = UNet(UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_resolutions=(8,), head_dim=16, context_dim=32, image_embed_dim=16))
+    pipe = UnCLIPPipeline(prior, decoder, text, clip.encode_image, noise_schedule=noise, num_steps=2, prior_steps=2)
+    prior.conditions.clear()
+    pipe.sample_image_embeds(PROMPTS[:2], candidates=1, generator=torch.Generator().manual_seed(0), progress=False)
+    assert len(prior.conditions) == 2  # the caption's and the empty caption's
+    expected = DiffusionPrior.condition(text(PROMPTS[:2]))
+    assert all(torch.equal(prior.conditions[0][k], expected[k]) for k in expected)

@@ -2,10 +2,14 @@
 linspace/trailing stepping to the next timestep of their own sequence."""
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from tests._helpers import assert_close_to_ref
 
 from diffrt.schedules import NoiseSchedule, SamplingSchedule, make_betas, rescale_zero_terminal_snr
 
@@ -154,3 +158,70 @@ def test_sampling_schedule_validates_its_settings():
         SamplingSchedule(ts, a, (0.5, 1.0), dynamic_threshold_max=2.0)
     with pytest.raises(ValueError, match="length"):
         SamplingSchedule(ts, a, (1.0,))
+
+
+def test_from_config_reads_every_schedule_key_with_ddpm_defaults():
+    """A diffusion table's schedule: DDPM's linear 1e-4 … 0.02 over 1000 steps where it names no value
+    (what the shipped models were trained with); num_train_timesteps is read, not assumed."""
+    torch.testing.assert_close(NoiseSchedule.from_config({}).alphas_cumprod,
+                               NoiseSchedule.make("linear", 1000, beta_start=1e-4, beta_end=0.02).alphas_cumprod,
+                               rtol=0, atol=0)
+    table = {"beta_schedule": "scaled_linear", "num_train_timesteps": 500, "beta_start": 0.001, "beta_end": 0.015,
+             "zero_terminal_snr": True, "prediction_type": "v_prediction", "caption_dropout": 0.2}
+    ours = NoiseSchedule.from_config(table)
+    assert ours.num_train_timesteps == 500
+    expected = NoiseSchedule.make("scaled_linear", 500, beta_start=0.001, beta_end=0.015, zero_terminal_snr=True)
+    torch.testing.assert_close(ours.alphas_cumprod, expected.alphas_cumprod, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("table, words", [
+    ({"beta_schedul": "linear"}, "unknown diffusion key(s) ['beta_schedul']"),
+    ({"num_train_timesteps": 500.0}, "num_train_timesteps must be an integer"),
+    ({"num_train_timesteps": True}, "num_train_timesteps must be an integer"),
+    ({"num_train_timesteps": 0}, "num_train_timesteps must be >= 1"),
+    ({"beta_end": "0.02"}, "beta_end must be a number"),
+    ({"zero_terminal_snr": 1}, "zero_terminal_snr must be true or false"),
+    ({"beta_schedule": "cubic"}, "beta schedule must be one of"),
+])
+def test_from_config_rejects_bad_tables(table, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        NoiseSchedule.from_config(table)
+
+
+def test_shipped_models_load_the_schedule_they_were_trained_with():
+    """Each shipped part's diffusion.json and each training config's [diffusion] give the schedule the
+    training used: linear 1e-4 … 0.02 over 1000 steps with zero terminal SNR (UNets), cosine (prior)."""
+    import json
+    import tomllib
+
+    from diffrt.models.bundle import DEFAULT_DIRECTORY, DIFFUSION_FILE
+
+    trained = {"linear": NoiseSchedule.make("linear", 1000, beta_start=1e-4, beta_end=0.02, zero_terminal_snr=True),
+               "squaredcos_cap_v2": NoiseSchedule.make("squaredcos_cap_v2", 1000)}
+    tables = [json.loads(f.read_text()) for f in DEFAULT_DIRECTORY.glob(f"*/{DIFFUSION_FILE}")]
+    tables += [tomllib.loads(f.read_text())["diffusion"] for f in (Path(__file__).resolve().parents[1] / "python" / "shipped-models" / "configs").glob("*.toml")
+               if f.stem != "clip"]
+    assert len(tables) == 4 + 16
+    for table in tables:
+        torch.testing.assert_close(NoiseSchedule.from_config(table).alphas_cumprod,
+                                   trained[table["beta_schedule"]].alphas_cumprod, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_target_of_each_prediction_type(prediction_type):
+    """ε, x0, or v = √ᾱ·ε − √(1−ᾱ)·x0: against float64 from the schedule's ᾱ, in float32."""
+    noise = NoiseSchedule.make("linear", 1000, beta_start=1e-4, beta_end=0.02)
+    g = torch.Generator().manual_seed(11)
+    x0, eps = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    t = torch.tensor([0, 517, 999])
+    a = noise.alphas_cumprod[t].view(-1, 1, 1, 1)
+    ref = {"epsilon": eps.double(), "sample": x0.double(),
+           "v_prediction": a.sqrt() * eps.double() - (1 - a).sqrt() * x0.double()}[prediction_type]
+    out = noise.target(prediction_type, x0, eps, t)
+    assert out.dtype == torch.float32
+    assert_close_to_ref(out, ref, dtype=torch.float32, scale=max(x0.abs().max().item(), eps.abs().max().item()))
+
+
+def test_target_rejects_an_unknown_prediction_type():
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        NoiseSchedule.make().target("score", torch.zeros(1), torch.zeros(1), torch.tensor([0]))

@@ -4,7 +4,7 @@ budget, `diffrt demo` runs on it with no --model, and its CLIP tells matching ca
 import pytest
 import torch
 
-from diffrt import bundle as bundles
+from diffrt.models import bundle as bundles
 from diffrt.cli import main
 from diffrt.data import FullMasking, ProceduralDataset
 

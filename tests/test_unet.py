@@ -37,7 +37,7 @@ def make_cond(cfg, b, g):
     if cfg.image_embed_dim:
         cond["image_embed"] = torch.randn(b, cfg.image_embed_dim, generator=g)
     if cfg.cond_image:
-        side = cfg.cond_image_size or cfg.image_size
+        side = cfg.cond_side
         cond["image"] = torch.rand(b, 3, side, side, generator=g) * 2 - 1
         cond["mask"] = (torch.rand(b, 1, side, side, generator=g) > 0.5).float()
     return cond
@@ -172,3 +172,52 @@ def test_patched_unet_takes_every_conditioning(cond_image_size):
 def test_bad_patch_sizes_are_rejected(patch_size, match):
     with pytest.raises(ValueError, match=match):
         UNetConfig(**BASE, patch_size=patch_size)
+
+
+def test_a_middle_block_whose_width_is_not_a_multiple_of_head_dim_is_rejected():
+    """The middle block always attends: a width that head_dim does not divide used to drop its
+    attention silently (a different architecture from the one configured)."""
+    with pytest.raises(ValueError, match=r"middle block width 48 .* not a multiple of head_dim 32"):
+        UNetConfig(**{**BASE, "base_channels": 24, "channel_mult": (1, 2), "attention_resolutions": (), "head_dim": 32})
+    UNet(UNetConfig(**{**BASE, "base_channels": 32, "channel_mult": (1, 2), "attention_resolutions": (),
+                       "head_dim": 32}))  # 64 wide: two heads
+
+
+def test_blocks_keep_their_weight_names():
+    """Weight files name the blocks as the UNet always has: down.i.0 (ResBlock) / down.i.1 (attention),
+    down.i.weight (downsample), mid.0-2, up.i.0 / up.i.1, up.i.1.weight (upsample conv)."""
+    keys = set(UNet(UNetConfig(**BASE)).state_dict())
+    for key in ("down.0.0.conv1.weight", "down.1.weight", "down.2.0.conv1.weight", "down.2.1.qkv.weight",
+                "mid.0.conv1.weight", "mid.1.qkv.weight", "mid.2.conv2.weight", "up.0.0.conv1.weight",
+                "up.0.1.qkv.weight", "up.2.1.weight", "up.3.0.conv1.weight"):
+        assert key in keys, key
+    assert not any(k.startswith(("down.0.1.", "up.3.1.")) for k in keys)  # no attention at 16×16
+
+
+def test_full_mask_condition():
+    plain = UNet(UNetConfig(**BASE))
+    assert plain.full_mask_condition(2) == {}
+    editor = UNet(UNetConfig(**BASE, cond_image=True, cond_image_size=32, cond_channels=8))
+    assert editor.config.cond_side == 32 and UNetConfig(**BASE, cond_image=True, cond_channels=8).cond_side == 16
+    full = editor.full_mask_condition(3, dtype=torch.float64)
+    assert full["image"].shape == (3, 3, 32, 32) and full["mask"].shape == (3, 1, 32, 32)
+    assert full["image"].dtype == full["mask"].dtype == torch.float64
+    assert not full["image"].any() and full["mask"].eq(1).all()
+
+
+def test_inpainting_condition_resizes_to_the_conditioning_side():
+    editor = UNet(UNetConfig(**BASE, cond_image=True, cond_channels=8))  # cond_side 16
+    g = torch.Generator().manual_seed(8)
+    image = torch.rand(2, 3, 32, 32, generator=g, dtype=torch.float64) * 2 - 1
+    mask = torch.zeros(2, 1, 32, 32, dtype=torch.float64)
+    mask[:, :, 5, 9] = 1  # one pixel: its 2×2 block is repainted at 16×16
+    cond = editor.inpainting_condition(image, mask)
+    small_mask = torch.zeros(2, 1, 16, 16, dtype=torch.float64)
+    small_mask[:, :, 2, 4] = 1
+    small_image = image.view(2, 3, 16, 2, 16, 2).mean(dim=(3, 5))  # area resize: 2×2 means
+    torch.testing.assert_close(cond["mask"], small_mask, rtol=0, atol=0)
+    torch.testing.assert_close(cond["image"], small_image * (1 - small_mask), rtol=0, atol=1e-15)
+    same = editor.inpainting_condition(image[..., :16, :16], mask[..., :16, :16])
+    assert torch.equal(same["image"], image[..., :16, :16] * (1 - mask[..., :16, :16]))
+    with pytest.raises(ValueError, match="no image condition"):
+        UNet(UNetConfig(**BASE)).inpainting_condition(image, mask)

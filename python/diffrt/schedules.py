@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, replace
-from typing import Iterator, List, Optional, Tuple
+from types import MappingProxyType
+from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,6 +23,18 @@ from .ops import PREDICTION_TYPES
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
 TAIL_ROUNDINGS = ("ceil", "floor")
+
+# A diffusion table (a model folder's diffusion.json, a training config's [diffusion]) names the noise
+# schedule with these keys; one it leaves out takes its default here: DDPM's linear β from 1e-4 to 0.02
+# over 1000 steps (Ho et al. 2020), what the shipped models, whose tables name only beta_schedule and
+# zero_terminal_snr, were trained with.
+NOISE_SCHEDULE_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "beta_schedule": "linear", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+    "zero_terminal_snr": False,
+})
+# The table's other keys: how the model was trained (diffrt.train.kinds reads them), kept in a model
+# folder's diffusion.json as its record. NoiseSchedule.from_config allows them and reads none.
+TRAINING_KEYS = ("prediction_type", "caption_dropout", "object_loss_weight", "sr_factor", "max_noise_level")
 
 
 def make_betas(kind: str, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
@@ -72,10 +85,35 @@ class NoiseSchedule:
     @classmethod
     def make(cls, kind: str = "scaled_linear", num_train_timesteps: int = 1000, *, beta_start: float = 0.00085,
              beta_end: float = 0.012, zero_terminal_snr: bool = False) -> "NoiseSchedule":
+        """A schedule built in code; the defaults are Stable Diffusion's. A model's own schedule is
+        read from its diffusion table by :meth:`from_config`, whose defaults are DDPM's."""
         betas = make_betas(kind, num_train_timesteps, beta_start, beta_end)
         if zero_terminal_snr:
             betas = rescale_zero_terminal_snr(betas)
         return cls(torch.cumprod(1 - betas, 0))
+
+    @classmethod
+    def from_config(cls, diffusion: Mapping[str, Any]) -> "NoiseSchedule":
+        """The noise schedule of a diffusion table (a model folder's diffusion.json, a training
+        config's [diffusion]): the keys of :data:`NOISE_SCHEDULE_DEFAULTS`, each defaulting there.
+        The training keys (:data:`TRAINING_KEYS`) are allowed and not read; any other key raises."""
+        if not isinstance(diffusion, Mapping):
+            raise ValueError(f"a diffusion table must be a mapping of keys to values, got {type(diffusion).__name__}")
+        unknown = sorted(set(diffusion) - set(NOISE_SCHEDULE_DEFAULTS) - set(TRAINING_KEYS))
+        if unknown:
+            raise ValueError(f"unknown diffusion key(s) {unknown}: the noise schedule reads "
+                             f"{list(NOISE_SCHEDULE_DEFAULTS)}, training {list(TRAINING_KEYS)}")
+        v = {**NOISE_SCHEDULE_DEFAULTS, **{k: diffusion[k] for k in NOISE_SCHEDULE_DEFAULTS if k in diffusion}}
+        if not isinstance(v["zero_terminal_snr"], bool):
+            raise ValueError(f"zero_terminal_snr must be true or false, got {v['zero_terminal_snr']!r}")
+        steps = v["num_train_timesteps"]
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"num_train_timesteps must be an integer, got {steps!r}")
+        for name in ("beta_start", "beta_end"):
+            if isinstance(v[name], bool) or not isinstance(v[name], numbers.Real):
+                raise ValueError(f"{name} must be a number, got {v[name]!r}")
+        return cls.make(v["beta_schedule"], steps, beta_start=float(v["beta_start"]), beta_end=float(v["beta_end"]),
+                        zero_terminal_snr=v["zero_terminal_snr"])
 
     @property
     def num_train_timesteps(self) -> int:
@@ -90,6 +128,17 @@ class NoiseSchedule:
         """The v-prediction target v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (Salimans & Ho 2022)."""
         a = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
         return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def target(self, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What a model predicting ``prediction_type`` regresses on at x_t = add_noise(x0, noise, t):
+        ε (epsilon), x_0 (sample) or v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (v_prediction)."""
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "sample":
+            return x0
+        if prediction_type == "v_prediction":
+            return self.velocity(x0, noise, t)
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
     def timesteps(self, num_steps: int, spacing: str = "leading", steps_offset: int = 0) -> List[int]:
         """The descending timestep sequence of a sampler with ``num_steps`` steps.

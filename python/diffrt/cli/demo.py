@@ -25,7 +25,7 @@ def demo(args) -> List[Path]:
     quiet = args.quiet
     base = bundle.unet("base")
     last = bundle.unet("sr") if bundle.has("sr") else base
-    side = last.config.cond_image_size or last.config.image_size
+    side = last.config.cond_side
     sample = ProceduralDataset(max(32, side), length=1, seed=args.seed)[0]
     scene = F.interpolate(sample["image"][None], size=(side, side), mode="area")
     mask = (F.interpolate(sample["mask"][None], size=(side, side), mode="area") > 0).float()

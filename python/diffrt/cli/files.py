@@ -10,7 +10,7 @@ from typing import List, Optional
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .. import bundle as bundles
+from ..models import bundle as bundles
 from ..images import to_8bit, to_pil
 from .errors import CommandError
 

@@ -66,7 +66,7 @@ def inpaint(args) -> List[Path]:
     image, mask = read_image(args.image), read_image(args.mask, mode="L")
     pipe = cascade_pipeline(bundle, args)
     last = bundle.unet("sr") if bundle.has("sr") else bundle.unet("base")
-    side = last.config.cond_image_size or last.config.image_size
+    side = last.config.cond_side
     if image.size != (side, side):
         print(f"diffrt inpaint: resizing {args.image} from {image.size[0]}×{image.size[1]} to {side}×{side}")
     if mask.size != image.size:

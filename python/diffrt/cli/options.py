@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Any
 
-from ..bundle import PARTS
+from ..models.bundle import PARTS
 
 DEFAULT_OUT = "diffrt-out"
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any unsigned 64-bit seed

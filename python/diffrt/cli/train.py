@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..bundle import PARTS, pack
+from ..models.bundle import PARTS, pack
 from ..models.serialization import CONFIG_FILE, SavableModel
 from ..train import Checkpointer, CheckpointError, TrainConfig, Trainer
 from ..train.kinds import KINDS, batch_factory, build

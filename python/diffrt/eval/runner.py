@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..bundle import Bundle, noise_schedule_from
 from ..data.world import check_resolution
 from ..models.tokenizer import TruncationWarning
+from ..models.bundle import Bundle
 from ..models.unet import UNet
 from ..pipelines import DiffEditPipeline, ImagenEditorPipeline
+from ..schedules import NoiseSchedule
 from ._shared import check_positive, seeded_generator
 from .attributes import SILHOUETTE_THRESHOLD, attribute_checks
 from .design import (ATTRIBUTES, DEFAULT_ITEMS, DEFAULT_SEED, LARGE_FROM, MASK_SIZES, PROMPT_TYPES, SMALL_BELOW,
@@ -30,12 +31,7 @@ def _text_to_image_encoder(unet, text_encoder) -> Callable[[List[str]], dict]:
     """The text condition of an image-conditioned UNet used as text-to-image (whole image masked),
     as DiffEdit needs it (the same as `Bundle.text_to_image_condition`, for any UNet)."""
     def encode(prompts):
-        cond = text_encoder(list(prompts))
-        if unet.config.cond_image:
-            side = unet.config.cond_image_size or unet.config.image_size
-            b = len(prompts)
-            cond.update(image=torch.zeros(b, 3, side, side), mask=torch.ones(b, 1, side, side))
-        return cond
+        return {**text_encoder(list(prompts)), **unet.full_mask_condition(len(prompts))}
     return encode
 
 
@@ -75,7 +71,7 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
                   progress: bool = True) -> EditBenchResult:
     """Run the benchmark: inpaint every item with each prompt type and score the results.
 
-    ``bundle`` (a :class:`diffrt.bundle.Bundle`) gives the evaluator — CLIP for CLIPScore and
+    ``bundle`` (a :class:`diffrt.models.bundle.Bundle`) gives the evaluator — CLIP for CLIPScore and
     CLIP-R-Precision — and, unless overridden, the model: its base UNet (``unet``), noise schedule
     and text encoder. The base model inpaints at its own resolution (``use_sr`` runs the cascade's
     super-resolution stage too); the raw output is scored, not a composite, so that background
@@ -91,7 +87,7 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
         unet = bundle.unet("base")
         noise_schedule = noise_schedule or bundle.noise_schedule("base")
     if noise_schedule is None:
-        raise ValueError("a UNet given without its noise_schedule (diffrt.bundle.noise_schedule_from(diffusion.json))")
+        raise ValueError("a UNet given without its noise_schedule (NoiseSchedule.from_config(diffusion.json))")
     if not getattr(getattr(unet, "config", None), "cond_image", False):
         raise ValueError("EditBench needs an inpainting UNet (cond_image = true), such as a bundle's base model")
     text_encoder = text_encoder or bundle.text_encoder
@@ -101,7 +97,7 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
                                 sr_noise_schedule=bundle.noise_schedule("sr") if use_sr else None,
                                 num_steps=steps, sr_steps=max(1, steps // 2))
     last = sr or unet
-    in_side = last.config.cond_image_size or last.config.image_size
+    in_side = last.config.cond_side
     out_side = last.config.image_size
     resolution = check_resolution(resolution if resolution is not None else out_side)
     if items is None:
@@ -190,7 +186,7 @@ def _load_model(spec, bundle):
             if not diffusion.is_file():
                 raise FileNotFoundError(f"{path}: neither a model bundle (no base/) nor a UNet folder "
                                         "(no diffusion.json)")
-            return UNet.from_pretrained(path), noise_schedule_from(json.loads(diffusion.read_text())), None
+            return UNet.from_pretrained(path), NoiseSchedule.from_config(json.loads(diffusion.read_text())), None
     if isinstance(spec, Bundle):
         return spec.unet("base"), spec.noise_schedule("base"), spec.text_encoder
     if isinstance(spec, UNet):

@@ -1,4 +1,5 @@
-"""diffrt.models: the trainable modules of diffrt's pipelines — small, real and trainable on a CPU."""
+"""diffrt.models: the trainable modules of diffrt's pipelines — small, real and trainable on a CPU —
+and :mod:`diffrt.models.bundle`, the folder of trained models they load from."""
 
 from .clip import CLIP, CLIPConfig
 from .downsample_cond import DownsampleCond

@@ -6,7 +6,7 @@ output at the query position is the prediction (x0 parameterisation: prediction_
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import nn
@@ -52,6 +52,12 @@ class DiffusionPrior(nn.Module, SavableModel):
         self.blocks = nn.ModuleList(TransformerBlock(c.width, c.heads, causal=True) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.width)
         self.out = nn.Linear(c.width, c.embed_dim)
+
+    @staticmethod
+    def condition(text: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The prior's condition from the text encoder's output (``context``, ``context_mask``,
+        ``pooled``): the caption's token states, their padding mask and its pooled embedding."""
+        return {"text_tokens": text["context"], "text_mask": text["context_mask"], "text_embed": text["pooled"]}
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         tokens, mask, text_embed = cond["text_tokens"], cond["text_mask"], cond["text_embed"]

@@ -10,7 +10,7 @@ import os
 import tempfile
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Mapping, Type, TypeVar, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type, TypeVar, Union
 
 import torch
 from safetensors import SafetensorError
@@ -144,10 +144,11 @@ def _fits(value, hint) -> bool:
     return True
 
 
-def check_config(config, minimums: Mapping[str, int]) -> List[str]:
+def check_config(config, minimums: Mapping[str, int], *, label: Optional[str] = None) -> List[str]:
     """Type-check every field of a dataclass config against its annotation (JSON and TOML give loose
     types: a float, a string or null where an int belongs), store lists as tuples, and return the
-    range problems of the int fields in ``minimums`` (None passes for optional fields)."""
+    range problems of the int fields in ``minimums`` (None passes for optional fields). A type error
+    raises, its message starting with ``label`` (default: "invalid <class name>:")."""
     cls = type(config)
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
@@ -159,7 +160,7 @@ def check_config(config, minimums: Mapping[str, int]) -> List[str]:
         elif isinstance(value, list):
             object.__setattr__(config, field.name, tuple(value))  # frozen dataclass: hashable, comparable
     if wrong:
-        raise ValueError(f"invalid {cls.__name__}: " + "; ".join(wrong))
+        raise ValueError(f"{label or f'invalid {cls.__name__}:'} " + "; ".join(wrong))
     problems = []
     for name, minimum in minimums.items():
         value = getattr(config, name)

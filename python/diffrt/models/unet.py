@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import PREDICTION_TYPES
+from .downsample_cond import DownsampleCond
 from .layers import timestep_embedding
 from .serialization import SavableModel, check_config
 
@@ -89,10 +90,12 @@ class UNetConfig:
             width = self.base_channels * self.channel_mult[level]
             if res in self.attention_resolutions and width % self.head_dim:
                 problems.append(f"level width {width} at resolution {res} is not a multiple of head_dim {self.head_dim}")
-        if self.cond_image:
-            side = self.cond_image_size or self.image_size
-            if side % self.image_size:
-                problems.append(f"cond_image_size {side} must be a multiple of image_size {self.image_size}")
+        mid = self.base_channels * self.channel_mult[-1]
+        if mid % self.head_dim:  # the middle block always attends
+            problems.append(f"middle block width {mid} (base_channels × channel_mult[-1]) is not a multiple of "
+                            f"head_dim {self.head_dim}")
+        if self.cond_image and self.cond_side % self.image_size:
+            problems.append(f"cond_image_size {self.cond_side} must be a multiple of image_size {self.image_size}")
         if problems:
             raise ValueError("invalid UNetConfig: " + "; ".join(problems))
 
@@ -102,9 +105,14 @@ class UNetConfig:
         return self.image_size // max(1, self.patch_size)
 
     @property
+    def cond_side(self) -> int:
+        """Side of the conditioning image and mask: cond_image_size, or image_size when that is 0."""
+        return self.cond_image_size or self.image_size
+
+    @property
     def cond_stride(self) -> int:
         """The downsampling conv's stride: conditioning side → first-level side."""
-        return (self.cond_image_size or self.image_size) // self.inner_size
+        return self.cond_side // self.inner_size
 
 
 class ResBlock(nn.Module):
@@ -168,6 +176,58 @@ class AttentionBlock(nn.Module):
         return y.transpose(1, 2).reshape(b, c, h, w)
 
 
+class LevelBlock(nn.ModuleList):
+    """A ResBlock, then an AttentionBlock at attention resolutions. An up-path block takes the
+    matching down-path activation concatenated to its input (``takes_skip``)."""
+
+    def __init__(self, res: ResBlock, attn: Optional[AttentionBlock], *, takes_skip: bool):
+        super().__init__([res] if attn is None else [res, attn])
+        self.takes_skip = takes_skip
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: Optional[torch.Tensor],
+                context_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        h = self[0](h, temb)
+        return self[1](h, context, context_mask) if len(self) > 1 else h
+
+
+class MidBlock(nn.ModuleList):
+    """ResBlock → AttentionBlock → ResBlock at the lowest resolution."""
+
+    takes_skip = False
+
+    def __init__(self, attn: AttentionBlock, channels: int, time_dim: int, groups: int):
+        super().__init__([ResBlock(channels, channels, time_dim, groups), attn,
+                          ResBlock(channels, channels, time_dim, groups)])
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: Optional[torch.Tensor],
+                context_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return self[2](self[1](self[0](h, temb), context, context_mask), temb)
+
+
+class Downsample(nn.Conv2d):
+    """Stride-2 3×3 conv; takes (and ignores) the conditioning the other blocks take."""
+
+    takes_skip = False
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, h: torch.Tensor, *conditioning) -> torch.Tensor:
+        return super().forward(h)
+
+
+class Upsample(nn.Sequential):
+    """Nearest ×2, then a 3×3 conv; takes (and ignores) the conditioning the other blocks take."""
+
+    takes_skip = False
+
+    def __init__(self, channels: int):
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, h: torch.Tensor, *conditioning) -> torch.Tensor:
+        return super().forward(h)
+
+
 class UNet(nn.Module, SavableModel):
     """``unet(x_t, t, cond)`` (a :class:`diffrt.Denoiser`); ``cond`` is a dict with, as configured:
     ``context`` (B, L, context_dim) and ``context_mask`` (B, L; True = token), ``pooled`` (B, D),
@@ -193,8 +253,6 @@ class UNet(nn.Module, SavableModel):
             self.image_embed_tokens = nn.Linear(c.image_embed_dim, NUM_IMAGE_EMBED_TOKENS * c.context_dim)
         self.cond_conv = None
         if c.cond_image:
-            from .downsample_cond import DownsampleCond
-
             s = c.cond_stride
             self.cond_conv = DownsampleCond(c.cond_channels, kernel_size=s, stride=s)
         p2 = c.patch_size ** 2
@@ -203,33 +261,54 @@ class UNet(nn.Module, SavableModel):
 
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         widths, ch, res = [c.base_channels], c.base_channels, c.inner_size
+        # Each AttentionBlock is built before its ResBlock: the order fixes a seed's initial weights.
         for level, mult in enumerate(c.channel_mult):
             out = c.base_channels * mult
             for _ in range(c.num_res_blocks):
                 attn = AttentionBlock(out, c.head_dim, c.groups, c.context_dim) if res in c.attention_resolutions else None
-                self.down.append(nn.ModuleList([ResBlock(ch, out, time_dim, c.groups), attn or nn.Identity()]))
+                self.down.append(LevelBlock(ResBlock(ch, out, time_dim, c.groups), attn, takes_skip=False))
                 ch = out
                 widths.append(ch)
             if level < len(c.channel_mult) - 1:
-                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                self.down.append(Downsample(ch))
                 widths.append(ch)
                 res //= 2
-        mid_attn = AttentionBlock(ch, c.head_dim, c.groups, c.context_dim) if ch % c.head_dim == 0 else None
-        self.mid = nn.ModuleList([ResBlock(ch, ch, time_dim, c.groups), mid_attn or nn.Identity(),
-                                  ResBlock(ch, ch, time_dim, c.groups)])
+        self.mid = MidBlock(AttentionBlock(ch, c.head_dim, c.groups, c.context_dim), ch, time_dim, c.groups)
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             out = c.base_channels * mult
             for _ in range(c.num_res_blocks + 1):
                 attn = AttentionBlock(out, c.head_dim, c.groups, c.context_dim) if res in c.attention_resolutions else None
-                self.up.append(nn.ModuleList([ResBlock(ch + widths.pop(), out, time_dim, c.groups), attn or nn.Identity()]))
+                self.up.append(LevelBlock(ResBlock(ch + widths.pop(), out, time_dim, c.groups), attn, takes_skip=True))
                 ch = out
             if level > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+                self.up.append(Upsample(ch))
                 res *= 2
         self.norm_out = nn.GroupNorm(c.groups, ch)
         self.conv_out = nn.Conv2d(ch, c.out_channels * p2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    def full_mask_condition(self, batch: int, *, device=None, dtype=None) -> Dict[str, torch.Tensor]:
+        """What text-to-image means for an image-conditioned UNet: the whole image to repaint (a zero
+        image, an all-ones mask), as training's fully-masked samples show it. ``{}`` without ``cond_image``."""
+        if not self.config.cond_image:
+            return {}
+        s = self.config.cond_side
+        return {"image": torch.zeros(batch, 3, s, s, device=device, dtype=dtype),
+                "mask": torch.ones(batch, 1, s, s, device=device, dtype=dtype)}
+
+    def inpainting_condition(self, image: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Imagen Editor's condition: the image with the region to repaint (mask = 1) removed, and the
+        mask, both at the conditioning side (``config.cond_side``): an image of another size is
+        area-resized, a mask area-resized and then set wherever any of its pixels was (> 0)."""
+        if not self.config.cond_image:
+            raise ValueError("this UNet takes no image condition (cond_image is False)")
+        side = (self.config.cond_side,) * 2
+        if image.shape[-2:] != side:
+            image = F.interpolate(image, size=side, mode="area")
+        if mask.shape[-2:] != side:
+            mask = (F.interpolate(mask, size=side, mode="area") > 0).to(mask.dtype)
+        return {"image": image * (1 - mask), "mask": mask}
 
     def _inputs(self, x_t: torch.Tensor, cond: Dict[str, Any]) -> torch.Tensor:
         c = self.config
@@ -249,7 +328,7 @@ class UNet(nn.Module, SavableModel):
         buf = x_t.new_empty(b, self.input_channels, h, w)
         torch.cat(parts, dim=1, out=buf[:, : self.input_channels - c.cond_channels])
         image, mask = cond["image"].to(x_t.dtype), cond["mask"].to(x_t.dtype)
-        side = c.cond_image_size or c.image_size
+        side = c.cond_side
         if image.shape[-2:] != (side, side) or mask.shape[-2:] != (side, side):
             raise ValueError(f"image and mask must be {side}×{side}, got {tuple(image.shape[-2:])} and {tuple(mask.shape[-2:])}")
         return self.cond_conv(image, mask, out=buf, channel_offset=self.input_channels - c.cond_channels)
@@ -277,23 +356,12 @@ class UNet(nn.Module, SavableModel):
         h = self.conv_in(self._inputs(x_t, cond))
         skips = [h]
         for block in self.down:
-            if isinstance(block, nn.ModuleList):
-                h = block[0](h, temb)
-                if isinstance(block[1], AttentionBlock):
-                    h = block[1](h, context, context_mask)
-            else:
-                h = block(h)
+            h = block(h, temb, context, context_mask)
             skips.append(h)
-        h = self.mid[0](h, temb)
-        if isinstance(self.mid[1], AttentionBlock):
-            h = self.mid[1](h, context, context_mask)
-        h = self.mid[2](h, temb)
+        h = self.mid(h, temb, context, context_mask)
         for block in self.up:
-            if isinstance(block, nn.ModuleList):
-                h = block[0](torch.cat([h, skips.pop()], dim=1), temb)
-                if isinstance(block[1], AttentionBlock):
-                    h = block[1](h, context, context_mask)
-            else:
-                h = block(h)
+            if block.takes_skip:
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, temb, context, context_mask)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return F.pixel_shuffle(out, c.patch_size) if c.patch_size > 1 else out

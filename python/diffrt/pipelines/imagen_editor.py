@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 from .. import ops
 from ..denoiser import check_denoiser
@@ -62,19 +61,19 @@ class ImagenEditorPipeline:
     def _size(model) -> int:
         return model.config.image_size
 
-    @staticmethod
-    def _cond_size(model) -> int:
-        return model.config.cond_image_size or model.config.image_size
-
     def _inputs(self, image, mask, batch: int):
         """The full-resolution input image and mask the cascade conditions on (1 = repaint). The image
         is a tensor in [−1, 1] or PIL image(s) (resized to the conditioning resolution); the mask a
         PIL image, numpy array or tensor of any size (resized to the image)."""
-        side = self._cond_size(self.sr or self.base)
+        last = self.sr or self.base
+        side = last.config.cond_side
         if image is None:
             if mask is not None:
                 raise ValueError("mask given without image")
-            return torch.zeros(batch, 3, side, side), torch.ones(batch, 1, side, side)
+            full = last.full_mask_condition(batch)
+            if not full:
+                raise ValueError("the cascade's UNets must take an image condition (cond_image)")
+            return full["image"], full["mask"]
         if not isinstance(image, torch.Tensor):
             image = from_pil(image, size=side)
         image = check_image("image", image)
@@ -86,11 +85,7 @@ class ImagenEditorPipeline:
         return image, as_mask(mask, side, image.shape[0]).to(image.dtype)
 
     def _stage_inputs(self, model, image, mask):
-        side = self._cond_size(model)
-        if image.shape[-1] != side:  # the base stage of a cascade conditions at its own input size
-            image = F.interpolate(image, size=(side, side), mode="area")
-            mask = (F.interpolate(mask, size=(side, side), mode="area") > 0).to(mask.dtype)
-        return {"image": image * (1 - mask), "mask": mask}
+        return model.inpainting_condition(image, mask)  # the base stage of a cascade resizes to its own side
 
     @torch.no_grad()
     def __call__(self, prompt: Union[str, Sequence[str]], image: Optional[torch.Tensor] = None,

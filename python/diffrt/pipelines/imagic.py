@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from ..denoiser import check_denoiser
 from ..sampling import Guidance, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ..train.objectives import diffusion_target
 from ._common import (PixelCodec, check_guidance, check_image, convert_output, map_weights, model_placement,
                       needs_uncond, prompt_list, randn)
 
@@ -103,7 +102,7 @@ class ImagicPipeline:
         t = torch.randint(0, self.noise_schedule.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.noise_schedule.add_noise(x0, noise, t)
-        target = diffusion_target(self.noise_schedule, model.prediction_type, x0, noise, t)
+        target = self.noise_schedule.target(model.prediction_type, x0, noise, t)
         return F.mse_loss(model(x_t, t, cond).float(), target.float())
 
     def fit(self, image: torch.Tensor, target_prompt: str, *, embedding_steps: int = 100, embedding_lr: float = 1e-3,

@@ -103,8 +103,7 @@ class UnCLIPPipeline:
                                lambda w: w.reshape(-1).repeat_interleave(candidates) if w.numel() == len(prompts) else w)
         text, empty = self.text_encoder(prompts), self.text_encoder([""] * len(prompts))
         rep = lambda d: {k: v.repeat_interleave(candidates, 0) for k, v in d.items()}  # noqa: E731
-        prior_cond = lambda d: {"text_tokens": d["context"], "text_mask": d["context_mask"],  # noqa: E731
-                                "text_embed": d["pooled"]}
+        prior_cond = self.prior.condition
         b, e = len(prompts), self.prior.out_channels
         z_T = randn((b * candidates, e), generator, model_placement(self.prior)[0])
         z = ddim_sample(self.prior, z_T, self.prior_schedule, cond=prior_cond(rep(text)), uncond=prior_cond(rep(empty)),

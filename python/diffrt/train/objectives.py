@@ -6,13 +6,14 @@ Batches are dicts from diffrt.data: ``image`` (B, 3, H, W) in [−1, 1], ``mask`
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.text_encoder import TextEncoder
+from ..ops import PREDICTION_TYPES
 from ..schedules import NoiseSchedule
 
 
@@ -22,23 +23,15 @@ def drop_prompts(prompts: Sequence[str], p: float, generator: torch.Generator) -
     return [text if k else "" for text, k in zip(prompts, keep.tolist())]
 
 
-def diffusion_target(noise_schedule: NoiseSchedule, prediction_type: str, x0, noise, t):
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return noise_schedule.velocity(x0, noise, t)
-    return x0
-
-
 def _noised(noise_schedule: NoiseSchedule, x0: torch.Tensor, generator: torch.Generator) -> Tuple[torch.Tensor, ...]:
     t = torch.randint(0, noise_schedule.num_train_timesteps, (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     return noise_schedule.add_noise(x0, noise, t.to(x0.device)), noise, t.to(x0.device)
 
 
-def inpainting_conditions(image: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Imagen Editor's conditioning: the image with the region to repaint removed, and the mask."""
-    return {"image": image * (1 - mask), "mask": mask}
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model itself, under the loop's DistributedDataParallel wrapper (its conditioning methods)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class UNetObjective:
@@ -59,19 +52,24 @@ class UNetObjective:
                  object_loss_weight: float = 1.0):
         if not object_loss_weight > 0:
             raise ValueError(f"object_loss_weight must be > 0, got {object_loss_weight}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if sr_factor > 1 and not 1 <= max_noise_level <= noise_schedule.num_train_timesteps:
+            raise ValueError(f"max_noise_level must be in [1, {noise_schedule.num_train_timesteps}] (the noise "
+                             f"schedule's timesteps), got {max_noise_level}")
         self.noise_schedule, self.text_encoder = noise_schedule, text_encoder
         self.prediction_type, self.caption_dropout = prediction_type, caption_dropout
         self.image_conditioning, self.sr_factor, self.max_noise_level = image_conditioning, sr_factor, max_noise_level
         self.image_encoder, self.embed_dropout = image_encoder, embed_dropout
         self.object_loss_weight = float(object_loss_weight)
 
-    def conditions(self, batch: dict, generator: torch.Generator) -> dict:
+    def conditions(self, model: nn.Module, batch: dict, generator: torch.Generator) -> dict:
         image = batch["image"]
         cond: dict = {}
         if self.text_encoder is not None:
             cond.update(self.text_encoder(drop_prompts(batch["prompt"], self.caption_dropout, generator)))
         if self.image_conditioning:
-            cond.update(inpainting_conditions(image, batch["mask"]))
+            cond.update(unwrapped(model).inpainting_condition(image, batch["mask"]))
         if self.sr_factor > 1:
             low = F.avg_pool2d(image, self.sr_factor)
             level = torch.randint(0, self.max_noise_level, (image.shape[0],), generator=generator)
@@ -88,8 +86,8 @@ class UNetObjective:
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
         x0 = batch["image"]
         x_t, noise, t = _noised(self.noise_schedule, x0, generator)
-        pred = model(x_t, t, self.conditions(batch, generator))
-        target = diffusion_target(self.noise_schedule, self.prediction_type, x0, noise, t)
+        pred = model(x_t, t, self.conditions(model, batch, generator))
+        target = self.noise_schedule.target(self.prediction_type, x0, noise, t)
         if self.object_loss_weight == 1.0:
             return F.mse_loss(pred.float(), target.float()), {}
         error = (pred.float() - target.float()) ** 2
@@ -133,6 +131,5 @@ class PriorObjective:
         with torch.no_grad():
             z0 = self.image_encoder(batch["image"])
         z_t, _, t = _noised(self.noise_schedule, z0, generator)
-        cond = {"text_tokens": text["context"], "text_mask": text["context_mask"], "text_embed": text["pooled"]}
-        pred = model(z_t, t, cond)
+        pred = model(z_t, t, unwrapped(model).condition(text))
         return F.mse_loss(pred.float(), z0.float()), {}

@@ -17,28 +17,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Dict, List, Mapping, Union
 
 import torch
+from safetensors.torch import load as load_safetensors, save_file
 
-from .models.clip import CLIP
-from .models.prior import DiffusionPrior
-from .models.text_encoder import TextEncoder
-from .models.tokenizer import Tokenizer
-from .models.unet import UNet
-from .schedules import NoiseSchedule
+from ..schedules import NoiseSchedule
+from .clip import CLIP
+from .prior import DiffusionPrior
+from .serialization import WEIGHTS_FILE
+from .text_encoder import TextEncoder
+from .tokenizer import Tokenizer
+from .unet import UNet
 
-DIFFUSION_FILE = "diffusion.json"
+DIFFUSION_FILE = "diffusion.json"  # a diffusion model's diffusion table: NoiseSchedule.from_config reads it
 PARTS = ("clip", "base", "sr", "prior", "decoder")
-DEFAULT_DIRECTORY = Path(__file__).parent / "weights"  # the bundle shipped inside the package
-
-
-def noise_schedule_from(diffusion: Dict[str, Any]) -> NoiseSchedule:
-    if not isinstance(diffusion.get("zero_terminal_snr", False), bool):
-        raise ValueError(f"zero_terminal_snr must be true or false, got {diffusion['zero_terminal_snr']!r}")
-    return NoiseSchedule.make(diffusion.get("beta_schedule", "linear"), beta_start=float(diffusion.get("beta_start", 1e-4)),
-                              beta_end=float(diffusion.get("beta_end", 0.02)),
-                              zero_terminal_snr=bool(diffusion.get("zero_terminal_snr", False)))
+DEFAULT_DIRECTORY = Path(__file__).parent.parent / "weights"  # the bundle shipped inside the package
 
 
 class Bundle:
@@ -90,7 +84,7 @@ class Bundle:
             if not isinstance(diffusion, dict):
                 raise ValueError(f"{file}: expected a JSON object, got {type(diffusion).__name__}")
             try:
-                self._schedules[name] = noise_schedule_from(diffusion)
+                self._schedules[name] = NoiseSchedule.from_config(diffusion)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{file}: invalid noise schedule ({e})") from e
         return self._schedules[name]
@@ -98,12 +92,7 @@ class Bundle:
     def text_to_image_condition(self, name: str, prompts: List[str]) -> Dict[str, torch.Tensor]:
         """Text condition for an image-conditioned UNet used as a text-to-image model: the whole
         image masked (what ``p_full`` trains), so DiffEdit and Imagic can run on the base model."""
-        cond = self.text_encoder(prompts)
-        unet = self.unet(name)
-        if unet.config.cond_image:
-            side = unet.config.cond_image_size or unet.config.image_size
-            cond.update(image=torch.zeros(len(prompts), 3, side, side), mask=torch.ones(len(prompts), 1, side, side))
-        return cond
+        return {**self.text_encoder(prompts), **self.unet(name).full_mask_condition(len(prompts))}
 
 
 def load(directory=None) -> Bundle:
@@ -123,10 +112,6 @@ def pack(parts: Mapping[str, Union[str, Path]], out: Union[str, Path], *, dtype:
 
     The new folder is built beside ``out`` (with what ``out`` held besides the parts replaced), every
     part is loaded from it, and only then is it swapped in: a part that fails leaves ``out`` as it was."""
-    from safetensors.torch import load, save_file
-
-    from .models.serialization import WEIGHTS_FILE
-
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or "clip" not in parts:
         raise ValueError(f"parts must include 'clip' and be among {PARTS}, got {sorted(parts)}")
@@ -146,7 +131,7 @@ def pack(parts: Mapping[str, Union[str, Path]], out: Union[str, Path], *, dtype:
         for name, source in parts.items():
             source, target = Path(source), staging / name
             shutil.copytree(source, target, ignore=shutil.ignore_patterns(WEIGHTS_FILE))
-            tensors = load((source / WEIGHTS_FILE).read_bytes())
+            tensors = load_safetensors((source / WEIGHTS_FILE).read_bytes())
             save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()},
                       str(target / WEIGHTS_FILE))
         bundle = Bundle(staging)
@@ -193,4 +178,4 @@ def _swap_in(staging: Path, out: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
-__all__ = ["Bundle", "DEFAULT_DIRECTORY", "PARTS", "load", "noise_schedule_from", "pack"]
+__all__ = ["Bundle", "DEFAULT_DIRECTORY", "DIFFUSION_FILE", "PARTS", "load", "pack"]
