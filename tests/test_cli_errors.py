@@ -382,7 +382,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 @pytest.fixture(scope="module")
 def imagic(bundle_dir):
-    from diffrt import bundle as bundles
+    from diffrt.models import bundle as bundles
 
     b = bundles.load(bundle_dir)
     pipe = ImagicPipeline(b.unet("base"), NoiseSchedule.make("linear"), lambda p: b.text_to_image_condition("base", p),
@@ -418,7 +418,7 @@ def test_imagic_fit_refuses_bad_arguments(imagic, kwargs, words):
 
 @pytest.fixture(scope="module")
 def unclip(bundle_dir):
-    from diffrt import bundle as bundles
+    from diffrt.models import bundle as bundles
 
     b = bundles.load(bundle_dir)
     return UnCLIPPipeline(b.prior, b.unet("decoder"), TextEncoder(b.text_encoder.tokenizer, b.clip),
