@@ -23,3 +23,28 @@ def test_ci_runs_the_readmes_setup_and_test_commands():
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install -q torch==2.13.0 "${repo}[test,triton]"' in ci
     assert "\npython -m pytest\n" in ci
+
+
+def _layout_section() -> str:
+    return README.read_text().split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_layout_names_every_top_level_folder_and_nothing_else():
+    root = README.parent
+    listed = {line.split()[0].rstrip("/") for line in
+              re.search(r"```\n(.*?)```", _layout_section(), flags=re.S).group(1).splitlines() if line.strip()}
+    tracked = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in
+               {"build", "python", "diffrt-out", "diffrt-demo", "runs"}}
+    files = {"CMakeLists.txt", "pyproject.toml"}
+    python = {p for p in listed if p.startswith("python/")}
+    assert listed - python - files == tracked, (listed, tracked)
+    assert python == {"python/" + p.name for p in (root / "python").iterdir() if p.is_dir()}
+
+
+def test_readme_layer_table_holds_every_module_of_the_package():
+    package = README.parent / "python" / "diffrt"
+    rows = re.findall(r"^\| (`.*?) \|", _layout_section(), flags=re.M)
+    named = [m for row in rows for m in re.findall(r"`([\w.]+)`", row.split(" | ")[0])]
+    modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"} | {
+        p.name for p in package.iterdir() if (p / "__init__.py").exists()} | {"_C"}
+    assert sorted(named) == sorted(modules), (named, modules)
