@@ -1,5 +1,7 @@
 """Shared test helpers: random inputs and dtype-derived tolerances."""
 
+from pathlib import Path
+
 import torch
 
 
@@ -24,3 +26,8 @@ def assert_close_to_ref(out, ref, *, dtype, scale, slack=0.0):
         detail = ", ".join(f"{tuple(i)}: got {out[tuple(i)].item():.7g} want {ref[tuple(i)].item():.7g}" for i in idx)
         raise AssertionError(f"{int(bad.sum())} of {bad.numel()} elements differ beyond tolerance; first: {detail}")
 
+
+
+# The training configs of the shipped models (in the repository, beside the package; not in the wheel).
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "python" / "shipped-models" / "configs").glob("*.toml"))
+assert SHIPPED_CONFIGS, "python/shipped-models/configs holds the shipped models' training configs"

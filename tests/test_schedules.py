@@ -3,13 +3,12 @@ linspace/trailing stepping to the next timestep of their own sequence."""
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests._helpers import assert_close_to_ref
+from tests._helpers import SHIPPED_CONFIGS, assert_close_to_ref
 
 from diffrt.schedules import NoiseSchedule, SamplingSchedule, make_betas, rescale_zero_terminal_snr
 
@@ -199,7 +198,7 @@ def test_shipped_models_load_the_schedule_they_were_trained_with():
     trained = {"linear": NoiseSchedule.make("linear", 1000, beta_start=1e-4, beta_end=0.02, zero_terminal_snr=True),
                "squaredcos_cap_v2": NoiseSchedule.make("squaredcos_cap_v2", 1000)}
     tables = [json.loads(f.read_text()) for f in DEFAULT_DIRECTORY.glob(f"*/{DIFFUSION_FILE}")]
-    tables += [tomllib.loads(f.read_text())["diffusion"] for f in (Path(__file__).resolve().parents[1] / "python" / "shipped-models" / "configs").glob("*.toml")
+    tables += [tomllib.loads(f.read_text())["diffusion"] for f in SHIPPED_CONFIGS
                if f.stem != "clip"]
     assert len(tables) == 4 + 16
     for table in tables:

@@ -8,6 +8,8 @@ from diffrt.models import bundle as bundles
 from diffrt.cli import main
 from diffrt.data import FullMasking, ProceduralDataset
 
+from tests._helpers import SHIPPED_CONFIGS
+
 MAX_MIB = 40
 
 
@@ -45,10 +47,9 @@ def test_shipped_clip_matches_captions_to_images(shipped):
     assert hits / 64 > 0.8, hits / 64
 
 
-CONFIGS = bundles.DEFAULT_DIRECTORY / "configs"
 
 
-@pytest.mark.parametrize("config_file", sorted(CONFIGS.glob("*.toml")), ids=lambda f: f.stem)
+@pytest.mark.parametrize("config_file", SHIPPED_CONFIGS, ids=lambda f: f.stem)
 def test_committed_configs_build_the_shipped_architectures(config_file, shipped):
     """Every training config next to the weights parses (unknown keys fail) and builds the architecture
     of the part it trains, so the model card's commands reproduce what is shipped."""

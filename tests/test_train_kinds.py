@@ -5,7 +5,6 @@ schedule sampling with it once loaded from its folder."""
 import dataclasses
 import shutil
 import tomllib
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +15,9 @@ from diffrt.models.tokenizer import Tokenizer
 from diffrt.schedules import NOISE_SCHEDULE_DEFAULTS, TRAINING_KEYS, NoiseSchedule, SamplingSchedule
 from diffrt.train.kinds import KINDS, REGISTRY, DiffusionOptions, RunConfig, build
 from diffrt.train.objectives import UNetObjective
+from tests._helpers import SHIPPED_CONFIGS
 
-# the training configs of the shipped models live in the repository, beside the package
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "python" / "shipped-models" / "configs").glob("*.toml"))
-assert CONFIGS, "python/shipped-models/configs holds the shipped models' training configs"
+CONFIGS = SHIPPED_CONFIGS
 UNET = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [8], "head_dim": 16}
 
 
