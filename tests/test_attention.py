@@ -6,6 +6,8 @@ magnitude of v); bfloat16 at most 2× the error of torch's own bfloat16 SDPA on 
 shows up as an error. Inputs are fresh random draws each run.
 """
 
+import dataclasses
+import importlib
 import math
 
 import pytest
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import diffrt
-from diffrt.ops import _alloc, attention, attention_ref
+from diffrt.ops import _alloc, _backend, attention, attention_ref
 from diffrt.ops._backend import UnsupportedBackendError
 
 ISAS = diffrt._C.supported_cpu_isas()
@@ -409,6 +411,35 @@ def test_backends():
         attention(q, k, v, backend="nope")
     q, k, v, _ = make_inputs(1, 1, 4, 4, 8, torch.float32)
     torch.testing.assert_close(attention(q, k, v, backend="torch"), attention_ref(q, k, v))
+
+
+def test_a_head_dim_the_cuda_kernel_cannot_take_goes_to_the_next_backend(monkeypatch):
+    """The CUDA kernel takes head dims up to _C.CUDA_ATTENTION_MAX_HEAD_DIM. With a stand-in CUDA backend that
+    runs here (recording its calls), a larger head dim goes to the next backend of the automatic order — the
+    CPU kernel — instead of raising; asking for "cuda" by name raises with the reason."""
+    module = importlib.import_module("diffrt.ops.attention")
+    ran = []
+
+    def stand_in(q, k, v, key_padding_mask, scale):
+        ran.append(q.shape[-1])
+        return torch.zeros_like(q)
+
+    monkeypatch.setitem(_backend.BACKENDS, "cuda", dataclasses.replace(
+        _backend.BACKENDS["cuda"], devices=("cpu",), dtypes=(torch.float32,), unavailable=None))
+    monkeypatch.setitem(module._IMPLS, "cuda", _backend.Limited(stand_in, module._IMPLS["cuda"].refuses))
+    monkeypatch.setattr(_backend, "_CHOSEN", {})
+    limit = diffrt._C.CUDA_ATTENTION_MAX_HEAD_DIM
+    q, k, v, mask = make_inputs(1, 2, 3, 5, limit, torch.float32, mask_kind="padded")
+    attention(q, k, v, key_padding_mask=mask)
+    assert ran == [limit]
+    q, k, v, mask = make_inputs(1, 2, 3, 5, limit + 1, torch.float32, mask_kind="padded")
+    out = attention(q, k, v, key_padding_mask=mask)
+    assert ran == [limit]
+    assert_close_to_ref(out, ref64(q, k, v, mask), q, k, v, mask)
+    refusal = f"backend 'cuda' cannot run these inputs: the CUDA kernel supports head dims up to {limit}"
+    with pytest.raises(UnsupportedBackendError, match=refusal):
+        attention(q, k, v, backend="cuda")
+    assert ran == [limit]
 
 
 @pytest.mark.parametrize("change,error,name", [

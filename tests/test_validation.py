@@ -127,6 +127,26 @@ def test_explicit_backend_that_cannot_run_raises_with_reason():
     assert issubclass(ops.UnsupportedBackendError, ValueError)
 
 
+def test_backend_shape_limits_pick_the_next_backend_or_name_the_reason(monkeypatch):
+    """An implementation that refuses some inputs (a Limited) is passed over in the automatic order, and its
+    reason is part of the error when nothing can run them."""
+    from diffrt.ops import _backend
+
+    monkeypatch.setattr(_backend, "_CHOSEN", {})
+    impls = {"cpu": _backend.Limited(lambda: "cpu", lambda n: f"n = {n} is more than 2" if n > 2 else None),
+             "torch": _backend.Limited(lambda: "torch", lambda n: f"n = {n} is more than 3" if n > 3 else None)}
+    cpu = torch.device("cpu")
+    assert _backend.dispatch("op", impls, cpu, torch.float32, None, (2,))() == "cpu"
+    assert _backend.dispatch("op", impls, cpu, torch.float32, None, (3,))() == "torch"
+    assert _backend.dispatch("op", impls, cpu, torch.float32, None, (1,))() == "cpu"
+    nothing = r"^op: no backend can run these inputs \(cpu: n = 4 is more than 2 \| torch: n = 4 is more than 3\)"
+    with pytest.raises(ops.UnsupportedBackendError, match=nothing):
+        _backend.dispatch("op", impls, cpu, torch.float32, None, (4,))
+    with pytest.raises(ops.UnsupportedBackendError, match=r"^op: backend 'cpu' cannot run these inputs: n = 3 is more"):
+        _backend.dispatch("op", impls, cpu, torch.float32, "cpu", (3,))
+    assert _backend.dispatch("op", impls, cpu, torch.float64, None, (3,))() == "torch"  # float64: no CPU kernel
+
+
 def test_set_cpu_isa_rejects_unknown_name():
     from diffrt import _C
 

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -298,13 +299,6 @@ void ddim_step_typed(const DdimStepArgs& a) {
   });
 }
 
-void ddim_step(const DdimStepArgs& a) {
-  if (a.dtype == DType::bf16)
-    ddim_step_typed<bf16>(a);
-  else
-    ddim_step_typed<float>(a);
-}
-
 template <typename T>
 void cfg_combine_typed(const CfgCombineArgs& a) {
   const T* u = in<T>(a.uncond);
@@ -327,13 +321,6 @@ void cfg_combine_typed(const CfgCombineArgs& a) {
   });
 }
 
-void cfg_combine(const CfgCombineArgs& a) {
-  if (a.dtype == DType::bf16)
-    cfg_combine_typed<bf16>(a);
-  else
-    cfg_combine_typed<float>(a);
-}
-
 template <typename T>
 void mask_blend_typed(const MaskBlendArgs& a) {
   const T* m = in<T>(a.mask);
@@ -350,13 +337,6 @@ void mask_blend_typed(const MaskBlendArgs& a) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) orow[i] = store_as<T>(blend_element(load(mr[i]), load(xr[i]), load(yr[i])));
   });
-}
-
-void mask_blend(const MaskBlendArgs& a) {
-  if (a.dtype == DType::bf16)
-    mask_blend_typed<bf16>(a);
-  else
-    mask_blend_typed<float>(a);
 }
 
 // DiffEdit (Couairon et al. 2022, §3.2): map = mean over draws and channels of |ε_q − ε_r|,
@@ -397,15 +377,24 @@ void diffedit_mask_typed(const DiffEditMaskArgs& a) {
   });
 }
 
-void diffedit_mask(const DiffEditMaskArgs& a) {
-  if (a.dtype == DType::bf16)
-    diffedit_mask_typed<bf16>(a);
-  else
-    diffedit_mask_typed<float>(a);
+// A table entry: the kernel instantiated for the storage dtype. The CPU kernels store float32 or bfloat16
+// (the bindings refuse float16 before a kernel runs).
+template <typename Args, void (*F32)(const Args&), void (*BF16)(const Args&)>
+void for_dtype(const Args& a) {
+  switch (a.dtype) {
+    case DType::f32: return F32(a);
+    case DType::bf16: return BF16(a);
+    default: throw std::invalid_argument("the CPU sampler kernels store float32 or bfloat16");
+  }
 }
 
 }  // namespace
 
-extern const SamplerKernels sampler_kernels = {ddim_step, cfg_combine, mask_blend, diffedit_mask};
+extern const SamplerKernels sampler_kernels = {
+    for_dtype<DdimStepArgs, ddim_step_typed<float>, ddim_step_typed<bf16>>,
+    for_dtype<CfgCombineArgs, cfg_combine_typed<float>, cfg_combine_typed<bf16>>,
+    for_dtype<MaskBlendArgs, mask_blend_typed<float>, mask_blend_typed<bf16>>,
+    for_dtype<DiffEditMaskArgs, diffedit_mask_typed<float>, diffedit_mask_typed<bf16>>,
+};
 
 }  // namespace diffrt::cpu::DIFFRT_ISA

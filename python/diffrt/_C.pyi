@@ -1,69 +1,211 @@
-"""Type stub for diffrt._C, the compiled kernels. Call them through diffrt.ops, which validates
-inputs; here tensors are raw data pointers (``tensor.data_ptr()``) of dense row-major storage."""
+"""Type stub for diffrt._C, the compiled kernels. Call them through diffrt.ops, which validates inputs.
 
-from typing import Any, Dict, List, Sequence
+Each kernel takes its argument struct (csrc/ops.h, csrc/attention.h, csrc/cpu/downsample_kernels.h) as an
+object whose fields are set by name — ``args = DdimStepArgs(); args.eta = 0.0`` (or ``DdimStepArgs(eta=0.0,
+...)``). Tensors are raw addresses (``tensor.data_ptr()``, 0 for none) of dense row-major storage unless a
+stride field says otherwise; enums are the enum types below (an int is refused); per-sample fields are lists
+of one float per sample. Setting a field of the wrong type raises TypeError naming it; a kernel called with a
+required field never set raises TypeError naming it. ``num_threads`` (CPU) or ``device, stream`` (CUDA) are
+the kernel call's own arguments.
+"""
+
+from typing import Any, ClassVar, Dict, List, Tuple
 
 __version__: str
 
-def ddim_step(
-    dtype: int, batch: int, numel: int, sample: int, model: int, model_cond: int, noise: int, out: int,
-    out_x0: int, alpha_t: Sequence[float], alpha_prev: Sequence[float], guidance_scale: Sequence[float],
-    eta: float, guidance_rescale: float, prediction: int, clip: int, clip_range: float,
-    dynamic_quantile: float, dynamic_max: float, use_clipped_model_output: bool, num_threads: int,
-) -> None: ...
-def cfg_combine(
-    dtype: int, batch: int, numel: int, uncond: int, cond: int, out: int, guidance_scale: Sequence[float],
-    guidance_rescale: float, num_threads: int,
-) -> None: ...
-def mask_blend(
-    dtype: int, batch: int, channels: int, spatial: int, mask: int, mask_batch_stride: int, a: int, b: int,
-    out: int, num_threads: int,
-) -> None: ...
-def diffedit_mask(
-    dtype: int, batch: int, draws: int, channels: int, spatial: int, query: int, ref: int, out: int,
-    clamp_ratio: float, threshold: float, num_threads: int,
-) -> None: ...
-def downsample_cond(
-    dtype: int, batch: int, image_channels: int, mask_channels: int, height: int, width: int, image: int, mask: int,
-    mask_batch_stride: int, weight: int, bias: int, out_channels: int, kernel_size: int, stride: int, padding: int,
-    out: int, out_batch_stride: int, out_channel_stride: int, channel_offset: int, num_threads: int,
-) -> None: ...
+class DType:
+    """Storage dtype of a kernel's tensors, named after torch's (float16: CUDA kernels only)."""
+    float32: ClassVar["DType"]
+    bfloat16: ClassVar["DType"]
+    float16: ClassVar["DType"]
+    __members__: ClassVar[Dict[str, "DType"]]
+    name: str
+    value: int
+
+class Prediction:
+    """What the model predicts (diffusers' prediction_type)."""
+    epsilon: ClassVar["Prediction"]
+    v_prediction: ClassVar["Prediction"]
+    sample: ClassVar["Prediction"]
+    __members__: ClassVar[Dict[str, "Prediction"]]
+    name: str
+    value: int
+
+class ClipMode:
+    """How DDIM clips x̂0: not at all, to [−clip_range, clip_range], or by dynamic thresholding."""
+    none: ClassVar["ClipMode"]
+    fixed: ClassVar["ClipMode"]
+    dynamic: ClassVar["ClipMode"]
+    __members__: ClassVar[Dict[str, "ClipMode"]]
+    name: str
+    value: int
+
+# The largest head dim the CUDA attention kernel takes (csrc/cuda/attention_kernels.h).
+CUDA_ATTENTION_MAX_HEAD_DIM: int
+
+Strides = Tuple[int, int, int]  # (batch, head, row) element strides of a (B, H, L, d) tensor, d dense
+
+class DdimStepArgs:
+    fields: ClassVar[Tuple[str, ...]]  # the names below, in the struct's order
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    batch: int
+    numel: int  # elements per sample
+    sample: int
+    model: int  # model output; with guidance its unconditional half
+    model_cond: int  # optional: the conditional half of a batched [uncond; cond] output
+    noise: int  # optional
+    out: int
+    out_x0: int  # optional
+    alpha_t: List[float]  # per sample
+    alpha_prev: List[float]  # per sample
+    guidance_scale: List[float]  # per sample; needed when model_cond is set
+    eta: float
+    guidance_rescale: float
+    prediction: Prediction
+    clip: ClipMode
+    clip_range: float
+    dynamic_quantile: float
+    dynamic_max: float
+    use_clipped_model_output: bool
+
+class CfgCombineArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    batch: int
+    numel: int
+    uncond: int
+    cond: int
+    out: int
+    guidance_scale: List[float]  # per sample
+    guidance_rescale: float
+
+class MaskBlendArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    batch: int
+    channels: int
+    spatial: int
+    mask: int  # (batch or 1, spatial), dtype of a
+    mask_batch_stride: int  # spatial, or 0 for one mask over the batch
+    a: int
+    b: int
+    out: int
+
+class DiffEditMaskArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    batch: int
+    draws: int
+    channels: int
+    spatial: int
+    eps_query: int
+    eps_ref: int
+    out: int  # (batch, spatial) float32
+    clamp_ratio: float
+    threshold: float  # negative: the soft map
+
+class AttentionForwardArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    q: int
+    k: int
+    v: int
+    q_strides: Strides
+    k_strides: Strides
+    v_strides: Strides
+    key_padding_mask: int  # optional: (B, Lk) bool, nonzero = attend
+    out: int
+    out_strides: Strides
+    lse: int  # optional: (B, H, Lq) float32
+    scale: float
+
+class AttentionBackwardArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    q: int
+    k: int
+    v: int
+    out: int
+    dout: int
+    q_strides: Strides
+    k_strides: Strides
+    v_strides: Strides
+    out_strides: Strides
+    dout_strides: Strides
+    key_padding_mask: int  # optional
+    lse: int  # the forward's, required
+    dq: int
+    dk: int
+    dv: int
+    scale: float
+
+class DownsampleCondArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    batch: int
+    image_channels: int
+    mask_channels: int
+    height: int
+    width: int
+    image: int
+    mask: int
+    mask_batch_stride: int  # mask_channels·H·W, or 0 for one mask over the batch
+    weight: int
+    bias: int  # optional
+    out_channels: int
+    kernel_size: int
+    stride: int
+    padding: int
+    out: int
+    out_batch_stride: int
+    out_channel_stride: int
+    channel_offset: int
+    # out_height and out_width are derived from the others (see echo()).
+
+# CPU kernels (OpenMP threads); they release the GIL.
+def ddim_step(args: DdimStepArgs, num_threads: int) -> None: ...
+def cfg_combine(args: CfgCombineArgs, num_threads: int) -> None: ...
+def mask_blend(args: MaskBlendArgs, num_threads: int) -> None: ...
+def diffedit_mask(args: DiffEditMaskArgs, num_threads: int) -> None: ...
+def attention_forward(args: AttentionForwardArgs, num_threads: int) -> None: ...
+def attention_backward(args: AttentionBackwardArgs, num_threads: int) -> None: ...
+def downsample_cond(args: DownsampleCondArgs, num_threads: int) -> None: ...
+
+# Only in builds with CUDA kernels: the tensors' device index and a cudaStream_t
+# (torch.cuda.current_stream(device).cuda_stream). They enqueue the work and return.
+def cuda_ddim_step(args: DdimStepArgs, device: int, stream: int) -> None: ...
+def cuda_cfg_combine(args: CfgCombineArgs, device: int, stream: int) -> None: ...
+def cuda_mask_blend(args: MaskBlendArgs, device: int, stream: int) -> None: ...
+def cuda_diffedit_mask(args: DiffEditMaskArgs, device: int, stream: int) -> None: ...
+def cuda_attention_forward(args: AttentionForwardArgs, device: int, stream: int) -> None: ...
+def cuda_attention_backward(args: AttentionBackwardArgs, device: int, stream: int) -> None: ...
+def cuda_device_count() -> int: ...
+
+def echo(args: Any, num_threads: int) -> Dict[str, Any]:
+    """Every field of the struct the CPU kernel would receive for ``args`` (derived fields and num_threads
+    included; per-sample arrays as lists, None when absent), without running it."""
+
 def cpu_isa() -> str: ...
 def set_cpu_isa(name: str) -> None: ...
 def supported_cpu_isas() -> List[str]: ...
+def cpu_isa_env_warning() -> str: ...
+def attention_uses_bf16_dot_product() -> bool: ...
 def omp_max_threads() -> int: ...
 def build_info() -> Dict[str, Any]: ...
-def cuda_device_count() -> int: ...  # only in builds with CUDA kernels
-
-# Only in builds with CUDA kernels: the CPU functions' arguments with (device, stream) in place of
-# num_threads — the tensors' device index and a cudaStream_t (torch.cuda.current_stream().cuda_stream).
-# dtype 2 (float16) is accepted here only. They enqueue the work and return.
-def cuda_ddim_step(
-    dtype: int, batch: int, numel: int, sample: int, model: int, model_cond: int, noise: int, out: int,
-    out_x0: int, alpha_t: Sequence[float], alpha_prev: Sequence[float], guidance_scale: Sequence[float],
-    eta: float, guidance_rescale: float, prediction: int, clip: int, clip_range: float,
-    dynamic_quantile: float, dynamic_max: float, use_clipped_model_output: bool, device: int, stream: int,
-) -> None: ...
-def cuda_cfg_combine(
-    dtype: int, batch: int, numel: int, uncond: int, cond: int, out: int, guidance_scale: Sequence[float],
-    guidance_rescale: float, device: int, stream: int,
-) -> None: ...
-def cuda_mask_blend(
-    dtype: int, batch: int, channels: int, spatial: int, mask: int, mask_batch_stride: int, a: int, b: int,
-    out: int, device: int, stream: int,
-) -> None: ...
-def cuda_diffedit_mask(
-    dtype: int, batch: int, draws: int, channels: int, spatial: int, query: int, ref: int, out: int,
-    clamp_ratio: float, threshold: float, device: int, stream: int,
-) -> None: ...
-def cuda_attention_forward(
-    dtype: int, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, q: int, q_strides: Sequence[int],
-    k: int, k_strides: Sequence[int], v: int, v_strides: Sequence[int], key_padding_mask: int, out: int,
-    out_strides: Sequence[int], lse: int, scale: float, device: int, stream: int,
-) -> None: ...
-def cuda_attention_backward(
-    dtype: int, batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, q: int, q_strides: Sequence[int],
-    k: int, k_strides: Sequence[int], v: int, v_strides: Sequence[int], out: int, out_strides: Sequence[int],
-    dout: int, dout_strides: Sequence[int], key_padding_mask: int, lse: int, dq: int, dk: int, dv: int,
-    scale: float, device: int, stream: int,
-) -> None: ...

@@ -6,11 +6,11 @@ on one. Each op has its readable torch reference ``<op>_ref`` beside it, exact i
 """
 
 from ._backend import BACKENDS, UnsupportedBackendError
+from ._codes import PREDICTION_TYPES
 from .attention import attention, attention_ref
 from .downsample import downsample_cond, downsample_cond_ref
 from .masks import diffedit_mask, diffedit_mask_ref, mask_blend, mask_blend_ref
 from .sampling import (
-    PREDICTION_TYPES,
     cfg_combine,
     cfg_combine_ref,
     ddim_invert_step,

@@ -1,10 +1,12 @@
 """Backends: where an op can run, and why it cannot.
 
 Each backend declares the devices and dtypes it handles; ``not_supported_reasons`` says why it
-refuses an input. With ``backend=None`` an op runs on the first backend of ``AUTO_ORDER`` that
-implements it and accepts the inputs (the compiled kernels first; the torch reference only for
-inputs no kernel handles, such as float64). Naming a backend that cannot run is an error that
-carries the reasons — never a silent fallback.
+refuses an input. An op's implementation on one backend may also refuse inputs beyond device and
+dtype (a shape limit, such as the CUDA attention kernel's largest head dim): it is then a
+:class:`Limited` whose ``refuses(*inputs)`` gives the reason. With ``backend=None`` an op runs on
+the first backend of ``AUTO_ORDER`` that implements it and accepts the inputs (the compiled kernels
+first; the torch reference only for inputs no kernel handles, such as float64). Naming a backend
+that cannot run is an error that carries the reasons — never a silent fallback.
 """
 
 from __future__ import annotations
@@ -91,36 +93,74 @@ BACKENDS: Mapping[str, Backend] = {
 }
 
 
-def _select(op: str, implemented: Tuple[str, ...], device: torch.device, dtype: torch.dtype, requested):
+@dataclass(frozen=True)
+class Limited:
+    """An op's implementation on one backend that also refuses some inputs its device and dtype allow.
+    ``refuses(*inputs)`` returns why it cannot take them (naming the limit), or None when it accepts them."""
+
+    run: Callable
+    refuses: Callable[..., Optional[str]]
+
+
+def _candidates(op: str, impls: Mapping[str, Callable], device: torch.device, dtype: torch.dtype, requested):
+    """The implementations that can take inputs of this device and dtype, in the order to try them, and
+    why the others cannot; with a requested backend, that one only (or an error saying why not)."""
     if requested is not None:
         if requested not in BACKENDS:
             raise UnsupportedBackendError(
                 f"{op}: unknown backend {requested!r} (expected one of {', '.join(BACKENDS)})"
             )
-        if requested not in implemented:
+        if requested not in impls:
             raise UnsupportedBackendError(f"{op}: backend {requested!r} has no kernel for this op")
         reasons = BACKENDS[requested].not_supported_reasons(device, dtype, requested=True)
         if reasons:
             raise UnsupportedBackendError(f"{op}: backend {requested!r} cannot run these inputs: " + "; ".join(reasons))
-        return requested
-    why = []
+        return ((requested, impls[requested]),), []
+    found, why = [], []
     for name in AUTO_ORDER:
-        if name not in implemented:
+        if name not in impls:
             continue
         reasons = BACKENDS[name].not_supported_reasons(device, dtype)
-        if not reasons:
-            return name
-        why.append(f"{name}: " + "; ".join(reasons))
-    raise UnsupportedBackendError(f"{op}: no backend can run these inputs ({' | '.join(why)})")
+        if reasons:
+            why.append(f"{name}: " + "; ".join(reasons))
+        else:
+            found.append((name, impls[name]))
+    return tuple(found), why
 
 
-def dispatch(op: str, impls: Mapping[str, Callable], device: torch.device, dtype: torch.dtype, requested) -> Callable:
-    """The implementation of ``op`` to run for inputs on ``device`` with ``dtype`` (cached per input kind)."""
+class _ShapeDependent:
+    """A cached choice that depends on more than device and dtype: candidates to try with ``refuses``."""
+
+    __slots__ = ("candidates", "why")
+
+    def __init__(self, candidates, why):
+        self.candidates, self.why = candidates, why
+
+
+def dispatch(op: str, impls: Mapping[str, Callable], device: torch.device, dtype: torch.dtype, requested,
+             inputs: tuple = ()) -> Callable:
+    """The implementation of ``op`` to run for inputs on ``device`` with ``dtype`` (cached per input kind);
+    ``inputs`` go to the ``refuses`` of :class:`Limited` implementations."""
     key = (op, device, dtype, requested)
-    impl = _CHOSEN.get(key)
-    if impl is None:
-        impl = _CHOSEN[key] = impls[_select(op, tuple(impls), device, dtype, requested)]
-    return impl
+    chosen = _CHOSEN.get(key)
+    if chosen is None:
+        candidates, why = _candidates(op, impls, device, dtype, requested)
+        if candidates and not isinstance(candidates[0][1], Limited):
+            chosen = candidates[0][1]  # the first candidate takes any shape: the choice is final
+        else:
+            chosen = _ShapeDependent(candidates, why)
+        _CHOSEN[key] = chosen
+    if type(chosen) is not _ShapeDependent:
+        return chosen
+    why = list(chosen.why)
+    for name, impl in chosen.candidates:
+        reason = impl.refuses(*inputs) if isinstance(impl, Limited) else None
+        if reason is None:
+            return impl.run if isinstance(impl, Limited) else impl
+        if requested is not None:
+            raise UnsupportedBackendError(f"{op}: backend {requested!r} cannot run these inputs: {reason}")
+        why.append(f"{name}: {reason}")
+    raise UnsupportedBackendError(f"{op}: no backend can run these inputs ({' | '.join(why)})")
 
 
 _CHOSEN: dict = {}

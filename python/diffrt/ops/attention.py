@@ -3,8 +3,9 @@
 ``attention`` runs the compiled CPU kernel (csrc/cpu/attention_kernels.cpp: FlashAttention-style online
 softmax, the Lq×Lk score matrix is never materialised; float32 and bfloat16) or, for CUDA tensors, the CUDA
 kernel (csrc/cuda/attention_kernels.cu: shared-memory tiles, float32/bfloat16/float16, head dim ≤ 256, on
-torch's current stream) and differentiates through its fused backward. ``attention_ref`` is the readable
-torch oracle (any floating dtype, float64 included).
+torch's current stream) and differentiates through its fused backward. A larger head dim on CUDA goes to the
+next backend (an error with ``backend="cuda"``). ``attention_ref`` is the readable torch oracle (any floating
+dtype, float64 included).
 
 Shapes: q (B, H, Lq, d), k and v (B, H, Lk, d), key_padding_mask (B, Lk) bool with True = attend.
 A query whose keys are all masked gets a zero output (not NaN) and zero gradients. Empty inputs (B, H, Lq
@@ -26,12 +27,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .. import _C
-from . import _alloc, _backend, _checks
+from . import _alloc, _backend, _checks, _launch
+from ._codes import DTYPES
 
 __all__ = ["attention", "attention_ref"]
-
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # float16: CUDA only
-_CUDA_MAX_HEAD_DIM = 256
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -94,23 +93,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
     scale = 1.0 / math.sqrt(d) if scale is None else _checks.finite("scale", scale)
 
-    impls = {"cuda": _attention_cuda, "cpu": _attention_compiled, "torch": _attention_torch}
-    impl = _backend.dispatch("attention", impls, q.device, q.dtype, backend)
-    return impl(q, k, v, key_padding_mask, scale)
+    inputs = (q, k, v, key_padding_mask, scale)
+    return _backend.dispatch("attention", _IMPLS, q.device, q.dtype, backend, inputs)(*inputs)
 
 
 def _attention_torch(q, k, v, key_padding_mask, scale):
     return attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
 
 
-def _attention_cuda(q, k, v, key_padding_mask, scale):
-    if q.shape[-1] > _CUDA_MAX_HEAD_DIM:
-        raise ValueError(f"attention: the CUDA kernel supports head dims up to {_CUDA_MAX_HEAD_DIM}, "
-                         f"got q of shape {tuple(q.shape)}")
-    return _attention_compiled(q, k, v, key_padding_mask, scale)
+def _cuda_refuses(q, k, v, key_padding_mask, scale):
+    if q.shape[-1] > _C.CUDA_ATTENTION_MAX_HEAD_DIM:
+        limit = _C.CUDA_ATTENTION_MAX_HEAD_DIM
+        return f"the CUDA kernel supports head dims up to {limit}, got q of shape {tuple(q.shape)}"
+    return None
 
 
 def _attention_compiled(q, k, v, key_padding_mask, scale):
+    """The CPU or CUDA kernels, after the device of q."""
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _FusedAttention.apply(q, k, v, key_padding_mask, scale)
     out, _ = _forward(q, k, v, key_padding_mask, scale, need_lse=False)
@@ -122,8 +121,15 @@ def _dense_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _strides(t: torch.Tensor):
-    return list(t.stride()[:3])
+def _strides(t: torch.Tensor) -> tuple:
+    return t.stride()[:3]
+
+
+def _set_shapes(args, q: torch.Tensor, k: torch.Tensor) -> None:
+    """The fields the forward and backward structs share: dtype and sizes, from q (B, H, Lq, d) and k (B, H, Lk, d)."""
+    args.dtype = DTYPES[q.dtype]
+    args.batch, args.heads, args.q_len, args.head_dim = q.shape
+    args.kv_len = k.shape[2]
 
 
 def _mask_ptr(key_padding_mask: Optional[torch.Tensor]) -> tuple:
@@ -133,12 +139,8 @@ def _mask_ptr(key_padding_mask: Optional[torch.Tensor]) -> tuple:
     return mask, mask.data_ptr()
 
 
-def _launch(name: str, t: torch.Tensor, *args):
-    """_C.<name>(*args, num_threads) on the CPU; _C.cuda_<name>(*args, device, stream) for CUDA tensors."""
-    if t.is_cuda:
-        getattr(_C, "cuda_" + name)(*args, t.device.index, torch.cuda.current_stream(t.device).cuda_stream)
-    else:
-        getattr(_C, name)(*args, torch.get_num_threads())
+_FORWARD = _launch.kernel("attention_forward")
+_BACKWARD = _launch.kernel("attention_backward")
 
 
 def _forward(q, k, v, key_padding_mask, scale, *, need_lse: bool):
@@ -152,9 +154,21 @@ def _forward(q, k, v, key_padding_mask, scale, *, need_lse: bool):
             lse.fill_(float("-inf"))
         return out, lse
     mask, mask_ptr = _mask_ptr(key_padding_mask)
-    _launch("attention_forward", q, _DTYPE_CODES[q.dtype], B, H, Lq, Lk, d,
-            q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
-            mask_ptr, out.data_ptr(), _strides(out), lse.data_ptr() if lse is not None else 0, float(scale))
+    args = _C.AttentionForwardArgs()
+    _set_shapes(args, q, k)
+    args.q = q.data_ptr()
+    args.k = k.data_ptr()
+    args.v = v.data_ptr()
+    args.q_strides = _strides(q)
+    args.k_strides = _strides(k)
+    args.v_strides = _strides(v)
+    args.key_padding_mask = mask_ptr
+    args.out = out.data_ptr()
+    args.out_strides = _strides(out)
+    if lse is not None:
+        args.lse = lse.data_ptr()
+    args.scale = float(scale)
+    _launch.run(_FORWARD, args, q)
     del mask
     return out, lse
 
@@ -184,9 +198,32 @@ class _FusedAttention(torch.autograd.Function):
             return dq.zero_(), dk.zero_(), dv.zero_(), None, None
         if out.numel():
             mask, mask_ptr = _mask_ptr(key_padding_mask)
-            _launch("attention_backward", q, _DTYPE_CODES[q.dtype], B, H, Lq, Lk, d,
-                    q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v),
-                    out.data_ptr(), _strides(out), dout.data_ptr(), _strides(dout), mask_ptr,
-                    lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), float(ctx.scale))
+            args = _C.AttentionBackwardArgs()
+            _set_shapes(args, q, k)
+            args.q = q.data_ptr()
+            args.k = k.data_ptr()
+            args.v = v.data_ptr()
+            args.out = out.data_ptr()
+            args.dout = dout.data_ptr()
+            args.q_strides = _strides(q)
+            args.k_strides = _strides(k)
+            args.v_strides = _strides(v)
+            args.out_strides = _strides(out)
+            args.dout_strides = _strides(dout)
+            args.key_padding_mask = mask_ptr
+            args.lse = lse.data_ptr()
+            args.dq = dq.data_ptr()
+            args.dk = dk.data_ptr()
+            args.dv = dv.data_ptr()
+            args.scale = float(ctx.scale)
+            _launch.run(_BACKWARD, args, q)
             del mask
         return dq, dk, dv, None, None
+
+
+# The CUDA kernel first (for CUDA tensors with a head dim it supports), then the CPU kernel, then the reference.
+_IMPLS = {
+    "cuda": _backend.Limited(_attention_compiled, _cuda_refuses),
+    "cpu": _attention_compiled,
+    "torch": _attention_torch,
+}

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
-from . import _alloc, _checks
+from . import _alloc, _checks, _launch
 from ._backend import dispatch
-from .sampling import _DTYPE_CODES, _math_dtype
+from ._codes import DTYPES, math_dtype
+
+__all__ = ["downsample_cond", "downsample_cond_ref"]
 
 
 def _out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -44,7 +46,7 @@ def downsample_cond_ref(
     """torch.conv2d over torch.cat([image, mask]), in float32 at least (float64 when given it), then
     either returned as (N, C, H', W') or copied into out[:, channel_offset : channel_offset + C]."""
     dtype = image.dtype
-    math = _math_dtype(dtype)
+    math = math_dtype(dtype)
     x = torch.cat([image.to(math), mask.to(math).expand(image.shape[0], -1, -1, -1)], dim=1)
     cond = F.conv2d(x, weight.to(math), None if bias is None else bias.to(math), stride=stride, padding=padding)
     if out is None:
@@ -63,6 +65,9 @@ def _planes_dense(t: torch.Tensor) -> bool:
     return t.stride(3) == 1 and (t.shape[2] == 1 or t.stride(2) == t.shape[3])
 
 
+_DOWNSAMPLE_COND = _launch.kernel("downsample_cond")
+
+
 def _downsample_cpu(image, mask, weight, bias, stride, padding, out, channel_offset):
     image_, mask_, weight_ = image.contiguous(), mask.contiguous(), weight.contiguous()
     bias_ = None if bias is None else bias.contiguous()
@@ -73,12 +78,28 @@ def _downsample_cpu(image, mask, weight, bias, stride, padding, out, channel_off
     if out is None or not _planes_dense(out):
         target, offset = _alloc.empty((n, c, ho, wo), dtype=image.dtype, device=image.device), 0
     mask_channels = mask_.shape[1]
-    _C.downsample_cond(
-        _DTYPE_CODES[image_.dtype], n, image_channels, mask_channels, h, w, image_.data_ptr(), mask_.data_ptr(),
-        mask_channels * h * w if mask_.shape[0] == n else 0, weight_.data_ptr(),
-        0 if bias_ is None else bias_.data_ptr(), c, k, stride, padding,
-        target.data_ptr(), target.stride(0), target.stride(1), offset, torch.get_num_threads(),
-    )
+    args = _C.DownsampleCondArgs()
+    args.dtype = DTYPES[image_.dtype]
+    args.batch = n
+    args.image_channels = image_channels
+    args.mask_channels = mask_channels
+    args.height = h
+    args.width = w
+    args.image = image_.data_ptr()
+    args.mask = mask_.data_ptr()
+    args.mask_batch_stride = mask_channels * h * w if mask_.shape[0] == n else 0  # 0: one mask for the batch
+    args.weight = weight_.data_ptr()
+    if bias_ is not None:
+        args.bias = bias_.data_ptr()
+    args.out_channels = c
+    args.kernel_size = k
+    args.stride = stride
+    args.padding = padding
+    args.out = target.data_ptr()
+    args.out_batch_stride = target.stride(0)
+    args.out_channel_stride = target.stride(1)
+    args.channel_offset = offset
+    _launch.run(_DOWNSAMPLE_COND, args, image_)
     if out is not None and target is not out:
         out.narrow(1, channel_offset, c).copy_(target)
         return out

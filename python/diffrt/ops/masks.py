@@ -7,9 +7,12 @@ from typing import Optional
 import torch
 
 from .. import _C
-from . import _alloc, _checks
+from . import _alloc, _checks, _launch
+from ._autograd import needs_grad, with_reference_gradients
 from ._backend import dispatch
-from .sampling import _DTYPE_CODES, _cuda_launch_args, _math_dtype, needs_grad, with_reference_gradients
+from ._codes import DTYPES, math_dtype
+
+__all__ = ["diffedit_mask", "diffedit_mask_ref", "mask_blend", "mask_blend_ref"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -21,7 +24,7 @@ def mask_blend_ref(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
     """out = m·a + (1−m)·b, the mask (N or 1, 1, H, W) broadcast over channels (and batch); exactly a
     where m = 1 and b where m = 0, whatever the other holds (0·inf would be NaN)."""
     dtype = a.dtype
-    m = mask.to(_math_dtype(dtype))
+    m = mask.to(math_dtype(dtype))
     a_, b_ = a.to(m.dtype), b.to(m.dtype)
     return torch.where(m == 1, a_, torch.where(m == 0, b_, m * a_ + (1 - m) * b_)).to(dtype)
 
@@ -38,7 +41,7 @@ def diffedit_mask_ref(
     q, r = eps_query, eps_ref
     if q.dim() == 4:
         q, r = q.unsqueeze(0), r.unsqueeze(0)
-    dtype = _math_dtype(q.dtype)
+    dtype = math_dtype(q.dtype)
     diff = (q.to(dtype) - r.to(dtype)).abs().mean(dim=(1, 2))  # (B, H, W)
     bound = clamp_ratio * diff.mean(dim=(1, 2), keepdim=True)
     empty = bound == 0  # divide by 1 there, so that no 0/0 reaches the values or the gradient
@@ -52,28 +55,31 @@ def diffedit_mask_ref(
 # ---------------------------------------------------------------------------------------------
 
 
-def _blend_compiled(kernel, tail, mask, a, b):
+_MASK_BLEND = _launch.kernel("mask_blend")
+
+
+def _blend_compiled(mask, a, b):
+    """The CPU or CUDA kernel, after the device of ``a``."""
     a_, b_ = a.contiguous(), b.contiguous()
     m = mask.to(a.dtype).contiguous()
     n, c = a_.shape[0], a_.shape[1]
     spatial = a_.shape[2] * a_.shape[3]
     out = _alloc.empty_like(a_)
-    kernel(
-        _DTYPE_CODES[a_.dtype], n, c, spatial, m.data_ptr(), spatial if m.shape[0] == n and n > 1 else 0,
-        a_.data_ptr(), b_.data_ptr(), out.data_ptr(), *tail,
-    )
+    args = _C.MaskBlendArgs()
+    args.dtype = DTYPES[a_.dtype]
+    args.batch = n
+    args.channels = c
+    args.spatial = spatial
+    args.mask = m.data_ptr()
+    args.mask_batch_stride = spatial if m.shape[0] == n and n > 1 else 0  # 0: one mask for the batch
+    args.a = a_.data_ptr()
+    args.b = b_.data_ptr()
+    args.out = out.data_ptr()
+    _launch.run(_MASK_BLEND, args, a_)
     return out
 
 
-def _blend_cpu(mask, a, b):
-    return _blend_compiled(_C.mask_blend, (torch.get_num_threads(),), mask, a, b)
-
-
-def _blend_cuda(mask, a, b):
-    return _blend_compiled(_C.cuda_mask_blend, _cuda_launch_args(a), mask, a, b)
-
-
-_BLEND_IMPLS = {"cuda": _blend_cuda, "cpu": _blend_cpu, "torch": mask_blend_ref}
+_BLEND_IMPLS = {"cuda": _blend_compiled, "cpu": _blend_compiled, "torch": mask_blend_ref}
 
 
 class _MaskBlendFunction(torch.autograd.Function):
@@ -89,7 +95,7 @@ class _MaskBlendFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         mask, a, b = ctx.saved_tensors
-        dtype = _math_dtype(a.dtype)
+        dtype = math_dtype(a.dtype)
         m, g = mask.to(dtype), grad.to(dtype)
         grad_mask = grad_a = grad_b = None
         if ctx.needs_input_grad[2]:
@@ -150,32 +156,36 @@ def mask_blend(
     return _MaskBlendFunction.apply(lambda: impl(mask.detach(), a.detach(), b.detach()), mask, a, b)
 
 
-def _diffedit_compiled(kernel, tail, q, r, clamp_ratio, threshold):
+_DIFFEDIT_MASK = _launch.kernel("diffedit_mask")
+
+
+def _diffedit_compiled(q, r, clamp_ratio, threshold):
+    """The CPU or CUDA kernel, after the device of ``q``."""
     q_, r_ = q.contiguous(), r.contiguous()
     if q_.dim() == 4:
         q_, r_ = q_.unsqueeze(0), r_.unsqueeze(0)
     bsz, draws, c, h, w = q_.shape
     out = _alloc.empty((bsz, 1, h, w), dtype=torch.float32, device=q.device)
-    kernel(
-        _DTYPE_CODES[q_.dtype], bsz, draws, c, h * w, q_.data_ptr(), r_.data_ptr(), out.data_ptr(),
-        clamp_ratio, -1.0 if threshold is None else threshold, *tail,
-    )
+    args = _C.DiffEditMaskArgs()
+    args.dtype = DTYPES[q_.dtype]
+    args.batch = bsz
+    args.draws = draws
+    args.channels = c
+    args.spatial = h * w
+    args.eps_query = q_.data_ptr()
+    args.eps_ref = r_.data_ptr()
+    args.out = out.data_ptr()
+    args.clamp_ratio = clamp_ratio
+    args.threshold = -1.0 if threshold is None else threshold  # negative: the soft map
+    _launch.run(_DIFFEDIT_MASK, args, q_)
     return out
-
-
-def _diffedit_cpu(q, r, clamp_ratio, threshold):
-    return _diffedit_compiled(_C.diffedit_mask, (torch.get_num_threads(),), q, r, clamp_ratio, threshold)
-
-
-def _diffedit_cuda(q, r, clamp_ratio, threshold):
-    return _diffedit_compiled(_C.cuda_diffedit_mask, _cuda_launch_args(q), q, r, clamp_ratio, threshold)
 
 
 def _diffedit_torch(q, r, clamp_ratio, threshold):
     return diffedit_mask_ref(q, r, clamp_ratio=clamp_ratio, threshold=threshold)
 
 
-_DIFFEDIT_IMPLS = {"cuda": _diffedit_cuda, "cpu": _diffedit_cpu, "torch": _diffedit_torch}
+_DIFFEDIT_IMPLS = {"cuda": _diffedit_compiled, "cpu": _diffedit_compiled, "torch": _diffedit_torch}
 
 
 def diffedit_mask(

@@ -7,20 +7,19 @@ point that validates its inputs and dispatches to a backend (C++ CPU kernels, or
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 
 from .. import _C
-from . import _alloc, _checks
+from . import _alloc, _checks, _launch
+from ._autograd import needs_grad, with_reference_gradients
 from ._backend import dispatch
+from ._checks import Scalar
+from ._codes import DTYPES, PREDICTION_TYPES, PREDICTIONS, ClipMode, math_dtype
 
-Scalar = Union[float, torch.Tensor]
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-_PREDICTION_CODES = {name: i for i, name in enumerate(PREDICTION_TYPES)}  # csrc/sampler_math.h Prediction
-_CLIP_NONE, _CLIP_FIXED, _CLIP_DYNAMIC = 0, 1, 2  # csrc/sampler_math.h ClipMode
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/common.h DType (f16: CUDA only)
+__all__ = ["PREDICTION_TYPES", "cfg_combine", "cfg_combine_ref", "ddim_invert_step", "ddim_invert_step_ref",
+           "ddim_step", "ddim_step_ref"]
 
 
 def _per_sample_view(name: str, v: Scalar, like: torch.Tensor, **limits) -> torch.Tensor:
@@ -32,11 +31,6 @@ def _per_sample_view(name: str, v: Scalar, like: torch.Tensor, **limits) -> torc
     if isinstance(v, torch.Tensor):
         return v.to(dtype=like.dtype, device=like.device).reshape(-1).expand(n).reshape(shape)
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
-
-
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The references compute in float32 at least (as the kernels do) and in float64 when given it."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,7 +45,7 @@ def cfg_combine_ref(model_output: torch.Tensor, guidance_scale: Scalar, *, guida
     sample) makes the sample NaN, as in diffusers."""
     dtype = model_output.dtype
     half = model_output.shape[0] // 2
-    uncond, cond = model_output.to(_math_dtype(dtype)).split([half, half])
+    uncond, cond = model_output.to(math_dtype(dtype)).split([half, half])
     w = _per_sample_view("guidance_scale", guidance_scale, uncond)
     guided = uncond + w * (cond - uncond)
     if guidance_rescale != 0.0 and math.prod(guided.shape[1:]) > 1 and half > 0:  # one element has no spread
@@ -83,7 +77,7 @@ def ddim_step_ref(
 ):
     """One DDIM update, written step by step after Song et al. 2021 (notation of the paper)."""
     dtype = sample.dtype
-    x_t = sample.to(_math_dtype(dtype))
+    x_t = sample.to(math_dtype(dtype))
     n = x_t.shape[0]
     # 1. model output; with guidance, combine the batched [uncond; cond] halves first
     if guidance_scale is not None:
@@ -151,59 +145,6 @@ def ddim_invert_step_ref(
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd: the kernels compute the forward; the backward is the reference's vector-Jacobian product
-# ---------------------------------------------------------------------------------------------
-
-
-def needs_grad(*inputs) -> bool:
-    """Whether autograd must see this call: grad mode is on and some tensor input requires grad."""
-    if torch.is_grad_enabled():
-        for t in inputs:  # a plain loop and getattr: this runs on every call (numbers have no requires_grad)
-            if getattr(t, "requires_grad", False):
-                return True
-    return False
-
-
-class _KernelWithReferenceGrad(torch.autograd.Function):
-    """Forward: the compiled kernel's result. Backward: the VJP of the torch reference, recomputed from
-    the saved inputs (in float32 for float32/bfloat16 inputs, as the reference computes) — the
-    ops are elementwise up to per-sample statistics, so the recomputation costs about one forward.
-    Subgradients are the reference's: clamp's, torch.quantile's (to the two interpolated neighbours)."""
-
-    @staticmethod
-    def forward(ctx, run_kernel, reference, *inputs):
-        ctx.reference = reference
-        ctx.save_for_backward(*inputs)
-        return run_kernel()
-
-    @staticmethod
-    def backward(ctx, *grad_outputs):
-        wanted = ctx.needs_input_grad[2:]
-        with torch.enable_grad():
-            leaves = [None if t is None else t.detach().requires_grad_(w) for t, w in zip(ctx.saved_tensors, wanted)]
-            outputs = ctx.reference(*leaves)
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
-        sources = [leaf for leaf, w in zip(leaves, wanted) if w]
-        grads = iter(torch.autograd.grad([o for o, _ in pairs], sources, [g for _, g in pairs], allow_unused=True))
-        return (None, None, *(next(grads) if w else None for w in wanted))
-
-
-def with_reference_gradients(run_kernel, reference, inputs: tuple, on_reference: bool):
-    """run_kernel() as a differentiable function of `inputs` (tensors, numbers or None, in the order
-    `reference` takes them), with the reference's gradients. On the reference backend (float64, any
-    device) the reference itself runs under autograd."""
-    if on_reference:
-        return reference(*inputs)
-    tensors = [v if isinstance(v, torch.Tensor) else None for v in inputs]
-
-    def reference_of_tensors(*ts):
-        return reference(*(t if isinstance(v, torch.Tensor) else v for t, v in zip(ts, inputs)))
-
-    return _KernelWithReferenceGrad.apply(run_kernel, reference_of_tensors, *tensors)
-
-
-# ---------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------
 
@@ -222,8 +163,8 @@ def _check_model_output(sample: torch.Tensor, model_output: torch.Tensor, guided
         raise ValueError(f"model_output must have the shape of sample {tuple(xs)}, got {tuple(ms)}")
 
 
-# (mode, clip range, dynamic-threshold quantile, dynamic-threshold bound), as the kernels take them
-_NO_CLIP = (_CLIP_NONE, 0.0, 0.0, math.inf)
+# (mode, clip range, dynamic-threshold quantile, dynamic-threshold bound): DdimStepArgs' clip fields
+_NO_CLIP = (ClipMode.none, 0.0, 0.0, math.inf)
 
 
 def _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max) -> tuple:
@@ -235,7 +176,7 @@ def _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max) ->
             raise ValueError(f"clip_sample_range must be > 0, got {clip_range}")
         if dynamic_threshold_max is not None:
             raise ValueError("dynamic_threshold_max needs dynamic_threshold")
-        return (_CLIP_FIXED, clip_range, 0.0, math.inf)
+        return (ClipMode.fixed, clip_range, 0.0, math.inf)
     if dynamic_threshold is None:
         raise ValueError("dynamic_threshold_max needs dynamic_threshold")
     dyn_q = _checks.finite("dynamic_threshold", dynamic_threshold)
@@ -246,7 +187,7 @@ def _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max) ->
         dyn_max = _checks.finite("dynamic_threshold_max", dynamic_threshold_max)
         if dyn_max <= 0.0:  # below 1 is fine: s = clamp(q, min=1, max) is then max (diffusers' semantics)
             raise ValueError(f"dynamic_threshold_max must be > 0, got {dyn_max}")
-    return (_CLIP_DYNAMIC, 0.0, dyn_q, dyn_max)
+    return (ClipMode.dynamic, 0.0, dyn_q, dyn_max)
 
 
 def _check_guidance(guidance_scale, guidance_rescale, n: int) -> Tuple[Optional[List[float]], float]:
@@ -260,13 +201,12 @@ def _check_guidance(guidance_scale, guidance_rescale, n: int) -> Tuple[Optional[
     return _checks.per_sample("guidance_scale", guidance_scale, n), rescale
 
 
-def _cuda_launch_args(t: torch.Tensor) -> tuple:
-    """The CUDA kernels' last two arguments: the tensor's device index and torch's current stream on it."""
-    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
+_DDIM_STEP = _launch.kernel("ddim_step")
 
 
-def _ddim_compiled(kernel, tail, sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction,
-                   clip, use_clipped, return_x0):
+def _ddim_compiled(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction_type, clip,
+                   use_clipped, return_x0):
+    """The CPU or CUDA kernel, after the device of ``sample``."""
     x = sample.contiguous()
     m = model_output.contiguous()
     z = noise.contiguous() if noise is not None else None
@@ -274,40 +214,51 @@ def _ddim_compiled(kernel, tail, sample, model_output, noise, alpha_t, alpha_pre
     numel = x.numel() // n if n else 0  # an empty batch: the kernel writes nothing
     out = _alloc.empty_like(x)
     x0 = _alloc.empty_like(x) if return_x0 else None
-    cond_ptr = m.data_ptr() + n * numel * m.element_size() if guidance is not None else 0
-    kernel(
-        _DTYPE_CODES[x.dtype], n, numel, x.data_ptr(), m.data_ptr(), cond_ptr,
-        z.data_ptr() if z is not None else 0, out.data_ptr(), x0.data_ptr() if x0 is not None else 0,
-        alpha_t, alpha_prev, guidance if guidance is not None else [], eta, rescale, prediction, *clip,
-        use_clipped, *tail,
-    )
+    mode, clip_range, dyn_q, dyn_max = clip
+    args = _C.DdimStepArgs()
+    args.dtype = DTYPES[x.dtype]
+    args.batch = n
+    args.numel = numel
+    args.sample = x.data_ptr()
+    args.model = m.data_ptr()
+    if guidance is not None:  # the batched [uncond; cond] output: cond is its second half
+        args.model_cond = m.data_ptr() + n * numel * m.element_size()
+        args.guidance_scale = guidance
+    if z is not None:
+        args.noise = z.data_ptr()
+    args.out = out.data_ptr()
+    if x0 is not None:
+        args.out_x0 = x0.data_ptr()
+    args.alpha_t = alpha_t
+    args.alpha_prev = alpha_prev
+    args.eta = eta
+    args.guidance_rescale = rescale
+    args.prediction = PREDICTIONS[prediction_type]
+    args.clip = mode
+    args.clip_range = clip_range
+    args.dynamic_quantile = dyn_q
+    args.dynamic_max = dyn_max
+    args.use_clipped_model_output = use_clipped
+    _launch.run(_DDIM_STEP, args, x)
     return (out, x0) if return_x0 else out
 
 
-def _ddim_cpu(*args):
-    return _ddim_compiled(_C.ddim_step, (torch.get_num_threads(),), *args)
-
-
-def _ddim_cuda(sample, *args):
-    return _ddim_compiled(_C.cuda_ddim_step, _cuda_launch_args(sample), sample, *args)
-
-
-def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction, clip,
+def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction_type, clip,
                 use_clipped, return_x0):
-    clip, clip_range, dyn_q, dyn_max = clip
+    mode, clip_range, dyn_q, dyn_max = clip
     return ddim_step_ref(
         sample, model_output,
         torch.tensor(alpha_t, dtype=torch.float64), torch.tensor(alpha_prev, dtype=torch.float64),
-        eta=eta, noise=noise, prediction_type=PREDICTION_TYPES[prediction],
-        clip_sample_range=clip_range if clip == _CLIP_FIXED else None,
-        dynamic_threshold=dyn_q if clip == _CLIP_DYNAMIC else None,
-        dynamic_threshold_max=dyn_max if clip == _CLIP_DYNAMIC else None,
+        eta=eta, noise=noise, prediction_type=prediction_type,
+        clip_sample_range=clip_range if mode == ClipMode.fixed else None,
+        dynamic_threshold=dyn_q if mode == ClipMode.dynamic else None,
+        dynamic_threshold_max=dyn_max if mode == ClipMode.dynamic else None,
         guidance_scale=torch.tensor(guidance, dtype=torch.float64) if guidance is not None else None,
         guidance_rescale=rescale, use_clipped_model_output=use_clipped, return_x0=return_x0,
     )
 
 
-_DDIM_IMPLS = {"cuda": _ddim_cuda, "cpu": _ddim_cpu, "torch": _ddim_torch}
+_DDIM_IMPLS = {"cuda": _ddim_compiled, "cpu": _ddim_compiled, "torch": _ddim_torch}
 
 
 def ddim_step(
@@ -377,7 +328,7 @@ def ddim_step(
     else:
         guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, n)
     _check_model_output(sample, model_output, guidance is not None)
-    if prediction_type not in _PREDICTION_CODES:
+    if prediction_type not in PREDICTIONS:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     # ᾱ = 0 is the last step of a zero-terminal-SNR schedule: fine for v and x0 prediction, but
     # ε-prediction divides by √ᾱ_t.
@@ -410,7 +361,7 @@ def ddim_step(
     else:
         clip = _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max)
     impl = dispatch("ddim_step", _DDIM_IMPLS, sample.device, sample.dtype, backend)
-    args = (sample, model_output, noise, a_t, a_prev, guidance, eta, rescale, _PREDICTION_CODES[prediction_type],
+    args = (sample, model_output, noise, a_t, a_prev, guidance, eta, rescale, prediction_type,
             clip, bool(use_clipped_model_output), bool(return_x0))
     grad_inputs = (sample, model_output, noise, alpha_t, alpha_prev, guidance_scale if guidance is not None else None)
     if not needs_grad(*grad_inputs):
@@ -420,9 +371,9 @@ def ddim_step(
     def reference(sample, model_output, noise, alpha_t, alpha_prev, guidance_scale):
         return ddim_step_ref(
             sample, model_output, alpha_t, alpha_prev, eta=eta, noise=noise, prediction_type=prediction_type,
-            clip_sample_range=clip_range if mode == _CLIP_FIXED else None,
-            dynamic_threshold=dyn_q if mode == _CLIP_DYNAMIC else None,
-            dynamic_threshold_max=dyn_max if mode == _CLIP_DYNAMIC else None,
+            clip_sample_range=clip_range if mode == ClipMode.fixed else None,
+            dynamic_threshold=dyn_q if mode == ClipMode.dynamic else None,
+            dynamic_threshold_max=dyn_max if mode == ClipMode.dynamic else None,
             guidance_scale=guidance_scale, guidance_rescale=rescale,
             use_clipped_model_output=bool(use_clipped_model_output), return_x0=bool(return_x0),
         )
@@ -453,31 +404,33 @@ def ddim_invert_step(
     )
 
 
-def _cfg_compiled(kernel, tail, model_output, guidance, rescale):
+_CFG_COMBINE = _launch.kernel("cfg_combine")
+
+
+def _cfg_compiled(model_output, guidance, rescale):
+    """The CPU or CUDA kernel, after the device of ``model_output``."""
     m = model_output.contiguous()
     n = len(guidance)
     numel = m.numel() // (2 * n) if n else 0
     out = _alloc.empty_like(m[:n])
-    kernel(
-        _DTYPE_CODES[m.dtype], n, numel, m.data_ptr(), m.data_ptr() + n * numel * m.element_size(),
-        out.data_ptr(), guidance, rescale, *tail,
-    )
+    args = _C.CfgCombineArgs()
+    args.dtype = DTYPES[m.dtype]
+    args.batch = n
+    args.numel = numel
+    args.uncond = m.data_ptr()
+    args.cond = m.data_ptr() + n * numel * m.element_size()
+    args.out = out.data_ptr()
+    args.guidance_scale = guidance
+    args.guidance_rescale = rescale
+    _launch.run(_CFG_COMBINE, args, m)
     return out
-
-
-def _cfg_cpu(*args):
-    return _cfg_compiled(_C.cfg_combine, (torch.get_num_threads(),), *args)
-
-
-def _cfg_cuda(model_output, *args):
-    return _cfg_compiled(_C.cuda_cfg_combine, _cuda_launch_args(model_output), model_output, *args)
 
 
 def _cfg_torch(model_output, guidance, rescale):
     return cfg_combine_ref(model_output, torch.tensor(guidance, dtype=torch.float64), guidance_rescale=rescale)
 
 
-_CFG_IMPLS = {"cuda": _cfg_cuda, "cpu": _cfg_cpu, "torch": _cfg_torch}
+_CFG_IMPLS = {"cuda": _cfg_compiled, "cpu": _cfg_compiled, "torch": _cfg_torch}
 
 
 def cfg_combine(

@@ -1,0 +1,52 @@
+"""Autograd for the ops whose kernels compute only the forward: the backward is the vector-Jacobian
+product of the op's torch reference."""
+
+import torch
+
+
+def needs_grad(*inputs) -> bool:
+    """Whether autograd must see this call: grad mode is on and some tensor input requires grad."""
+    if torch.is_grad_enabled():
+        for t in inputs:  # a plain loop and getattr: this runs on every call (numbers have no requires_grad)
+            if getattr(t, "requires_grad", False):
+                return True
+    return False
+
+
+class _KernelWithReferenceGrad(torch.autograd.Function):
+    """Forward: the compiled kernel's result. Backward: the VJP of the torch reference, recomputed from
+    the saved inputs (in float32 for float32/bfloat16 inputs, as the reference computes) — the
+    ops are elementwise up to per-sample statistics, so the recomputation costs about one forward.
+    Subgradients are the reference's: clamp's, torch.quantile's (to the two interpolated neighbours)."""
+
+    @staticmethod
+    def forward(ctx, run_kernel, reference, *inputs):
+        ctx.reference = reference
+        ctx.save_for_backward(*inputs)
+        return run_kernel()
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        wanted = ctx.needs_input_grad[2:]
+        with torch.enable_grad():
+            leaves = [None if t is None else t.detach().requires_grad_(w) for t, w in zip(ctx.saved_tensors, wanted)]
+            outputs = ctx.reference(*leaves)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None and o.requires_grad]
+        sources = [leaf for leaf, w in zip(leaves, wanted) if w]
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], sources, [g for _, g in pairs], allow_unused=True))
+        return (None, None, *(next(grads) if w else None for w in wanted))
+
+
+def with_reference_gradients(run_kernel, reference, inputs: tuple, on_reference: bool):
+    """run_kernel() as a differentiable function of `inputs` (tensors, numbers or None, in the order
+    `reference` takes them), with the reference's gradients. On the reference backend (float64, any
+    device) the reference itself runs under autograd."""
+    if on_reference:
+        return reference(*inputs)
+    tensors = [v if isinstance(v, torch.Tensor) else None for v in inputs]
+
+    def reference_of_tensors(*ts):
+        return reference(*(t if isinstance(v, torch.Tensor) else v for t, v in zip(ts, inputs)))
+
+    return _KernelWithReferenceGrad.apply(run_kernel, reference_of_tensors, *tensors)
