@@ -74,18 +74,3 @@ def test_tests_import_the_installed_diffrt():
     assert diffrt.kernels.__name__ == "diffrt.kernels"
     assert hasattr(diffrt, "_C"), "the compiled extension is part of the installed package"
 
-
-def test_no_op_module_imports_a_private_name_of_another():
-    """diffrt.ops: what several op modules share lives in the private helper modules (_codes, _launch,
-    _autograd, _checks, _alloc, _backend); an op module imports nothing private from a sibling op module."""
-    import ast
-
-    ops_dir = Path(diffrt.__file__).resolve().parent / "ops"
-    op_modules = {p.stem for p in ops_dir.glob("*.py") if not p.stem.startswith("_")}
-    assert {"sampling", "masks", "attention", "downsample"} <= op_modules
-    offending = []
-    for name in op_modules:
-        for node in ast.walk(ast.parse((ops_dir / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in op_modules:
-                offending += [f"{name} imports {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
-    assert not offending, offending

@@ -8,7 +8,7 @@ import platform
 import torch
 
 from . import _C, __version__
-from .ops._backend import AUTO_ORDER, backend_table
+from .ops import AUTO_ORDER, backend_table
 
 
 def collect() -> dict:

@@ -5,7 +5,7 @@ can (C++ CPU kernels, CUDA kernels, or the torch reference for anything else); `
 on one. Each op has its readable torch reference ``<op>_ref`` beside it, exact in float64.
 """
 
-from ._backend import BACKENDS, UnsupportedBackendError
+from ._backend import AUTO_ORDER, BACKENDS, UnsupportedBackendError, backend_table
 from ._codes import PREDICTION_TYPES
 from .attention import attention, attention_ref
 from .downsample import downsample_cond, downsample_cond_ref
@@ -20,11 +20,13 @@ from .sampling import (
 )
 
 __all__ = [
+    "AUTO_ORDER",
     "BACKENDS",
     "PREDICTION_TYPES",
     "UnsupportedBackendError",
     "attention",
     "attention_ref",
+    "backend_table",
     "cfg_combine",
     "cfg_combine_ref",
     "ddim_invert_step",
