@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from diffrt import data
+from diffrt.data import FullMasking, ProceduralStream, world
 from diffrt.data.world import BOUND, GAP, ObjectSpec, SceneSpec, fits, occupied, place
 
 RESOLUTIONS = [32, 64, 97, 256]
@@ -404,3 +405,56 @@ def test_train_config_masking_sections():
     assert masking_from({"masking": "random", "p_full": 0.0})(r, _rng(1)).kind == "random"
     with pytest.raises(ValueError, match="masking"):
         masking_from({"masking": "boxes"})
+
+
+def _words_changed(a: str, b: str) -> set:
+    return set(a.split()) ^ set(b.split())
+
+
+@pytest.mark.parametrize("attribute", world.VARIED_ATTRIBUTES)
+def test_vary_changes_one_attribute_of_one_object_and_the_caption_says_so(attribute):
+    rng_seed = int(np.random.default_rng().integers(2**31))
+    done = 0
+    for i in range(200):
+        scene = world.scene_at(rng_seed, i)
+        try:
+            varied, got = world.vary(scene, np.random.default_rng([rng_seed, i]), attributes=(attribute,))
+        except ValueError:
+            continue  # this scene leaves no room for the attribute
+        assert got == attribute and varied.background == scene.background
+        changed = [(a, b) for a, b in zip(scene.objects, varied.objects) if a != b]
+        assert len(changed) == 1 and len(varied.objects) == len(scene.objects)
+        before, after = changed[0]
+        fields = {f for f in ("shape", "colour", "size", "positions", "texture") if getattr(before, f) != getattr(after, f)}
+        expected = {"colour": {"colour"}, "shape": {"shape"}, "size": {"size"}, "position": {"positions"}}[attribute]
+        assert expected <= fields <= expected | {"positions"}, (attribute, fields)
+        if attribute == "position" or (attribute == "size" and before.count == 1):
+            assert (world.spatial_phrase(before.positions) != world.spatial_phrase(after.positions)) == (attribute == "position")
+        assert world.caption_full(scene) != world.caption_full(varied)
+        others = [o for o in varied.objects if o is not after]
+        assert after.colour not in scene.background.colours and all(o.colour != after.colour for o in others)
+        assert all(world.fits(x, y, after.radius, [d for o in others for d in world.occupied(o)]) for x, y in after.positions)
+        done += 1
+    assert done >= 50, done
+
+
+def test_vary_is_a_function_of_its_generator_and_checks_its_attributes():
+    scene = world.scene_at(3, 7)
+    assert world.vary(scene, np.random.default_rng(5)) == world.vary(scene, np.random.default_rng(5))
+    with pytest.raises(ValueError, match="attributes"):
+        world.vary(scene, np.random.default_rng(0), attributes=("texture",))
+
+
+def test_minimal_pairs_put_each_scene_beside_its_variant_in_one_batch():
+    stream = ProceduralStream(32, seed=4, batch_size=4, rank=0, world_size=1, masking=FullMasking(), minimal_pairs=True)
+    samples = [s for _, s in zip(range(8), stream)]
+    for even, odd in zip(samples[0::2], samples[1::2]):
+        assert odd["index"] == even["index"] + 1
+        expected = world.vary(world.scene_at(4, even["index"]), np.random.default_rng([4, odd["index"], 2]))[0]
+        assert odd["captions"]["full"] == world.caption_full(expected) != even["captions"]["full"]
+    plain = ProceduralStream(32, seed=4, batch_size=4, rank=0, world_size=1, masking=FullMasking())
+    assert [s["prompt"] for _, s in zip(range(8), plain)][0::2] == [s["prompt"] for s in samples[0::2]]
+    with pytest.raises(ValueError, match="even batch_size"):
+        ProceduralStream(32, batch_size=3, rank=0, world_size=1, minimal_pairs=True)
+    with pytest.raises(TypeError, match="minimal_pairs"):
+        ProceduralStream(32, batch_size=2, rank=0, world_size=1, minimal_pairs=1)

@@ -158,3 +158,18 @@ def test_a_non_default_schedule_trains_and_samples_from_the_model_folder(tmp_pat
     pipe(["a red circle"], output_type="pt", progress=False, generator=torch.Generator().manual_seed(0),
          callback=lambda step: seen.append(int(step["t"])))
     assert seen == list(SamplingSchedule.ddim(trained, 3, spacing="trailing").timesteps) and seen[0] == 499
+
+
+def test_minimal_pairs_reach_the_training_batches():
+    from diffrt.data import FullMasking
+    from diffrt.train.kinds import DataOptions, batch_factory
+
+    with pytest.raises(ValueError, match=r"\[data\] minimal_pairs must be a bool"):
+        DataOptions.from_table({"minimal_pairs": "yes"})
+    batch = next(batch_factory({"minimal_pairs": True, "resolution": 32, "seed": 2}, 4, FullMasking())(0))
+    prompts = batch["prompt"]
+    for a, b in (prompts[0:2], prompts[2:4]):  # each pair's captions differ in one attribute's words only
+        changed = set(a.split()) ^ set(b.split())
+        assert a != b and 1 <= len(changed) <= 8, (a, b)
+    with pytest.raises(ValueError, match="even batch_size"):
+        batch_factory({"minimal_pairs": True, "resolution": 32}, 3, FullMasking())(0)

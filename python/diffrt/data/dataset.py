@@ -16,12 +16,12 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .masking import MaskingStrategy, default_masking
-from .world import check_int, check_resolution, render, scene_at
+from .world import check_int, check_resolution, render, scene_at, vary
 
 
 class _SampleMaker:
     def __init__(self, resolution: int, seed: int, masking: Optional[MaskingStrategy], max_objects: int,
-                 p_glyph: float, antialias: bool):
+                 p_glyph: float, antialias: bool, minimal_pairs: bool = False):
         self.resolution = check_resolution(resolution)
         self.seed = check_int("seed", seed, 0)
         if masking is not None and not callable(masking):
@@ -30,9 +30,19 @@ class _SampleMaker:
         self.scene_kwargs = {"max_objects": max_objects, "p_glyph": p_glyph}
         scene_at(self.seed, 0, **self.scene_kwargs)  # validates max_objects and p_glyph now, not in a worker
         self.antialias = antialias
+        if not isinstance(minimal_pairs, bool):
+            raise TypeError(f"minimal_pairs must be True or False, got {minimal_pairs!r}")
+        self.minimal_pairs = minimal_pairs
+
+    def scene(self, index: int):
+        """Sample ``index``'s scene; with minimal pairs, an odd index is its even neighbour's scene
+        with one object attribute changed (`world.vary`), so a contrastive batch holds hard negatives."""
+        if self.minimal_pairs and index % 2:
+            return vary(scene_at(self.seed, index - 1, **self.scene_kwargs), np.random.default_rng([self.seed, index, 2]))[0]
+        return scene_at(self.seed, index, **self.scene_kwargs)
 
     def __call__(self, index: int) -> Dict[str, Any]:
-        scene = render(scene_at(self.seed, index, **self.scene_kwargs), self.resolution, antialias=self.antialias)
+        scene = render(self.scene(index), self.resolution, antialias=self.antialias)
         masked = self.masking(scene, np.random.default_rng([self.seed, index, 1]))
         target = masked.target if masked.target is not None else 0
         described = scene.objects[target]
@@ -65,9 +75,9 @@ class ProceduralDataset(Dataset):
 
     def __init__(self, resolution: int = 64, *, length: int = 100_000, seed: int = 0,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
-                 antialias: bool = True):
+                 antialias: bool = True, minimal_pairs: bool = False):
         self.length = check_int("length", length, 1)
-        self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias)
+        self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs)
 
     def __len__(self) -> int:
         return self.length
@@ -97,7 +107,7 @@ class ProceduralStream(IterableDataset):
     def __init__(self, resolution: int = 64, *, seed: int = 0, start: int = 0, stop: Optional[int] = None,
                  batch_size: int = 1, rank: Optional[int] = None, world_size: Optional[int] = None,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
-                 antialias: bool = True):
+                 antialias: bool = True, minimal_pairs: bool = False):
         self.start = check_int("start", start, 0)
         self.stop = None if stop is None else check_int("stop", stop, self.start)
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -109,7 +119,10 @@ class ProceduralStream(IterableDataset):
             world_size = torch.distributed.get_world_size() if distributed else 1
         self.world_size = check_int("world_size", world_size, 1)
         self.rank = check_int("rank", rank, 0, self.world_size - 1)
-        self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias)
+        self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs)
+        if minimal_pairs and (self.batch_size % 2 or self.start % 2):
+            raise ValueError(f"minimal_pairs needs an even batch_size and start (a pair shares its batch), got "
+                             f"batch_size={self.batch_size}, start={self.start}")
 
     def resume_start(self, steps: int) -> int:
         """The `start` that continues exactly after `steps` batches were consumed on every rank."""

@@ -317,6 +317,57 @@ def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: flo
     return SceneSpec(background, tuple(objects))
 
 
+VARIED_ATTRIBUTES = ("colour", "shape", "size", "position")
+
+
+def vary(scene: SceneSpec, rng: np.random.Generator, attributes: Sequence[str] = VARIED_ATTRIBUTES
+         ) -> Tuple[SceneSpec, str]:
+    """A minimal pair for ``scene``: the same scene with one attribute of one object changed, drawn
+    from ``attributes`` — its colour (still unlike the background's and the other objects'), its
+    shape (a glyph stays a glyph; still unlike the other objects'), its size class (redrawn radius,
+    kept clear of the other objects) or, for a single instance, its 3×3 cell — so the two Full
+    captions differ in that attribute's words alone. Returns the varied scene and the attribute;
+    an attribute that cannot change here (no free place, say) gives way to the next one drawn."""
+    unknown = sorted(set(attributes) - set(VARIED_ATTRIBUTES))
+    if unknown or not attributes:
+        raise ValueError(f"attributes must be a non-empty subset of {VARIED_ATTRIBUTES}, got {list(attributes)}")
+    k = int(rng.integers(len(scene.objects)))
+    obj, others = scene.objects[k], scene.objects[:k] + scene.objects[k + 1:]
+    taken = [d for o in others for d in occupied(o)]
+    for attribute in [attributes[i] for i in rng.permutation(len(attributes))]:
+        changed = None
+        if attribute == "colour":
+            free = [c for c in COLOURS if c not in scene.background.colours and c != obj.colour
+                    and all(c != o.colour for o in others)]
+            if free:
+                colour = free[int(rng.integers(len(free)))]
+                changed = dataclasses.replace(obj, colour=colour, rgb=COLOUR_RGB[colour])
+        elif attribute == "shape":
+            pool = GLYPHS if obj.is_glyph else SHAPES
+            free = [str(s) for s in pool if s != obj.shape and all(s != o.shape for o in others)]
+            if free:
+                changed = dataclasses.replace(obj, shape=free[int(rng.integers(len(free)))])
+        elif attribute == "size":
+            for size in [s for s in SIZES if s != obj.size]:
+                radius = float(rng.uniform(*SIZE_RADIUS[size]))
+                # a single instance keeps its centre where the new size fits there
+                stays = obj.count == 1 and fits(*obj.positions[0], radius, taken)
+                positions = obj.positions if stays else place(rng, radius, obj.count, taken)
+                if positions is not None and (obj.count > 1 or spatial_phrase(positions) == spatial_phrase(obj.positions)):
+                    changed = dataclasses.replace(obj, size=size, radius=radius, positions=positions)
+                    break
+        elif obj.count == 1:  # position: a single instance's cell is in the caption
+            for _ in range(8):
+                positions = place(rng, obj.radius, 1, taken)
+                if positions is not None and spatial_phrase(positions) != spatial_phrase(obj.positions):
+                    changed = dataclasses.replace(obj, positions=positions)
+                    break
+        if changed is not None:
+            objects = scene.objects[:k] + (changed,) + scene.objects[k + 1:]
+            return dataclasses.replace(scene, objects=objects), attribute
+    raise ValueError("no attribute of the drawn object can change in this scene")
+
+
 def scene_at(seed: int, index: int, **kwargs) -> SceneSpec:
     """Sample `index` of the world `seed`: its own generator, so any sample is drawn independently."""
     seed = check_int("seed", seed, 0)

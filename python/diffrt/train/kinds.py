@@ -97,6 +97,7 @@ class DataOptions(_Section):
     p_full: float = 0.1  # share of samples with the whole image masked (text-to-image)
     object_full_caption: float = 0.0  # share of object-masked samples under the scene's Full caption
     workers: int = 0  # data-loader processes
+    minimal_pairs: bool = False  # odd samples repeat the previous scene with one object attribute changed
 
     def __post_init__(self):
         problems = self._check({"resolution": 1, "workers": 0})
@@ -215,7 +216,7 @@ def batch_factory(data: Union[DataOptions, Mapping[str, Any]], micro_batch: int,
 
     def make_batches(start: int):
         stream = ProceduralStream(data.resolution, seed=data.seed, batch_size=micro_batch, rank=rank, world_size=world,
-                                  masking=masking)
+                                  masking=masking, minimal_pairs=data.minimal_pairs)
         stream.start = stream.resume_start(start)
         # The samples are a pure function of their index; a generator of the loader's own keeps it
         # from drawing its workers' base seed from the global RNG, which a resume restores exactly.
