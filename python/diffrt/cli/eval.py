@@ -123,7 +123,7 @@ def add_commands(sub) -> None:
                                        "the base model as text-to-image, check background colour, object colour, "
                                        "position and shape (two objects: each colour and shape, and their relative "
                                        "position) against the ground truth, and write OUT/t2i.json, OUT/t2i.md "
-                                       "(accuracies with 95 %% intervals), sample grids and OUT/t2i_accuracy.png.")
+                                       "(accuracies with 95 % intervals), sample grids and OUT/t2i_accuracy.png.")
     t.add_argument("--model", help=MODEL_HELP)
     t.add_argument("--items", type=int, default=t2i.DEFAULT_ITEMS,
                    help=f"single-object prompts (default {t2i.DEFAULT_ITEMS})")
@@ -144,7 +144,7 @@ def add_commands(sub) -> None:
                                        "with one object's colour or shape changed, with DiffEdit (automatic mask), "
                                        "SDEdit at the same strength and DiffEdit given the true mask; score mask "
                                        "IoU, edit success and background PSNR against the re-rendered target, and "
-                                       "write OUT/diffedit.json, OUT/diffedit.md (with 95 %% intervals), "
+                                       "write OUT/diffedit.json, OUT/diffedit.md (with 95 % intervals), "
                                        "OUT/diffedit.png and OUT/diffedit_examples.png.")
     d.add_argument("--model", help=MODEL_HELP)
     d.add_argument("--items", type=int_at_least(1), default=diffedit.DEFAULT_ITEMS,
