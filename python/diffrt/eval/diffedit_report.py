@@ -75,7 +75,9 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
              "Background PSNR: outside the changed pixels, an untouched background counting "
              "100 dB. Mask IoU: DiffEdit's automatic mask against the true region. SDEdit: the input noised to "
              "the same strength and denoised under the target caption, no mask. DiffEdit, true mask: DiffEdit "
-             "handed the true region. The unedited input and the re-rendered target bound every measure. "
+             "handed the true region. The unedited input and the re-rendered target bound every measure; the true "
+             "region filled with the target colour is what a blob of the right colour scores (for shape edits, "
+             "the larger of the two shapes is what a blob reads as). "
              "95 % intervals in brackets: Wilson for proportions, bootstrap for means.", "",
              "## Overall", "", *_table(header, rows())]
     if "diffedit" in s and "mask_area" in s["diffedit"]:
