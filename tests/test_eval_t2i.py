@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diffrt.eval import intervals as iv
 from diffrt.eval import t2i as et
 from diffrt.models.bundle import DEFAULT_DIRECTORY, Bundle
 from diffrt.cli import main
@@ -242,3 +243,181 @@ def test_t2i_cli_fails_clearly(tmp_path, bundle_dir, capsys):  # noqa: F811
     if not (DEFAULT_DIRECTORY / "clip").is_dir():  # no --model: the shipped weights, when this build has them
         assert main(args) == 2
         assert "ships no default weights" in capsys.readouterr().err
+
+
+# -- intervals and shape by size class ---------------------------------------------------------
+
+
+def test_summary_gives_intervals_and_pools_medium_and_large():
+    sizes = ["small"] * 4 + ["medium"] * 3 + ["large"] * 5
+    shape_ok = [True, False, False, False, True, True, False, True, False, True, True, True]
+    records = [{"labels": {"background": "plain", "size": size, "category": "shape"}, "shape_checkable": k != 5,
+                "checks": {"background": True, "colour": k % 2 == 0, "position": True, "colour_position": k % 2 == 0,
+                           "shape": ok}} for k, (size, ok) in enumerate(zip(sizes, shape_ok))]
+    s = et.summarize(records)
+    pooled = s["by_size_group"]["medium+large"]
+    # medium + large: items 4-11, shape scored on the checkable ones (not 5): 4, 6-11 → 5 of 7 right
+    assert pooled["n"] == 8 and pooled["n_shape"] == 7 and pooled["shape"] == pytest.approx(5 / 7)
+    assert pooled["ci95"]["shape"] == pytest.approx(iv.wilson_interval(5, 7))
+    assert s["by_size"]["small"]["shape"] == 0.25 and s["by_size"]["small"]["ci95"]["shape"] == iv.wilson_interval(1, 4)
+    for cell in (s["overall"], *s["by_size"].values(), pooled):
+        for check in et.CHECKS:
+            lo, hi = cell["ci95"][check]
+            assert lo <= cell[check] <= hi
+
+
+# -- two-object prompts ------------------------------------------------------------------------
+
+N_PAIRS = 40
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return et.two_object_items(N_PAIRS, resolution=32)
+
+
+def test_pair_items_are_two_object_world_scenes_independent_of_count(pairs):
+    assert [it.index for it in pairs] == list(range(N_PAIRS))
+    assert all(len(it.scene.objects) == 2 and all(o.count == 1 for o in it.scene.objects) for it in pairs)
+    assert all(it.prompt == caption_full(it.scene) for it in pairs)
+    assert all(it.scene.objects[0].colour != it.scene.objects[1].colour for it in pairs)
+    again = et.two_object_items(3, resolution=32)
+    assert all(a.scene == b.scene and torch.equal(a.image, b.image) for a, b in zip(again, pairs))
+    assert et.two_object_item(et.DEFAULT_BENCH_SEED, 17, 32).scene == pairs[17].scene
+    assert et.two_object_item(et.DEFAULT_BENCH_SEED + 1, 17, 32).scene != pairs[17].scene
+    # their own generators: no pair scene is a single-object item's scene with an object added
+    singles = et.t2i_items(10, resolution=32)
+    assert not any(p.scene.background == s.scene.background for p, s in zip(pairs, singles))
+
+
+def test_implied_relation_reads_the_caption_cells():
+    def scene(first, second):
+        objects = tuple(dataclasses.replace(o, positions=(p,)) for o, p in
+                        zip(et.two_object_item(0, 0, 32).scene.objects, (first, second)))
+        return dataclasses.replace(et.two_object_item(0, 0, 32).scene, objects=objects)
+
+    assert et.implied_relation(scene((0.2, 0.5), (0.8, 0.5))) == {"horizontal": "left of"}
+    assert et.implied_relation(scene((0.5, 0.9), (0.5, 0.1))) == {"vertical": "below"}
+    assert et.implied_relation(scene((0.9, 0.1), (0.5, 0.5))) == {"horizontal": "right of", "vertical": "above"}
+    assert et.implied_relation(scene((0.4, 0.45), (0.6, 0.55))) == {}  # both in the middle cell
+    assert et.relation_holds({"horizontal": "left of", "vertical": "above"}, (0.2, 0.2), (0.3, 0.9))
+    assert not et.relation_holds({"horizontal": "left of", "vertical": "above"}, (0.2, 0.95), (0.3, 0.9))
+
+
+def test_ground_truth_passes_the_pair_checks(pairs):
+    """On the world's own renderings both colours and the relation hold in at least 0.9 of the items
+    (the ceiling: at 32 px an object whose colour is near the background's can vanish)."""
+    truth = [it.truth_checks for it in pairs]
+    assert np.mean([t["both_colours"] for t in truth]) >= 0.9
+    related = [t["relation"] for t, it in zip(truth, pairs) if it.relation]
+    assert len(related) >= N_PAIRS * 0.8 and np.mean(related) >= 0.9
+    assert all(t["relation"] is None for t, it in zip(truth, pairs) if not it.relation)
+    assert np.mean([t["background"] for t in truth]) >= 0.95
+    assert np.mean([ok for it in pairs for ok in it.shape_checkable]) >= 0.5
+
+
+def _pair_image(scene, first, second) -> torch.Tensor:
+    return _rendered(dataclasses.replace(scene, objects=(first, second)))
+
+
+def test_wrong_second_colour_fails_only_that_object(pairs):
+    results = []
+    for k, it in enumerate(pairs):
+        a, b = it.scene.objects
+        free = [c for c in COLOURS if c not in it.scene.background.colours and c not in (a.colour, b.colour)]
+        other = free[k % len(free)]
+        image = _pair_image(it.scene, a, dataclasses.replace(b, colour=other, rgb=COLOUR_RGB[other]))
+        results.append((it.truth_checks, et.check_pair(it.scene, image, shapes=False)["checks"]))
+    passed_first = [r["colour_first"] for t, r in results if t["colour_first"]]
+    assert np.mean(passed_first) >= 0.95
+    assert np.mean([r["colour_second"] for _, r in results]) <= 0.05
+    assert not any(r["both_colours"] or r["relation"] for _, r in results)
+
+
+def test_swapped_colours_fail_the_relation(pairs):
+    """Each object painted in the other's colour: both colours are in the picture, each at the other
+    object's place — attribute binding fails, so the relative position of the named objects does."""
+    results = []
+    for it in pairs:
+        a, b = it.scene.objects
+        image = _pair_image(it.scene, dataclasses.replace(a, colour=b.colour, rgb=b.rgb),
+                            dataclasses.replace(b, colour=a.colour, rgb=a.rgb))
+        if it.relation and it.truth_checks["relation"]:
+            results.append(et.check_pair(it.scene, image, shapes=False)["checks"])
+    assert len(results) >= N_PAIRS * 0.7
+    assert np.mean([r["both_colours"] for r in results]) >= 0.9
+    assert np.mean([r["relation"] for r in results]) <= 0.05
+
+
+def test_mirrored_pair_fails_a_left_right_relation(pairs):
+    horizontal = [it for it in pairs if "horizontal" in it.relation and it.truth_checks["relation"]]
+    assert len(horizontal) >= N_PAIRS // 3
+    results = [et.check_pair(it.scene, it.image.flip(-1), shapes=False)["checks"] for it in horizontal]
+    assert np.mean([r["relation"] for r in results]) <= 0.05
+    assert np.mean([r["both_colours"] for r in results]) >= 0.9
+
+
+def test_wrong_shape_fails_the_pair_shape_check(pairs):
+    failed = []
+    for it in pairs:
+        a, b = it.scene.objects
+        if not it.shape_checkable[0] or a.size == "small":
+            continue
+        other = "cross" if a.shape != "cross" else "circle"
+        image = _pair_image(it.scene, dataclasses.replace(a, shape=other), b)
+        failed.append(not et.check_pair(it.scene, image)["checks"]["shape_first"])
+    assert len(failed) >= N_PAIRS // 4 and np.mean(failed) >= 0.95
+
+
+def test_pair_checks_validate_and_summarize(pairs):
+    with pytest.raises(ValueError, match="exactly two objects"):
+        et.check_pair(dataclasses.replace(pairs[0].scene, objects=pairs[0].scene.objects[:1]), pairs[0].image)
+    blank = _rendered(dataclasses.replace(pairs[0].scene, objects=()))
+    checks = et.check_pair(pairs[0].scene, blank)["checks"]
+    assert not any(checks[k] for k in ("colour_first", "colour_second", "both_colours", "shape_first", "shape_second"))
+    records = [{"labels": {"relation": rel}, "shape_checkable": [True, sc],
+                "checks": {"background": True, "colour_first": c1, "colour_second": True, "both_colours": c1,
+                           "shape_first": False, "shape_second": sc, "relation": r}}
+               for rel, sc, c1, r in [({"horizontal": "left of"}, True, True, True),
+                                      ({"vertical": "above"}, False, True, False),
+                                      ({}, True, False, None), ({"vertical": "below"}, False, False, False)]]
+    s = et.summarize_pairs(records)
+    assert s["n"] == 4 and s["both_colours"] == 0.5 and s["shape_second"] == 1.0 and s["n_scored"]["shape_second"] == 2
+    assert s["relation"] == pytest.approx(1 / 3) and s["n_scored"]["relation"] == 3
+    assert s["relation_given_colours"] == 0.5 and s["n_scored"]["relation_given_colours"] == 2
+    assert s["ci95"]["relation"] == iv.wilson_interval(1, 3)
+
+
+def test_pairs_leave_the_single_object_results_unchanged(bundle_dir):  # noqa: F811
+    bundle = Bundle(bundle_dir)
+    alone = et.run_t2i(bundle, items=2, pairs=0, steps=1, progress=False)
+    both = et.run_t2i(bundle, items=2, pairs=2, steps=1, progress=False)
+    assert "two_object" not in alone and both["config"]["pairs"] == 2
+    assert alone["records"] == both["records"] and torch.equal(alone["images"], both["images"])
+    assert alone["summary"] == both["summary"]
+    assert len(both["two_object"]["records"]) == 2 and both["pair_images"].shape == (2, 3, 32, 32)
+    assert not torch.equal(both["pair_images"], both["images"])  # their own noise
+    with pytest.raises(ValueError, match="pairs must be an int >= 0"):
+        et.run_t2i(bundle, items=1, pairs=-1)
+
+
+def test_t2i_cli_writes_the_two_object_report(tmp_path, bundle_dir, capsys):  # noqa: F811
+    out = tmp_path / "report"
+    assert main(["eval", "t2i", "--model", str(bundle_dir), "--items", "2", "--pairs", "3", "--steps", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "t2i.json").read_text())
+    assert report["config"]["pairs"] == 3 and len(report["two_object"]["records"]) == 3
+    for key in ("summary", "ground_truth"):
+        cell = report["two_object"][key]
+        assert set(et.PAIR_CHECKS) <= set(cell) and cell["n"] == 3
+        for check in et.PAIR_CHECKS:
+            if cell[check] is not None:
+                assert cell["ci95"][check][0] <= cell[check] <= cell["ci95"][check][1]
+    assert "medium+large" in report["summary"]["by_size_group"] or \
+        not any(r["labels"]["size"] != "small" for r in report["records"])
+    md = (out / "t2i.md").read_text()
+    assert "## Two objects" in md and "## Shape by size class" in md and "| Relative position |" in md
+    assert "| medium+large |" in md or "medium+large" not in json.dumps(report["summary"])
+    assert {"t2i_two_object_samples.png", "t2i_accuracy.png"} <= {p.name for p in out.glob("*.png")}
+    assert main(["eval", "t2i", "--model", str(bundle_dir), "--pairs", "-1", "--out", str(out)]) == 2
+    assert "--pairs must be >= 0" in capsys.readouterr().err

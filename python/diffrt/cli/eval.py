@@ -1,5 +1,6 @@
-"""``diffrt eval editbench`` and ``diffrt eval t2i``: the benchmarks of `diffrt.eval` on a model
-folder, written as reports (see `diffrt.eval.report` and `diffrt.eval.t2i_report`)."""
+"""``diffrt eval editbench``, ``diffrt eval t2i`` and ``diffrt eval diffedit``: the benchmarks of
+`diffrt.eval` on a model folder, written as reports (see `diffrt.eval.report`,
+`diffrt.eval.t2i_report` and `diffrt.eval.diffedit_report`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 from typing import List, Sequence
 
 from ..data.world import check_resolution
-from ..eval import DEFAULT_ITEMS, DEFAULT_SEED, compare_editbench, editbench, report, run_editbench, t2i, t2i_report
+from ..eval import (DEFAULT_ITEMS, DEFAULT_SEED, compare_editbench, diffedit, diffedit_report, editbench, report,
+                    run_editbench, t2i, t2i_report)
 from .errors import CommandError
 from .files import load_bundle
-from .options import MODEL_HELP, add_threshold_option
+from .options import MODEL_HELP, add_threshold_option, guidance_arg, int_at_least, seed_arg, strength_arg
 
 
 def _require_parts(bundle, args, parts: Sequence[str], purpose: str) -> None:
@@ -59,21 +61,38 @@ def t2i_command(args) -> List[Path]:
     for flag, value in (("--items", args.items), ("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value < 1:
             raise CommandError(f"{flag} must be >= 1, got {value}")
+    if args.pairs is not None and args.pairs < 0:
+        raise CommandError(f"--pairs must be >= 0, got {args.pairs}")
     if args.seed < 0 or args.bench_seed < 0:
         raise CommandError("--seed and --bench-seed must be >= 0")
     if not math.isfinite(args.guidance) or args.guidance < 0:
         raise CommandError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if not args.no_plots and not report.have_matplotlib():
+        raise CommandError("the plot needs matplotlib: pip install 'diffrt[eval]' (or pass --no-plots)")
     bundle = load_bundle(args.model)
     _require_parts(bundle, args, ("clip", "base"), "the t2i evaluation")
-    result = t2i.run_t2i(bundle, items=args.items, steps=args.steps, guidance=args.guidance,
+    result = t2i.run_t2i(bundle, items=args.items, pairs=args.pairs, steps=args.steps, guidance=args.guidance,
                          dynamic_threshold=args.dynamic_threshold, seed=args.seed,
                          batch_size=args.batch_size, bench_seed=args.bench_seed, progress=not args.quiet)
     name = Path(args.model).resolve().name if args.model else "default"
-    return t2i_report.write_t2i_report(result, args.out, name)
+    return t2i_report.write_t2i_report(result, args.out, name, plots=not args.no_plots)
+
+
+def diffedit_command(args) -> List[Path]:
+    if not args.no_plots and not report.have_matplotlib():
+        raise CommandError("the plot needs matplotlib: pip install 'diffrt[eval]' (or pass --no-plots)")
+    bundle = load_bundle(args.model)
+    _require_parts(bundle, args, ("clip", "base"), "the DiffEdit evaluation")
+    result = diffedit.run_diffedit(bundle, items=args.items, steps=args.steps, strength=args.strength,
+                                   guidance=args.guidance, mask_n=args.mask_n, seed=args.seed,
+                                   batch_size=args.batch_size, bench_seed=args.bench_seed,
+                                   true_mask=not args.no_true_mask, progress=not args.quiet)
+    name = Path(args.model).resolve().name if args.model else "default"
+    return diffedit_report.write_diffedit_report(result, args.out, name, plots=not args.no_plots)
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("eval", help="benchmarks: diffrt eval editbench | t2i")
+    p = sub.add_parser("eval", help="benchmarks: diffrt eval editbench | t2i | diffedit")
     benches = p.add_subparsers(dest="benchmark", required=True)
     e = benches.add_parser("editbench", help="EditBench-style inpainting evaluation on the procedural world",
                            description="Inpaint every EditBench item with its Mask-Simple, Mask-Rich and Full "
@@ -100,12 +119,15 @@ def add_commands(sub) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=editbench_command)
     t = benches.add_parser("t2i", help="text-to-image prompt following: background, colour, position and shape",
-                           description="Sample single-object prompts of the procedural world with the base model "
-                                       "as text-to-image, check background colour, object colour, position and "
-                                       "shape against the ground truth, and write OUT/t2i.json, OUT/t2i.md and "
-                                       "OUT/t2i_samples.png.")
+                           description="Sample single-object and two-object prompts of the procedural world with "
+                                       "the base model as text-to-image, check background colour, object colour, "
+                                       "position and shape (two objects: each colour and shape, and their relative "
+                                       "position) against the ground truth, and write OUT/t2i.json, OUT/t2i.md "
+                                       "(accuracies with 95 % intervals), sample grids and OUT/t2i_accuracy.png.")
     t.add_argument("--model", help=MODEL_HELP)
-    t.add_argument("--items", type=int, default=t2i.DEFAULT_ITEMS, help=f"prompts (default {t2i.DEFAULT_ITEMS})")
+    t.add_argument("--items", type=int, default=t2i.DEFAULT_ITEMS,
+                   help=f"single-object prompts (default {t2i.DEFAULT_ITEMS})")
+    t.add_argument("--pairs", type=int, help="two-object prompts (default: as many as --items; 0 skips them)")
     t.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     t.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance weight (default 5)")
     add_threshold_option(t)
@@ -114,5 +136,31 @@ def add_commands(sub) -> None:
                    help=f"seed of the benchmark's prompts (default {t2i.DEFAULT_BENCH_SEED})")
     t.add_argument("--batch-size", type=int, default=25, help="images per batch (default 25)")
     t.add_argument("--out", default="eval-t2i", help="output folder (default: eval-t2i)")
+    t.add_argument("--no-plots", action="store_true", help="skip the matplotlib chart")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=t2i_command)
+    d = benches.add_parser("diffedit", help="DiffEdit against SDEdit: mask IoU, edit success, background PSNR",
+                           description="Edit scenes of the procedural world from their Full caption to the caption "
+                                       "with one object's colour or shape changed, with DiffEdit (automatic mask), "
+                                       "SDEdit at the same strength and DiffEdit given the true mask; score mask "
+                                       "IoU, edit success and background PSNR against the re-rendered target, and "
+                                       "write OUT/diffedit.json, OUT/diffedit.md (with 95 % intervals), "
+                                       "OUT/diffedit.png and OUT/diffedit_examples.png.")
+    d.add_argument("--model", help=MODEL_HELP)
+    d.add_argument("--items", type=int_at_least(1), default=diffedit.DEFAULT_ITEMS,
+                   help=f"edits (default {diffedit.DEFAULT_ITEMS}; even items colour, odd items shape)")
+    d.add_argument("--steps", type=int_at_least(1), default=25, help="DDIM steps of the whole schedule (default 25)")
+    d.add_argument("--strength", type=strength_arg, default=0.5,
+                   help="encoding ratio r: the last ceil(r·steps) steps run, for DiffEdit and SDEdit (default 0.5)")
+    d.add_argument("--guidance", type=guidance_arg, default=3.0,
+                   help="decoding classifier-free guidance weight (default 3, as diffrt diffedit)")
+    d.add_argument("--mask-n", type=int_at_least(1), default=10, help="noise draws of DiffEdit's mask (default 10)")
+    d.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (default 0)")
+    d.add_argument("--bench-seed", type=seed_arg, default=diffedit.DEFAULT_BENCH_SEED,
+                   help=f"seed of the benchmark's items (default {diffedit.DEFAULT_BENCH_SEED})")
+    d.add_argument("--batch-size", type=int_at_least(1), default=16, help="items per batch (default 16)")
+    d.add_argument("--no-true-mask", action="store_true", help="skip DiffEdit with the true mask")
+    d.add_argument("--out", default="eval-diffedit", help="output folder (default: eval-diffedit)")
+    d.add_argument("--no-plots", action="store_true", help="skip the matplotlib chart")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(run=diffedit_command)

@@ -1,6 +1,7 @@
-"""Benchmarks on the procedural world: an EditBench-style inpainting benchmark (the names here) and
-text-to-image prompt following (`diffrt.eval.t2i`). The commands are ``diffrt eval editbench`` and
-``diffrt eval t2i``.
+"""Benchmarks on the procedural world: an EditBench-style inpainting benchmark (the names here),
+text-to-image prompt following (`diffrt.eval.t2i`) and DiffEdit against SDEdit
+(`diffrt.eval.diffedit`). The commands are ``diffrt eval editbench``, ``diffrt eval t2i`` and
+``diffrt eval diffedit``.
 
 EditBench (Imagen Editor, Wang et al. 2023, §4) pairs each image with a mask and three prompts —
 Mask-Simple, Mask-Rich and Full — and breaks results down by mask size, attribute, object and
@@ -17,8 +18,11 @@ scores DiffEdit's automatic mask against the true edit region.
     metrics.py      CLIPScore, CLIP-R-Precision, background PSNR, mask IoU, `summarize`
     runner.py       running models (`run_editbench`, `compare_editbench`)
     report.py       JSON, markdown, charts, example grid, comparison tables
-    t2i.py          text-to-image prompt following: items, checks, `run_t2i`
+    t2i.py          text-to-image prompt following (one and two objects): items, checks, `run_t2i`
     t2i_report.py   its report
+    diffedit.py     DiffEdit against SDEdit: items, scores, `run_diffedit`
+    diffedit_report.py  its report
+    intervals.py    95 % intervals: Wilson, bootstrap, paired bootstrap
 """
 
 from ._shared import threshold_label
