@@ -23,11 +23,23 @@ def _require_parts(bundle, args, parts: Sequence[str], purpose: str) -> None:
             raise CommandError(f"{bundle.directory}{hint} has no '{part}' model, which {purpose} needs")
 
 
+def _require_matplotlib(args) -> None:
+    if not args.no_plots and not report.have_matplotlib():
+        raise CommandError("the plots need matplotlib: pip install 'diffrt[eval]' (or pass --no-plots)")
+
+
+def _add_report_options(parser, out: str, command) -> None:
+    """--out, --no-plots and --quiet, the same for every evaluation; ``command`` runs it."""
+    parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    parser.add_argument("--no-plots", action="store_true", help="skip the matplotlib charts")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=command)
+
+
 def editbench_command(args) -> List[Path]:
     if args.items < 1 or args.steps < 1:
         raise CommandError("--items and --steps must be >= 1")
-    if args.no_plots is False and not report.have_matplotlib():
-        raise CommandError("the plots need matplotlib: pip install 'diffrt[eval]' (or pass --no-plots)")
+    _require_matplotlib(args)
     compare = []
     for entry in args.compare or []:
         name, sep, folder = entry.partition("=")
@@ -67,8 +79,7 @@ def t2i_command(args) -> List[Path]:
         raise CommandError("--seed and --bench-seed must be >= 0")
     if not math.isfinite(args.guidance) or args.guidance < 0:
         raise CommandError(f"--guidance must be a finite number >= 0, got {args.guidance}")
-    if not args.no_plots and not report.have_matplotlib():
-        raise CommandError("the plot needs matplotlib: pip install 'diffrt[eval]' (or pass --no-plots)")
+    _require_matplotlib(args)
     bundle = load_bundle(args.model)
     _require_parts(bundle, args, ("clip", "base"), "the t2i evaluation")
     result = t2i.run_t2i(bundle, items=args.items, pairs=args.pairs, steps=args.steps, guidance=args.guidance,
@@ -79,8 +90,7 @@ def t2i_command(args) -> List[Path]:
 
 
 def diffedit_command(args) -> List[Path]:
-    if not args.no_plots and not report.have_matplotlib():
-        raise CommandError("the plot needs matplotlib: pip install 'diffrt[eval]' (or pass --no-plots)")
+    _require_matplotlib(args)
     bundle = load_bundle(args.model)
     _require_parts(bundle, args, ("clip", "base"), "the DiffEdit evaluation")
     result = diffedit.run_diffedit(bundle, items=args.items, steps=args.steps, strength=args.strength,
@@ -114,10 +124,7 @@ def add_commands(sub) -> None:
     e.add_argument("--compare", action="append", metavar="NAME=DIR",
                    help="also evaluate this base model (a bundle or a UNet folder, with the main bundle's CLIP) "
                         "and write OUT/editbench_compare.md; repeatable")
-    e.add_argument("--out", default="editbench", help="output folder (default: editbench)")
-    e.add_argument("--no-plots", action="store_true", help="skip the matplotlib bar charts")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    e.set_defaults(run=editbench_command)
+    _add_report_options(e, "editbench", editbench_command)
     t = benches.add_parser("t2i", help="text-to-image prompt following: background, colour, position and shape",
                            description="Sample single-object and two-object prompts of the procedural world with "
                                        "the base model as text-to-image, check background colour, object colour, "
@@ -135,10 +142,7 @@ def add_commands(sub) -> None:
     t.add_argument("--bench-seed", type=int, default=t2i.DEFAULT_BENCH_SEED,
                    help=f"seed of the benchmark's prompts (default {t2i.DEFAULT_BENCH_SEED})")
     t.add_argument("--batch-size", type=int, default=25, help="images per batch (default 25)")
-    t.add_argument("--out", default="eval-t2i", help="output folder (default: eval-t2i)")
-    t.add_argument("--no-plots", action="store_true", help="skip the matplotlib chart")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(run=t2i_command)
+    _add_report_options(t, "eval-t2i", t2i_command)
     d = benches.add_parser("diffedit", help="DiffEdit against SDEdit: mask IoU, edit success, background PSNR",
                            description="Edit scenes of the procedural world from their Full caption to the caption "
                                        "with one object's colour or shape changed, with DiffEdit (automatic mask), "
@@ -160,7 +164,4 @@ def add_commands(sub) -> None:
                    help=f"seed of the benchmark's items (default {diffedit.DEFAULT_BENCH_SEED})")
     d.add_argument("--batch-size", type=int_at_least(1), default=16, help="items per batch (default 16)")
     d.add_argument("--no-true-mask", action="store_true", help="skip DiffEdit with the true mask")
-    d.add_argument("--out", default="eval-diffedit", help="output folder (default: eval-diffedit)")
-    d.add_argument("--no-plots", action="store_true", help="skip the matplotlib chart")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(run=diffedit_command)
+    _add_report_options(d, "eval-diffedit", diffedit_command)
