@@ -458,3 +458,15 @@ def test_minimal_pairs_put_each_scene_beside_its_variant_in_one_batch():
         ProceduralStream(32, batch_size=3, rank=0, world_size=1, minimal_pairs=True)
     with pytest.raises(TypeError, match="minimal_pairs"):
         ProceduralStream(32, batch_size=2, rank=0, world_size=1, minimal_pairs=1)
+
+
+def test_pair_attributes_choose_what_a_minimal_pair_changes():
+    stream = ProceduralStream(32, seed=6, batch_size=2, rank=0, world_size=1, masking=FullMasking(), minimal_pairs=True,
+                              pair_attributes=("shape",))
+    samples = [s for _, s in zip(range(40), stream)]
+    for even, odd in zip(samples[0::2], samples[1::2]):
+        before, after = even["labels"], odd["labels"]
+        assert [b["colour"] for b in before] == [a["colour"] for a in after]
+        assert sum(b["shape"] != a["shape"] for b, a in zip(before, after)) == 1
+    with pytest.raises(ValueError, match="pair_attributes"):
+        ProceduralStream(32, batch_size=2, rank=0, world_size=1, minimal_pairs=True, pair_attributes=("texture",))

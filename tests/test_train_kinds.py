@@ -173,3 +173,14 @@ def test_minimal_pairs_reach_the_training_batches():
         assert a != b and 1 <= len(changed) <= 8, (a, b)
     with pytest.raises(ValueError, match="even batch_size"):
         batch_factory({"minimal_pairs": True, "resolution": 32}, 3, FullMasking())(0)
+
+
+def test_pair_attributes_are_checked_in_the_data_section():
+    from diffrt.train.kinds import DataOptions
+
+    assert DataOptions.from_table({"pair_attributes": ["shape", "shape", "position"]}).pair_attributes == (
+        "shape", "shape", "position")
+    with pytest.raises(ValueError, match=r"\[data\] pair_attributes must name"):
+        DataOptions.from_table({"pair_attributes": ["texture"]})
+    with pytest.raises(ValueError, match=r"\[data\]"):
+        DataOptions.from_table({"pair_attributes": "shape"})

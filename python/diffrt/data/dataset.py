@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import math
 import signal
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .masking import MaskingStrategy, default_masking
-from .world import check_int, check_resolution, render, scene_at, vary
+from .world import VARIED_ATTRIBUTES, check_int, check_resolution, render, scene_at, vary
 
 
 class _SampleMaker:
     def __init__(self, resolution: int, seed: int, masking: Optional[MaskingStrategy], max_objects: int,
-                 p_glyph: float, antialias: bool, minimal_pairs: bool = False):
+                 p_glyph: float, antialias: bool, minimal_pairs: bool = False,
+                 pair_attributes: Sequence[str] = VARIED_ATTRIBUTES):
         self.resolution = check_resolution(resolution)
         self.seed = check_int("seed", seed, 0)
         if masking is not None and not callable(masking):
@@ -33,12 +34,19 @@ class _SampleMaker:
         if not isinstance(minimal_pairs, bool):
             raise TypeError(f"minimal_pairs must be True or False, got {minimal_pairs!r}")
         self.minimal_pairs = minimal_pairs
+        self.pair_attributes = tuple(pair_attributes)
+        if not self.pair_attributes or not set(self.pair_attributes) <= set(VARIED_ATTRIBUTES):
+            raise ValueError(f"pair_attributes must name attributes of {VARIED_ATTRIBUTES}, got {list(pair_attributes)}")
 
     def scene(self, index: int):
         """Sample ``index``'s scene; with minimal pairs, an odd index is its even neighbour's scene
         with one object attribute changed (`world.vary`), so a contrastive batch holds hard negatives."""
         if self.minimal_pairs and index % 2:
-            return vary(scene_at(self.seed, index - 1, **self.scene_kwargs), np.random.default_rng([self.seed, index, 2]))[0]
+            scene, rng = scene_at(self.seed, index - 1, **self.scene_kwargs), np.random.default_rng([self.seed, index, 2])
+            try:
+                return vary(scene, rng, self.pair_attributes)[0]
+            except ValueError:  # none of the chosen attributes can change in this scene: any that can
+                return vary(scene, rng)[0]
         return scene_at(self.seed, index, **self.scene_kwargs)
 
     def __call__(self, index: int) -> Dict[str, Any]:
@@ -75,9 +83,10 @@ class ProceduralDataset(Dataset):
 
     def __init__(self, resolution: int = 64, *, length: int = 100_000, seed: int = 0,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
-                 antialias: bool = True, minimal_pairs: bool = False):
+                 antialias: bool = True, minimal_pairs: bool = False, pair_attributes: Sequence[str] = VARIED_ATTRIBUTES):
         self.length = check_int("length", length, 1)
-        self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs)
+        self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs,
+                                  pair_attributes)
 
     def __len__(self) -> int:
         return self.length
@@ -107,7 +116,7 @@ class ProceduralStream(IterableDataset):
     def __init__(self, resolution: int = 64, *, seed: int = 0, start: int = 0, stop: Optional[int] = None,
                  batch_size: int = 1, rank: Optional[int] = None, world_size: Optional[int] = None,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
-                 antialias: bool = True, minimal_pairs: bool = False):
+                 antialias: bool = True, minimal_pairs: bool = False, pair_attributes: Sequence[str] = VARIED_ATTRIBUTES):
         self.start = check_int("start", start, 0)
         self.stop = None if stop is None else check_int("stop", stop, self.start)
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -119,7 +128,8 @@ class ProceduralStream(IterableDataset):
             world_size = torch.distributed.get_world_size() if distributed else 1
         self.world_size = check_int("world_size", world_size, 1)
         self.rank = check_int("rank", rank, 0, self.world_size - 1)
-        self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs)
+        self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs,
+                                  pair_attributes)
         if minimal_pairs and (self.batch_size % 2 or self.start % 2):
             raise ValueError(f"minimal_pairs needs an even batch_size and start (a pair shares its batch), got "
                              f"batch_size={self.batch_size}, start={self.start}")

@@ -327,7 +327,8 @@ def vary(scene: SceneSpec, rng: np.random.Generator, attributes: Sequence[str] =
     shape (a glyph stays a glyph; still unlike the other objects'), its size class (redrawn radius,
     kept clear of the other objects) or, for a single instance, its 3×3 cell — so the two Full
     captions differ in that attribute's words alone. Returns the varied scene and the attribute;
-    an attribute that cannot change here (no free place, say) gives way to the next one drawn."""
+    an attribute that cannot change here (no free place, say) gives way to the next one drawn. An
+    attribute listed twice is drawn first twice as often."""
     unknown = sorted(set(attributes) - set(VARIED_ATTRIBUTES))
     if unknown or not attributes:
         raise ValueError(f"attributes must be a non-empty subset of {VARIED_ATTRIBUTES}, got {list(attributes)}")

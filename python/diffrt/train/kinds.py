@@ -35,6 +35,7 @@ from torch import nn
 
 from ..data import FullMasking, MixedMasking, ObjectMasking, ProceduralStream, RandomMasking, collate
 from ..data.dataset import ignore_stop_signals
+from ..data.world import VARIED_ATTRIBUTES
 from ..models.bundle import DIFFUSION_FILE
 from ..models.clip import CLIP, CLIPConfig
 from ..models.prior import DiffusionPrior, PriorConfig
@@ -98,6 +99,7 @@ class DataOptions(_Section):
     object_full_caption: float = 0.0  # share of object-masked samples under the scene's Full caption
     workers: int = 0  # data-loader processes
     minimal_pairs: bool = False  # odd samples repeat the previous scene with one object attribute changed
+    pair_attributes: Tuple[str, ...] = VARIED_ATTRIBUTES  # what a pair may change; listed twice = drawn more
 
     def __post_init__(self):
         problems = self._check({"resolution": 1, "workers": 0})
@@ -105,6 +107,8 @@ class DataOptions(_Section):
             problems.append(f"masking must be one of {MASKINGS}, got {self.masking!r}")
         problems += [_probability("p_full", self.p_full),
                      _probability("object_full_caption", self.object_full_caption)]
+        if not self.pair_attributes or not set(self.pair_attributes) <= set(VARIED_ATTRIBUTES):
+            problems.append(f"pair_attributes must name attributes of {VARIED_ATTRIBUTES}, got {list(self.pair_attributes)}")
         self._raise_problems(problems)
 
 
@@ -216,7 +220,8 @@ def batch_factory(data: Union[DataOptions, Mapping[str, Any]], micro_batch: int,
 
     def make_batches(start: int):
         stream = ProceduralStream(data.resolution, seed=data.seed, batch_size=micro_batch, rank=rank, world_size=world,
-                                  masking=masking, minimal_pairs=data.minimal_pairs)
+                                  masking=masking, minimal_pairs=data.minimal_pairs,
+                                  pair_attributes=data.pair_attributes)
         stream.start = stream.resume_start(start)
         # The samples are a pure function of their index; a generator of the loader's own keeps it
         # from drawing its workers' base seed from the global RNG, which a resume restores exactly.
