@@ -147,13 +147,8 @@ void guidance_stds(int64_t batch, int64_t numel, const T* uncond, const T* cond,
       acc.merge(chunk_moments(uncond + o + b, cond + o + b, std::min(kChunk, end - b), float(w[r])));
     partial[t] = acc;
   };
-  const int nt = int(std::min<int64_t>(tiles, batch * numel < kMinParallelElements ? 1 : std::max(1, num_threads)));
-  if (nt <= 1) {
-    for (int64_t t = 0; t < tiles; ++t) run_tile(t);
-  } else {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t t = 0; t < tiles; ++t) run_tile(t);
-  }
+  // each tile writes its own partial, so the result is the same for any thread count or order
+  parallel_for(tiles, batch * numel < kMinParallelElements ? 1 : num_threads, run_tile);
   for (int64_t r = 0; r < batch; ++r) {
     Moments row;
     for (int64_t t = 0; t < tiles_per_row; ++t) row.merge(partial[r * tiles_per_row + t]);

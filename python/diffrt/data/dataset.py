@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .masking import MaskingStrategy, default_masking
-from .world import VARIED_ATTRIBUTES, check_int, check_resolution, render, scene_at, vary
+from .world import VARIED_ATTRIBUTES, check_int, check_resolution, check_varied_attributes, render, scene_at, vary
 
 
 class _SampleMaker:
@@ -34,9 +34,7 @@ class _SampleMaker:
         if not isinstance(minimal_pairs, bool):
             raise TypeError(f"minimal_pairs must be True or False, got {minimal_pairs!r}")
         self.minimal_pairs = minimal_pairs
-        self.pair_attributes = tuple(pair_attributes)
-        if not self.pair_attributes or not set(self.pair_attributes) <= set(VARIED_ATTRIBUTES):
-            raise ValueError(f"pair_attributes must name attributes of {VARIED_ATTRIBUTES}, got {list(pair_attributes)}")
+        self.pair_attributes = check_varied_attributes("pair_attributes", pair_attributes)
 
     def scene(self, index: int):
         """Sample ``index``'s scene; with minimal pairs, an odd index is its even neighbour's scene

@@ -320,6 +320,14 @@ def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: flo
 VARIED_ATTRIBUTES = ("colour", "shape", "size", "position")
 
 
+def check_varied_attributes(name: str, attributes: Sequence[str]) -> Tuple[str, ...]:
+    """``attributes`` as a tuple, if it is a non-empty list of :data:`VARIED_ATTRIBUTES` (repeats allowed)."""
+    attributes = tuple(attributes)
+    if not attributes or not set(attributes) <= set(VARIED_ATTRIBUTES):
+        raise ValueError(f"{name} must name attributes of {VARIED_ATTRIBUTES}, got {list(attributes)}")
+    return attributes
+
+
 def vary(scene: SceneSpec, rng: np.random.Generator, attributes: Sequence[str] = VARIED_ATTRIBUTES
          ) -> Tuple[SceneSpec, str]:
     """A minimal pair for ``scene``: the same scene with one attribute of one object changed, drawn
@@ -329,9 +337,7 @@ def vary(scene: SceneSpec, rng: np.random.Generator, attributes: Sequence[str] =
     captions differ in that attribute's words alone. Returns the varied scene and the attribute;
     an attribute that cannot change here (no free place, say) gives way to the next one drawn. An
     attribute listed twice is drawn first twice as often."""
-    unknown = sorted(set(attributes) - set(VARIED_ATTRIBUTES))
-    if unknown or not attributes:
-        raise ValueError(f"attributes must be a non-empty subset of {VARIED_ATTRIBUTES}, got {list(attributes)}")
+    attributes = check_varied_attributes("attributes", attributes)
     k = int(rng.integers(len(scene.objects)))
     obj, others = scene.objects[k], scene.objects[:k] + scene.objects[k + 1:]
     taken = [d for o in others for d in occupied(o)]

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.world import (COLOUR_RGB, COLOURS, DIGITS, LETTERS, SHAPES, SIZES, SceneSpec, caption_full, caption_rich,
+from ..data.world import (COLOUR_RGB, COLOURS, DIGITS, LETTERS, SHAPES, SIZES, SceneSpec,
                           check_resolution, render, sample_scene)
 from ..models.tokenizer import TruncationWarning
 from ..pipelines import DiffEditPipeline
@@ -59,7 +59,7 @@ from ._shared import check_positive, seeded_generator
 from .attributes import SILHOUETTE_THRESHOLD, expected_attributes, predict_attributes
 from .design import OBJECT_CATEGORIES, EditBenchItem, mask_size_class
 from .intervals import mean, paired_bootstrap_difference, proportion
-from .items import mask_simple
+from .items import prompts_of, with_value
 from .metrics import background_psnr, mask_iou
 
 ATTRIBUTES = ("colour", "shape")  # item i edits ATTRIBUTES[i % 2]
@@ -90,13 +90,6 @@ def _category(shape: str) -> str:
     return next(c for c, shapes in OBJECT_CATEGORIES.items() if shape in shapes)
 
 
-def _prompts(scene: SceneSpec, attribute: str) -> Dict[str, str]:
-    """EditBench's three prompts for a scene whose first object is the edited one; Full is the caption
-    DiffEdit and SDEdit are given."""
-    obj = scene.objects[0]
-    return {"simple": mask_simple(obj, attribute), "rich": caption_rich(obj), "full": caption_full(scene)}
-
-
 def _draw(rng: np.random.Generator, index: int, n: int, attribute: str) -> Optional[EditBenchItem]:
     scene = sample_scene(rng)
     k = int(rng.integers(len(scene.objects)))
@@ -105,7 +98,7 @@ def _draw(rng: np.random.Generator, index: int, n: int, attribute: str) -> Optio
     if attribute == "colour":
         taken = set(bg.colours) | {o.colour for o in scene.objects}
         colour = str(rng.choice([c for c in COLOURS if c not in taken]))
-        target = dataclasses.replace(source, colour=colour, rgb=COLOUR_RGB[colour])
+        target = with_value(source, "colour", colour)
     else:
         taken = {o.shape for o in scene.objects}
         # a letter stays a letter and a digit a digit: "letter A" → "digit 7" would change two words
@@ -119,10 +112,10 @@ def _draw(rng: np.random.Generator, index: int, n: int, attribute: str) -> Optio
     mask = torch.from_numpy(changed[None].astype(np.float32))
     item = EditBenchItem(
         index=index, image=torch.from_numpy(src.image), mask=mask, object_mask=torch.from_numpy(object_mask)[None],
-        prompts=_prompts(target_scene, attribute), mask_size=mask_size_class(mask), labels=target.labels(),
+        prompts=prompts_of(target_scene, attribute), mask_size=mask_size_class(mask), labels=target.labels(),
         attribute=attribute, object_category=_category(target.shape), scene=bg.kind,
         target_image=torch.from_numpy(tgt.image), target_mask=torch.from_numpy(target_mask)[None],
-        clean_image=torch.from_numpy(clean.image), source_prompts=_prompts(source_scene, attribute),
+        clean_image=torch.from_numpy(clean.image), source_prompts=prompts_of(source_scene, attribute),
         source_labels=source.labels(), source_scene=source_scene, target_scene=target_scene)
     expected = expected_attributes(item)[attribute]
     if predict_attributes(item, item.target_image)[attribute] != expected:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 from PIL import Image, ImageDraw
@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from ..images import to_pil
 from .diffedit import ATTRIBUTES, METHOD_NAMES, METHODS, PSNR_BAR, REFERENCES
 from .intervals import format_interval
-from .report import have_matplotlib
+from .report import format_delta, have_matplotlib, markdown_table
 
 MEASURE_NAMES = {"edit_success": "Edit success", "background_psnr": "Background PSNR (dB)",
                  "background_kept": f"Background ≥ {PSNR_BAR:g} dB",
@@ -30,17 +30,9 @@ def _fmt(measure: str, cell: Optional[Dict[str, Any]]) -> str:
     return format_interval(cell["value"], cell["ci95"], 1 if measure == "background_psnr" else 3)
 
 
-def _fmt_delta(measure: str, cell: Dict[str, Any]) -> str:
-    if cell["value"] is None:
-        return "–"
-    d = 1 if measure == "background_psnr" else 3
-    lo, hi = cell["ci95"]
-    return f"{cell['value']:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows)]
+def _delta(cell: Dict[str, Any]):
+    """A difference cell {"value", "ci95"} as report.format_delta takes it (None when there is none)."""
+    return None if cell["value"] is None else (cell["value"], *cell["ci95"])
 
 
 def _methods(summary: Dict[str, Any]) -> List[str]:
@@ -79,26 +71,26 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
              "region filled with the target colour is what a blob of the right colour scores (for shape edits, "
              "the larger of the two shapes is what a blob reads as). "
              "95 % intervals in brackets: Wilson for proportions, bootstrap for means.", "",
-             "## Overall", "", *_table(header, rows())]
+             "## Overall", "", *markdown_table(header, rows())]
     if "diffedit" in s and "mask_area" in s["diffedit"]:
         area, true = s["diffedit"]["mask_area"], s["diffedit"]["true_area"]
         lines += ["", f"DiffEdit's masks cover {format_interval(area['value'], area['ci95'])} of the image on "
                       f"average; the true regions {format_interval(true['value'], true['ci95'])}."]
     if "diffedit_vs_sdedit" in s:
         measures = ("edit_success", "background_psnr", "background_kept", "success_psnr")
-        delta_rows = [[scope, *(_fmt_delta(m, s["diffedit_vs_sdedit"][scope][m]) for m in measures),
+        delta_rows = [[scope, *(format_delta(m, _delta(s["diffedit_vs_sdedit"][scope][m])) for m in measures),
                        str(s["diffedit_vs_sdedit"][scope]["edit_success"]["n"])]
                       for scope in ("all", *ATTRIBUTES) if scope in s["diffedit_vs_sdedit"]]
         lines += ["", "## DiffEdit − SDEdit", "",
                   "The difference on the same items, with its 95 % paired-bootstrap interval (the items resampled, "
                   "each keeping its pair of scores): clear when the interval excludes 0.", "",
-                  *_table(["Items", *(f"Δ {MEASURE_NAMES[m]}" for m in measures), "items"], delta_rows)]
+                  *markdown_table(["Items", *(f"Δ {MEASURE_NAMES[m]}" for m in measures), "items"], delta_rows)]
     for key, title, values in (("by_attribute", "attribute", ATTRIBUTES), ("by_size", "size of the edited object",
                                                                           ("small", "medium", "large"))):
         for value in values:
             chosen = rows(key, value)
             if chosen:
-                lines += ["", f"## By {title}: {value}", "", *_table(header, chosen)]
+                lines += ["", f"## By {title}: {value}", "", *markdown_table(header, chosen)]
     if c.get("prompts_truncated"):
         lines += ["", f"Note: {c['prompts_truncated']} of the {2 * c['items']} captions are longer than the text "
                       "encoder's context and were truncated."]

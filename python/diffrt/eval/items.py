@@ -126,12 +126,13 @@ def mask_simple(obj: ObjectSpec, attribute: str) -> str:
     return _phrase(words, obj.noun, obj.count)
 
 
-def _prompts(scene: SceneSpec, attribute: str) -> Dict[str, str]:
+def prompts_of(scene: SceneSpec, attribute: str) -> Dict[str, str]:
+    """EditBench's three prompts (Mask-Simple, Mask-Rich, Full) for a scene whose first object is the edited one."""
     obj = scene.objects[0]
     return {"simple": mask_simple(obj, attribute), "rich": caption_rich(obj), "full": caption_full(scene)}
 
 
-def _with_value(obj: ObjectSpec, attribute: str, value) -> ObjectSpec:
+def with_value(obj: ObjectSpec, attribute: str, value) -> ObjectSpec:
     """``obj`` with the attribute set to ``value`` — for captions only (positions are not re-placed)."""
     if attribute == "colour":
         return dataclasses.replace(obj, colour=value, rgb=COLOUR_RGB[value])
@@ -154,8 +155,8 @@ def _distractors(rng: np.random.Generator, target: SceneSpec, source: ObjectSpec
     other = _pick(rng, attribute_values(attribute, category), [edited, unedited])
     out: Dict[str, List[str]] = {p: [] for p in PROMPT_TYPES}
     for value in (unedited, other):
-        wrong = dataclasses.replace(target, objects=(_with_value(obj, attribute, value),) + target.objects[1:])
-        for p, text in _prompts(wrong, attribute).items():
+        wrong = dataclasses.replace(target, objects=(with_value(obj, attribute, value),) + target.objects[1:])
+        for p, text in prompts_of(wrong, attribute).items():
             out[p].append(text)
     return out
 
@@ -227,10 +228,10 @@ def _draw_item(rng: np.random.Generator, index: int, n: int, *, mask_size: str, 
     item = EditBenchItem(
         index=index, image=torch.from_numpy(src.image), mask=mask,
         object_mask=torch.from_numpy(src.objects[0].mask)[None],
-        prompts=_prompts(target_scene, attribute), mask_size=mask_size, labels=target.labels(), attribute=attribute,
+        prompts=prompts_of(target_scene, attribute), mask_size=mask_size, labels=target.labels(), attribute=attribute,
         object_category=object_category, scene=scene, target_image=torch.from_numpy(tgt.image),
         target_mask=torch.from_numpy(tgt.objects[0].mask)[None], clean_image=torch.from_numpy(clean.image),
-        source_prompts=_prompts(source_scene, attribute), source_labels=source.labels(),
+        source_prompts=prompts_of(source_scene, attribute), source_labels=source.labels(),
         distractors=_distractors(rng, target_scene, source, attribute, object_category),
         source_scene=source_scene, target_scene=target_scene)
     truth, before = predict_attributes(item, item.target_image), predict_attributes(item, item.image)

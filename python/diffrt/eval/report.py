@@ -52,7 +52,8 @@ def _fmt(metric: str, value: Optional[float]) -> str:
     return f"{value:.1f}" if metric == "background_psnr" else f"{value:.3f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    """A markdown table: the header row, the separator and one row per entry."""
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -74,7 +75,7 @@ def markdown_report(result: EditBenchResult) -> str:
     overall = result.summary["overall"]
     rows = [[PROMPT_NAMES.get(p, "All"), *(_fmt(m, overall[p][m]) for m in METRICS), str(overall[p]["n"])]
             for p in (*PROMPT_TYPES, "all")]
-    lines += _table(["Prompt", *(METRIC_NAMES[m] for m in METRICS), "n"], rows)
+    lines += markdown_table(["Prompt", *(METRIC_NAMES[m] for m in METRICS), "n"], rows)
     for key, values in BREAKDOWNS.items():
         table = result.summary[f"by_{key}"]
         lines += ["", f"## By {BREAKDOWN_NAMES[key].lower()} (Mask-Simple / Mask-Rich / Full)", ""]
@@ -85,7 +86,7 @@ def markdown_report(result: EditBenchResult) -> str:
             cells = [" / ".join(_fmt(m, table[p][v][m]) if v in table[p] else "–" for p in PROMPT_TYPES)
                      for m in METRICS]
             rows.append([v, *cells, str(table["all"][v]["n"] // len(PROMPT_TYPES))])
-        lines += _table([BREAKDOWN_NAMES[key], *(METRIC_NAMES[m] for m in METRICS), "items"], rows)
+        lines += markdown_table([BREAKDOWN_NAMES[key], *(METRIC_NAMES[m] for m in METRICS), "items"], rows)
     if c.get("prompts_truncated"):
         lines += ["", f"Note: {c['prompts_truncated']} of the {3 * c['items']} prompts are longer than the text "
                       "encoder's context and were truncated."]
@@ -194,7 +195,8 @@ def paired_difference(first: EditBenchResult, second: EditBenchResult, metric: s
     return float(diff.mean()), float(lo), float(hi)
 
 
-def _fmt_delta(metric: str, d: Optional[Tuple[float, float, float]]) -> str:
+def format_delta(metric: str, d: Optional[Tuple[float, float, float]]) -> str:
+    """A difference with its interval, signed; PSNR to 0.1 dB, the rest to 0.001."""
     if d is None:
         return "–"
     digits = 1 if metric == "background_psnr" else 3
@@ -239,9 +241,9 @@ def comparison_markdown(results: Mapping[str, EditBenchResult], metrics: Sequenc
                 if delta:
                     d = paired_difference(results[names[0]], results[names[1]], metric, p,
                                           None if size == "all" else size)
-                    row.append(_fmt_delta(metric, d))
+                    row.append(format_delta(metric, d))
             rows.append(row)
-        lines += [f"## {METRIC_NAMES[metric]}", "", *_table(header, rows), ""]
+        lines += [f"## {METRIC_NAMES[metric]}", "", *markdown_table(header, rows), ""]
     return "\n".join(lines)
 
 

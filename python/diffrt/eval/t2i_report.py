@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -16,7 +16,7 @@ from ..data.world import SIZES
 from ..images import to_pil
 from ._shared import threshold_label
 from .intervals import format_interval
-from .report import have_matplotlib
+from .report import have_matplotlib, markdown_table
 from .t2i import BREAKDOWNS, CHECKS, PAIR_CHECKS, SIZE_GROUPS
 
 CHECK_NAMES = {"background": "Background", "colour": "Colour", "position": "Position",
@@ -35,11 +35,6 @@ def _fmt(value: Optional[float]) -> str:
 def _cell(summary_cell: Dict[str, Any], check: str) -> str:
     """'0.900 [0.851, 0.934]': the accuracy and its 95 % Wilson interval (reports without intervals: the accuracy)."""
     return format_interval(summary_cell[check], summary_cell.get("ci95", {}).get(check))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _size_rows(s: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
@@ -74,16 +69,16 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
              "re-rendered shape or glyph is the prompted one, over the shape-checkable items only. Ground "
              "truth: the same checks on the world's own renderings — each metric's ceiling. Every accuracy "
              "carries its 95 % Wilson interval in brackets.", "",
-             "## Overall", "", *_table(header, [row(name, s["overall"]), row("ground truth", gt["overall"])])]
+             "## Overall", "", *markdown_table(header, [row(name, s["overall"]), row("ground truth", gt["overall"])])]
     shape_rows = [[label, _cell(cell, "shape"), _cell(gt_cell, "shape"), str(cell["n_shape"]), str(cell["n"])]
                   for (label, cell), (_, gt_cell) in zip(_size_rows(s), _size_rows(gt))]
     lines += ["", "## Shape by size class", "",
               "Shape accuracy over the shape-checkable items of each size class; medium+large pools the two "
               "classes whose shapes a 32-px image can show.", "",
-              *_table(["Size", f"Shape: {name}", "Shape: ground truth", "shape-checkable", "items"], shape_rows)]
+              *markdown_table(["Size", f"Shape: {name}", "Shape: ground truth", "shape-checkable", "items"], shape_rows)]
     for key, values in BREAKDOWNS.items():
         rows = [row(v, s[f"by_{key}"][v]) for v in values if v in s[f"by_{key}"]]
-        lines += ["", f"## By {BREAKDOWN_NAMES[key].lower()}", "", *_table(header, rows)]
+        lines += ["", f"## By {BREAKDOWN_NAMES[key].lower()}", "", *markdown_table(header, rows)]
     if "two_object" in result:
         lines += ["", *_two_object_section(result["two_object"], name)]
     if "text_sensitivity" in result:
@@ -122,7 +117,7 @@ def _two_object_section(two: Dict[str, Any], name: str) -> List[str]:
             "Rel. position, both colours right: the same among the items where both colours are right "
             f"({scored['relation_given_colours']} for {name}, {gt['n_scored']['relation_given_colours']} for the "
             "ground truth). 95 % Wilson intervals in brackets.", "",
-            *_table(header, [row(name, s), row("ground truth", gt)])]
+            *markdown_table(header, [row(name, s), row("ground truth", gt)])]
 
 
 def _short(record: Dict[str, Any]) -> Tuple[str, str, str]:

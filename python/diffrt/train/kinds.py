@@ -35,7 +35,7 @@ from torch import nn
 
 from ..data import FullMasking, MixedMasking, ObjectMasking, ProceduralStream, RandomMasking, collate
 from ..data.dataset import ignore_stop_signals
-from ..data.world import VARIED_ATTRIBUTES
+from ..data.world import VARIED_ATTRIBUTES, check_varied_attributes
 from ..models.bundle import DIFFUSION_FILE
 from ..models.clip import CLIP, CLIPConfig
 from ..models.prior import DiffusionPrior, PriorConfig
@@ -107,8 +107,10 @@ class DataOptions(_Section):
             problems.append(f"masking must be one of {MASKINGS}, got {self.masking!r}")
         problems += [_probability("p_full", self.p_full),
                      _probability("object_full_caption", self.object_full_caption)]
-        if not self.pair_attributes or not set(self.pair_attributes) <= set(VARIED_ATTRIBUTES):
-            problems.append(f"pair_attributes must name attributes of {VARIED_ATTRIBUTES}, got {list(self.pair_attributes)}")
+        try:
+            check_varied_attributes("pair_attributes", self.pair_attributes)
+        except ValueError as e:
+            problems.append(str(e))
         self._raise_problems(problems)
 
 
@@ -252,7 +254,7 @@ def load_text_encoder(folder) -> TextEncoder:
 
 def _model_config(cls, values: Mapping[str, Any]):
     try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(**values)  # the config's check_config stores lists as tuples
     except (TypeError, ValueError) as e:
         raise ValueError(f"[model] {e}") from e
 
