@@ -1,6 +1,7 @@
 """The shared training loop: exact resume, checkpoint safety, signals, accumulation, DDP."""
 
 import errno
+import gc
 import json
 import os
 import random
@@ -173,7 +174,10 @@ def _ddp_worker(rank, world, rendezvous, run_dir, result_file):
         t.run(6)
         if rank == 0:
             torch.save(t.model.state_dict(), result_file)
-        # Both ranks leave together: gloo aborts a rank that tears down while its peer still works.
+        # The DDP wrapper's reducer holds the process group: release it before the group goes, and
+        # leave together (gloo aborts a rank that tears down while its peer still works).
+        del t
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()
