@@ -85,6 +85,35 @@ def test_zero_text_diff_changes_nothing(pipe):
                                rtol=1e-3, atol=1e-3)  # batch of 2 vs 1: float32 rounding only
 
 
+def test_batched_interpolation_and_text_diff_match_one_input_at_a_time(pipe):
+    """B inputs give B·len(ts) outputs, input-major, each input from its own x_T as if alone."""
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    za, zb = pipe.image_encoder(images), pipe.image_encoder(images.flip(-1))
+    both = pipe.interpolate(za, zb, ts=(0.0, 0.5), output_type="pt", generator=torch.Generator().manual_seed(4),
+                            progress=False)
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    for i in range(2):
+        alone = pipe.decode(torch.cat([za[i:i + 1], pipe.interpolate(za[i:i + 1], zb[i:i + 1], ts=(0.5,),
+                                                                     output_type="pt", progress=False).image_embeds]),
+                            x_T=noise[i:i + 1].expand(2, -1, -1, -1).clone(), progress=False)
+        torch.testing.assert_close(both.images[2 * i: 2 * i + 2], alone, rtol=1e-3, atol=1e-3)
+    sources, targets = ["a red circle", "a blue square"], ["a blue square", "a red circle"]
+    diff = pipe.text_diff(images, sources, targets, amounts=(0.0, 0.5), output_type="pt",
+                          generator=torch.Generator().manual_seed(4), progress=False)
+    assert diff.images.shape == (4, 3, 16, 16)
+    for i in range(2):
+        alone = pipe.text_diff(images[i:i + 1], sources[i], targets[i], amounts=(0.0, 0.5), output_type="pt",
+                               progress=False)
+        torch.testing.assert_close(diff.image_embeds[2 * i: 2 * i + 2], alone.image_embeds)
+        torch.testing.assert_close(diff.images[2 * i: 2 * i + 2],
+                                   pipe.decode(alone.image_embeds, x_T=noise[i:i + 1].expand(2, -1, -1, -1).clone(),
+                                               progress=False), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="one caption or one per image"):
+        pipe.text_diff(images, ["a", "b", "c"], "d", progress=False)
+    with pytest.raises(ValueError, match="embeds_a and embeds_b must be"):
+        pipe.interpolate(za, zb[:1], progress=False)
+
+
 def test_variations(pipe):
     out = pipe.variations(torch.rand(1, 3, 16, 16) * 2 - 1, num_variations=3, output_type="np",
                           generator=torch.Generator().manual_seed(3), progress=False)
@@ -111,3 +140,17 @@ def test_prior_guidance_per_prompt_and_as_a_schedule(pipe):
         pipe.decode(embeds(4.0)[:, 0], sr_guidance=torch.tensor([1.0, math.inf]), progress=False)
     with pytest.raises(TypeError, match="guidance must be a number, a 1-D tensor"):
         pipe.variations(torch.zeros(1, 3, 16, 16), guidance="high", progress=False)
+
+
+def test_a_pipeline_without_a_prior_varies_images_but_cannot_generate(pipe):
+    no_prior = UnCLIPPipeline(None, pipe.decoder, pipe.text_encoder, pipe.image_encoder,
+                              noise_schedule=pipe.noise_schedule, num_steps=4)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    for p in (pipe, no_prior):  # the same variations with and without a prior
+        out = p.variations(image, num_variations=2, output_type="pt", generator=torch.Generator().manual_seed(3),
+                           progress=False)
+        torch.testing.assert_close(out.images, pipe.variations(image, num_variations=2, output_type="pt",
+                                                               generator=torch.Generator().manual_seed(3),
+                                                               progress=False).images)
+    with pytest.raises(ValueError, match="no prior"):
+        no_prior(PROMPTS, progress=False)

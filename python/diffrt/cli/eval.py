@@ -1,19 +1,21 @@
-"""``diffrt eval editbench``, ``diffrt eval t2i`` and ``diffrt eval diffedit``: the benchmarks of
-`diffrt.eval` on a model folder, written as reports (see `diffrt.eval.report`,
-`diffrt.eval.t2i_report` and `diffrt.eval.diffedit_report`)."""
+"""``diffrt eval editbench``, ``diffrt eval t2i``, ``diffrt eval diffedit`` and ``diffrt eval unclip``:
+the benchmarks of `diffrt.eval` on a model folder, written as reports (see `diffrt.eval.report`,
+`diffrt.eval.t2i_report`, `diffrt.eval.diffedit_report` and `diffrt.eval.unclip_report`)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from typing import List, Sequence
 
 from ..data.world import check_resolution
 from ..eval import (DEFAULT_ITEMS, DEFAULT_SEED, compare_editbench, diffedit, diffedit_report, editbench, report,
-                    run_editbench, t2i, t2i_report)
+                    run_editbench, t2i, t2i_report, unclip, unclip_report)
 from .errors import CommandError
 from .files import load_bundle
-from .options import MODEL_HELP, add_threshold_option, guidance_arg, int_at_least, seed_arg, strength_arg
+from .options import (MODEL_HELP, add_threshold_option, eta_arg, guidance_arg, int_at_least, seed_arg,
+                      strength_arg)
 
 
 def _require_parts(bundle, args, parts: Sequence[str], purpose: str) -> None:
@@ -101,8 +103,26 @@ def diffedit_command(args) -> List[Path]:
     return diffedit_report.write_diffedit_report(result, args.out, name, plots=not args.no_plots)
 
 
+def _amounts_arg(text: str):
+    try:
+        return unclip.check_amounts([float(v) for v in text.split(",")])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"comma-separated numbers in [0, 1] expected ({e})") from None
+
+
+def unclip_command(args) -> List[Path]:
+    _require_matplotlib(args)
+    bundle = load_bundle(args.model)
+    _require_parts(bundle, args, ("clip", "decoder"), "the unCLIP evaluation")
+    result = unclip.run_unclip(bundle, items=args.items, variations=args.variations, steps=args.steps,
+                               guidance=args.guidance, eta=args.eta, amounts=args.amounts, seed=args.seed,
+                               batch_size=args.batch_size, bench_seed=args.bench_seed, progress=not args.quiet)
+    name = Path(args.model).resolve().name if args.model else "default"
+    return unclip_report.write_unclip_report(result, args.out, name, plots=not args.no_plots)
+
+
 def add_commands(sub) -> None:
-    p = sub.add_parser("eval", help="benchmarks: diffrt eval editbench | t2i | diffedit")
+    p = sub.add_parser("eval", help="benchmarks: diffrt eval editbench | t2i | diffedit | unclip")
     benches = p.add_subparsers(dest="benchmark", required=True)
     e = benches.add_parser("editbench", help="EditBench-style inpainting evaluation on the procedural world",
                            description="Inpaint every EditBench item with its Mask-Simple, Mask-Rich and Full "
@@ -165,3 +185,26 @@ def add_commands(sub) -> None:
     d.add_argument("--batch-size", type=int_at_least(1), default=16, help="items per batch (default 16)")
     d.add_argument("--no-true-mask", action="store_true", help="skip DiffEdit with the true mask")
     _add_report_options(d, "eval-diffedit", diffedit_command)
+    u = benches.add_parser("unclip", help="unCLIP: what variations, interpolations and text diffs keep of the input",
+                           description="Vary, interpolate and text-diff the single-object scenes of the t2i "
+                                       "benchmark with the decoder and CLIP; check each output's background, object "
+                                       "colour, position and shape against the input's labels (text diffs: the "
+                                       "object colour against the target's), and write OUT/unclip.json, "
+                                       "OUT/unclip.md (with 95 % intervals), OUT/unclip.png and "
+                                       "OUT/unclip_examples.png.")
+    u.add_argument("--model", help=MODEL_HELP)
+    u.add_argument("--items", type=int_at_least(1), default=unclip.DEFAULT_ITEMS,
+                   help=f"input images (default {unclip.DEFAULT_ITEMS})")
+    u.add_argument("--variations", type=int_at_least(1), default=2,
+                   help="variations per input and method (default 2; 2 or more measure diversity)")
+    u.add_argument("--steps", type=int_at_least(1), default=25, help="DDIM steps of the decoder (default 25)")
+    u.add_argument("--guidance", type=guidance_arg, default=3.0, help="decoder guidance weight (default 3)")
+    u.add_argument("--eta", type=eta_arg, default=1.0, help="the variations' DDIM η (default 1)")
+    u.add_argument("--amounts", type=_amounts_arg, default=list(unclip.DEFAULT_AMOUNTS),
+                   help="text-diff amounts θ, comma-separated (default " +
+                        ",".join(f"{a:g}" for a in unclip.DEFAULT_AMOUNTS) + ")")
+    u.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (default 0)")
+    u.add_argument("--bench-seed", type=seed_arg, default=t2i.DEFAULT_BENCH_SEED,
+                   help=f"seed of the benchmark's scenes (default {t2i.DEFAULT_BENCH_SEED}, the t2i benchmark's)")
+    u.add_argument("--batch-size", type=int_at_least(2), default=12, help="inputs per batch, made even (default 12)")
+    _add_report_options(u, "eval-unclip", unclip_command)

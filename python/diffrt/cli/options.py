@@ -38,6 +38,11 @@ def guidance_arg(text: str) -> float:
     return _option(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
 
 
+def eta_arg(text: str) -> float:
+    """--eta: DDIM's η, a finite number >= 0 (0 deterministic, 1 DDPM-like noise)."""
+    return _option(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+
+
 def strength_arg(text: str) -> float:
     """--strength: the fraction of the noise schedule to encode to, in (0, 1]."""
     return _option(text, float, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0)

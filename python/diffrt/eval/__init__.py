@@ -1,7 +1,8 @@
 """Benchmarks on the procedural world: an EditBench-style inpainting benchmark (the names here),
-text-to-image prompt following (`diffrt.eval.t2i`) and DiffEdit against SDEdit
-(`diffrt.eval.diffedit`). The commands are ``diffrt eval editbench``, ``diffrt eval t2i`` and
-``diffrt eval diffedit``.
+text-to-image prompt following (`diffrt.eval.t2i`), DiffEdit against SDEdit
+(`diffrt.eval.diffedit`) and unCLIP's variations, interpolations and text diffs
+(`diffrt.eval.unclip`). The commands are ``diffrt eval editbench``, ``diffrt eval t2i``,
+``diffrt eval diffedit`` and ``diffrt eval unclip``.
 
 EditBench (Imagen Editor, Wang et al. 2023, §4) pairs each image with a mask and three prompts —
 Mask-Simple, Mask-Rich and Full — and breaks results down by mask size, attribute, object and
@@ -22,6 +23,8 @@ scores DiffEdit's automatic mask against the true edit region.
     t2i_report.py   its report
     diffedit.py     DiffEdit against SDEdit: items, scores, `run_diffedit`
     diffedit_report.py  its report
+    unclip.py       unCLIP: what variations, interpolations and text diffs keep; `run_unclip`
+    unclip_report.py    its report
     intervals.py    95 % intervals: Wilson, bootstrap, paired bootstrap
 """
 

@@ -80,8 +80,9 @@ class UnCLIPPipeline:
                  super_resolution: Any = None, num_steps: int = 50, prior_steps: int = 25, sr_steps: int = 25,
                  spacing: str = "trailing"):
         """``text_encoder(prompts) -> {"context", "context_mask", "pooled"}``; ``image_encoder(images)``
-        gives normalised CLIP image embeddings (``clip.encode_image``)."""
-        for m in (prior, decoder) + ((super_resolution,) if super_resolution is not None else ()):
+        gives normalised CLIP image embeddings (``clip.encode_image``). ``prior`` may be None for a
+        pipeline that only varies, interpolates and text-diffs images (text-to-image needs it)."""
+        for m in (decoder,) + tuple(m for m in (prior, super_resolution) if m is not None):
             check_denoiser(m)
         self.prior, self.decoder, self.sr = prior, decoder, super_resolution
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
@@ -99,6 +100,9 @@ class UnCLIPPipeline:
         (and all candidates (B, candidates, E) with ``return_candidates``). A 1-D tensor of
         ``guidance`` weights holds one per prompt (each applies to all of its candidates)."""
         _check_count("candidates", candidates)
+        if self.prior is None:
+            raise ValueError("this pipeline has no prior: text-to-image needs one (variations, interpolation and "
+                             "text diffs do not)")
         guidance = map_weights(check_guidance("guidance", guidance),
                                lambda w: w.reshape(-1).repeat_interleave(candidates) if w.numel() == len(prompts) else w)
         text, empty = self.text_encoder(prompts), self.text_encoder([""] * len(prompts))
@@ -176,32 +180,46 @@ class UnCLIPPipeline:
         images = self.decode(z, x_T=x_T, guidance=guidance, eta=eta, generator=generator, progress=progress)
         return UnCLIPOutput(convert_output(images, output_type), z)
 
+    def _shared_noise(self, batch: int, generator) -> torch.Tensor:
+        """One x_T per input, (batch, C, s, s): every output made from an input shares its noise."""
+        s = self.decoder.config.image_size
+        return randn((batch, self.decoder.in_channels, s, s), generator, model_placement(self.decoder)[0])
+
     @torch.no_grad()
     def interpolate(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor, ts: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
                     *, guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
                     progress: bool = True) -> UnCLIPOutput:
-        """Decode slerp(z_a, z_b, t) for each t from one shared x_T (pass image embeddings, e.g.
-        ``pipe.image_encoder(images)``)."""
+        """Decode slerp(z_a, z_b, t) for each t, every pair from one shared x_T (pass image embeddings,
+        e.g. ``pipe.image_encoder(images)``). (B, E) pairs give B·len(ts) images, pair-major: pair i's
+        are images[i·len(ts) : (i+1)·len(ts)]."""
         ts = _check_weights("ts", ts)
-        s = self.decoder.config.image_size
-        x_T = randn((1, self.decoder.in_channels, s, s), generator, model_placement(self.decoder)[0])
-        z = torch.cat([slerp(embeds_a, embeds_b, float(t)) for t in ts])
-        images = self.decode(z, x_T=x_T.expand(len(ts), -1, -1, -1).clone(), guidance=guidance, progress=progress)
+        if embeds_a.dim() != 2 or embeds_a.shape != embeds_b.shape:
+            raise ValueError(f"embeds_a and embeds_b must be (B, E) of one shape, got {tuple(embeds_a.shape)} and "
+                             f"{tuple(embeds_b.shape)}")
+        x_T = self._shared_noise(embeds_a.shape[0], generator).repeat_interleave(len(ts), 0)
+        z = torch.stack([slerp(embeds_a, embeds_b, float(t)) for t in ts], dim=1).flatten(0, 1)
+        images = self.decode(z, x_T=x_T, guidance=guidance, progress=progress)
         return UnCLIPOutput(convert_output(images, output_type), z)
 
     @torch.no_grad()
-    def text_diff(self, image: torch.Tensor, source_caption: str, target_caption: str,
-                  amounts: Sequence[float] = (0.0, 0.25, 0.5), *, guidance: Guidance = 3.0, generator=None,
-                  output_type: str = "pil", progress: bool = True) -> UnCLIPOutput:
-        """Move the image embedding towards the caption change: z_θ = slerp(z_i, normalise(z_t − z_t0), θ)."""
+    def text_diff(self, image: torch.Tensor, source_caption: Union[str, Sequence[str]],
+                  target_caption: Union[str, Sequence[str]], amounts: Sequence[float] = (0.0, 0.25, 0.5), *,
+                  guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
+                  progress: bool = True) -> UnCLIPOutput:
+        """Move each image's embedding towards its caption change: z_θ = slerp(z_i, |z_i|·z_d, θ) with
+        z_d = normalise(z_t − z_t0), every θ from one shared x_T per image. A batch of B images takes
+        one caption pair (for all) or B of each, and gives B·len(amounts) images, image-major."""
         amounts = _check_weights("amounts", amounts)
-        prompt_list("source_caption", source_caption)
-        prompt_list("target_caption", target_caption)
-        z_i = self._embed(image)[:1]
-        captions = self.text_encoder([source_caption, target_caption])["pooled"]
-        z_d = F.normalize(captions[1:] - captions[:1], dim=-1)
-        s = self.decoder.config.image_size
-        x_T = randn((1, self.decoder.in_channels, s, s), generator, model_placement(self.decoder)[0])
-        z = torch.cat([slerp(z_i, z_d * z_i.norm(dim=-1, keepdim=True), float(a)) for a in amounts])
-        images = self.decode(z, x_T=x_T.expand(len(amounts), -1, -1, -1).clone(), guidance=guidance, progress=progress)
+        z_i = self._embed(image)
+        b = z_i.shape[0]
+        sources, targets = prompt_list("source_caption", source_caption), prompt_list("target_caption", target_caption)
+        for name, captions in (("source_caption", sources), ("target_caption", targets)):
+            if len(captions) not in (1, b):
+                raise ValueError(f"{name} takes one caption or one per image ({b}), got {len(captions)}")
+        sources, targets = sources * (b // len(sources)), targets * (b // len(targets))
+        pooled = self.text_encoder(sources + targets)["pooled"]
+        z_d = F.normalize(pooled[b:] - pooled[:b], dim=-1) * z_i.norm(dim=-1, keepdim=True)
+        x_T = self._shared_noise(b, generator).repeat_interleave(len(amounts), 0)
+        z = torch.stack([slerp(z_i, z_d, float(a)) for a in amounts], dim=1).flatten(0, 1)
+        images = self.decode(z, x_T=x_T, guidance=guidance, progress=progress)
         return UnCLIPOutput(convert_output(images, output_type), z)
