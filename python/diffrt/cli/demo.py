@@ -1,6 +1,7 @@
 """``diffrt demo``: every pipeline on one model folder — cascade generation and inpainting, DiffEdit
 with its mask drawn over the input, an Imagic η sweep, unCLIP generation / variations /
-interpolation / a text diff — as single PNGs plus a labelled contact sheet."""
+interpolation / a text diff — as single PNGs plus a labelled contact sheet, where each row shows
+the pipeline's inputs (images, masks) first and then its outputs."""
 
 from __future__ import annotations
 
@@ -31,8 +32,13 @@ def demo(args) -> List[Path]:
     mask = (F.interpolate(sample["mask"][None], size=(side, side), mode="area") > 0).float()
     rows = []  # (label, images)
 
-    def stage(label, images):
-        rows.append((label, images.float().clamp(-1, 1)))
+    def stage(label, images, inputs=None):
+        """Write the outputs; the sheet's row shows ``inputs`` (scaled to the outputs' side) before them."""
+        shown = images.float().clamp(-1, 1)
+        if inputs is not None:
+            side = shown.shape[-1]
+            shown = torch.cat([F.interpolate(inputs.float().clamp(-1, 1), size=(side, side), mode="nearest"), shown])
+        rows.append((label, shown))
         return write_images(images, out, label.split(":")[0].replace(" ", "_"))
 
     written: List[Path] = []
@@ -42,39 +48,49 @@ def demo(args) -> List[Path]:
     written += stage("generate: " + PROMPT, cascade(PROMPT, num_images_per_prompt=3, composite=False, generator=g,
                                                     guidance=args.guidance, dynamic_threshold=threshold,
                                                     output_type="pt", progress=not quiet).images)
-    written += stage("inpaint: a yellow star", cascade("a yellow star", scene, mask, generator=g, guidance=args.guidance,
-                                                       dynamic_threshold=threshold,
-                                                       output_type="pt", progress=not quiet).images)
+    written += stage("inpaint: a yellow star (input, mask, then the inpainted images)",
+                     cascade("a yellow star", scene, mask, generator=g, guidance=args.guidance,
+                             dynamic_threshold=threshold, output_type="pt", progress=not quiet).images,
+                     inputs=torch.cat([scene, _overlay(scene, mask)]))
     model, encode = text_to_image_model(bundle)
     small = F.interpolate(scene, size=(base.config.image_size,) * 2, mode="area")
     edit = DiffEditPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
     source = sample["captions"]["simple"]
     edited = edit(small, source, "a blue square", generator=g, output_type="pt", progress=not quiet)
-    overlay = small.clone()
-    overlay[:, :1] = torch.where(edited.mask.bool(), torch.ones_like(overlay[:, :1]), overlay[:, :1])
-    written += stage(f"diffedit: {source} -> a blue square (input, mask, edit)",
-                     torch.cat([small, overlay, edited.images]))
+    written += stage(f"diffedit: {source} -> a blue square (input, its automatic mask, the edit)", edited.images,
+                     inputs=torch.cat([small, _overlay(small, edited.mask)]))
     imagic = ImagicPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
-    imagic.fit(small, "a green " + source.split()[-1], embedding_steps=args.embedding_steps,
+    target = "a green " + source.split()[-1]
+    imagic.fit(small, target, embedding_steps=args.embedding_steps,
                finetune_steps=args.finetune_steps, generator=seed_generator(args), progress=not quiet)
-    written += stage("imagic: eta 0, 0.5, 1", imagic([0.0, 0.5, 1.0], generator=g, output_type="pt",
-                                                      progress=not quiet).images)
+    written += stage(f"imagic: input, then '{target}' at eta 0, 0.5, 1",
+                     imagic([0.0, 0.5, 1.0], generator=g, output_type="pt", progress=not quiet).images, inputs=small)
     if bundle.has("prior") and bundle.has("decoder"):
         unclip = unclip_pipeline(bundle, args)
         generated = unclip(PROMPT, num_images_per_prompt=2, generator=g, output_type="pt", progress=not quiet)
         written += stage("unclip: " + PROMPT, generated.images)
         clip_in = F.interpolate(scene, size=(bundle.clip.config.image_size,) * 2, mode="area")
-        written += stage("variations", unclip.variations(clip_in, num_variations=3, generator=g, output_type="pt",
-                                                         progress=not quiet).images)
-        za, zb = generated.image_embeds[:1], bundle.clip.encode_image(clip_in)
-        written += stage("interpolate", unclip.interpolate(za, zb, (0.0, 0.5, 1.0), generator=g, output_type="pt",
-                                                           progress=not quiet).images)
-        written += stage(f"text diff: {source} -> a blue square",
+        written += stage("variations: input, then 3 variations of it",
+                         unclip.variations(clip_in, num_variations=3, generator=g, output_type="pt",
+                                           progress=not quiet).images, inputs=clip_in)
+        za, zb = bundle.clip.encode_image(clip_in), generated.image_embeds[:1]
+        written += stage("interpolate: input A, generated image B, then t = 0, 0.5, 1 from A to B",
+                         unclip.interpolate(za, zb, (0.0, 0.5, 1.0), generator=g, output_type="pt",
+                                            progress=not quiet).images,
+                         inputs=torch.cat([clip_in, F.interpolate(generated.images[:1].float(),
+                                                                  size=clip_in.shape[-2:], mode="area")]))
+        written += stage(f"text diff: input, then moved from '{source}' to 'a blue square' by 0, 0.3, 0.6",
                          unclip.text_diff(clip_in, source, "a blue square", (0.0, 0.3, 0.6), generator=g,
-                                          output_type="pt", progress=not quiet).images)
+                                          output_type="pt", progress=not quiet).images, inputs=clip_in)
     sheet_path = out / "contact_sheet.png"
     contact_sheet(rows).save(sheet_path)
     return written + [sheet_path]
+
+
+def _overlay(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The images with the mask's pixels painted red."""
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)
+    return torch.where(mask.bool(), red, images.float())
 
 
 def add_commands(sub) -> None:

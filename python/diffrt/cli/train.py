@@ -44,7 +44,7 @@ def _read_config(config_file: Path) -> dict:
 def _warm_start(kind, folder: Path) -> None:
     """[init] from = a trained model folder (e.g. a shipped part): start from its weights, with a fresh
     optimizer and LR schedule; the architecture in [model] must match the folder's."""
-    model = kind.model
+    model = getattr(kind.model, "clip", kind.model)  # a training wrapper (CLIPWithAttributeHead) starts its CLIP
     if not isinstance(model, SavableModel):
         raise ValueError(f"[init] from: {type(model).__name__} models cannot be warm-started")
     trained = type(model).load_config(folder)

@@ -66,6 +66,7 @@ class _SampleMaker:
             "object_masks": torch.from_numpy(np.stack([o.mask for o in scene.objects])[:, None]
                                              if scene.objects else np.zeros((0, 1, n, n), dtype=bool)),
             "labels": [o.spec.labels() for o in scene.objects],
+            "background": {"kind": scene.spec.background.kind, "colours": list(scene.spec.background.colours)},
         }
 
 
@@ -76,7 +77,7 @@ class ProceduralDataset(Dataset):
     prompt, masking ('object' / 'random' / 'full'), target (masked object, −1 if none),
     captions {'simple', 'rich', 'full'} (simple/rich of the target, or of the first object),
     boxes (N, 4) int64 (x0, y0, x1, y1, x1/y1 exclusive), object_masks (N, 1, H, W) bool,
-    labels (N attribute dicts for evaluation).
+    labels (N attribute dicts for evaluation), background {'kind', 'colours'}.
     """
 
     def __init__(self, resolution: int = 64, *, length: int = 100_000, seed: int = 0,
@@ -183,7 +184,7 @@ def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
         "index": torch.tensor([s["index"] for s in batch], dtype=torch.int64),
         "target": torch.tensor([s["target"] for s in batch], dtype=torch.int64),
     }
-    for key in ("prompt", "masking", "captions", "boxes", "object_masks", "labels"):
+    for key in ("prompt", "masking", "captions", "boxes", "object_masks", "labels", "background"):
         out[key] = [s[key] for s in batch]
     return out
 

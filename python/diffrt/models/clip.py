@@ -90,7 +90,10 @@ class CLIP(nn.Module, SavableModel):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Contrastive logits (image × text) and the symmetric InfoNCE loss over the batch."""
         text, _ = self.encode_text(ids, mask)
-        image = self.encode_image(images)
+        return self.contrastive(self.encode_image(images), text)
+
+    def contrastive(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits (image × text) of normalised embeddings, and the symmetric InfoNCE loss: row i's match is i."""
         logits = self.logit_scale.exp().clamp(max=100) * image @ text.t()
         target = torch.arange(logits.shape[0], device=logits.device)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

@@ -17,6 +17,8 @@ is an error naming the section and the key):
                  max_noise_level); written to the model folder as diffusion.json
     [text]       TextOptions: clip, the folder of a trained CLIP run (every kind but clip)
     [tokenizer]  TokenizerOptions: samples, vocab_size, max_length (the clip kind)
+    [clip]       ContrastiveOptions: freeze_text (keep [text] clip's text tower and tokenizer),
+                 attribute_loss_weight (an attribute head on the image embedding) (the clip kind)
 
 ``diffrt train`` itself reads [train] (TrainConfig), [init] (from: a trained model folder of the same
 architecture to start from, e.g. a shipped part) and ``run_dir``. One config file may serve several
@@ -46,7 +48,7 @@ from ..models.unet import UNet, UNetConfig
 from ..ops import PREDICTION_TYPES
 from ..sampling import ddim_sample
 from ..schedules import NOISE_SCHEDULE_DEFAULTS, TRAINING_KEYS, NoiseSchedule, SamplingSchedule
-from .objectives import CLIPObjective, PriorObjective, UNetObjective
+from .objectives import CLIPObjective, CLIPWithAttributeHead, PriorObjective, UNetObjective
 
 MASKINGS = ("object", "random", "mixed", "full")
 CLI_SECTIONS = ("train", "init", "run_dir")  # read by `diffrt train`, not by a kind
@@ -135,6 +137,23 @@ class TextOptions(_Section):
 
 
 @dataclass(frozen=True)
+class ContrastiveOptions(_Section):
+    """[clip]: how the clip kind trains beyond the contrastive loss."""
+
+    SECTION: ClassVar[str] = "clip"
+    # Start from [text] clip and keep its text tower and tokenizer: every UNet that reads that text
+    # encoder stays valid while the image tower (and so the image embedding) trains on.
+    freeze_text: bool = False
+    attribute_loss_weight: float = 0.0  # > 0: a multi-label attribute head on the image embedding
+
+    def __post_init__(self):
+        problems = self._check({})
+        if not self.attribute_loss_weight >= 0:
+            problems.append(f"attribute_loss_weight must be >= 0, got {self.attribute_loss_weight}")
+        self._raise_problems(problems)
+
+
+@dataclass(frozen=True)
 class DiffusionOptions(_Section):
     """[diffusion]: the noise schedule, read by :meth:`NoiseSchedule.from_config` with its defaults,
     and the objective's options below (their names are :data:`diffrt.schedules.TRAINING_KEYS`)."""
@@ -178,12 +197,13 @@ class RunConfig:
     diffusion: DiffusionOptions
     text: TextOptions
     tokenizer: TokenizerOptions
+    clip: ContrastiveOptions
 
     @classmethod
     def parse(cls, kind: str, config: Mapping[str, Any]) -> "RunConfig":
         spec = _spec(kind)
         sections = {"data": DataOptions, "diffusion": DiffusionOptions, "text": TextOptions,
-                    "tokenizer": TokenizerOptions}
+                    "tokenizer": TokenizerOptions, "clip": ContrastiveOptions}
         unknown = sorted(set(config) - set(sections) - {"model"} - set(CLI_SECTIONS))
         if unknown:
             raise ValueError(f"unknown section(s) {unknown} (known: {sorted([*sections, 'model', *CLI_SECTIONS])})")
@@ -291,19 +311,45 @@ def _unet_preview(text: TextEncoder, run: RunConfig, *, low_res: bool = False, i
     return preview
 
 
+TEXT_TOWER = ("token_embedding", "text_position", "text_blocks", "text_norm", "text_projection")
+
+
+def _frozen_text_clip(run: RunConfig) -> Tuple[CLIP, Tokenizer]:
+    """[clip] freeze_text: the CLIP and tokenizer of [text] clip, its text tower frozen."""
+    if run.text.clip is None:
+        raise ValueError("[clip] freeze_text needs [text] clip = '<folder of the CLIP whose text tower to keep>'")
+    if run.model:
+        raise ValueError(f"[clip] freeze_text takes the architecture from [text] clip; [model] must be empty, got "
+                         f"{sorted(run.model)}")
+    folder = Path(run.text.clip)
+    model, tok = CLIP.from_pretrained(folder), Tokenizer.from_pretrained(folder)
+    if model.config.image_size != run.data.resolution:
+        raise ValueError(f"[data] resolution {run.data.resolution} differs from the image size of [text] clip's "
+                         f"CLIP ({model.config.image_size})")
+    for name, p in model.named_parameters():
+        if name.split(".")[0] in TEXT_TOWER:
+            p.requires_grad_(False)
+    return model, tok
+
+
 def _build_clip(run: RunConfig, text: None) -> Kind:
-    tok_options = run.tokenizer
-    stream = ProceduralStream(run.data.resolution, seed=run.data.seed + 10_000_000, masking=FullMasking())
-    captions = [s["prompt"] for _, s in zip(range(tok_options.samples), stream)]
-    tok = Tokenizer.train(captions, vocab_size=tok_options.vocab_size, max_length=tok_options.max_length)
-    model = CLIP(_model_config(CLIPConfig, {**run.model, "vocab_size": tok.vocab_size, "max_length": tok.max_length,
-                                            "image_size": run.data.resolution}))
+    if run.clip.freeze_text:
+        model, tok = _frozen_text_clip(run)
+    else:
+        tok_options = run.tokenizer
+        stream = ProceduralStream(run.data.resolution, seed=run.data.seed + 10_000_000, masking=FullMasking())
+        captions = [s["prompt"] for _, s in zip(range(tok_options.samples), stream)]
+        tok = Tokenizer.train(captions, vocab_size=tok_options.vocab_size, max_length=tok_options.max_length)
+        model = CLIP(_model_config(CLIPConfig, {**run.model, "vocab_size": tok.vocab_size,
+                                                "max_length": tok.max_length, "image_size": run.data.resolution}))
+    weight = run.clip.attribute_loss_weight
+    trained = CLIPWithAttributeHead(model) if weight > 0 else model
 
     def save(m, folder):
-        m.save_pretrained(folder)
+        getattr(m, "clip", m).save_pretrained(folder)  # the attribute head is training-only
         tok.save_pretrained(folder)
 
-    return Kind(model, CLIPObjective(tok), FullMasking(), save)
+    return Kind(trained, CLIPObjective(tok, weight), FullMasking(), save)
 
 
 def _build_prior(run: RunConfig, text: TextEncoder) -> Kind:

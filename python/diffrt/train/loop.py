@@ -92,7 +92,8 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class EMA:
-    """θ_ema ← d·θ_ema + (1 − d)·θ, kept in float32."""
+    """θ_ema ← d·θ_ema + (1 − d)·θ, kept in float32 (as θ_ema + (1 − d)·(θ − θ_ema): a weight that does
+    not train, such as a frozen text tower, stays bitwise what it was)."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -102,7 +103,7 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         for k, v in model.state_dict().items():
             if v.is_floating_point():
-                self.shadow[k].mul_(self.decay).add_(v.float(), alpha=1 - self.decay)
+                self.shadow[k].lerp_(v.float(), 1 - self.decay)
             else:
                 self.shadow[k].copy_(v)
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.world import BACKGROUNDS, COLOURS, GLYPHS, SHAPES, SIZES, TEXTURES, spatial_phrase
+from ..models.clip import CLIP
 from ..models.text_encoder import TextEncoder
 from ..ops import PREDICTION_TYPES
 from ..schedules import NoiseSchedule
@@ -104,17 +106,83 @@ def objects_union(object_masks: Sequence[torch.Tensor], like: torch.Tensor) -> t
     return torch.stack([m.any(dim=0) for m in object_masks]).to(like)
 
 
-class CLIPObjective:
-    """Symmetric InfoNCE between images and their captions (Radford et al. 2021)."""
+def _cell_phrases() -> Tuple[str, ...]:
+    """The 9 cells of the captions' 3×3 grid, by their phrase."""
+    return tuple(spatial_phrase([(x, y)]) for y in (1 / 6, 1 / 2, 5 / 6) for x in (1 / 6, 1 / 2, 5 / 6))
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+
+# What an image embedding is asked to tell (`CLIPWithAttributeHead`): which object colours, shapes
+# or glyphs, sizes, textures and cells (objects with one instance) a scene holds, and its background's
+# colours and kind.
+ATTRIBUTE_LABELS: Tuple[str, ...] = (
+    *(f"colour:{c}" for c in COLOURS), *(f"shape:{s}" for s in SHAPES + GLYPHS), *(f"size:{s}" for s in SIZES),
+    *(f"texture:{t}" for t in TEXTURES), *(f"cell:{p}" for p in _cell_phrases()),
+    *(f"background:{c}" for c in COLOURS), *(f"background_kind:{k}" for k in BACKGROUNDS))
+_LABEL_INDEX = {label: i for i, label in enumerate(ATTRIBUTE_LABELS)}
+
+
+def attribute_targets(labels: Sequence[Sequence[dict]], backgrounds: Sequence[dict]) -> torch.Tensor:
+    """(B, len(ATTRIBUTE_LABELS)) multi-hot float targets of a collated batch's ``labels`` (per sample, one
+    attribute dict per object) and ``background`` ({"kind", "colours"})."""
+    if len(labels) != len(backgrounds):
+        raise ValueError(f"{len(labels)} label lists for {len(backgrounds)} backgrounds")
+    out = torch.zeros(len(labels), len(ATTRIBUTE_LABELS))
+    for row, (objects, background) in enumerate(zip(labels, backgrounds)):
+        names = [f"background_kind:{background['kind']}", *(f"background:{c}" for c in background["colours"])]
+        for obj in objects:
+            names += [f"colour:{obj['colour']}", f"shape:{obj['shape']}", f"size:{obj['size']}",
+                      f"texture:{obj['texture']}"]
+            if obj["count"] == 1:  # several instances' centroid is where none of them is
+                names.append(f"cell:{obj['position']}")
+        out[row, [_LABEL_INDEX[n] for n in names]] = 1.0
+    return out
+
+
+class CLIPWithAttributeHead(nn.Module):
+    """A CLIP in training with a linear head on its normalised image embedding that predicts the
+    scene's ATTRIBUTE_LABELS (multi-label): so the embedding keeps what unCLIP's decoder must redraw
+    — object colours, shapes, cells — even where captions barely tell them apart. The head is
+    training-only: ``clip`` is what a run saves."""
+
+    def __init__(self, clip: CLIP):
+        super().__init__()
+        self.clip = clip
+        self.attribute_head = nn.Linear(clip.config.embed_dim, len(ATTRIBUTE_LABELS))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, images: torch.Tensor):
+        """Contrastive logits and loss (as CLIP's forward) and the attribute logits (B, len(ATTRIBUTE_LABELS))."""
+        text, _ = self.clip.encode_text(ids, mask)
+        image = self.clip.encode_image(images)
+        logits, loss = self.clip.contrastive(image, text)
+        # unit-norm rows scaled to unit variance per coordinate: the head's logits start near ±1
+        return logits, loss, self.attribute_head(image * image.shape[-1] ** 0.5)
+
+
+class CLIPObjective:
+    """Symmetric InfoNCE between images and their captions (Radford et al. 2021); with
+    ``attribute_loss_weight`` λ > 0 (the model a `CLIPWithAttributeHead`) plus λ times the binary
+    cross-entropy of the attribute head, averaged over labels and samples."""
+
+    def __init__(self, tokenizer, attribute_loss_weight: float = 0.0):
+        if not attribute_loss_weight >= 0:
+            raise ValueError(f"attribute_loss_weight must be >= 0, got {attribute_loss_weight}")
+        self.tokenizer, self.attribute_loss_weight = tokenizer, float(attribute_loss_weight)
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
         tokens = self.tokenizer(list(batch["prompt"]))
-        logits, loss = model(tokens.ids, tokens.mask, batch["image"])
+        extra = {}
+        if self.attribute_loss_weight == 0:
+            logits, loss = model(tokens.ids, tokens.mask, batch["image"])
+        else:
+            logits, contrastive, predicted = model(tokens.ids, tokens.mask, batch["image"])
+            target = attribute_targets(batch["labels"], batch["background"]).to(predicted)
+            attribute = F.binary_cross_entropy_with_logits(predicted.float(), target.float())
+            loss = contrastive + self.attribute_loss_weight * attribute
+            found = ((predicted > 0) & (target > 0)).sum() / target.sum().clamp_min(1)
+            extra = {"contrastive": contrastive.item(), "attribute_loss": attribute.item(),
+                     "attribute_recall": found.item()}
         accuracy = (logits.argmax(dim=1) == torch.arange(logits.shape[0])).float().mean().item()
-        return loss, {"accuracy": accuracy}
+        return loss, {"accuracy": accuracy, **extra}
 
 
 class PriorObjective:
