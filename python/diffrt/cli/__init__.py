@@ -5,7 +5,8 @@
     diffrt generate | inpaint | diffedit | imagic | variations | interpolate
                                                   the image commands                 (cli/generate.py)
     diffrt demo                                   every pipeline, and a contact sheet (cli/demo.py)
-    diffrt eval editbench | t2i | diffedit        the benchmarks                     (cli/eval.py)
+    diffrt eval editbench | t2i | diffedit | unclip | imagic
+                                                  the benchmarks                     (cli/eval.py)
 
 Every command reports bad input the same way (`diffrt.cli.errors`): one line ``diffrt COMMAND:
 error: …`` and exit status 2; DIFFRT_DEBUG=1 shows the traceback.

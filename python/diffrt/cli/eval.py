@@ -1,6 +1,7 @@
-"""``diffrt eval editbench``, ``diffrt eval t2i``, ``diffrt eval diffedit`` and ``diffrt eval unclip``:
-the benchmarks of `diffrt.eval` on a model folder, written as reports (see `diffrt.eval.report`,
-`diffrt.eval.t2i_report`, `diffrt.eval.diffedit_report` and `diffrt.eval.unclip_report`)."""
+"""``diffrt eval editbench``, ``diffrt eval t2i``, ``diffrt eval diffedit``, ``diffrt eval unclip`` and
+``diffrt eval imagic``: the benchmarks of `diffrt.eval` on a model folder, written as reports (see
+`diffrt.eval.report`, `diffrt.eval.t2i_report`, `diffrt.eval.diffedit_report`,
+`diffrt.eval.unclip_report` and `diffrt.eval.imagic_report`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import List, Sequence
 from ..data.world import check_resolution
 from ..eval import (DEFAULT_ITEMS, DEFAULT_SEED, compare_editbench, diffedit, diffedit_report, editbench, report,
                     run_editbench, t2i, t2i_report, unclip, unclip_report)
+from ..eval import imagic, imagic_report
 from .errors import CommandError
 from .files import load_bundle
-from .options import (MODEL_HELP, add_threshold_option, eta_arg, guidance_arg, int_at_least, seed_arg,
+from .options import (MODEL_HELP, add_threshold_option, eta_arg, finite_arg, guidance_arg, int_at_least, seed_arg,
                       strength_arg)
 
 
@@ -121,8 +123,30 @@ def unclip_command(args) -> List[Path]:
     return unclip_report.write_unclip_report(result, args.out, name, plots=not args.no_plots)
 
 
+def imagic_command(args) -> List[Path]:
+    if len(set(args.etas)) != len(args.etas):
+        raise CommandError(f"--etas must be distinct, got {' '.join(f'{e:g}' for e in args.etas)}")
+    _require_matplotlib(args)
+    bundle = load_bundle(args.model)
+    _require_parts(bundle, args, ("clip", "base"), "the Imagic evaluation")
+    result = imagic.run_imagic(bundle, items=args.items, etas=args.etas, embedding_steps=args.embedding_steps,
+                               finetune_steps=args.finetune_steps, embedding_lr=args.embedding_lr,
+                               finetune_lr=args.finetune_lr, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                               bench_seed=args.bench_seed, progress=not args.quiet)
+    name = Path(args.model).resolve().name if args.model else "default"
+    return imagic_report.write_imagic_report(result, args.out, name, plots=not args.no_plots)
+
+
+def _positive_arg(text: str) -> float:
+    """--embedding-lr, --finetune-lr: a finite number > 0."""
+    value = finite_arg(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return value
+
+
 def add_commands(sub) -> None:
-    p = sub.add_parser("eval", help="benchmarks: diffrt eval editbench | t2i | diffedit | unclip")
+    p = sub.add_parser("eval", help="benchmarks: diffrt eval editbench | t2i | diffedit | unclip | imagic")
     benches = p.add_subparsers(dest="benchmark", required=True)
     e = benches.add_parser("editbench", help="EditBench-style inpainting evaluation on the procedural world",
                            description="Inpaint every EditBench item with its Mask-Simple, Mask-Rich and Full "
@@ -208,3 +232,33 @@ def add_commands(sub) -> None:
                    help=f"seed of the benchmark's scenes (default {t2i.DEFAULT_BENCH_SEED}, the t2i benchmark's)")
     u.add_argument("--batch-size", type=int_at_least(2), default=12, help="inputs per batch, made even (default 12)")
     _add_report_options(u, "eval-unclip", unclip_command)
+    m = benches.add_parser("imagic", help="Imagic's edit / preservation trade-off per η",
+                           description="Edit scenes of the procedural world with Imagic towards the caption with "
+                                       "the object's colour or shape changed (embedding optimisation, fine-tuning, "
+                                       "an η sweep from one noise); check every output's edited attribute, "
+                                       "background, position and other attribute against the re-rendered target, "
+                                       "measure background PSNR, and write OUT/imagic.json, OUT/imagic.md (the "
+                                       "trade-off per η with 95 % intervals and the best η), OUT/imagic.png and "
+                                       "OUT/imagic_examples.png.")
+    m.add_argument("--model", help=MODEL_HELP)
+    m.add_argument("--items", type=int_at_least(1), default=imagic.DEFAULT_ITEMS,
+                   help=f"edits (default {imagic.DEFAULT_ITEMS}; even items colour, odd items shape)")
+    m.add_argument("--etas", type=finite_arg, nargs="+", default=list(imagic.DEFAULT_ETAS), metavar="ETA",
+                   help="interpolation weights η of the target embedding, distinct (default "
+                        f"{' '.join(f'{e:g}' for e in imagic.DEFAULT_ETAS)})")
+    m.add_argument("--embedding-steps", type=int_at_least(0), default=imagic.DEFAULT_EMBEDDING_STEPS,
+                   help=f"stage A: embedding optimisation steps (default {imagic.DEFAULT_EMBEDDING_STEPS})")
+    m.add_argument("--embedding-lr", type=_positive_arg, default=imagic.EMBEDDING_LR,
+                   help=f"stage A: Adam learning rate (default {imagic.EMBEDDING_LR:g})")
+    m.add_argument("--finetune-steps", type=int_at_least(0), default=imagic.DEFAULT_FINETUNE_STEPS,
+                   help=f"stage B: fine-tuning steps (default {imagic.DEFAULT_FINETUNE_STEPS})")
+    m.add_argument("--finetune-lr", type=_positive_arg, default=imagic.FINETUNE_LR,
+                   help=f"stage B: Adam learning rate (default {imagic.FINETUNE_LR:g})")
+    m.add_argument("--steps", type=int_at_least(1), default=imagic.DEFAULT_STEPS,
+                   help=f"stage C: DDIM steps (default {imagic.DEFAULT_STEPS})")
+    m.add_argument("--guidance", type=guidance_arg, default=imagic.DEFAULT_GUIDANCE,
+                   help=f"stage C: classifier-free guidance weight (default {imagic.DEFAULT_GUIDANCE:g})")
+    m.add_argument("--seed", type=seed_arg, default=0, help="seed of the fit's and the sampling's noise (default 0)")
+    m.add_argument("--bench-seed", type=seed_arg, default=imagic.DEFAULT_BENCH_SEED,
+                   help=f"seed of the benchmark's items (default {imagic.DEFAULT_BENCH_SEED})")
+    _add_report_options(m, "eval-imagic", imagic_command)

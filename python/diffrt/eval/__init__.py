@@ -1,8 +1,9 @@
 """Benchmarks on the procedural world: an EditBench-style inpainting benchmark (the names here),
 text-to-image prompt following (`diffrt.eval.t2i`), DiffEdit against SDEdit
-(`diffrt.eval.diffedit`) and unCLIP's variations, interpolations and text diffs
-(`diffrt.eval.unclip`). The commands are ``diffrt eval editbench``, ``diffrt eval t2i``,
-``diffrt eval diffedit`` and ``diffrt eval unclip``.
+(`diffrt.eval.diffedit`), unCLIP's variations, interpolations and text diffs (`diffrt.eval.unclip`)
+and Imagic's edit / preservation trade-off per η (`diffrt.eval.imagic`). The commands are
+``diffrt eval editbench``, ``diffrt eval t2i``, ``diffrt eval diffedit``, ``diffrt eval unclip``
+and ``diffrt eval imagic``.
 
 EditBench (Imagen Editor, Wang et al. 2023, §4) pairs each image with a mask and three prompts —
 Mask-Simple, Mask-Rich and Full — and breaks results down by mask size, attribute, object and
@@ -25,6 +26,8 @@ scores DiffEdit's automatic mask against the true edit region.
     diffedit_report.py  its report
     unclip.py       unCLIP: what variations, interpolations and text diffs keep; `run_unclip`
     unclip_report.py    its report
+    imagic.py       Imagic's trade-off per η: items, scores, `run_imagic`
+    imagic_report.py    its report
     intervals.py    95 % intervals: Wilson, bootstrap, paired bootstrap
 """
 
