@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from diffrt import eval as ev
 from diffrt.cli import main
 from diffrt.data.world import COLOUR_RGB, COLOURS, DIGITS, LETTERS, SHAPES, SceneSpec, render, spatial_phrase
 from diffrt.eval import diffedit as de

@@ -24,9 +24,10 @@ An item is kept only when the checks work on its ground truth: the target render
 edited attribute's check and the input fails it (so a perfect edit scores 1 and no edit 0), and
 both renderings pass the background and position checks (so keeping them can score 1). The other
 attribute is scored only where both renderings pass its check ("other-checkable"): for shape edits
-the object's colour (almost always), for colour edits its shape — at 32 px a small glyph is a few
-pixels, and the t2i shape check reads only some shapes (`T2IItem.shape_checkable`). Shape edits
-are redrawn more often than colour edits for the same reason, so they lean towards large shapes.
+the object's colour (all of the first 40 items' 20), for colour edits its shape (10 of 20) — at
+32 px a small glyph is a few pixels, and the t2i shape check reads only some shapes
+(`T2IItem.shape_checkable`). Shape edits are redrawn more often than colour edits for the same
+reason (about 4 draws an item against 2), so they lean towards large shapes.
 
 **Measures**, per item and η (`score_output`): **edit success** — the edited attribute reads the
 target's value; **background kept** — the background check passes (the border ring shows the
@@ -84,8 +85,8 @@ BEST_BY = "success_background_kept"  # the measure that picks the best η
 DEFAULT_ITEMS = 40
 DEFAULT_BENCH_SEED = 1234
 DEFAULT_ETAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-# On the shipped 32 px base model (one CPU core) an item takes about 10 s with these: stage A
-# about 2 s, stage B 5 s, six η of 25 DDIM steps 2.5 s.
+# On the shipped 32 px base model an item takes about 9 s of one CPU core with these: stage A about
+# 2 s, stage B 5 s, six η of 25 DDIM steps 2.5 s — the default 40 items about 6 minutes.
 DEFAULT_EMBEDDING_STEPS, DEFAULT_FINETUNE_STEPS = 50, 100
 # Stage A's learning rate is ten times the pipeline's default: at 1e-3, 50 Adam steps move e_opt's
 # token states by about a tenth of the distance between the source and target captions', and every
@@ -265,7 +266,9 @@ def run_imagic(bundle, *, items: int = DEFAULT_ITEMS, etas: Sequence[float] = DE
     optimises the target prompt's condition for ``embedding_steps`` Adam steps (``embedding_lr``),
     stage B fine-tunes a copy of the whole model for ``finetune_steps`` (``finetune_lr``), stage C
     samples each η (sorted ascending; duplicates refused) with DDIM, trailing spacing, ``steps``
-    steps and classifier-free guidance ``guidance``, all from the item's one noise.
+    steps and classifier-free guidance ``guidance``, all from the item's one noise. Stage A optimises
+    every floating-point part of the condition (`ImagicPipeline.fit`): with the base model as
+    text-to-image that includes the inpainting condition's zero image and all-ones mask.
 
     Returns {"config", "summary" (`summarize`), "records" (per item and η, and per item for each of
     REFERENCES), "examples" (the first ``examples`` items with their outputs; not JSON)}.
