@@ -18,6 +18,7 @@ from diffrt.eval import diffedit as de
 from diffrt.eval import imagic as im
 from diffrt.eval import intervals as iv
 from diffrt.eval import t2i as et
+from diffrt.eval import unclip as eu
 from diffrt.models.bundle import Bundle
 
 from ._helpers import SHIPPED_CONFIGS
@@ -203,7 +204,7 @@ def test_benchmark_stream_is_no_training_generator():
         seed = tomllib.loads(path.read_text())["data"]["seed"]
         training |= {seed, seed + 10_000_000}
     assert len(SHIPPED_CONFIGS) >= 10 and im.DEFAULT_BENCH_SEED not in training
-    assert im.IMAGIC_STREAM not in (0, et.TWO_OBJECT_STREAM, de.DIFFEDIT_STREAM)
+    assert im.IMAGIC_STREAM not in (0, et.TWO_OBJECT_STREAM, de.DIFFEDIT_STREAM, eu.UNCLIP_STREAM)
     item_states = {tuple(np.random.SeedSequence([im.DEFAULT_BENCH_SEED, i, a, im.IMAGIC_STREAM]).generate_state(4))
                    for i in range(50) for a in range(4)}
     training_states = {tuple(np.random.SeedSequence([t, i, 0]).generate_state(4)) for t in training for i in range(50)}

@@ -44,7 +44,8 @@ intervals, means 95 % bootstrap intervals.
 Item i of benchmark seed s is drawn from ``numpy.random.default_rng([s, i, attempt, IMAGIC_STREAM])``,
 so the set does not depend on how many items are drawn, and no training sample (``default_rng([t,
 j, 0])`` for data seed t, `diffrt.data.dataset`), no t2i item (``[s, i, attempt]``, padded with
-zeros; two-object items stream 2) and no DiffEdit item (stream 3) shares its generator. Stages A
+zeros; two-object items stream 2), no DiffEdit item (stream 3) and no unCLIP text-diff colour
+(stream 5) shares its generator. Stages A
 and B of item i draw their timesteps and noise from ``seeded_generator(seed, i, IMAGIC_STREAM,
 FIT_KEY)``; every η of item i starts from the same noise, ``seeded_generator(seed, i,
 IMAGIC_STREAM, SAMPLE_KEY)``, so the sweep is comparable along η and does not depend on the fit.
@@ -93,8 +94,8 @@ DEFAULT_EMBEDDING_STEPS, DEFAULT_FINETUNE_STEPS = 50, 100
 # η samples the same image (the curve is flat); at 1e-2 η = 0 reconstructs the input and η = 1 edits.
 EMBEDDING_LR, FINETUNE_LR = 1e-2, 1e-4
 DEFAULT_STEPS, DEFAULT_GUIDANCE = 25, 3.0
-# The fourth word of an item's generator key: non-zero and unlike the two-object t2i items' (2) and
-# DiffEdit's (3), so no other benchmark's item shares it.
+# The fourth word of an item's generator key: non-zero and unlike the two-object t2i items' (2),
+# DiffEdit's (3) and unCLIP's (5), so no other benchmark's draw shares it.
 IMAGIC_STREAM = 4
 FIT_KEY, SAMPLE_KEY = 1, 2  # item i's noise: seeded_generator(seed, i, IMAGIC_STREAM, key)
 PSNR_CAP = 100.0  # background_psnr's value for an untouched background
