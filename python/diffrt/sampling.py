@@ -145,8 +145,11 @@ def cat_conditions(uncond: Any, cond: Any) -> Any:
     raise TypeError(f"cannot batch a condition of type {type(cond).__name__} (use tensors, dicts or lists of tensors)")
 
 
-def _noise_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """N(0, I) shaped like x, drawn on the generator's device (as diffusers' randn_tensor does)."""
+def _noise_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """N(0, I) shaped like x, drawn on the generator's device (as diffusers' randn_tensor does); with a
+    list of generators (one per sample), row i from generator i alone."""
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([_noise_like(row, g) for row, g in zip(x.split(1), generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
@@ -187,7 +190,7 @@ def ddim_sample(
     clip_sample_range: Optional[float] = None,
     dynamic_threshold: Optional[float] = None,
     dynamic_threshold_max: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: Union[None, torch.Generator, List[torch.Generator]] = None,
     callback: Optional[Callable[[dict], None]] = None,
     after_step: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
     progress: bool = True,
@@ -200,9 +203,11 @@ def ddim_sample(
     (quantile ``dynamic_threshold``, s bounded by ``dynamic_threshold_max``); these default to the
     schedule's settings. ``after_step(i, x)`` may replace the sample after step i (DiffEdit's and
     inpainting's mask blending); ``callback`` then receives {"i", "t", "x", "x0"}; η-noise comes
-    from ``generator``.
+    from ``generator`` (or a list of generators, one per sample).
     """
     _check_inputs(model, x_T, schedule, eta)
+    if isinstance(generator, (list, tuple)) and len(generator) != x_T.shape[0]:
+        raise ValueError(f"generator is a list of {len(generator)} generators for a batch of {x_T.shape[0]}")
     x0_options = _x0_options("ddim_sample", schedule, model, clip_sample_range=clip_sample_range,
                              dynamic_threshold=dynamic_threshold, dynamic_threshold_max=dynamic_threshold_max)
     n = len(schedule)

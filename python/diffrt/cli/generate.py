@@ -3,6 +3,7 @@ Each reads PNG/JPEG files, runs a pipeline on a model folder (``--model DIR``) a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List
 
@@ -10,6 +11,7 @@ import torch
 
 from ..images import from_pil
 from ..pipelines import DiffEditPipeline, ImagenEditorPipeline, ImagicPipeline, UnCLIPPipeline
+from . import prompt_file
 from .errors import CommandError
 from .files import load_bundle, output_folder, read_image, write_images
 from .options import add_sampling_options, add_threshold_option, finite_arg, int_at_least, strength_arg
@@ -51,7 +53,18 @@ def cascade_pipeline(bundle, args) -> ImagenEditorPipeline:
 
 
 def generate(args) -> List[Path]:
+    if args.prompts is not None:
+        prompts = prompt_file.read_prompts(args.prompts)  # a bad prompt file fails before --out is made
+        bundle, out = prepare(args)
+        return prompt_file.generate_from_file(args, prompts, out, cascade_pipeline(bundle, args))
     prompt = _prompt("prompt", args.prompt)
+    if args.batch_size is not None:
+        raise CommandError("--batch-size needs --prompts FILE; with --prompt the --num-images images are sampled "
+                           "together")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise CommandError(f"--prompt under torchrun (WORLD_SIZE={world}) would write the same images in every "
+                           f"process; share the work with --prompts FILE")
     bundle, out = prepare(args)
     pipe = cascade_pipeline(bundle, args)
     result = pipe(prompt, num_images_per_prompt=args.num_images, guidance=args.guidance,
@@ -146,9 +159,18 @@ def interpolate(args) -> List[Path]:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("generate", help="text-to-image with the cascade")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--num-images", type=int_at_least(1), default=4)
+    p = sub.add_parser("generate", help="text-to-image with the cascade, from one prompt or a prompt file")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt; writes OUT/generate_000.png, …")
+    source.add_argument("--prompts", metavar="FILE",
+                        help="a UTF-8 file of prompts, one a line (blank lines and # comments skipped); writes "
+                             f"OUT/PPPPP_KKK.png (prompt P from 0, image K) and OUT/{prompt_file.MANIFEST}; images "
+                             "already there are skipped, so running the command again resumes it; under torchrun "
+                             "the processes share the images")
+    p.add_argument("--num-images", type=int_at_least(1), default=4, help="images per prompt (default 4)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help=f"with --prompts: images sampled together (default {prompt_file.DEFAULT_BATCH_SIZE}); "
+                        "the images do not depend on it")
     add_sampling_options(p)
     add_threshold_option(p)
     p.set_defaults(run=generate)

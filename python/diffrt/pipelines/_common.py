@@ -58,10 +58,32 @@ def model_placement(model: Any):
     return (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
 
 
-def randn(shape, generator, device, dtype=torch.float32) -> torch.Tensor:
+Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+def check_generators(generator: Generators, batch: int) -> Generators:
+    """``generator`` as the pipelines take it: None, one generator, or a list of ``batch`` generators,
+    one per output image (as diffusers accepts), so an image's noise depends on its own generator
+    only, not on which images share its batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if not isinstance(generator, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+    if len(generator) != batch:
+        raise ValueError(f"generator is a list of {len(generator)} generators for {batch} images (one per image)")
+    return list(generator)
+
+
+def randn(shape, generator: Generators, device, dtype=torch.float32) -> torch.Tensor:
     """N(0, I) in ``dtype``, drawn on the generator's device — CPU without a generator, so a seed means
     the same noise on any device — then moved to ``device``, where the model runs. Drawn in ``dtype``
-    itself, as diffusers' randn_tensor does (a bfloat16 draw is not the float32 draw rounded)."""
+    itself, as diffusers' randn_tensor does (a bfloat16 draw is not the float32 draw rounded). With a
+    list of generators, row i is drawn from generator i alone, as a (1, …) draw: the same noise as a
+    single generator gives a batch of one."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: one generator per row")
+        return torch.cat([randn((1, *shape[1:]), g, device, dtype) for g in generator])
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
@@ -153,5 +175,5 @@ def check_image(name: str, image: torch.Tensor, model: Any = None) -> torch.Tens
     return image
 
 
-__all__ = ["OUTPUT_TYPES", "PixelCodec", "as_mask", "check_guidance", "check_image", "convert_output", "map_weights",
-           "model_placement", "needs_uncond", "prompt_list", "randn"]
+__all__ = ["Generators", "OUTPUT_TYPES", "PixelCodec", "as_mask", "check_generators", "check_guidance", "check_image",
+           "convert_output", "map_weights", "model_placement", "needs_uncond", "prompt_list", "randn"]

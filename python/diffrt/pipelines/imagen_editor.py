@@ -25,7 +25,8 @@ from ..denoiser import check_denoiser
 from ..sampling import Guidance, OscillatingGuidance, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
 from ..images import from_pil
-from ._common import as_mask, check_guidance, check_image, convert_output, model_placement, prompt_list, randn
+from ._common import (Generators, as_mask, check_generators, check_guidance, check_image, convert_output,
+                      model_placement, prompt_list, randn)
 
 
 @dataclass
@@ -93,8 +94,11 @@ class ImagenEditorPipeline:
                  guidance: Guidance = OscillatingGuidance(high=30.0, low=1.0), sr_guidance: Guidance = 5.0,
                  guidance_rescale: float = 0.0, dynamic_threshold: Optional[float] = 0.995,
                  noise_aug_level: int = 100, composite: bool = True, eta: float = 0.0,
-                 generator: Optional[torch.Generator] = None, output_type: str = "pil",
+                 generator: Generators = None, output_type: str = "pil",
                  callback: Optional[Callable[[dict], None]] = None, progress: bool = True) -> ImagenEditorOutput:
+        """``generator``: one generator for every draw, or a list with one per output image (prompt-major:
+        the images of prompt 0, then of prompt 1, …), each image's noise then drawn from its own
+        generator only, so an image does not depend on the others in its batch."""
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
         guidance, sr_guidance = check_guidance("guidance", guidance), check_guidance("sr_guidance", sr_guidance)
@@ -104,6 +108,7 @@ class ImagenEditorPipeline:
         image, mask = self._inputs(image, mask, len(prompts))
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         b = len(prompts)
+        generator = check_generators(generator, b)
         image, mask = image.repeat_interleave(num_images_per_prompt, 0), mask.repeat_interleave(num_images_per_prompt, 0)
         text, empty = self.encode_prompt(prompts), self.encode_prompt([""] * b)
 
