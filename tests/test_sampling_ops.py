@@ -328,3 +328,28 @@ def test_sigma_steps_validate_their_arguments():
         ops.dpm_solver_2m_step(x, x, 1.0, 0.5, solver_type="euler")
     with pytest.raises(ValueError, match="model_output must have the shape"):
         ops.dpm_solver_2m_step(x, torch.zeros(2, 4), 1.0, 0.5)
+
+
+def test_sigma_steps_take_empty_inputs():
+    for shape in ((0, 3, 4), (2, 0)):
+        x = torch.zeros(shape)
+        assert ops.euler_step(x, x, 1.0, 0.5, noise=x).shape == shape
+        out, x0 = ops.dpm_solver_2m_step(x, x, 1.0, 0.5, x0_last=x, sigma_last=2.0, return_x0=True)
+        assert out.shape == x0.shape == shape
+
+
+def test_sigma_steps_differentiate_like_their_references(gen):
+    shape = (2, 3, 5)
+    x, m, z, last = (rand(gen, *shape).requires_grad_() for _ in range(4))
+    for run, ref in (
+        (lambda: ops.euler_step(x, m, 2.5, 1.0, noise=z, prediction_type="v_prediction"),
+         lambda: ops.euler_step_ref(x, m, 2.5, 1.0, noise=z, prediction_type="v_prediction")),
+        (lambda: ops.dpm_solver_2m_step(x, m, 2.5, 1.0, x0_last=last, sigma_last=4.0),
+         lambda: ops.dpm_solver_2m_step_ref(x, m, 2.5, 1.0, x0_last=last, sigma_last=4.0)),
+    ):
+        grads = torch.autograd.grad(run().square().sum(), (x, m, z, last), allow_unused=True)
+        want = torch.autograd.grad(ref().square().sum(), (x, m, z, last), allow_unused=True)
+        for g, w in zip(grads, want):
+            assert (g is None) == (w is None)
+            if g is not None:
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

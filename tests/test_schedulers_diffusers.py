@@ -229,8 +229,8 @@ def test_from_config_takes_another_schedulers_config_like_diffusers():
 
 
 def test_unsupported_options_are_refused():
-    with pytest.raises(NotImplementedError, match="algorithm_type='dpmsolver'"):
-        ours.DPMSolverMultistepScheduler(algorithm_type="dpmsolver")
+    with pytest.raises(NotImplementedError, match="algorithm_type='sde-dpmsolver\\+\\+'"):
+        ours.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
     with pytest.raises(NotImplementedError, match="solver_order=3"):
         ours.DPMSolverMultistepScheduler(solver_order=3)
     with pytest.raises(NotImplementedError, match="flow_prediction"):
@@ -281,12 +281,13 @@ def _tiny_components():
                 feature_extractor=None, requires_safety_checker=False)
 
 
-@pytest.mark.parametrize("kind", ["text2img", "img2img"])
+@pytest.mark.parametrize("kind", ["text2img", "img2img", "inpaint"])
 @pytest.mark.parametrize("name", ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler",
                                   "EulerAncestralDiscreteScheduler"])
 def test_stable_diffusion_pipeline_gives_the_same_images(kind, name):
     pytest.importorskip("transformers")  # diffusers' StableDiffusion pipeline modules import it
-    pipeline_class = diffusers.StableDiffusionPipeline if kind == "text2img" else diffusers.StableDiffusionImg2ImgPipeline
+    pipeline_class = {"text2img": diffusers.StableDiffusionPipeline, "img2img": diffusers.StableDiffusionImg2ImgPipeline,
+                      "inpaint": diffusers.StableDiffusionInpaintPipeline}[kind]
     pipe = pipeline_class(**_tiny_components())
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(5)
@@ -295,8 +296,10 @@ def test_stable_diffusion_pipeline_gives_the_same_images(kind, name):
                   output_type="np")
     if kind == "text2img":
         kwargs.update(height=32, width=32)
-    else:
+    else:  # img2img: set_begin_index, add_noise; inpaint (a 4-channel UNet): add_noise at every step
         kwargs.update(image=torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, strength=0.6)
+    if kind == "inpaint":
+        kwargs.update(mask_image=(torch.rand(1, 1, 32, 32, generator=g) > 0.5).float(), height=32, width=32)
     images = {}
     for which in ("diffusers", "diffrt"):
         module = diffusers if which == "diffusers" else bridge
