@@ -65,4 +65,36 @@ struct DiffEditMaskArgs {
   int num_threads;
 };
 
+// Euler / Euler-ancestral step in σ space (sampler_math.h euler_coefficients): one pass over x, m [, z].
+struct EulerStepArgs {
+  DType dtype;
+  int64_t batch, numel;
+  const void* sample;   // x at σ (the unscaled sample, x = x0 + σ·ε)
+  const void* model;    // model output for x/√(σ²+1)
+  const void* noise;    // z for the ancestral step, or nullptr (plain Euler)
+  void* out;            // x_prev (may alias `sample`)
+  void* out_x0;         // x̂0, or nullptr
+  const double* sigma;       // N values each, σ > 0
+  const double* sigma_next;  // 0 ≤ σ_next ≤ σ when ancestral
+  Prediction prediction;
+  int num_threads;
+};
+
+// DPM-Solver++(2M) step (sampler_math.h dpm_solver_2m_coefficients): one pass over x, m [, x̂0_last].
+struct DpmSolver2mStepArgs {
+  DType dtype;
+  int64_t batch, numel;
+  const void* sample;   // x at σ (variance preserving: x = α·x0 + σ_vp·ε)
+  const void* model;    // model output for x
+  const void* x0_last;  // the previous step's x̂0 (second order), or nullptr (first order)
+  void* out;            // x_prev (may alias `sample`)
+  void* out_x0;         // x̂0, or nullptr (the next step's x0_last)
+  const double* sigma;       // N values each, σ > 0
+  const double* sigma_next;  // σ of the next step, ≥ 0
+  const double* sigma_last;  // σ of the previous step, read when x0_last is set
+  Prediction prediction;
+  bool heun;            // solver_type: false midpoint (diffusers' default), true heun
+  int num_threads;
+};
+
 }  // namespace diffrt

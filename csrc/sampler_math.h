@@ -149,6 +149,89 @@ DIFFRT_HD float abs_x0_element(const DdimCoeffs& k, float x, float m) {
   return bits_to_float(float_to_bits(x0_element<P>(k, x, m)) & 0x7fffffffu);
 }
 
+// ---- σ-space samplers (Karras et al. 2022 notation, as diffusers' Euler and DPM-Solver schedulers) ----
+// σ = √((1−ᾱ)/ᾱ). The per-sample update is affine in x, the model output m and one more tensor, so each
+// sample needs only these scalars (computed on the host in double, like ddim_coefficients).
+//   x̂0     = x0_x·x + x0_m·m                         (the prediction type's conversion)
+//   x_prev = prev_x·x + prev_x0·x̂0 + prev_d·(x̂0 − x̂0_last) + prev_z·z
+struct SigmaStepCoeffs {
+  float x0_x, x0_m;
+  float prev_x, prev_x0, prev_d, prev_z;
+};
+
+// Euler / Euler-ancestral on the variance-exploding sample x = x0 + σ·ε (Karras et al. 2022, Alg. 1 with
+// γ = 0; k-diffusion's sample_euler_ancestral). The model saw x/√(σ²+1):
+//   epsilon: x̂0 = x − σ·m;   v: x̂0 = x/(σ²+1) − m·σ/√(σ²+1);   sample: x̂0 = m
+//   d = (x − x̂0)/σ,  x_prev = x + d·(σ_to − σ) = (σ_to/σ)·x + (1 − σ_to/σ)·x̂0 (+ σ_up·z)
+// Euler: σ_to = σ_next. Ancestral: σ_up = √(σ_next²(σ² − σ_next²)/σ²), σ_to = σ_down = √(σ_next² − σ_up²).
+inline SigmaStepCoeffs euler_coefficients(double sigma, double sigma_next, bool ancestral, Prediction pred) {
+  SigmaStepCoeffs k{};
+  const double s2 = sigma * sigma;
+  switch (pred) {
+    case Prediction::epsilon: k.x0_x = 1.f; k.x0_m = float(-sigma); break;
+    case Prediction::v_prediction: k.x0_x = float(1.0 / (s2 + 1.0)); k.x0_m = float(-sigma / std::sqrt(s2 + 1.0)); break;
+    case Prediction::sample: k.x0_x = 0.f; k.x0_m = 1.f; break;
+  }
+  double sigma_to = sigma_next, sigma_up = 0.0;
+  if (ancestral) {
+    sigma_up = std::sqrt(std::fmax(0.0, sigma_next * sigma_next * (s2 - sigma_next * sigma_next) / s2));
+    sigma_to = std::sqrt(std::fmax(0.0, sigma_next * sigma_next - sigma_up * sigma_up));
+  }
+  const double ratio = sigma_to / sigma;
+  k.prev_x = float(ratio);
+  k.prev_x0 = float(1.0 - ratio);
+  k.prev_d = 0.f;
+  k.prev_z = float(sigma_up);
+  return k;
+}
+
+// DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) on the variance-preserving sample x = α·x0 + σ_vp·ε with
+// α = 1/√(σ²+1), σ_vp = σ·α, λ = log(α/σ_vp) = −log σ. From σ_s (this step) to σ_t (next):
+//   h = λ_t − λ_s,  first order: x_t = (σ_vp,t/σ_vp,s)·x − α_t·(e^−h − 1)·D0,  D0 = x̂0
+//   second order, with the last step's x̂0 at σ_last: r = (λ_s − λ_last)/h, D1 = (x̂0 − x̂0_last)/r
+//     midpoint: x_t = first order − ½·α_t·(e^−h − 1)·D1
+//     heun:     x_t = first order + α_t·((e^−h − 1)/h + 1)·D1
+// σ_t = 0 (a zero final sigma) is the limit h → ∞: x_t = D0 (first order; diffusers takes it there).
+// The model saw x itself (VP): epsilon: x̂0 = (x − σ_vp·m)/α = √(σ²+1)·x − σ·m; v: x̂0 = α·x − σ_vp·m.
+inline SigmaStepCoeffs dpm_solver_2m_coefficients(double sigma, double sigma_next, double sigma_last,
+                                                  bool second_order, bool heun, Prediction pred) {
+  SigmaStepCoeffs k{};
+  const double alpha_s = 1.0 / std::sqrt(sigma * sigma + 1.0), sigma_vp_s = sigma * alpha_s;
+  switch (pred) {
+    case Prediction::epsilon: k.x0_x = float(1.0 / alpha_s); k.x0_m = float(-sigma); break;
+    case Prediction::v_prediction: k.x0_x = float(alpha_s); k.x0_m = float(-sigma_vp_s); break;
+    case Prediction::sample: k.x0_x = 0.f; k.x0_m = 1.f; break;
+  }
+  if (sigma_next == 0.0) {  // h = ∞: x_t = x̂0
+    k.prev_x = 0.f; k.prev_x0 = 1.f; k.prev_d = 0.f; k.prev_z = 0.f;
+    return k;
+  }
+  const double alpha_t = 1.0 / std::sqrt(sigma_next * sigma_next + 1.0), sigma_vp_t = sigma_next * alpha_t;
+  const double h = std::log(sigma) - std::log(sigma_next);  // λ_t − λ_s
+  const double phi = std::expm1(-h);                         // e^−h − 1
+  k.prev_x = float(sigma_vp_t / sigma_vp_s);
+  k.prev_x0 = float(-alpha_t * phi);
+  k.prev_d = 0.f;
+  if (second_order) {
+    const double r = (std::log(sigma_last) - std::log(sigma)) / h;  // h_last / h
+    const double c = heun ? alpha_t * (phi / h + 1.0) : -0.5 * alpha_t * phi;
+    k.prev_d = float(c / r);
+  }
+  k.prev_z = 0.f;
+  return k;
+}
+
+// One element of a σ-space step; x̂0_last is read only when kSecondOrder, z only when kNoise.
+template <Prediction P, bool kSecondOrder, bool kNoise>
+DIFFRT_HD float sigma_step_element(const SigmaStepCoeffs& k, float x, float m, float x0_last, float z, float* x0_out) {
+  const float x0 = P == Prediction::sample ? k.x0_m * m : k.x0_x * x + k.x0_m * m;
+  float out = k.prev_x * x + k.prev_x0 * x0;
+  if (kSecondOrder) out += k.prev_d * (x0 - x0_last);
+  if (kNoise) out += k.prev_z * z;
+  *x0_out = x0;
+  return out;
+}
+
 // Runs fn with the prediction type as a compile-time constant:
 // with_prediction(p, [&](auto kp) { f<decltype(kp)::value>(); }).
 template <typename F>

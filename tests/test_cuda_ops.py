@@ -473,3 +473,26 @@ def test_attention_on_a_device_other_than_the_current_one():
     out = ops.attention(q, k, v, key_padding_mask=mask)
     assert out.device == q.device
     _att_check(out, q, k, v, mask)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("prediction_type", ops.PREDICTION_TYPES)
+@pytest.mark.parametrize("variant", ["euler", "ancestral", "dpm first", "dpm midpoint", "dpm heun"])
+def test_sigma_steps_on_cuda_match_reference(gen, dtype, prediction_type, variant):
+    shape = (3, 5, 31, 17)
+    x, m, z, last = (_cuda(gen, *shape, dtype=dtype) for _ in range(4))
+    sigma, sigma_next, sigma_last = torch.tensor([4.0, 1.5, 0.3]), torch.tensor([2.0, 0.0, 0.1]), 6.0
+    if variant in ("euler", "ancestral"):
+        kw = dict(noise=z) if variant == "ancestral" else {}
+        out = ops.euler_step(x, m, sigma, sigma_next, prediction_type=prediction_type, backend="cuda", **kw)
+        ref = ops.euler_step_ref(_f64(x), _f64(m), sigma.double(), sigma_next.double(),
+                                 prediction_type=prediction_type, **{k: _f64(v) for k, v in kw.items()})
+    else:
+        kw = {} if variant == "dpm first" else dict(x0_last=last, sigma_last=sigma_last, solver_type=variant[4:])
+        out = ops.dpm_solver_2m_step(x, m, sigma, sigma_next, prediction_type=prediction_type, backend="cuda", **kw)
+        ref = ops.dpm_solver_2m_step_ref(_f64(x), _f64(m), sigma.double(), sigma_next.double(),
+                                         prediction_type=prediction_type, **{k: _f64(v) for k, v in kw.items()})
+    torch.cuda.synchronize()
+    assert out.is_cuda and out.dtype == dtype
+    assert_close_to_ref(out.cpu(), ref, dtype=dtype, scale=8 * 5.0 * (1 + 4.0))

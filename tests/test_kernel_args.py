@@ -68,8 +68,8 @@ def test_every_struct_member_is_a_field():
     """The binding tables (csrc/bindings/module.cpp) list every member of every struct, in order: a member
     added to a struct and not bound would reach the kernel as zero."""
     members = _struct_members()
-    assert set(members) == {"DdimStepArgs", "CfgCombineArgs", "MaskBlendArgs", "DiffEditMaskArgs",
-                            "AttentionForwardArgs", "AttentionBackwardArgs", "DownsampleCondArgs"}
+    assert set(members) == {"DdimStepArgs", "CfgCombineArgs", "MaskBlendArgs", "DiffEditMaskArgs", "EulerStepArgs",
+                            "DpmSolver2mStepArgs", "AttentionForwardArgs", "AttentionBackwardArgs", "DownsampleCondArgs"}
     for name, names in members.items():
         settable = list(getattr(_C, name).fields)
         launch_or_derived = {"num_threads", "out_height", "out_width"}
@@ -131,6 +131,34 @@ def test_diffedit_mask_fields(echoed, threshold):
     _check(_only(echoed, "diffedit_mask"), dict(
         dtype=_C.DType.float32, batch=3, draws=4, channels=2, spatial=35, eps_query=q.data_ptr(), eps_ref=r.data_ptr(),
         out=out.data_ptr(), clamp_ratio=2.5, threshold=-1.0 if threshold is None else threshold, num_threads=THREADS))
+
+
+@pytest.mark.parametrize("ancestral", [True, False])
+def test_euler_step_fields(echoed, ancestral):
+    x, model, noise = torch.randn(3, 2, 5, 7), torch.randn(3, 2, 5, 7), torch.randn(3, 2, 5, 7)
+    sigma, sigma_next = torch.tensor([3.25, 2.75, 1.5]), torch.tensor([1.25, 0.75, 0.5])
+    out, x0 = ops.euler_step(x, model, sigma, sigma_next, noise=noise if ancestral else None,
+                             prediction_type="v_prediction", return_x0=True)
+    _check(_only(echoed, "euler_step"), dict(
+        dtype=_C.DType.float32, batch=3, numel=70, sample=x.data_ptr(), model=model.data_ptr(),
+        noise=noise.data_ptr() if ancestral else 0, out=out.data_ptr(), out_x0=x0.data_ptr(),
+        sigma=sigma.double().tolist(), sigma_next=sigma_next.double().tolist(),
+        prediction=_C.Prediction.v_prediction, num_threads=THREADS))
+
+
+@pytest.mark.parametrize("second_order", [True, False])
+def test_dpm_solver_2m_step_fields(echoed, second_order):
+    x, model, last = (torch.randn(3, 2, 5, 7, dtype=torch.bfloat16) for _ in range(3))
+    sigma, sigma_next = torch.tensor([3.25, 2.75, 1.5]), torch.tensor([1.25, 0.75, 0.5])
+    sigma_last = torch.tensor([5.5, 4.5, 3.5])
+    kw = dict(x0_last=last, sigma_last=sigma_last, solver_type="heun") if second_order else {}
+    out = ops.dpm_solver_2m_step(x, model, sigma, sigma_next, prediction_type="sample", **kw)
+    _check(_only(echoed, "dpm_solver_2m_step"), dict(
+        dtype=_C.DType.bfloat16, batch=3, numel=70, sample=x.data_ptr(), model=model.data_ptr(),
+        x0_last=last.data_ptr() if second_order else 0, out=out.data_ptr(), out_x0=0,
+        sigma=sigma.double().tolist(), sigma_next=sigma_next.double().tolist(),
+        sigma_last=sigma_last.double().tolist() if second_order else None, prediction=_C.Prediction.sample,
+        heun=second_order, num_threads=THREADS))
 
 
 def _attention_inputs():

@@ -243,3 +243,113 @@ def test_results_do_not_depend_on_the_thread_count(isa, gen, offset):
         torch.set_num_threads(threads)
     for i, (s, p) in enumerate(zip(serial, parallel)):
         assert torch.equal(s, p), f"call {i}: {int((s != p).sum())} elements differ between 1 and 8 threads"
+
+
+# ---- σ-space steps: euler_step (plain and ancestral) and dpm_solver_2m_step ------------------------
+
+
+def _sigma_scale(*tensors, sigma):
+    """Magnitude of the intermediate terms (x, σ·m, x̂0) for the float32 part of the tolerance."""
+    s = float(torch.as_tensor(sigma).abs().max())
+    return sum(t.abs().max().item() for t in tensors) * (1 + s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("prediction_type", ops.PREDICTION_TYPES)
+@pytest.mark.parametrize("ancestral", [False, True])
+def test_euler_step_matches_reference(isa, gen, dtype, shape, prediction_type, ancestral):
+    x = rand(gen, *shape, dtype=dtype, scale=4.0)
+    m, z = rand(gen, *shape, dtype=dtype), rand(gen, *shape, dtype=dtype)
+    sigma = torch.rand(shape[0], generator=gen, dtype=torch.float64) * 10 + 0.05
+    sigma_next = sigma * torch.rand(shape[0], generator=gen, dtype=torch.float64)
+    noise = z if ancestral else None
+    out, x0 = ops.euler_step(x, m, sigma, sigma_next, noise=noise, prediction_type=prediction_type, return_x0=True)
+    ref, ref_x0 = ops.euler_step_ref(x.double(), m.double(), sigma, sigma_next,
+                                     noise=None if noise is None else noise.double(),
+                                     prediction_type=prediction_type, return_x0=True)
+    assert out.dtype == dtype and out.shape == x.shape
+    scale = _sigma_scale(x, m, z, sigma=sigma)
+    assert_close_to_ref(x0, ref_x0, dtype=dtype, scale=scale)
+    assert_close_to_ref(out, ref, dtype=dtype, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("prediction_type", ops.PREDICTION_TYPES)
+@pytest.mark.parametrize("order", ["first", "midpoint", "heun"])
+def test_dpm_solver_2m_step_matches_reference(isa, gen, dtype, shape, prediction_type, order):
+    n = shape[0]
+    x, m, last = (rand(gen, *shape, dtype=dtype) for _ in range(3))
+    sigma = torch.rand(n, generator=gen, dtype=torch.float64) * 10 + 0.05
+    sigma_next = sigma * torch.rand(n, generator=gen, dtype=torch.float64)
+    sigma_last = sigma * (1 + torch.rand(n, generator=gen, dtype=torch.float64) * 2)
+    kw = {} if order == "first" else dict(x0_last=last, sigma_last=sigma_last, solver_type=order)
+    out, x0 = ops.dpm_solver_2m_step(x, m, sigma, sigma_next, prediction_type=prediction_type, return_x0=True, **kw)
+    kw64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    ref, ref_x0 = ops.dpm_solver_2m_step_ref(x.double(), m.double(), sigma, sigma_next,
+                                             prediction_type=prediction_type, return_x0=True, **kw64)
+    # D1 = (x̂0 − x̂0_last)/r amplifies float32 rounding by 1/r: r = log(σ_last/σ)/log(σ/σ_next)
+    r = (sigma_last.log() - sigma.log()) / (sigma.log() - sigma_next.log())
+    scale = _sigma_scale(x, m, last, sigma=sigma) * (1 + float((1 / r).max()))
+    assert_close_to_ref(x0, ref_x0, dtype=dtype, scale=scale)
+    assert_close_to_ref(out, ref, dtype=dtype, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigma_steps_to_a_zero_sigma(isa, gen, dtype):
+    """σ_next = 0: Euler lands on x̂0 (and the ancestral step adds no noise), DPM-Solver returns x̂0."""
+    shape = (2, 4, 9, 11)
+    x, m, z = (rand(gen, *shape, dtype=dtype) for _ in range(3))
+    for noise in (None, z):
+        out, x0 = ops.euler_step(x, m, 3.0, 0.0, noise=noise, return_x0=True)
+        assert_close_to_ref(out, x0.double(), dtype=dtype, scale=4 * _sigma_scale(x, m, sigma=3.0))
+    out, x0 = ops.dpm_solver_2m_step(x, m, 3.0, 0.0, x0_last=z, sigma_last=5.0, return_x0=True)
+    assert torch.equal(out, x0)
+
+
+def test_sigma_steps_validate_their_arguments():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="sigma must lie in"):
+        ops.euler_step(x, x, 0.0, 0.0)
+    with pytest.raises(ValueError, match="noise"):
+        ops.euler_step(x, x, 1.0, 0.5, noise=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="sigma_next <= sigma"):
+        ops.euler_step(x, x, 1.0, 2.0, noise=x)
+    with pytest.raises(ValueError, match="prediction_type"):
+        ops.euler_step(x, x, 1.0, 0.5, prediction_type="flow")
+    with pytest.raises(ValueError, match="x0_last and sigma_last go together"):
+        ops.dpm_solver_2m_step(x, x, 1.0, 0.5, x0_last=x)
+    with pytest.raises(ValueError, match="sigma_last must be > sigma"):
+        ops.dpm_solver_2m_step(x, x, 1.0, 0.5, x0_last=x, sigma_last=1.0)
+    with pytest.raises(ValueError, match="sigma_next must be <= sigma"):
+        ops.dpm_solver_2m_step(x, x, 1.0, 1.5)
+    with pytest.raises(ValueError, match="solver_type"):
+        ops.dpm_solver_2m_step(x, x, 1.0, 0.5, solver_type="euler")
+    with pytest.raises(ValueError, match="model_output must have the shape"):
+        ops.dpm_solver_2m_step(x, torch.zeros(2, 4), 1.0, 0.5)
+
+
+def test_sigma_steps_take_empty_inputs():
+    for shape in ((0, 3, 4), (2, 0)):
+        x = torch.zeros(shape)
+        assert ops.euler_step(x, x, 1.0, 0.5, noise=x).shape == shape
+        out, x0 = ops.dpm_solver_2m_step(x, x, 1.0, 0.5, x0_last=x, sigma_last=2.0, return_x0=True)
+        assert out.shape == x0.shape == shape
+
+
+def test_sigma_steps_differentiate_like_their_references(gen):
+    shape = (2, 3, 5)
+    x, m, z, last = (rand(gen, *shape).requires_grad_() for _ in range(4))
+    for run, ref in (
+        (lambda: ops.euler_step(x, m, 2.5, 1.0, noise=z, prediction_type="v_prediction"),
+         lambda: ops.euler_step_ref(x, m, 2.5, 1.0, noise=z, prediction_type="v_prediction")),
+        (lambda: ops.dpm_solver_2m_step(x, m, 2.5, 1.0, x0_last=last, sigma_last=4.0),
+         lambda: ops.dpm_solver_2m_step_ref(x, m, 2.5, 1.0, x0_last=last, sigma_last=4.0)),
+    ):
+        grads = torch.autograd.grad(run().square().sum(), (x, m, z, last), allow_unused=True)
+        want = torch.autograd.grad(ref().square().sum(), (x, m, z, last), allow_unused=True)
+        for g, w in zip(grads, want):
+            assert (g is None) == (w is None)
+            if g is not None:
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

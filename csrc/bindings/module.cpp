@@ -129,6 +129,54 @@ struct Spec<DiffEditMaskArgs> {
 };
 
 template <>
+struct Spec<EulerStepArgs> {
+  using S = EulerStepArgs;
+  static constexpr const char* name = "EulerStepArgs";
+  static std::vector<Field<S>> fields() {
+    return {DIFFRT_FIELD(S, dtype, required),
+            DIFFRT_FIELD(S, batch, required),
+            DIFFRT_FIELD(S, numel, required),
+            DIFFRT_FIELD(S, sample, required),
+            DIFFRT_FIELD(S, model, required),
+            DIFFRT_FIELD(S, noise, optional),
+            DIFFRT_FIELD(S, out, required),
+            DIFFRT_FIELD(S, out_x0, optional),
+            DIFFRT_PER_SAMPLE(S, sigma, required, 0),
+            DIFFRT_PER_SAMPLE(S, sigma_next, required, 1),
+            DIFFRT_FIELD(S, prediction, required),
+            DIFFRT_FIELD(S, num_threads, launch)};
+  }
+  static void complete(S& a, Device device) { check_dtype("euler_step", a.dtype, device); }
+};
+
+template <>
+struct Spec<DpmSolver2mStepArgs> {
+  using S = DpmSolver2mStepArgs;
+  static constexpr const char* name = "DpmSolver2mStepArgs";
+  static std::vector<Field<S>> fields() {
+    return {DIFFRT_FIELD(S, dtype, required),
+            DIFFRT_FIELD(S, batch, required),
+            DIFFRT_FIELD(S, numel, required),
+            DIFFRT_FIELD(S, sample, required),
+            DIFFRT_FIELD(S, model, required),
+            DIFFRT_FIELD(S, x0_last, optional),
+            DIFFRT_FIELD(S, out, required),
+            DIFFRT_FIELD(S, out_x0, optional),
+            DIFFRT_PER_SAMPLE(S, sigma, required, 0),
+            DIFFRT_PER_SAMPLE(S, sigma_next, required, 1),
+            DIFFRT_PER_SAMPLE(S, sigma_last, optional, 2),
+            DIFFRT_FIELD(S, prediction, required),
+            DIFFRT_FIELD(S, heun, required),
+            DIFFRT_FIELD(S, num_threads, launch)};
+  }
+  static void complete(S& a, Device device) {
+    check_dtype("dpm_solver_2m_step", a.dtype, device);
+    if (a.x0_last && !a.sigma_last)
+      throw std::invalid_argument("DpmSolver2mStepArgs.sigma_last must hold one value per sample when x0_last is set");
+  }
+};
+
+template <>
 struct Spec<AttentionForwardArgs> {
   using S = AttentionForwardArgs;
   static constexpr const char* name = "AttentionForwardArgs";
@@ -274,6 +322,8 @@ void cpu_ddim_step(const DdimStepArgs& a) { cpu::sampler_kernels().ddim_step(a);
 void cpu_cfg_combine(const CfgCombineArgs& a) { cpu::sampler_kernels().cfg_combine(a); }
 void cpu_mask_blend(const MaskBlendArgs& a) { cpu::sampler_kernels().mask_blend(a); }
 void cpu_diffedit_mask(const DiffEditMaskArgs& a) { cpu::sampler_kernels().diffedit_mask(a); }
+void cpu_euler_step(const EulerStepArgs& a) { cpu::sampler_kernels().euler_step(a); }
+void cpu_dpm_solver_2m_step(const DpmSolver2mStepArgs& a) { cpu::sampler_kernels().dpm_solver_2m_step(a); }
 void cpu_attention_forward(const AttentionForwardArgs& a) { cpu::attention_kernels().forward(a); }
 void cpu_attention_backward(const AttentionBackwardArgs& a) { cpu::attention_kernels().backward(a); }
 void cpu_downsample_cond(const DownsampleCondArgs& a) { cpu::downsample_kernels().downsample_cond(a); }
@@ -300,6 +350,8 @@ void bind_kernels(py::module_& m) {
   bind_args<CfgCombineArgs>(m, "Arguments of cfg_combine (csrc/ops.h CfgCombineArgs).");
   bind_args<MaskBlendArgs>(m, "Arguments of mask_blend (csrc/ops.h MaskBlendArgs).");
   bind_args<DiffEditMaskArgs>(m, "Arguments of diffedit_mask (csrc/ops.h DiffEditMaskArgs).");
+  bind_args<EulerStepArgs>(m, "Arguments of euler_step (csrc/ops.h EulerStepArgs).");
+  bind_args<DpmSolver2mStepArgs>(m, "Arguments of dpm_solver_2m_step (csrc/ops.h DpmSolver2mStepArgs).");
   bind_args<AttentionForwardArgs>(m, "Arguments of attention_forward (csrc/attention.h AttentionForwardArgs).");
   bind_args<AttentionBackwardArgs>(m, "Arguments of attention_backward (csrc/attention.h AttentionBackwardArgs).");
   bind_args<DownsampleCondArgs>(m, "Arguments of downsample_cond (csrc/cpu/downsample_kernels.h DownsampleCondArgs).");
@@ -308,6 +360,9 @@ void bind_kernels(py::module_& m) {
   def_cpu_kernel<CfgCombineArgs, cpu_cfg_combine>(m, "cfg_combine", "Classifier-free guidance combination on the CPU.");
   def_cpu_kernel<MaskBlendArgs, cpu_mask_blend>(m, "mask_blend", "Mask blend on the CPU.");
   def_cpu_kernel<DiffEditMaskArgs, cpu_diffedit_mask>(m, "diffedit_mask", "DiffEdit mask estimate on the CPU.");
+  def_cpu_kernel<EulerStepArgs, cpu_euler_step>(m, "euler_step", "One Euler / Euler-ancestral step (σ space) on the CPU.");
+  def_cpu_kernel<DpmSolver2mStepArgs, cpu_dpm_solver_2m_step>(m, "dpm_solver_2m_step",
+                                                              "One DPM-Solver++(2M) step (σ space) on the CPU.");
   def_cpu_kernel<AttentionForwardArgs, cpu_attention_forward>(
       m, "attention_forward", "Fused attention forward: out (and lse if its address is nonzero) from q, k, v.");
   def_cpu_kernel<AttentionBackwardArgs, cpu_attention_backward>(
@@ -319,6 +374,9 @@ void bind_kernels(py::module_& m) {
   def_cuda_kernel<CfgCombineArgs, cuda::cfg_combine>(m, "cuda_cfg_combine", "cfg_combine on CUDA tensors.");
   def_cuda_kernel<MaskBlendArgs, cuda::mask_blend>(m, "cuda_mask_blend", "mask_blend on CUDA tensors.");
   def_cuda_kernel<DiffEditMaskArgs, cuda::diffedit_mask>(m, "cuda_diffedit_mask", "diffedit_mask on CUDA tensors.");
+  def_cuda_kernel<EulerStepArgs, cuda::euler_step>(m, "cuda_euler_step", "euler_step on CUDA tensors.");
+  def_cuda_kernel<DpmSolver2mStepArgs, cuda::dpm_solver_2m_step>(m, "cuda_dpm_solver_2m_step",
+                                                                 "dpm_solver_2m_step on CUDA tensors.");
   def_cuda_kernel<AttentionForwardArgs, cuda::attention_forward>(m, "cuda_attention_forward",
                                                                  "attention_forward on CUDA tensors.");
   def_cuda_kernel<AttentionBackwardArgs, cuda::attention_backward>(m, "cuda_attention_backward",
@@ -327,7 +385,8 @@ void bind_kernels(py::module_& m) {
   static PyMethodDef echo_def{
       "echo",
       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
-          &echo_any<DdimStepArgs, CfgCombineArgs, MaskBlendArgs, DiffEditMaskArgs, AttentionForwardArgs,
+          &echo_any<DdimStepArgs, CfgCombineArgs, MaskBlendArgs, DiffEditMaskArgs, EulerStepArgs,
+                    DpmSolver2mStepArgs, AttentionForwardArgs,
                     AttentionBackwardArgs, DownsampleCondArgs>)),
       METH_FASTCALL,
       "echo(args, num_threads) -> dict: every field of the struct the CPU kernel would receive for args "

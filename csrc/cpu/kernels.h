@@ -14,6 +14,8 @@ struct SamplerKernels {
   void (*cfg_combine)(const CfgCombineArgs&);
   void (*mask_blend)(const MaskBlendArgs&);
   void (*diffedit_mask)(const DiffEditMaskArgs&);
+  void (*euler_step)(const EulerStepArgs&);
+  void (*dpm_solver_2m_step)(const DpmSolver2mStepArgs&);
 };
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };

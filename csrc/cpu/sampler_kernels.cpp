@@ -9,6 +9,8 @@
 //   cfg_combine        read ε_u, ε_c; write ε̃
 //   mask_blend         read a, b, mask (1/C of a); write out
 //   diffedit_mask      read ε_q, ε_r once; write one float map per image
+//   euler_step         read x, m [, z]; write x_prev [, x̂0]                         one pass
+//   dpm_solver_2m_step read x, m [, x̂0_last]; write x_prev [, x̂0]                  one pass
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -372,6 +374,73 @@ void diffedit_mask_typed(const DiffEditMaskArgs& a) {
   });
 }
 
+// x̂0 conversion and the σ-space update of one row, all elements in one pass (sampler_math.h
+// sigma_step_element). `last` is x̂0_last (DPM-Solver++ 2M) and `z` the noise (Euler ancestral).
+template <typename T, Prediction P, bool kSecondOrder, bool kNoise, bool kWriteX0>
+void sigma_step_pass(int64_t batch, int64_t M, int num_threads, const SigmaStepCoeffs* k, const void* sample,
+                     const void* model, const void* last, const void* noise, void* out, void* out_x0) {
+  const T* x = in<T>(sample);
+  const T* m = in<T>(model);
+  const T* xl = in<T>(last);
+  const T* z = in<T>(noise);
+  T* xp = out_ptr<T>(out);
+  T* x0o = out_ptr<T>(out_x0);
+  parallel_rows(batch, M, num_threads, [&](int64_t r, int64_t b, int64_t e) {
+    const SigmaStepCoeffs kr = k[r];
+    const int64_t o = r * M;
+#pragma omp simd
+    for (int64_t i = o + b; i < o + e; ++i) {
+      float x0;
+      const float v = sigma_step_element<P, kSecondOrder, kNoise>(kr, load(x[i]), load(m[i]),
+                                                                  kSecondOrder ? load(xl[i]) : 0.f,
+                                                                  kNoise ? load(z[i]) : 0.f, &x0);
+      xp[i] = store_as<T>(v);
+      if constexpr (kWriteX0) x0o[i] = store_as<T>(x0);
+    }
+  });
+}
+
+template <typename T>
+void run_sigma_step(const std::vector<SigmaStepCoeffs>& k, Prediction pred, int64_t batch, int64_t M, int threads,
+                    const void* sample, const void* model, const void* last, const void* noise, void* out,
+                    void* out_x0) {
+  with_prediction(pred, [&](auto kp) {
+    using Pred = decltype(kp);
+    with_flag(last != nullptr, [&](auto kl) {
+      using Second = decltype(kl);
+      with_flag(noise != nullptr, [&](auto kn) {
+        using Noise = decltype(kn);
+        with_flag(out_x0 != nullptr, [&](auto kx) {
+          sigma_step_pass<T, Pred::value, Second::value, Noise::value, decltype(kx)::value>(
+              batch, M, threads, k.data(), sample, model, last, noise, out, out_x0);
+        });
+      });
+    });
+  });
+}
+
+template <typename T>
+void euler_step_typed(const EulerStepArgs& a) {
+  if (a.batch <= 0 || a.numel <= 0) return;
+  std::vector<SigmaStepCoeffs> k(a.batch);
+  for (int64_t r = 0; r < a.batch; ++r)
+    k[r] = euler_coefficients(a.sigma[r], a.sigma_next[r], a.noise != nullptr, a.prediction);
+  run_sigma_step<T>(k, a.prediction, a.batch, a.numel, a.num_threads, a.sample, a.model, nullptr, a.noise, a.out,
+                    a.out_x0);
+}
+
+template <typename T>
+void dpm_solver_2m_step_typed(const DpmSolver2mStepArgs& a) {
+  if (a.batch <= 0 || a.numel <= 0) return;
+  std::vector<SigmaStepCoeffs> k(a.batch);
+  const bool second = a.x0_last != nullptr;
+  for (int64_t r = 0; r < a.batch; ++r)
+    k[r] = dpm_solver_2m_coefficients(a.sigma[r], a.sigma_next[r], second ? a.sigma_last[r] : 0.0, second, a.heun,
+                                      a.prediction);
+  run_sigma_step<T>(k, a.prediction, a.batch, a.numel, a.num_threads, a.sample, a.model, a.x0_last, nullptr, a.out,
+                    a.out_x0);
+}
+
 // A table entry: the kernel instantiated for the storage dtype. The CPU kernels store float32 or bfloat16
 // (the bindings refuse float16 before a kernel runs).
 template <typename Args, void (*F32)(const Args&), void (*BF16)(const Args&)>
@@ -390,6 +459,8 @@ extern const SamplerKernels sampler_kernels = {
     for_dtype<CfgCombineArgs, cfg_combine_typed<float>, cfg_combine_typed<bf16>>,
     for_dtype<MaskBlendArgs, mask_blend_typed<float>, mask_blend_typed<bf16>>,
     for_dtype<DiffEditMaskArgs, diffedit_mask_typed<float>, diffedit_mask_typed<bf16>>,
+    for_dtype<EulerStepArgs, euler_step_typed<float>, euler_step_typed<bf16>>,
+    for_dtype<DpmSolver2mStepArgs, dpm_solver_2m_step_typed<float>, dpm_solver_2m_step_typed<bf16>>,
 };
 
 }  // namespace diffrt::cpu::DIFFRT_ISA

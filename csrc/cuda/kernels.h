@@ -12,5 +12,7 @@ void ddim_step(const DdimStepArgs& a, int device, cudaStream_t stream);
 void cfg_combine(const CfgCombineArgs& a, int device, cudaStream_t stream);
 void mask_blend(const MaskBlendArgs& a, int device, cudaStream_t stream);
 void diffedit_mask(const DiffEditMaskArgs& a, int device, cudaStream_t stream);
+void euler_step(const EulerStepArgs& a, int device, cudaStream_t stream);
+void dpm_solver_2m_step(const DpmSolver2mStepArgs& a, int device, cudaStream_t stream);
 
 }  // namespace diffrt::cuda

@@ -19,6 +19,8 @@
 //   cfg_combine        read ε_u, ε_c; write ε̃                  (+ two reads of both for rescale)
 //   mask_blend         read a, b, mask (1/C of a); write out
 //   diffedit_mask      read ε_q, ε_r once; write the map, then read and rewrite it to normalise
+//   euler_step         read x, m [, z]; write x_prev [, x̂0]                   one pass
+//   dpm_solver_2m_step read x, m [, x̂0_last]; write x_prev [, x̂0]            one pass
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -328,6 +330,43 @@ ddim_step_kernel(DdimTensors<T> t, const RowParams* rows, int64_t batch, int64_t
   }
 }
 
+// ---- σ-space steps (Euler, Euler ancestral, DPM-Solver++ 2M), one pass -------------------------
+
+template <typename T>
+struct SigmaStepTensors {
+  const T* x;
+  const T* model;
+  const T* x0_last;  // DPM-Solver++ 2M second order, or nullptr
+  const T* noise;    // Euler ancestral, or nullptr
+  T* out;
+  T* out_x0;         // or nullptr
+};
+
+template <typename T, int kVec, Prediction P, bool kSecondOrder, bool kNoise>
+__global__ void __launch_bounds__(kThreads)
+sigma_step_kernel(SigmaStepTensors<T> t, const SigmaStepCoeffs* coeffs, int64_t batch, int64_t numel) {
+  const int64_t packs = numel / kVec;
+  for (int64_t r = blockIdx.y; r < batch; r += gridDim.y) {
+    const SigmaStepCoeffs k = coeffs[r];
+    for (int64_t i = row_begin(); i < packs; i += row_step()) {
+      const int64_t e = r * packs + i;
+      const Pack<T, kVec> x = load_pack<kVec>(t.x, e), m = load_pack<kVec>(t.model, e);
+      Pack<T, kVec> last{}, z{}, x_prev, x0;
+      if constexpr (kSecondOrder) last = load_pack<kVec>(t.x0_last, e);
+      if constexpr (kNoise) z = load_pack<kVec>(t.noise, e);
+      for (int j = 0; j < kVec; ++j) {
+        float x0j;
+        const float xp = sigma_step_element<P, kSecondOrder, kNoise>(
+            k, load(x.v[j]), load(m.v[j]), kSecondOrder ? load(last.v[j]) : 0.f, kNoise ? load(z.v[j]) : 0.f, &x0j);
+        x_prev.v[j] = store_as<T>(xp);
+        x0.v[j] = store_as<T>(x0j);
+      }
+      store_pack<kVec>(t.out, e, x_prev);  // out may alias x: each pack is read before it is written
+      if (t.out_x0) store_pack<kVec>(t.out_x0, e, x0);
+    }
+  }
+}
+
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kThreads)
 cfg_combine_kernel(const T* uncond, const T* cond, T* out, const RowParams* rows, int64_t batch, int64_t numel) {
@@ -570,7 +609,64 @@ void diffedit_mask_typed(const DiffEditMaskArgs& a, cudaStream_t stream) {
          static_cast<const double*>(partial), int(grid.x), a.clamp_ratio, a.threshold);
 }
 
+// Coefficients on the host (double, sampler_math.h), one small copy, one elementwise launch.
+template <typename T>
+void sigma_step_typed(const char* op, const std::vector<SigmaStepCoeffs>& host, Prediction pred, int64_t M,
+                      const SigmaStepTensors<T>& t, cudaStream_t stream) {
+  const int64_t N = int64_t(host.size());
+  Workspace ws(Workspace::aligned(N * sizeof(SigmaStepCoeffs)), stream, op);
+  SigmaStepCoeffs* coeffs = ws.take<SigmaStepCoeffs>(N);
+  check(cudaMemcpyAsync(coeffs, host.data(), N * sizeof(SigmaStepCoeffs), cudaMemcpyHostToDevice, stream), op,
+        "copying per-sample coefficients");
+  const bool packed = packs_fit<T>(M, {t.x, t.model, t.x0_last, t.noise, t.out, t.out_x0});
+  with_pack<T>(packed, [&](auto kv) {
+    using Vec = decltype(kv);
+    with_prediction(pred, [&](auto kp) {
+      using Pred = decltype(kp);
+      with_flag(t.x0_last != nullptr, [&](auto kl) {
+        using Second = decltype(kl);
+        with_flag(t.noise != nullptr, [&](auto kn) {
+          launch(op, sigma_step_kernel<T, Vec::value, Pred::value, Second::value, decltype(kn)::value>,
+                 row_grid(N, M / Vec::value), dim3(kThreads), stream, t, static_cast<const SigmaStepCoeffs*>(coeffs),
+                 N, M);
+        });
+      });
+    });
+  });
+}
+
 }  // namespace
+
+void euler_step(const EulerStepArgs& a, int device, cudaStream_t stream) {
+  if (a.batch <= 0 || a.numel <= 0) return;
+  DeviceGuard guard(device, "euler_step");
+  std::vector<SigmaStepCoeffs> k(a.batch);
+  for (int64_t r = 0; r < a.batch; ++r)
+    k[r] = euler_coefficients(a.sigma[r], a.sigma_next[r], a.noise != nullptr, a.prediction);
+  with_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const SigmaStepTensors<T> t{in<T>(a.sample), in<T>(a.model), nullptr, in<T>(a.noise), out_ptr<T>(a.out),
+                                out_ptr<T>(a.out_x0)};
+    sigma_step_typed<T>("euler_step", k, a.prediction, a.numel, t, stream);
+  });
+}
+
+void dpm_solver_2m_step(const DpmSolver2mStepArgs& a, int device, cudaStream_t stream) {
+  if (a.batch <= 0 || a.numel <= 0) return;
+  DeviceGuard guard(device, "dpm_solver_2m_step");
+  const bool second = a.x0_last != nullptr;
+  std::vector<SigmaStepCoeffs> k(a.batch);
+  for (int64_t r = 0; r < a.batch; ++r)
+    k[r] = dpm_solver_2m_coefficients(a.sigma[r], a.sigma_next[r], second ? a.sigma_last[r] : 0.0, second, a.heun,
+                                      a.prediction);
+  with_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const SigmaStepTensors<T> t{in<T>(a.sample), in<T>(a.model), in<T>(a.x0_last), nullptr, out_ptr<T>(a.out),
+                                out_ptr<T>(a.out_x0)};
+    sigma_step_typed<T>("dpm_solver_2m_step", k, a.prediction, a.numel, t, stream);
+  });
+}
+
 
 void ddim_step(const DdimStepArgs& a, int device, cudaStream_t stream) {
   if (a.batch <= 0 || a.numel <= 0) return;

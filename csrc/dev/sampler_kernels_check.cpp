@@ -134,6 +134,37 @@ void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold
   report_speed([&] { isa::sampler_kernels.diffedit_mask(a); }, double(sizeof(T)) * 2 * B * n * C * S);
 }
 
+// Euler (ancestral with noise) and DPM-Solver++(2M) (second order with x̂0_last), all three predictions.
+template <typename T>
+void check_sigma_steps(int64_t N, int64_t M, Prediction pred) {
+  auto x = random_tensor<T>(N * M, 3.0), m = random_tensor<T>(N * M), z = random_tensor<T>(N * M);
+  auto last = random_tensor<T>(N * M);
+  std::vector<double> sigma(N), sigma_next(N), sigma_last(N);
+  for (int64_t r = 0; r < N; ++r) {
+    sigma[r] = 0.5 + 3.0 * double(r + 1) / double(N + 1);
+    sigma_next[r] = 0.6 * sigma[r];
+    sigma_last[r] = 1.5 * sigma[r];
+  }
+  const DType dt = std::is_same_v<T, bf16> ? DType::bf16 : DType::f32;
+  const std::string tag = std::string(std::is_same_v<T, bf16> ? "bf16 " : "f32  ") + "pred=" + std::to_string(int(pred));
+  const double scale = 3.0 * (1 + sigma.back());
+  std::vector<T> out(N * M, store_as<T>(NAN)), x0(N * M, store_as<T>(NAN));
+  std::vector<double> ref, ref_x0;
+  EulerStepArgs e{dt, N, M, x.data(), m.data(), z.data(), out.data(), x0.data(), sigma.data(), sigma_next.data(),
+                  pred, omp_get_max_threads()};
+  isa::sampler_kernels.euler_step(e);
+  reference::euler_step<T>(e, ref, ref_x0);
+  compare("euler_ancestral_step " + tag, out.data(), ref, scale);
+  report_speed([&] { isa::sampler_kernels.euler_step(e); }, double(sizeof(T)) * N * M * 5);
+  std::fill(out.begin(), out.end(), store_as<T>(NAN));
+  DpmSolver2mStepArgs d{dt, N, M, x.data(), m.data(), last.data(), out.data(), x0.data(), sigma.data(),
+                        sigma_next.data(), sigma_last.data(), pred, false, omp_get_max_threads()};
+  isa::sampler_kernels.dpm_solver_2m_step(d);
+  reference::dpm_solver_2m_step<T>(d, ref, ref_x0);
+  compare("dpm_solver_2m_step midpoint " + tag, out.data(), ref, 4 * scale);
+  report_speed([&] { isa::sampler_kernels.dpm_solver_2m_step(d); }, double(sizeof(T)) * N * M * 5);
+}
+
 }  // namespace
 
 int main() {
@@ -161,6 +192,10 @@ int main() {
   check_mask_blend<float>(3, 5, 31 * 17, false);
   check_mask_blend<float>(8, 3, 256 * 256, true);
   check_mask_blend<bf16>(2, 4, 128 * 128, false);
+  for (Prediction pred : {Prediction::epsilon, Prediction::v_prediction, Prediction::sample}) {
+    check_sigma_steps<float>(2, 4 * 64 * 64, pred);
+    check_sigma_steps<bf16>(3, 31 * 17, pred);
+  }
   check_diffedit<float>(2, 10, 4, 64 * 64, -1.0);
   check_diffedit<bf16>(1, 3, 4, 31 * 17, -1.0);
   std::printf(failures ? "FAILED: %d checks\n" : "ALL OK\n", failures);

@@ -229,6 +229,49 @@ void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold
   compare(name, out.data(), ref, double(n * C));
 }
 
+// Euler / Euler ancestral (noise) and DPM-Solver++(2M) (first order, midpoint, heun, zero final σ).
+template <typename T>
+void check_sigma_steps(int64_t N, int64_t M, Prediction pred, bool in_place) {
+  auto x = random_tensor<T>(N * M, 3.0), model = random_tensor<T>(N * M), z = random_tensor<T>(N * M);
+  auto last = random_tensor<T>(N * M);
+  std::vector<double> sigma(N), sigma_next(N), sigma_last(N);
+  for (int64_t r = 0; r < N; ++r) {
+    sigma[r] = 0.4 + 2.5 * double(r + 1) / double(N + 1);
+    sigma_next[r] = r == N - 1 && N > 1 ? 0.0 : 0.6 * sigma[r];
+    sigma_last[r] = 1.7 * sigma[r];
+  }
+  const std::string tag = std::string(name_of<T>()) + " N=" + std::to_string(N) + " M=" + std::to_string(M) +
+                          " pred=" + std::to_string(int(pred)) + (in_place ? " in place" : "");
+  const double scale = 3.0 * (1 + sigma.back());
+  for (int variant = 0; variant < 5; ++variant) {  // euler, ancestral, dpm 1st, dpm midpoint, dpm heun
+    std::vector<T> xs = x, out = poisoned<T>(N * M), x0 = poisoned<T>(N * M);
+    Mirror<T> dx(xs), dmodel(model), dz(z), dlast(last), dout(out), dx0(x0);
+    std::vector<double> ref, ref_x0;
+    std::string name;
+    if (variant < 2) {
+      EulerStepArgs a{dtype_of<T>(), N, M, dx.dev(), dmodel.dev(), variant ? dz.dev() : nullptr,
+                      in_place ? dx.dev() : dout.dev(), dx0.dev(), sigma.data(), sigma_next.data(), pred, 0};
+      cuda::euler_step(a, 0, nullptr);
+      EulerStepArgs ra = a;
+      ra.sample = x.data(); ra.model = model.data(); ra.noise = variant ? z.data() : nullptr;
+      reference::euler_step<T>(ra, ref, ref_x0);
+      name = std::string(variant ? "euler_ancestral_step " : "euler_step ") + tag;
+    } else {
+      DpmSolver2mStepArgs a{dtype_of<T>(), N, M, dx.dev(), dmodel.dev(), variant > 2 ? dlast.dev() : nullptr,
+                            in_place ? dx.dev() : dout.dev(), dx0.dev(), sigma.data(), sigma_next.data(),
+                            sigma_last.data(), pred, variant == 4, 0};
+      cuda::dpm_solver_2m_step(a, 0, nullptr);
+      DpmSolver2mStepArgs ra = a;
+      ra.sample = x.data(); ra.model = model.data(); ra.x0_last = variant > 2 ? last.data() : nullptr;
+      reference::dpm_solver_2m_step<T>(ra, ref, ref_x0);
+      name = std::string("dpm_solver_2m_step ") + (variant == 2 ? "1st " : variant == 3 ? "midpoint " : "heun ") + tag;
+    }
+    dx.fetch(); dout.fetch(); dx0.fetch();
+    compare(name + " x0", x0.data(), ref_x0, scale);
+    compare(name, in_place ? xs.data() : out.data(), ref, scale);
+  }
+}
+
 // Guidance rescale sums in a fixed order: two runs agree bit for bit.
 void check_deterministic() {
   const int64_t N = 2, M = 3001;
@@ -406,6 +449,15 @@ int run_checks() {
   check_mask_blend<float>(2, 3, 1031, false, true, true);
   check_mask_blend<bf16>(2, 3, 1000, true, true, true);
   check_mask_blend<float>(2, 3, 1031, true, false, true);
+
+  for (Prediction pred : {Prediction::epsilon, Prediction::v_prediction, Prediction::sample}) {
+    check_sigma_steps<float>(3, 2635, pred, false);
+    check_sigma_steps<bf16>(2, 1031, pred, pred == Prediction::v_prediction);
+  }
+  check_sigma_steps<float>(2, 4104, Prediction::epsilon, true);  // 16-byte packs
+  check_sigma_steps<bf16>(3, 1000, Prediction::v_prediction, false);
+  check_sigma_steps<f16>(5, 7, Prediction::epsilon, false);
+  check_sigma_steps<f16>(2, 4104, Prediction::sample, false);
 
   check_diffedit<float>(2, 10, 4, 527, -1.0);
   check_diffedit<float>(1, 3, 4, 2635, -1.0);

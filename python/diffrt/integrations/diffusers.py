@@ -32,8 +32,15 @@ from .diffusers_models import (  # noqa: E402
     LatentPosterior,
     schedules_from_diffusers,
 )
+from .schedulers import (  # noqa: E402
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
 
-__all__ = ["DiffrtAttnProcessor", "DiffusersLatentCodec", "DiffusersUNetDenoiser", "LatentPosterior",
+__all__ = ["DDIMScheduler", "DPMSolverMultistepScheduler", "DiffrtAttnProcessor", "DiffusersLatentCodec",
+           "DiffusersUNetDenoiser", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "LatentPosterior",
            "schedules_from_diffusers"]
 
 # Bias gap beyond which a key's softmax weight underflows to exactly 0 in float32 (e^-10000 ≪ 2^-149).

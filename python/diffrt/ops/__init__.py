@@ -17,6 +17,10 @@ from .sampling import (
     ddim_invert_step_ref,
     ddim_step,
     ddim_step_ref,
+    dpm_solver_2m_step,
+    dpm_solver_2m_step_ref,
+    euler_step,
+    euler_step_ref,
 )
 
 __all__ = [
@@ -33,10 +37,14 @@ __all__ = [
     "ddim_invert_step_ref",
     "ddim_step",
     "ddim_step_ref",
+    "dpm_solver_2m_step",
+    "dpm_solver_2m_step_ref",
     "downsample_cond",
     "downsample_cond_ref",
     "diffedit_mask",
     "diffedit_mask_ref",
+    "euler_step",
+    "euler_step_ref",
     "mask_blend",
     "mask_blend_ref",
 ]

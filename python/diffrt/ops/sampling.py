@@ -1,4 +1,5 @@
-"""DDIM step and inversion with fused classifier-free guidance, and the guidance combination alone.
+"""DDIM step and inversion with fused classifier-free guidance, the guidance combination alone, and the
+σ-space steps of Euler, Euler ancestral and DPM-Solver++(2M).
 
 Each op: a readable torch reference (``*_ref``, exact in float64) that is the oracle, and the entry
 point that validates its inputs and dispatches to a backend (C++ CPU kernels, or the reference).
@@ -18,8 +19,9 @@ from ._backend import dispatch
 from ._checks import Scalar
 from ._codes import DTYPES, PREDICTION_TYPES, PREDICTIONS, ClipMode, math_dtype
 
-__all__ = ["PREDICTION_TYPES", "cfg_combine", "cfg_combine_ref", "ddim_invert_step", "ddim_invert_step_ref",
-           "ddim_step", "ddim_step_ref"]
+__all__ = ["PREDICTION_TYPES", "SOLVER_TYPES", "cfg_combine", "cfg_combine_ref", "ddim_invert_step",
+           "ddim_invert_step_ref", "ddim_step", "ddim_step_ref", "dpm_solver_2m_step", "dpm_solver_2m_step_ref",
+           "euler_step", "euler_step_ref"]
 
 
 def _per_sample_view(name: str, v: Scalar, like: torch.Tensor, **limits) -> torch.Tensor:
@@ -460,3 +462,304 @@ def cfg_combine(
         lambda model_output, guidance_scale: cfg_combine_ref(model_output, guidance_scale, guidance_rescale=rescale),
         (model_output, guidance_scale), impl is _cfg_torch,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# σ-space steps: Euler, Euler ancestral, DPM-Solver++(2M)
+# ---------------------------------------------------------------------------------------------
+# σ = √((1−ᾱ)/ᾱ) (Karras et al. 2022). Euler works on the variance-exploding sample x = x0 + σ·ε (the
+# model sees x/√(σ²+1)); DPM-Solver on the variance-preserving x = α·x0 + σ_vp·ε with α = 1/√(σ²+1),
+# σ_vp = σ·α (the model sees x). Memory: read x, m (+ z or x̂0_last); write x_prev (+ x̂0). One pass.
+
+
+def _sigma_x0(x_t: torch.Tensor, m: torch.Tensor, sigma: torch.Tensor, prediction_type: str,
+              variance_preserving: bool) -> torch.Tensor:
+    """x̂0 from the model output: the prediction type's conversion on an Euler or a DPM-Solver sample."""
+    alpha = 1 / (sigma**2 + 1).sqrt()
+    if prediction_type == "sample":
+        return m
+    if prediction_type == "epsilon":
+        return (x_t - sigma * alpha * m) / alpha if variance_preserving else x_t - sigma * m
+    if prediction_type == "v_prediction":
+        return alpha * x_t - sigma * alpha * m if variance_preserving else m * (-sigma * alpha) + x_t / (sigma**2 + 1)
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def euler_step_ref(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    sigma: Scalar,
+    sigma_next: Scalar,
+    *,
+    noise: Optional[torch.Tensor] = None,
+    prediction_type: str = "epsilon",
+    return_x0: bool = False,
+):
+    """One Euler step from σ to σ_next (Karras et al. 2022, Algorithm 1 at γ = 0), or with ``noise`` the
+    ancestral step (k-diffusion's sample_euler_ancestral):
+        x̂0 = x − σ·ε (epsilon) | x/(σ²+1) − v·σ/√(σ²+1) (v_prediction) | m (sample)
+        d = (x − x̂0)/σ
+        Euler:      x_prev = x + d·(σ_next − σ)
+        ancestral:  σ_up = √(σ_next²(σ² − σ_next²)/σ²), σ_down = √(σ_next² − σ_up²),
+                    x_prev = x + d·(σ_down − σ) + σ_up·z"""
+    dtype = sample.dtype
+    x_t = sample.to(math_dtype(dtype))
+    m = model_output.to(x_t.dtype)
+    s = _per_sample_view("sigma", sigma, x_t)
+    s_next = _per_sample_view("sigma_next", sigma_next, x_t)
+    x0 = _sigma_x0(x_t, m, s, prediction_type, variance_preserving=False)
+    d = (x_t - x0) / s
+    if noise is None:
+        x_prev = x_t + d * (s_next - s)
+    else:
+        s_up = (s_next**2 * (s**2 - s_next**2) / s**2).clamp_min(0).sqrt()
+        s_down = (s_next**2 - s_up**2).clamp_min(0).sqrt()
+        x_prev = x_t + d * (s_down - s) + s_up * noise.to(x_t.dtype)
+    return (x_prev.to(dtype), x0.to(dtype)) if return_x0 else x_prev.to(dtype)
+
+
+def dpm_solver_2m_step_ref(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    sigma: Scalar,
+    sigma_next: Scalar,
+    *,
+    x0_last: Optional[torch.Tensor] = None,
+    sigma_last: Optional[Scalar] = None,
+    prediction_type: str = "epsilon",
+    solver_type: str = "midpoint",
+    return_x0: bool = False,
+):
+    """One DPM-Solver++(2M) step from σ to σ_next (Lu et al. 2022, "DPM-Solver++", Algorithm 2), data
+    prediction, λ = log α − log σ_vp:
+        h = λ_next − λ,  D0 = x̂0
+        first order (no ``x0_last``):  x_next = (σ_vp,next/σ_vp)·x − α_next·(e^−h − 1)·D0
+        second order: r = (λ − λ_last)/h, D1 = (x̂0 − x̂0_last)/r, then
+            midpoint: − ½·α_next·(e^−h − 1)·D1        heun: + α_next·((e^−h − 1)/h + 1)·D1
+    σ_next = 0 is the limit h → ∞: x_next = x̂0."""
+    dtype = sample.dtype
+    x_t = sample.to(math_dtype(dtype))
+    m = model_output.to(x_t.dtype)
+    s = _per_sample_view("sigma", sigma, x_t)
+    s_next = _per_sample_view("sigma_next", sigma_next, x_t)
+    x0 = _sigma_x0(x_t, m, s, prediction_type, variance_preserving=True)
+
+    def alpha_sigma_lambda(v):
+        alpha = 1 / (v**2 + 1).sqrt()
+        return alpha, v * alpha, alpha.log() - (v * alpha).log()
+
+    a_s, sv_s, lam_s = alpha_sigma_lambda(s)
+    a_t, sv_t, lam_t = alpha_sigma_lambda(s_next)
+    h = lam_t - lam_s
+    phi = torch.expm1(-h)
+    x_prev = (sv_t / sv_s) * x_t - (a_t * phi) * x0
+    if x0_last is not None:
+        _, _, lam_last = alpha_sigma_lambda(_per_sample_view("sigma_last", sigma_last, x_t))
+        d1 = (x0 - x0_last.to(x_t.dtype)) / ((lam_s - lam_last) / h)
+        if solver_type == "midpoint":
+            x_prev = x_prev - 0.5 * (a_t * phi) * d1
+        elif solver_type == "heun":
+            x_prev = x_prev + (a_t * (phi / h + 1.0)) * d1
+        else:
+            raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    x_prev = torch.where(s_next == 0, x0, x_prev)  # h = ∞
+    return (x_prev.to(dtype), x0.to(dtype)) if return_x0 else x_prev.to(dtype)
+
+
+def _check_like(name: str, t: torch.Tensor, sample: torch.Tensor) -> None:
+    _checks.tensor(name, t)
+    _checks.same_device_dtype(name, t, "sample", sample)
+    _checks.same_shape(name, t, "sample", sample)
+
+
+_EULER_STEP = _launch.kernel("euler_step")
+
+
+def _euler_compiled(sample, model_output, noise, sigma, sigma_next, prediction_type, return_x0):
+    x, m = sample.contiguous(), model_output.contiguous()
+    z = noise.contiguous() if noise is not None else None
+    n = len(sigma)
+    out = _alloc.empty_like(x)
+    x0 = _alloc.empty_like(x) if return_x0 else None
+    args = _C.EulerStepArgs()
+    args.dtype = DTYPES[x.dtype]
+    args.batch = n
+    args.numel = x.numel() // n if n else 0
+    args.sample = x.data_ptr()
+    args.model = m.data_ptr()
+    if z is not None:
+        args.noise = z.data_ptr()
+    args.out = out.data_ptr()
+    if x0 is not None:
+        args.out_x0 = x0.data_ptr()
+    args.sigma = sigma
+    args.sigma_next = sigma_next
+    args.prediction = PREDICTIONS[prediction_type]
+    _launch.run(_EULER_STEP, args, x)
+    return (out, x0) if return_x0 else out
+
+
+def _euler_torch(sample, model_output, noise, sigma, sigma_next, prediction_type, return_x0):
+    return euler_step_ref(sample, model_output, torch.tensor(sigma, dtype=torch.float64),
+                          torch.tensor(sigma_next, dtype=torch.float64), noise=noise,
+                          prediction_type=prediction_type, return_x0=return_x0)
+
+
+_EULER_IMPLS = {"cuda": _euler_compiled, "cpu": _euler_compiled, "torch": _euler_torch}
+
+
+def euler_step(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    sigma: Scalar,
+    sigma_next: Scalar,
+    *,
+    noise: Optional[torch.Tensor] = None,
+    prediction_type: str = "epsilon",
+    return_x0: bool = False,
+    backend: Optional[str] = None,
+):
+    """One Euler step x(σ) → x(σ_next) in one pass over memory, or with ``noise`` the ancestral step
+    (x + d·(σ_down − σ) + σ_up·z): the update of diffusers' EulerDiscreteScheduler (s_churn = 0) and
+    EulerAncestralDiscreteScheduler. The formulas are :func:`euler_step_ref`'s.
+
+    Args:
+        sample: x at σ, the variance-exploding sample x = x0 + σ·ε (diffusers' Euler latents), (N, ...).
+        model_output: the model's output for x/√(σ²+1), shaped like ``sample``.
+        sigma, sigma_next: σ > 0 and σ_next ≥ 0 (≤ σ with ``noise``); numbers or 1-D per-sample tensors.
+        noise: z ~ N(0, I) shaped like ``sample``: the ancestral step.
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        return_x0: also return x̂0.
+        backend: "cpu", "cuda" or "torch"; None picks the fastest that can run.
+    """
+    _checks.tensor("sample", sample)
+    _checks.tensor("model_output", model_output)
+    if sample.dim() == 0:
+        raise ValueError("sample must have a batch dimension (N, ...), got a 0-d tensor")
+    _check_model_output(sample, model_output, guided=False)
+    if prediction_type not in PREDICTIONS:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    n = sample.shape[0]
+    s = _checks.per_sample("sigma", sigma, n, lo=0.0, lo_open=True)
+    s_next = _checks.per_sample("sigma_next", sigma_next, n, lo=0.0)
+    if noise is not None:
+        _check_like("noise", noise, sample)
+        for a, b in zip(s, s_next):
+            if b > a:
+                raise ValueError(f"the ancestral step (noise given) needs sigma_next <= sigma, got {b} > {a}")
+    impl = dispatch("euler_step", _EULER_IMPLS, sample.device, sample.dtype, backend)
+    args = (sample, model_output, noise, s, s_next, prediction_type, bool(return_x0))
+    if not needs_grad(sample, model_output, noise, sigma, sigma_next):
+        return impl(*args)
+    return with_reference_gradients(
+        lambda: impl(*args),
+        lambda sample, model_output, noise, sigma, sigma_next: euler_step_ref(
+            sample, model_output, sigma, sigma_next, noise=noise, prediction_type=prediction_type,
+            return_x0=bool(return_x0)),
+        (sample, model_output, noise, sigma, sigma_next), impl is _euler_torch)
+
+
+_DPM_STEP = _launch.kernel("dpm_solver_2m_step")
+SOLVER_TYPES = ("midpoint", "heun")
+
+
+def _dpm_compiled(sample, model_output, x0_last, sigma, sigma_next, sigma_last, prediction_type, solver_type,
+                  return_x0):
+    x, m = sample.contiguous(), model_output.contiguous()
+    last = x0_last.contiguous() if x0_last is not None else None
+    n = len(sigma)
+    out = _alloc.empty_like(x)
+    x0 = _alloc.empty_like(x) if return_x0 else None
+    args = _C.DpmSolver2mStepArgs()
+    args.dtype = DTYPES[x.dtype]
+    args.batch = n
+    args.numel = x.numel() // n if n else 0
+    args.sample = x.data_ptr()
+    args.model = m.data_ptr()
+    if last is not None:
+        args.x0_last = last.data_ptr()
+        args.sigma_last = sigma_last
+    args.out = out.data_ptr()
+    if x0 is not None:
+        args.out_x0 = x0.data_ptr()
+    args.sigma = sigma
+    args.sigma_next = sigma_next
+    args.prediction = PREDICTIONS[prediction_type]
+    args.heun = solver_type == "heun"
+    _launch.run(_DPM_STEP, args, x)
+    return (out, x0) if return_x0 else out
+
+
+def _dpm_torch(sample, model_output, x0_last, sigma, sigma_next, sigma_last, prediction_type, solver_type,
+               return_x0):
+    f64 = torch.float64
+    return dpm_solver_2m_step_ref(
+        sample, model_output, torch.tensor(sigma, dtype=f64), torch.tensor(sigma_next, dtype=f64), x0_last=x0_last,
+        sigma_last=torch.tensor(sigma_last, dtype=f64) if sigma_last is not None else None,
+        prediction_type=prediction_type, solver_type=solver_type, return_x0=return_x0)
+
+
+_DPM_IMPLS = {"cuda": _dpm_compiled, "cpu": _dpm_compiled, "torch": _dpm_torch}
+
+
+def dpm_solver_2m_step(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    sigma: Scalar,
+    sigma_next: Scalar,
+    *,
+    x0_last: Optional[torch.Tensor] = None,
+    sigma_last: Optional[Scalar] = None,
+    prediction_type: str = "epsilon",
+    solver_type: str = "midpoint",
+    return_x0: bool = False,
+    backend: Optional[str] = None,
+):
+    """One DPM-Solver++(2M) step x(σ) → x(σ_next) in one pass over memory: the model output converted to
+    x̂0 and the multistep update of diffusers' DPMSolverMultistepScheduler (algorithm_type "dpmsolver++",
+    solver_order 2). First order without ``x0_last``; second order with the previous step's x̂0 and σ.
+    The formulas are :func:`dpm_solver_2m_step_ref`'s.
+
+    Args:
+        sample: x at σ, variance preserving (diffusers' DPM-Solver latents), (N, ...).
+        model_output: the model's output for ``sample``.
+        sigma, sigma_next: σ > 0 and 0 ≤ σ_next ≤ σ (0: the step returns x̂0); numbers or per-sample tensors.
+        x0_last, sigma_last: the previous step's x̂0 and its σ (> σ), for the second-order update.
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        solver_type: "midpoint" (diffusers' default) or "heun".
+        return_x0: also return x̂0 (the next step's ``x0_last``).
+    """
+    _checks.tensor("sample", sample)
+    _checks.tensor("model_output", model_output)
+    if sample.dim() == 0:
+        raise ValueError("sample must have a batch dimension (N, ...), got a 0-d tensor")
+    _check_model_output(sample, model_output, guided=False)
+    if prediction_type not in PREDICTIONS:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    if solver_type not in SOLVER_TYPES:
+        raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
+    n = sample.shape[0]
+    s = _checks.per_sample("sigma", sigma, n, lo=0.0, lo_open=True)
+    s_next = _checks.per_sample("sigma_next", sigma_next, n, lo=0.0)
+    s_last = None
+    if (x0_last is None) != (sigma_last is None):
+        raise ValueError("x0_last and sigma_last go together (the second-order update needs both)")
+    if x0_last is not None:
+        _check_like("x0_last", x0_last, sample)
+        s_last = _checks.per_sample("sigma_last", sigma_last, n, lo=0.0, lo_open=True)
+        for a, b in zip(s, s_last):
+            if not b > a:
+                raise ValueError(f"sigma_last must be > sigma (the previous step was noisier), got {b} <= {a}")
+    for a, b in zip(s, s_next):
+        if b > a:  # σ_next = σ (a final σ equal to σ_min) is a step of h = 0: x_next = x
+            raise ValueError(f"sigma_next must be <= sigma (a step towards less noise), got {b} > {a}")
+    impl = dispatch("dpm_solver_2m_step", _DPM_IMPLS, sample.device, sample.dtype, backend)
+    args = (sample, model_output, x0_last, s, s_next, s_last, prediction_type, solver_type, bool(return_x0))
+    if not needs_grad(sample, model_output, x0_last, sigma, sigma_next, sigma_last):
+        return impl(*args)
+    return with_reference_gradients(
+        lambda: impl(*args),
+        lambda sample, model_output, x0_last, sigma, sigma_next, sigma_last: dpm_solver_2m_step_ref(
+            sample, model_output, sigma, sigma_next, x0_last=x0_last, sigma_last=sigma_last,
+            prediction_type=prediction_type, solver_type=solver_type, return_x0=bool(return_x0)),
+        (sample, model_output, x0_last, sigma, sigma_next, sigma_last), impl is _dpm_torch)
