@@ -107,3 +107,37 @@ def test_imagic_guidance_per_eta():
         sweep([0.0, 0.5], torch.tensor([3.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="guidance must be a finite number"):
         sweep([0.5], float("nan"))
+
+
+def test_only_the_text_embedding_is_optimised_and_interpolated():
+    """An image-conditioned UNet used as text-to-image gets a zero image and an all-ones mask beside the
+    text: stage A must not turn them into a copy of the input (the paper optimises the text embedding)."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(image_size=8, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                            attention_resolutions=(4,), head_dim=16, context_dim=16, prediction_type="sample",
+                            cond_image=True, cond_channels=8))
+    with torch.no_grad():  # as tiny_unet: the text context and the image condition reach the output
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and not p.any():
+                p.normal_(0, 0.05)
+
+    def encode(prompts):
+        return {**encode_prompt(prompts), **model.full_mask_condition(len(prompts))}
+
+    pipe = ImagicPipeline(model, NoiseSchedule.make(), encode, num_steps=3)
+    pipe.fit(torch.rand(1, 3, 8, 8) * 2 - 1, "a blue square", embedding_steps=3, embedding_lr=0.1, finetune_steps=1,
+             progress=False)
+    assert not torch.equal(pipe.e_opt["context"], pipe.e_tgt["context"])
+    for key in ("image", "mask", "context_mask"):
+        assert torch.equal(pipe.e_opt[key], pipe.e_tgt[key]), key
+    seen = []
+    pipe.model.forward = lambda x, t, cond, f=pipe.model.forward: seen.append(cond) or f(x, t, cond)
+    pipe([0.3], guidance=1.0, output_type="pt", progress=False)  # no unconditional half in the batch
+    assert all(torch.equal(c["image"], pipe.e_tgt["image"]) and torch.equal(c["mask"], pipe.e_tgt["mask"])
+               for c in seen)
+    torch.testing.assert_close(seen[0]["context"], 0.3 * pipe.e_tgt["context"] + 0.7 * pipe.e_opt["context"])
+    with pytest.raises(ValueError, match="none of embedding_keys"):
+        ImagicPipeline(model, NoiseSchedule.make(), lambda ps: {"other": torch.zeros(1, 4, 16)}).fit(
+            torch.zeros(1, 3, 8, 8), "a blue square", progress=False)
+    with pytest.raises(ValueError, match="embedding_keys must be"):
+        ImagicPipeline(model, NoiseSchedule.make(), encode, embedding_keys="context")

@@ -1,7 +1,9 @@
 """Imagic (Kawar et al. 2023): text-based real-image editing with a diffusion model, in three stages.
 
 A. Optimise the target text embedding e_tgt → e_opt so the frozen model reconstructs the input
-   (denoising loss on the input image, random t and noise).
+   (denoising loss on the input image, random t and noise). Only the text embedding moves: of a
+   dict condition, the ``embedding_keys`` entries; the rest (masks, an image-conditioned UNet's
+   image and mask) stays as the prompt encoder gives it, so e_opt has no pixel channel to the input.
 B. Fine-tune the model on the input with e_opt frozen (all weights, or a parameter-efficient
    subset), so e_opt reproduces the image faithfully.
 C. Interpolate ē = η·e_tgt + (1−η)·e_opt and sample. One fine-tuned model serves any sweep of η.
@@ -80,6 +82,9 @@ def check_etas(etas: Any) -> List[float]:
     return values
 
 
+EMBEDDING_KEYS = ("context", "pooled")  # diffrt's TextEncoder: token states and pooled embedding
+
+
 @dataclass
 class ImagicOutput:
     images: Any  # per output_type; one entry per η, in the order given
@@ -89,14 +94,35 @@ class ImagicOutput:
 
 class ImagicPipeline:
     def __init__(self, model: nn.Module, noise_schedule: NoiseSchedule, encode_prompt: Callable[[List[str]], Any], *,
-                 codec: Any = None, num_steps: int = 50, spacing: str = "trailing"):
+                 codec: Any = None, num_steps: int = 50, spacing: str = "trailing",
+                 embedding_keys: Sequence[str] = EMBEDDING_KEYS):
+        """``encode_prompt(prompts)`` gives the model's condition: a tensor (the text embedding itself)
+        or a dict, whose ``embedding_keys`` entries are the text embedding that stages A and C change."""
         check_denoiser(model)
+        if isinstance(embedding_keys, str) or not embedding_keys or \
+                not all(isinstance(k, str) for k in embedding_keys):
+            raise ValueError(f"embedding_keys must be a non-empty sequence of condition keys, got {embedding_keys!r}")
+        self.embedding_keys = tuple(embedding_keys)
         self.base_model, self.noise_schedule, self.encode_prompt = model, noise_schedule, encode_prompt
         self.codec = codec or PixelCodec()
         self.schedule = SamplingSchedule.ddim(noise_schedule, num_steps, spacing=spacing)
         self.model: Optional[nn.Module] = None  # the fine-tuned copy, after fit()
         self.e_tgt = self.e_opt = None
         self._latent_shape = None
+
+    def _split(self, cond: Any):
+        """(the text embedding, the rest of the condition or None)."""
+        if not isinstance(cond, dict):
+            return cond, None
+        keys = [k for k in self.embedding_keys if k in cond]
+        if not keys:
+            raise ValueError(f"the condition holds none of embedding_keys {list(self.embedding_keys)}: its keys are "
+                             f"{sorted(cond)}")
+        return {k: cond[k] for k in keys}, {k: v for k, v in cond.items() if k not in keys}
+
+    @staticmethod
+    def _join(embedding: Any, rest: Optional[dict]) -> Any:
+        return embedding if rest is None else {**rest, **embedding}
 
     def _loss(self, model, x0, cond, generator):
         t = torch.randint(0, self.noise_schedule.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
@@ -131,19 +157,20 @@ class ImagicPipeline:
         requires = [p.requires_grad for p in frozen.parameters()]
         for p in frozen.parameters():
             p.requires_grad_(False)
-        e_opt = _map_float(self.e_tgt, lambda t: t.detach().clone().requires_grad_(True))
+        embedding, rest = self._split(self.e_tgt)
+        e_opt = _map_float(embedding, lambda t: t.detach().clone().requires_grad_(True))
         opt = torch.optim.Adam(_float_leaves(e_opt), lr=embedding_lr)
         try:
             for _ in tqdm(range(embedding_steps), desc="Imagic A: embedding", disable=not progress, leave=False):
                 opt.zero_grad(set_to_none=True)
                 with autocast:
-                    loss = self._loss(frozen, x0, e_opt, generator)
+                    loss = self._loss(frozen, x0, self._join(e_opt, rest), generator)
                 loss.backward()
                 opt.step()
         finally:
             for p, r in zip(frozen.parameters(), requires):
                 p.requires_grad_(r)
-        self.e_opt = _map_float(e_opt, lambda t: t.detach())
+        self.e_opt = self._join(_map_float(e_opt, lambda t: t.detach()), rest)
 
         # B. fine-tune a copy of the model on e_opt
         model = copy.deepcopy(self.base_model).train()
@@ -181,7 +208,8 @@ class ImagicPipeline:
         uncond = self.encode_prompt([""]) if needs_uncond(guidance) else None
         images = []
         for i, eta in enumerate(etas):
-            cond = interpolate_condition(self.e_tgt, self.e_opt, eta)
+            (target, rest), (optimised, _) = self._split(self.e_tgt), self._split(self.e_opt)
+            cond = self._join(interpolate_condition(target, optimised, eta), rest)
             # each η samples alone (batch 1): its own weight of a per-η tensor
             weight_i = map_weights(guidance, lambda w: w.reshape(-1)[i:i + 1] if w.numel() == len(etas) else w)
             x = ddim_sample(self.model, x_T.clone(), self.schedule, cond=cond, uncond=uncond, guidance=weight_i,
