@@ -1,4 +1,5 @@
-// Normalisation and activation kernels of a UNet body: GroupNorm (+ SiLU), LayerNorm and GEGLU.
+// Normalisation and activation kernels of a UNet body: GroupNorm (+ SiLU), LayerNorm, GEGLU and the
+// sinusoidal timestep embedding.
 // The argument structs (plain pointers, sizes and scalars), the per-element math shared by the CPU
 // and CUDA kernels, and the CPU kernel table (one per ISA; cpu/norm_dispatch.cpp picks the active one).
 //
@@ -53,6 +54,32 @@ struct GegluArgs {
   int num_threads;
 };
 
+// diffusers' get_timestep_embedding (DDPM's sinusoidal features): with h = ⌊dim/2⌋,
+//   freq_j = exp(−ln(max_period)·j/(h − downscale_freq_shift)),  arg = scale·t·freq_j,  j < h
+//   out = [sin(arg) | cos(arg)] ([cos | sin] when flip_sin_to_cos), a zero column appended when dim is odd.
+// Computed in double (the arguments reach ~10³ rad, where float32 loses 4 digits of the phase), stored as dtype.
+struct TimestepEmbeddingArgs {
+  DType dtype;             // of out
+  int64_t batch, dim;      // out: (batch, dim)
+  const double* timesteps; // (batch,)
+  void* out;
+  bool flip_sin_to_cos;
+  double downscale_freq_shift;
+  double scale;
+  double max_period;
+  int num_threads;
+};
+
+// Column c of the embedding of timestep t (timestep_embedding's formula above).
+DIFFRT_HD double timestep_embedding_element(const TimestepEmbeddingArgs& a, double t, int64_t c) {
+  const int64_t half = a.dim / 2;
+  if (c >= 2 * half) return 0.0;  // the padding column of an odd dim
+  const int64_t j = c < half ? c : c - half;
+  const bool first_half = c < half;
+  const double arg = a.scale * t * exp(-log(a.max_period) * double(j) / (double(half) - a.downscale_freq_shift));
+  return (first_half != a.flip_sin_to_cos) ? sin(arg) : cos(arg);
+}
+
 // ---- per-element math (host and device) ---------------------------------------------------------
 
 DIFFRT_HD float silu_element(float v) { return v / (1.f + expf(-v)); }
@@ -90,6 +117,7 @@ struct NormKernels {
   void (*group_norm)(const GroupNormArgs&);
   void (*layer_norm)(const LayerNormArgs&);
   void (*geglu)(const GegluArgs&);
+  void (*timestep_embedding)(const TimestepEmbeddingArgs&);
 };
 
 namespace scalar { extern const NormKernels norm_kernels; }
@@ -106,5 +134,6 @@ namespace cuda {
 void group_norm(const GroupNormArgs& a, int device, cudaStream_t stream);
 void layer_norm(const LayerNormArgs& a, int device, cudaStream_t stream);
 void geglu(const GegluArgs& a, int device, cudaStream_t stream);
+void timestep_embedding(const TimestepEmbeddingArgs& a, int device, cudaStream_t stream);
 }  // namespace cuda
 }  // namespace diffrt

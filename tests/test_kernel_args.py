@@ -71,7 +71,7 @@ def test_every_struct_member_is_a_field():
     members = _struct_members()
     assert set(members) == {"DdimStepArgs", "CfgCombineArgs", "MaskBlendArgs", "DiffEditMaskArgs",
                             "AttentionForwardArgs", "AttentionBackwardArgs", "DownsampleCondArgs",
-                            "GroupNormArgs", "LayerNormArgs", "GegluArgs"}
+                            "GroupNormArgs", "LayerNormArgs", "GegluArgs", "TimestepEmbeddingArgs"}
     for name, names in members.items():
         settable = list(getattr(_C, name).fields)
         launch_or_derived = {"num_threads", "out_height", "out_width"}
@@ -220,6 +220,14 @@ def test_geglu_fields(echoed):
     out = ops.geglu(x)
     _check(_only(echoed, "geglu"), dict(
         dtype=_C.DType.bfloat16, rows=15, dim=7, x=x.data_ptr(), out=out.data_ptr(), num_threads=THREADS))
+
+
+def test_timestep_embedding_fields(echoed):
+    t = torch.tensor([3.0, 5.0, 7.0], dtype=torch.float64)  # float64: the kernel reads this very tensor
+    out = ops.timestep_embedding(t, 9, True, 0.25, 1.5, 100.0, dtype=torch.bfloat16)
+    _check(_only(echoed, "timestep_embedding"), dict(
+        dtype=_C.DType.bfloat16, batch=3, dim=9, timesteps=t.data_ptr(), out=out.data_ptr(), flip_sin_to_cos=True,
+        downscale_freq_shift=0.25, scale=1.5, max_period=100.0, num_threads=THREADS))
 
 
 # ---- the Python face of the structs -------------------------------------------------------------------

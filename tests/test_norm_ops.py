@@ -252,3 +252,49 @@ def test_the_kernel_refuses_groups_that_do_not_divide_the_channels():
                             x=x.data_ptr(), out=x.data_ptr(), eps=1e-5, silu=False)
     with pytest.raises(ValueError, match=r"GroupNormArgs\.groups must be >= 1 and divide channels \(6\), got 4"):
         _C.group_norm(args, 1)
+
+
+# ---- timestep_embedding -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim, flip, shift", [(320, True, 0.0), (321, False, 1.0), (1, False, 1.0), (2, True, 0.5),
+                                              (128, False, 1.0)])
+def test_timestep_embedding_matches_reference(isa, gen, dtype, dim, flip, shift):
+    t = torch.cat([torch.tensor([0.0, 999.0, 1.5]), torch.rand(4, generator=gen, dtype=torch.float64) * 1000])
+    out = ops.timestep_embedding(t, dim, flip, shift, dtype=dtype)
+    ref = ops.timestep_embedding_ref(t, dim, flip, shift, dtype=torch.float64)
+    assert out.shape == (7, dim) and out.dtype == dtype
+    assert_close_to_ref(out, ref, dtype=dtype, scale=1.0)
+
+
+@pytest.mark.parametrize("dim, flip, shift, scale", [(320, True, 0.0, 1.0), (257, False, 1.0, 1000.0)])
+def test_timestep_embedding_matches_diffusers(isa, gen, dim, flip, shift, scale):
+    """diffusers computes the phases in float32: ours is at least as close to the float64 truth."""
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    t = torch.randint(0, 1000, (5,), generator=gen)
+    theirs = embeddings.get_timestep_embedding(t, dim, flip, shift, scale)
+    ours = ops.timestep_embedding(t, dim, flip, shift, scale)
+    truth = ops.timestep_embedding_ref(t, dim, flip, shift, scale, dtype=torch.float64)
+    assert_close_to_ref(ours, theirs, dtype=torch.float32, scale=1.0,
+                        slack=(theirs.double() - truth).abs().max().item())
+    assert (ours.double() - truth).abs().max() <= (theirs.double() - truth).abs().max() + 1e-7
+
+
+def test_timestep_embedding_on_an_empty_batch(isa):
+    assert ops.timestep_embedding(torch.zeros(0), 8).shape == (0, 8)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: ops.timestep_embedding(torch.zeros(2, 1), 8), ValueError, r"timesteps must be a 1-D tensor"),
+    (lambda: ops.timestep_embedding([1.0], 8), TypeError, r"timesteps must be a torch.Tensor"),
+    (lambda: ops.timestep_embedding(torch.zeros(2), 0), ValueError, r"dim must be an int >= 1, got 0"),
+    (lambda: ops.timestep_embedding(torch.zeros(2), 2, False, 1.0), ValueError, r"downscale_freq_shift must differ"),
+    (lambda: ops.timestep_embedding(torch.zeros(2), 8, 1), TypeError, r"flip_sin_to_cos must be a bool"),
+    (lambda: ops.timestep_embedding(torch.zeros(2), 8, max_period=0.0), ValueError, r"max_period must be > 0"),
+    (lambda: ops.timestep_embedding(torch.zeros(2), 8, scale=math.inf), ValueError, r"scale must be finite"),
+    (lambda: ops.timestep_embedding(torch.zeros(2, requires_grad=True), 8), ValueError, r"timesteps has no gradient"),
+])
+def test_timestep_embedding_validation_names_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -291,9 +291,29 @@ struct Spec<GegluArgs> {
   static void complete(S& a, Device device) { check_dtype("geglu", a.dtype, device); }
 };
 
+template <>
+struct Spec<TimestepEmbeddingArgs> {
+  using S = TimestepEmbeddingArgs;
+  static constexpr const char* name = "TimestepEmbeddingArgs";
+  static std::vector<Field<S>> fields() {
+    return {DIFFRT_FIELD(S, dtype, required),
+            DIFFRT_FIELD(S, batch, required),
+            DIFFRT_FIELD(S, dim, required),
+            DIFFRT_FIELD(S, timesteps, required),
+            DIFFRT_FIELD(S, out, required),
+            DIFFRT_FIELD(S, flip_sin_to_cos, required),
+            DIFFRT_FIELD(S, downscale_freq_shift, required),
+            DIFFRT_FIELD(S, scale, required),
+            DIFFRT_FIELD(S, max_period, required),
+            DIFFRT_FIELD(S, num_threads, launch)};
+  }
+  static void complete(S& a, Device device) { check_dtype("timestep_embedding", a.dtype, device); }
+};
+
 void cpu_group_norm(const GroupNormArgs& a) { cpu::norm_kernels().group_norm(a); }
 void cpu_layer_norm(const LayerNormArgs& a) { cpu::norm_kernels().layer_norm(a); }
 void cpu_geglu(const GegluArgs& a) { cpu::norm_kernels().geglu(a); }
+void cpu_timestep_embedding(const TimestepEmbeddingArgs& a) { cpu::norm_kernels().timestep_embedding(a); }
 
 // ---- end of the normalisation block ---------------------------------------------------------------------
 
@@ -397,7 +417,7 @@ void bind_kernels(py::module_& m) {
       "echo",
       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
           &echo_any<DdimStepArgs, CfgCombineArgs, MaskBlendArgs, DiffEditMaskArgs, AttentionForwardArgs,
-                    AttentionBackwardArgs, DownsampleCondArgs, GroupNormArgs, LayerNormArgs, GegluArgs>)),
+                    AttentionBackwardArgs, DownsampleCondArgs, GroupNormArgs, LayerNormArgs, GegluArgs, TimestepEmbeddingArgs>)),
       METH_FASTCALL,
       "echo(args, num_threads) -> dict: every field of the struct the CPU kernel would receive for args "
       "(per-sample arrays as lists), without running it. Tests use it to check each field reaches its slot."};
@@ -409,13 +429,18 @@ void bind_norm_kernels(py::module_& m) {
   bind_args<GroupNormArgs>(m, "Arguments of group_norm (csrc/norm.h GroupNormArgs).");
   bind_args<LayerNormArgs>(m, "Arguments of layer_norm (csrc/norm.h LayerNormArgs).");
   bind_args<GegluArgs>(m, "Arguments of geglu (csrc/norm.h GegluArgs).");
+  bind_args<TimestepEmbeddingArgs>(m, "Arguments of timestep_embedding (csrc/norm.h TimestepEmbeddingArgs).");
   def_cpu_kernel<GroupNormArgs, cpu_group_norm>(m, "group_norm", "GroupNorm (+ SiLU) on the CPU.");
   def_cpu_kernel<LayerNormArgs, cpu_layer_norm>(m, "layer_norm", "LayerNorm over the last dim on the CPU.");
   def_cpu_kernel<GegluArgs, cpu_geglu>(m, "geglu", "GEGLU (a·gelu(g) of [a | g]) on the CPU.");
+  def_cpu_kernel<TimestepEmbeddingArgs, cpu_timestep_embedding>(m, "timestep_embedding",
+                                                                "Sinusoidal timestep features on the CPU.");
 #if defined(DIFFRT_WITH_CUDA)
   def_cuda_kernel<GroupNormArgs, cuda::group_norm>(m, "cuda_group_norm", "group_norm on CUDA tensors.");
   def_cuda_kernel<LayerNormArgs, cuda::layer_norm>(m, "cuda_layer_norm", "layer_norm on CUDA tensors.");
   def_cuda_kernel<GegluArgs, cuda::geglu>(m, "cuda_geglu", "geglu on CUDA tensors.");
+  def_cuda_kernel<TimestepEmbeddingArgs, cuda::timestep_embedding>(m, "cuda_timestep_embedding",
+                                                                   "timestep_embedding on CUDA tensors.");
 #endif
 }
 

@@ -1,4 +1,4 @@
-// CPU kernels of group_norm (+ SiLU), layer_norm and geglu (csrc/norm.h). Compiled once per ISA
+// CPU kernels of group_norm (+ SiLU), layer_norm, geglu and timestep_embedding (csrc/norm.h). Compiled once per ISA
 // (DIFFRT_ISA = scalar, avx2, avx512).
 //
 // Memory traffic (s = bytes per element):
@@ -509,6 +509,16 @@ void geglu_typed(const GegluArgs& a) {
   });
 }
 
+// ---- timestep_embedding (batch × dim values: no SIMD needed) ---------------------------------------------
+
+template <typename T>
+void timestep_embedding_typed(const TimestepEmbeddingArgs& a) {
+  T* y = out_ptr<T>(a.out);
+  for (int64_t n = 0; n < a.batch; ++n)
+    for (int64_t c = 0; c < a.dim; ++c)
+      y[n * a.dim + c] = store_as<T>(float(timestep_embedding_element(a, a.timesteps[n], c)));
+}
+
 template <typename Args, void (*F32)(const Args&), void (*BF16)(const Args&)>
 void for_dtype(const Args& a) {
   switch (a.dtype) {
@@ -524,6 +534,7 @@ extern const NormKernels norm_kernels = {
     for_dtype<GroupNormArgs, group_norm_typed<float>, group_norm_typed<bf16>>,
     for_dtype<LayerNormArgs, layer_norm_typed<float>, layer_norm_typed<bf16>>,
     for_dtype<GegluArgs, geglu_typed<float>, geglu_typed<bf16>>,
+    for_dtype<TimestepEmbeddingArgs, timestep_embedding_typed<float>, timestep_embedding_typed<bf16>>,
 };
 
 }  // namespace diffrt::cpu::DIFFRT_ISA

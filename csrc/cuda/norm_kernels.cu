@@ -1,4 +1,4 @@
-// CUDA kernels of group_norm (+ SiLU), layer_norm and geglu (csrc/norm.h, whose per-element math and
+// CUDA kernels of group_norm (+ SiLU), layer_norm, geglu and timestep_embedding (csrc/norm.h, whose per-element math and
 // NormMoments merge they share with the CPU kernels). Storage float32, bfloat16 or float16; math float32.
 //
 // Geometry: group_norm and layer_norm run one block per (sample, group) or row (blockIdx.y, looping when
@@ -120,6 +120,16 @@ geglu_kernel(const T* x, T* out, int64_t rows, int64_t dim) {
   }
 }
 
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+timestep_embedding_kernel(TimestepEmbeddingArgs a) {
+  const int64_t total = a.batch * a.dim;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i / a.dim;
+    static_cast<T*>(a.out)[i] = store_as<T>(float(timestep_embedding_element(a, a.timesteps[n], i - n * a.dim)));
+  }
+}
+
 template <typename F>
 void with_dtype(DType dtype, F&& fn) {
   switch (dtype) {
@@ -167,6 +177,23 @@ void geglu(const GegluArgs& a, int device, cudaStream_t stream) {
   with_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     launch("geglu", geglu_kernel<T>, grid, dim3(kThreads), stream, in<T>(a.x), out_ptr<T>(a.out), a.rows, a.dim);
+  });
+}
+
+}  // namespace diffrt::cuda
+
+namespace diffrt::cuda {
+
+// a.timesteps must be device memory here (diffrt.ops passes a float64 tensor on the output's device).
+void timestep_embedding(const TimestepEmbeddingArgs& a, int device, cudaStream_t stream) {
+  if (a.batch <= 0 || a.dim <= 0) return;
+  DeviceGuard guard(device, "timestep_embedding");
+  const int64_t total = a.batch * a.dim;
+  int64_t blocks = (total + kThreads - 1) / kThreads;
+  blocks = blocks > kMaxBlocksPerRow ? kMaxBlocksPerRow : blocks;
+  with_dtype(a.dtype, [&](auto tag) {
+    launch("timestep_embedding", timestep_embedding_kernel<decltype(tag)>, dim3(unsigned(blocks)), dim3(kThreads),
+           stream, a);
   });
 }
 

@@ -1,7 +1,7 @@
 // Check harness of the CUDA norm kernels: each host entry point of csrc/cuda/norm_kernels.cu (included,
 // not copied) runs on small shapes — odd sizes, groups of one channel and of all channels, NCHW and
 // channels-last, rows shorter and longer than a block, several rows per block (DIFFRT_CUDA_MAX_ROW_BLOCKS),
-// large means, float32 / bfloat16 / float16 — against double-precision references written out below.
+// large means, timestep embeddings of odd width, float32 / bfloat16 / float16 — against double-precision references written out below.
 // Outputs start as NaN, so an element no thread writes fails.
 //   g++ -std=c++17 -O1 -DDIFFRT_CUDA_SIM -Icsrc -Itests/cuda_sim tests/cuda_sim/sim_norm.cpp -o sim_norm
 //   nvcc -std=c++17 -O3 -arch=native -Icsrc -x cu tests/cuda_sim/sim_norm.cpp -o cuda_norm_check
@@ -160,6 +160,33 @@ void check_geglu(int64_t rows, int64_t dim) {
 }
 
 template <typename T>
+void check_timestep_embedding(int64_t batch, int64_t dim, bool flip, double shift) {
+  std::vector<double> t(batch);
+  for (int64_t n = 0; n < batch; ++n) t[n] = double((n * 379) % 1000) + 0.25 * double(n % 3);
+  std::vector<T> out(batch * dim, store_as<T>(NAN));
+  std::vector<double> ref(batch * dim, 0.0);
+  const int64_t half = dim / 2;
+  for (int64_t n = 0; n < batch; ++n)  // diffusers' get_timestep_embedding, in double
+    for (int64_t j = 0; j < half; ++j) {
+      const double arg = t[n] * std::exp(-std::log(10000.0) * double(j) / (double(half) - shift));
+      ref[n * dim + j] = flip ? std::cos(arg) : std::sin(arg);
+      ref[n * dim + half + j] = flip ? std::sin(arg) : std::cos(arg);
+    }
+  Mirror<double> td(t);
+  Mirror<T> od(out);
+  TimestepEmbeddingArgs a{};
+  a.dtype = dtype_of<T>();
+  a.batch = batch; a.dim = dim; a.timesteps = td.dev(); a.out = od.dev();
+  a.flip_sin_to_cos = flip; a.downscale_freq_shift = shift; a.scale = 1.0; a.max_period = 10000.0;
+  cuda::timestep_embedding(a, 0, nullptr);
+  od.fetch();
+  char name[120];
+  std::snprintf(name, sizeof name, "timestep_embedding %s batch=%lld dim=%lld%s shift=%g", name_of<T>(),
+                (long long)batch, (long long)dim, flip ? " flip" : "", shift);
+  compare(name, out, ref, 1.0);
+}
+
+template <typename T>
 void run_for_dtype() {
   for (bool channels_last : {false, true})
     for (bool silu : {false, true}) {
@@ -174,6 +201,8 @@ void run_for_dtype() {
   check_layer_norm<T>(4, 1000, true, 5000.0);
   check_geglu<T>(3, 7);
   check_geglu<T>(5, 300);
+  check_timestep_embedding<T>(3, 321, false, 1.0);
+  check_timestep_embedding<T>(300, 8, true, 0.0);  // more elements than one block
 }
 
 int run_checks() {

@@ -26,7 +26,8 @@ from ._autograd import needs_grad, with_reference_gradients
 from ._backend import dispatch
 from ._codes import DTYPES, math_dtype
 
-__all__ = ["geglu", "geglu_ref", "group_norm", "group_norm_ref", "layer_norm", "layer_norm_ref"]
+__all__ = ["geglu", "geglu_ref", "group_norm", "group_norm_ref", "layer_norm", "layer_norm_ref", "timestep_embedding",
+           "timestep_embedding_ref"]
 
 ACTIVATIONS = (None, "silu")
 
@@ -78,6 +79,22 @@ def geglu_ref(x: torch.Tensor) -> torch.Tensor:
     dtype = x.dtype
     a, g = x.to(math_dtype(dtype)).chunk(2, dim=-1)
     return (a * (0.5 * g * (1 + torch.erf(g * (1 / math.sqrt(2)))))).to(dtype)
+
+
+def timestep_embedding_ref(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = False,
+                           downscale_freq_shift: float = 1.0, scale: float = 1.0, max_period: float = 10000.0, *,
+                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """diffusers' get_timestep_embedding in float64, then stored as ``dtype``: h = dim // 2,
+    freq_j = exp(−ln(max_period)·j/(h − downscale_freq_shift)), [sin | cos](scale·t·freq) (cos first when
+    flip_sin_to_cos), a zero column appended when dim is odd."""
+    half = dim // 2
+    j = torch.arange(half, dtype=torch.float64, device=timesteps.device)
+    freq = torch.exp(-math.log(max_period) * j / (half - downscale_freq_shift))
+    arg = scale * timesteps.to(torch.float64)[:, None] * freq[None, :]
+    parts = [torch.cos(arg), torch.sin(arg)] if flip_sin_to_cos else [torch.sin(arg), torch.cos(arg)]
+    if dim % 2:
+        parts.append(torch.zeros_like(arg[:, :1]))
+    return torch.cat(parts, dim=-1).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +188,33 @@ def _geglu_compiled(x):
 
 
 _GEGLU_IMPLS = {"cuda": _geglu_compiled, "cpu": _geglu_compiled, "torch": geglu_ref}
+
+_TIMESTEP_EMBEDDING = _launch.kernel("timestep_embedding")
+
+
+def _timestep_embedding_compiled(timesteps, dim, flip, shift, scale, max_period, dtype):
+    t64 = timesteps.detach().to(torch.float64).contiguous()
+    out = _alloc.empty((t64.shape[0], dim), dtype=dtype, device=t64.device)
+    args = _C.TimestepEmbeddingArgs()
+    args.dtype = DTYPES[dtype]
+    args.batch = t64.shape[0]
+    args.dim = dim
+    args.timesteps = t64.data_ptr()
+    args.out = out.data_ptr()
+    args.flip_sin_to_cos = flip
+    args.downscale_freq_shift = shift
+    args.scale = scale
+    args.max_period = max_period
+    _launch.run(_TIMESTEP_EMBEDDING, args, out)
+    return out
+
+
+def _timestep_embedding_torch(timesteps, dim, flip, shift, scale, max_period, dtype):
+    return timestep_embedding_ref(timesteps, dim, flip, shift, scale, max_period, dtype=dtype)
+
+
+_TIMESTEP_EMBEDDING_IMPLS = {"cuda": _timestep_embedding_compiled, "cpu": _timestep_embedding_compiled,
+                             "torch": _timestep_embedding_torch}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,3 +319,42 @@ def geglu(x: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     if not needs_grad(x):
         return impl(x)
     return with_reference_gradients(lambda: impl(x.detach()), geglu_ref, (x,), impl is geglu_ref)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = False,
+                       downscale_freq_shift: float = 1.0, scale: float = 1.0, max_period: float = 10000.0, *,
+                       dtype: torch.dtype = torch.float32, backend: Optional[str] = None) -> torch.Tensor:
+    """Sinusoidal timestep features, diffusers' ``get_timestep_embedding`` (same arguments and defaults) →
+    (N, dim) of ``dtype``. Computed in float64 and rounded once, where diffusers computes the phases
+    scale·t·freq in float32 (at t ≈ 10³ its sines are off by up to ~10⁻⁴); so the two agree to that error.
+
+    Args:
+        timesteps: 1-D tensor of N (possibly fractional) timesteps, any real dtype.
+        dim: embedding width ≥ 1 (odd: a zero column is appended, as diffusers does).
+        downscale_freq_shift: must differ from dim // 2 (diffusers divides by their difference: NaN there).
+    """
+    if not isinstance(timesteps, torch.Tensor):
+        raise TypeError(f"timesteps must be a torch.Tensor, got {type(timesteps).__name__}")
+    if timesteps.dim() != 1:
+        raise ValueError(f"timesteps must be a 1-D tensor (one per sample), got shape {tuple(timesteps.shape)}")
+    if timesteps.dtype == torch.bool or timesteps.is_complex():
+        raise TypeError(f"timesteps must be real, got dtype {timesteps.dtype}")
+    if needs_grad(timesteps):
+        raise ValueError("timesteps has no gradient in diffrt.ops.timestep_embedding: pass timesteps.detach() "
+                         "instead of dropping its gradient silently")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+    if not isinstance(flip_sin_to_cos, bool):
+        raise TypeError(f"flip_sin_to_cos must be a bool, got {type(flip_sin_to_cos).__name__}")
+    shift = _checks.finite("downscale_freq_shift", downscale_freq_shift)
+    if dim // 2 >= 1 and dim // 2 == shift:
+        raise ValueError(f"downscale_freq_shift must differ from dim // 2 = {dim // 2} (the frequencies divide by "
+                         f"their difference), got {shift}")
+    scale = _checks.finite("scale", scale)
+    max_period = _checks.finite("max_period", max_period)
+    if max_period <= 0:
+        raise ValueError(f"max_period must be > 0, got {max_period}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    impl = dispatch("timestep_embedding", _TIMESTEP_EMBEDDING_IMPLS, timesteps.device, dtype, backend)
+    return impl(timesteps, dim, flip_sin_to_cos, shift, scale, max_period, dtype)
