@@ -145,7 +145,7 @@ inline vf vexp(vf x) {
 // a division costs several times more in these loops.
 inline vf vrecip(vf d) {
 #if DIFFRT_NORM_LANES == 16
-  const vf r = _mm512_rcp14_ps(d);
+  const vf r = _mm512_maskz_rcp14_ps(__mmask16(0xffff), d);  // maskz: GCC 12 warns on the unmasked form
 #else
   const vf r = _mm256_rcp_ps(d);
 #endif
