@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from diffrt import _C, ops
 from tests._helpers import assert_close_to_ref, rand
+from tests.test_cuda_ops import needs_gpu
 
 DTYPES = [torch.float32, torch.bfloat16]
 # (shape, groups): groups of one channel and of all channels, odd sizes, 3-D input, and one above the
@@ -299,3 +300,36 @@ def test_timestep_embedding_on_an_empty_batch(isa):
 def test_timestep_embedding_validation_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ---- on a GPU (skipped without one; tests/cuda_sim/sim_norm.cpp runs the same kernels on the host) ----------
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_cuda_group_norm_matches_reference(gen, dtype, channels_last, activation):
+    x = _layout(rand(gen, 2, 64, 33, 31, dtype=dtype, scale=2.0) + 5, channels_last)
+    weight, bias = rand(gen, 64), rand(gen, 64)
+    out = ops.group_norm(x.cuda(), 32, weight.cuda(), bias.cuda(), activation=activation, backend="cuda")
+    ref = ops.group_norm_ref(x.double(), 32, weight.double(), bias.double(), activation=activation)
+    assert_close_to_ref(out.cpu(), ref, dtype=dtype, scale=_group_scale(x, 32, weight, bias))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_layer_norm_geglu_and_timestep_embedding_match_references(gen, dtype):
+    h = rand(gen, 2, 77, 320, dtype=dtype)
+    w, b = rand(gen, 320), rand(gen, 320)
+    out = ops.layer_norm(h.cuda(), w.cuda(), b.cuda(), backend="cuda")
+    assert_close_to_ref(out.cpu(), ops.layer_norm_ref(h.double(), w.double(), b.double()), dtype=dtype,
+                        scale=_norm_scale(h, w, b, (-1,)))
+    x = rand(gen, 2, 77, 640, dtype=dtype, scale=3.0)
+    a, g = x.double().chunk(2, dim=-1)
+    assert_close_to_ref(ops.geglu(x.cuda(), backend="cuda").cpu(), ops.geglu_ref(x.double()), dtype=dtype,
+                        scale=(a.abs() * g.abs().clamp(min=1)).max().item())
+    t = torch.tensor([0.0, 17.5, 999.0])
+    emb = ops.timestep_embedding(t.cuda(), 321, True, 0.0, dtype=dtype, backend="cuda")
+    assert_close_to_ref(emb.cpu(), ops.timestep_embedding_ref(t, 321, True, 0.0, dtype=torch.float64), dtype=dtype,
+                        scale=1.0)
