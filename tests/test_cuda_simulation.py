@@ -1,4 +1,4 @@
-"""The CUDA kernels run on the CPU: g++ compiles csrc/cuda/sampler_kernels.cu and attention_kernels.cu
+"""The CUDA kernels run on the CPU: g++ compiles csrc/cuda/sampler_kernels.cu, attention_kernels.cu and norm_kernels.cu
 unchanged against a host simulation of CUDA (tests/cuda_sim/cuda_shim.h: a fiber per CUDA thread,
 __syncthreads as a barrier, shared memory, warp shuffles); tests/cuda_sim/sim_check.cpp runs every sampler
 kernel on odd shapes, partial blocks, several samples and float32/bfloat16/float16 against the
@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SIM = ROOT / "tests" / "cuda_sim"
 SOURCES = [ROOT / "csrc" / "cuda" / "sampler_kernels.cu", ROOT / "csrc" / "cuda" / "attention_kernels.cu",
-           SIM / "cuda_shim.h", SIM / "sim_check.cpp", SIM / "sim_attention.cpp"]
+           ROOT / "csrc" / "cuda" / "norm_kernels.cu", SIM / "cuda_shim.h", SIM / "sim_check.cpp",
+           SIM / "sim_attention.cpp", SIM / "sim_norm.cpp"]
 SCHEDULES = ("forward", "reverse")
 
 pytestmark = pytest.mark.skipif(
@@ -72,8 +73,20 @@ def test_cuda_attention_matches_reference_under_host_simulation(tmp_path):
         assert result.returncode == 0 and "ALL OK" in result.stdout, report
 
 
+@pytest.mark.parametrize("row_blocks", ["default", "2"])
+def test_cuda_norm_kernels_match_reference_under_host_simulation(tmp_path, row_blocks):
+    """csrc/cuda/norm_kernels.cu (tests/cuda_sim/sim_norm.cpp): group_norm NCHW / channels-last with and without
+    SiLU and affine, groups of 1 and C, large means, layer_norm, geglu, timestep_embedding, float32 / bfloat16 /
+    float16, against double-precision references; with 2 row blocks each block also loops over several rows."""
+    defines = [] if row_blocks == "default" else [f"-DDIFFRT_CUDA_MAX_ROW_BLOCKS={row_blocks}"]
+    binary = _build("sim_norm.cpp", tmp_path / "sim_norm", *defines)
+    for schedule in SCHEDULES:
+        result = _run(binary, schedule)
+        assert result.returncode == 0 and "ALL OK" in result.stdout, f"[{schedule}]\n" + result.stdout[-5000:] + result.stderr
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-@pytest.mark.parametrize("harness", ["sim_check.cpp", "sim_attention.cpp"])
+@pytest.mark.parametrize("harness", ["sim_check.cpp", "sim_attention.cpp", "sim_norm.cpp"])
 def test_check_harness_also_compiles_for_the_gpu(tmp_path, harness):
     """The same cases build with nvcc into a GPU check-and-time harness (run it on a machine with a GPU)."""
     subprocess.run(

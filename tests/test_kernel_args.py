@@ -15,7 +15,8 @@ from diffrt import _C, ops
 from diffrt.ops import _launch
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADERS = [ROOT / "csrc" / "ops.h", ROOT / "csrc" / "attention.h", ROOT / "csrc" / "cpu" / "downsample_kernels.h"]
+HEADERS = [ROOT / "csrc" / "ops.h", ROOT / "csrc" / "attention.h", ROOT / "csrc" / "cpu" / "downsample_kernels.h",
+           ROOT / "csrc" / "norm.h"]
 THREADS = torch.get_num_threads()
 
 
@@ -69,7 +70,8 @@ def test_every_struct_member_is_a_field():
     added to a struct and not bound would reach the kernel as zero."""
     members = _struct_members()
     assert set(members) == {"DdimStepArgs", "CfgCombineArgs", "MaskBlendArgs", "DiffEditMaskArgs", "EulerStepArgs",
-                            "DpmSolver2mStepArgs", "AttentionForwardArgs", "AttentionBackwardArgs", "DownsampleCondArgs"}
+                            "DpmSolver2mStepArgs", "AttentionForwardArgs", "AttentionBackwardArgs", "DownsampleCondArgs",
+                            "GroupNormArgs", "LayerNormArgs", "GegluArgs", "TimestepEmbeddingArgs"}
     for name, names in members.items():
         settable = list(getattr(_C, name).fields)
         launch_or_derived = {"num_threads", "out_height", "out_width"}
@@ -210,6 +212,50 @@ def test_downsample_cond_fields(echoed):
         image=image.data_ptr(), mask=mask.data_ptr(), mask_batch_stride=13 * 17, weight=weight.data_ptr(),
         bias=bias.data_ptr(), out_channels=8, kernel_size=7, stride=3, padding=2, out_height=4, out_width=5,
         out=out.data_ptr(), out_batch_stride=19 * 20, out_channel_stride=20, channel_offset=9, num_threads=THREADS))
+
+
+@pytest.mark.parametrize("channels_last, silu", [(False, True), (True, False)])  # the two bools told apart
+def test_group_norm_fields(echoed, channels_last, silu):
+    x = torch.randn(3, 6, 5, 7)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    weight, bias = torch.randn(6), torch.randn(6)  # float32: the kernel reads these very tensors
+    out = ops.group_norm(x, 2, weight, bias, 0.125, activation="silu" if silu else None)
+    _check(_only(echoed, "group_norm"), dict(
+        dtype=_C.DType.float32, batch=3, channels=6, spatial=35, groups=2, channels_last=channels_last,
+        x=x.data_ptr(), weight=weight.data_ptr(), bias=bias.data_ptr(), out=out.data_ptr(), eps=0.125, silu=silu,
+        num_threads=THREADS))
+
+
+def test_group_norm_fields_without_affine(echoed):
+    x = torch.randn(2, 4, 3, dtype=torch.bfloat16)
+    out = ops.group_norm(x, 4, eps=0.25)
+    _check(_only(echoed, "group_norm"), dict(
+        dtype=_C.DType.bfloat16, batch=2, channels=4, spatial=3, groups=4, channels_last=False, x=x.data_ptr(),
+        weight=0, bias=0, out=out.data_ptr(), eps=0.25, silu=False, num_threads=THREADS),
+        equal_by_nature=("channels", "groups"))  # groups of one channel; the case above tells them apart
+
+
+def test_layer_norm_fields(echoed):
+    x, weight, bias = torch.randn(3, 5, 7), torch.randn(7), torch.randn(7)
+    out = ops.layer_norm(x, weight, bias, 0.375)
+    _check(_only(echoed, "layer_norm"), dict(
+        dtype=_C.DType.float32, rows=15, dim=7, x=x.data_ptr(), weight=weight.data_ptr(), bias=bias.data_ptr(),
+        out=out.data_ptr(), eps=0.375, num_threads=THREADS))
+
+
+def test_geglu_fields(echoed):
+    x = torch.randn(3, 5, 14, dtype=torch.bfloat16)
+    out = ops.geglu(x)
+    _check(_only(echoed, "geglu"), dict(
+        dtype=_C.DType.bfloat16, rows=15, dim=7, x=x.data_ptr(), out=out.data_ptr(), num_threads=THREADS))
+
+
+def test_timestep_embedding_fields(echoed):
+    t = torch.tensor([3.0, 5.0, 7.0], dtype=torch.float64)  # float64: the kernel reads this very tensor
+    out = ops.timestep_embedding(t, 9, True, 0.25, 1.5, 100.0, dtype=torch.bfloat16)
+    _check(_only(echoed, "timestep_embedding"), dict(
+        dtype=_C.DType.bfloat16, batch=3, dim=9, timesteps=t.data_ptr(), out=out.data_ptr(), flip_sin_to_cos=True,
+        downscale_freq_shift=0.25, scale=1.5, max_period=100.0, num_threads=THREADS))
 
 
 # ---- the Python face of the structs -------------------------------------------------------------------

@@ -19,6 +19,7 @@
 #include "cpu/downsample_kernels.h"
 #include "cpu/kernels.h"
 #include "cuda/attention_kernels.h"  // kAttentionMaxHeadDim; declarations only, no CUDA header
+#include "norm.h"
 #include "ops.h"
 #if defined(DIFFRT_WITH_CUDA)
 #include "cuda/kernels.h"
@@ -276,6 +277,94 @@ struct Spec<DownsampleCondArgs> {
   }
 };
 
+// ---- normalisation and activation kernels (csrc/norm.h) ------------------------------------------------
+
+template <>
+struct Spec<GroupNormArgs> {
+  using S = GroupNormArgs;
+  static constexpr const char* name = "GroupNormArgs";
+  static std::vector<Field<S>> fields() {
+    return {DIFFRT_FIELD(S, dtype, required),
+            DIFFRT_FIELD(S, batch, required),
+            DIFFRT_FIELD(S, channels, required),
+            DIFFRT_FIELD(S, spatial, required),
+            DIFFRT_FIELD(S, groups, required),
+            DIFFRT_FIELD(S, channels_last, required),
+            DIFFRT_FIELD(S, x, required),
+            DIFFRT_FIELD(S, weight, optional),
+            DIFFRT_FIELD(S, bias, optional),
+            DIFFRT_FIELD(S, out, required),
+            DIFFRT_FIELD(S, eps, required),
+            DIFFRT_FIELD(S, silu, required),
+            DIFFRT_FIELD(S, num_threads, launch)};
+  }
+  static void complete(S& a, Device device) {
+    check_dtype("group_norm", a.dtype, device);
+    if (a.groups < 1 || a.channels % a.groups != 0)
+      throw std::invalid_argument("GroupNormArgs.groups must be >= 1 and divide channels (" +
+                                  std::to_string(a.channels) + "), got " + std::to_string(a.groups));
+  }
+};
+
+template <>
+struct Spec<LayerNormArgs> {
+  using S = LayerNormArgs;
+  static constexpr const char* name = "LayerNormArgs";
+  static std::vector<Field<S>> fields() {
+    return {DIFFRT_FIELD(S, dtype, required),
+            DIFFRT_FIELD(S, rows, required),
+            DIFFRT_FIELD(S, dim, required),
+            DIFFRT_FIELD(S, x, required),
+            DIFFRT_FIELD(S, weight, optional),
+            DIFFRT_FIELD(S, bias, optional),
+            DIFFRT_FIELD(S, out, required),
+            DIFFRT_FIELD(S, eps, required),
+            DIFFRT_FIELD(S, num_threads, launch)};
+  }
+  static void complete(S& a, Device device) { check_dtype("layer_norm", a.dtype, device); }
+};
+
+template <>
+struct Spec<GegluArgs> {
+  using S = GegluArgs;
+  static constexpr const char* name = "GegluArgs";
+  static std::vector<Field<S>> fields() {
+    return {DIFFRT_FIELD(S, dtype, required),
+            DIFFRT_FIELD(S, rows, required),
+            DIFFRT_FIELD(S, dim, required),
+            DIFFRT_FIELD(S, x, required),
+            DIFFRT_FIELD(S, out, required),
+            DIFFRT_FIELD(S, num_threads, launch)};
+  }
+  static void complete(S& a, Device device) { check_dtype("geglu", a.dtype, device); }
+};
+
+template <>
+struct Spec<TimestepEmbeddingArgs> {
+  using S = TimestepEmbeddingArgs;
+  static constexpr const char* name = "TimestepEmbeddingArgs";
+  static std::vector<Field<S>> fields() {
+    return {DIFFRT_FIELD(S, dtype, required),
+            DIFFRT_FIELD(S, batch, required),
+            DIFFRT_FIELD(S, dim, required),
+            DIFFRT_FIELD(S, timesteps, required),
+            DIFFRT_FIELD(S, out, required),
+            DIFFRT_FIELD(S, flip_sin_to_cos, required),
+            DIFFRT_FIELD(S, downscale_freq_shift, required),
+            DIFFRT_FIELD(S, scale, required),
+            DIFFRT_FIELD(S, max_period, required),
+            DIFFRT_FIELD(S, num_threads, launch)};
+  }
+  static void complete(S& a, Device device) { check_dtype("timestep_embedding", a.dtype, device); }
+};
+
+void cpu_group_norm(const GroupNormArgs& a) { cpu::norm_kernels().group_norm(a); }
+void cpu_layer_norm(const LayerNormArgs& a) { cpu::norm_kernels().layer_norm(a); }
+void cpu_geglu(const GegluArgs& a) { cpu::norm_kernels().geglu(a); }
+void cpu_timestep_embedding(const TimestepEmbeddingArgs& a) { cpu::norm_kernels().timestep_embedding(a); }
+
+// ---- end of the normalisation block ---------------------------------------------------------------------
+
 #if defined(DIFFRT_WITH_CUDA)
 // `_C.cuda_<name>(args, device, stream)`: the CUDA kernel on the tensors' device and torch's current stream
 // there (torch.cuda.current_stream(device).cuda_stream); it only enqueues the work, without the GIL.
@@ -386,12 +475,32 @@ void bind_kernels(py::module_& m) {
       "echo",
       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
           &echo_any<DdimStepArgs, CfgCombineArgs, MaskBlendArgs, DiffEditMaskArgs, EulerStepArgs,
-                    DpmSolver2mStepArgs, AttentionForwardArgs,
-                    AttentionBackwardArgs, DownsampleCondArgs>)),
+                    DpmSolver2mStepArgs, AttentionForwardArgs, AttentionBackwardArgs, DownsampleCondArgs,
+                    GroupNormArgs, LayerNormArgs, GegluArgs, TimestepEmbeddingArgs>)),
       METH_FASTCALL,
       "echo(args, num_threads) -> dict: every field of the struct the CPU kernel would receive for args "
       "(per-sample arrays as lists), without running it. Tests use it to check each field reaches its slot."};
   add_function(m, &echo_def);
+}
+
+// The normalisation kernels (csrc/norm.h).
+void bind_norm_kernels(py::module_& m) {
+  bind_args<GroupNormArgs>(m, "Arguments of group_norm (csrc/norm.h GroupNormArgs).");
+  bind_args<LayerNormArgs>(m, "Arguments of layer_norm (csrc/norm.h LayerNormArgs).");
+  bind_args<GegluArgs>(m, "Arguments of geglu (csrc/norm.h GegluArgs).");
+  bind_args<TimestepEmbeddingArgs>(m, "Arguments of timestep_embedding (csrc/norm.h TimestepEmbeddingArgs).");
+  def_cpu_kernel<GroupNormArgs, cpu_group_norm>(m, "group_norm", "GroupNorm (+ SiLU) on the CPU.");
+  def_cpu_kernel<LayerNormArgs, cpu_layer_norm>(m, "layer_norm", "LayerNorm over the last dim on the CPU.");
+  def_cpu_kernel<GegluArgs, cpu_geglu>(m, "geglu", "GEGLU (a·gelu(g) of [a | g]) on the CPU.");
+  def_cpu_kernel<TimestepEmbeddingArgs, cpu_timestep_embedding>(m, "timestep_embedding",
+                                                                "Sinusoidal timestep features on the CPU.");
+#if defined(DIFFRT_WITH_CUDA)
+  def_cuda_kernel<GroupNormArgs, cuda::group_norm>(m, "cuda_group_norm", "group_norm on CUDA tensors.");
+  def_cuda_kernel<LayerNormArgs, cuda::layer_norm>(m, "cuda_layer_norm", "layer_norm on CUDA tensors.");
+  def_cuda_kernel<GegluArgs, cuda::geglu>(m, "cuda_geglu", "geglu on CUDA tensors.");
+  def_cuda_kernel<TimestepEmbeddingArgs, cuda::timestep_embedding>(m, "cuda_timestep_embedding",
+                                                                   "timestep_embedding on CUDA tensors.");
+#endif
 }
 
 py::dict build_info() {
@@ -423,6 +532,7 @@ PYBIND11_MODULE(_C, m) {
 
   binding::bind_enums(m);
   binding::bind_kernels(m);
+  binding::bind_norm_kernels(m);
 
   m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
         "The instruction set whose CPU kernels run now.");

@@ -1,6 +1,6 @@
 """Type stub for diffrt._C, the compiled kernels. Call them through diffrt.ops, which validates inputs.
 
-Each kernel takes its argument struct (csrc/ops.h, csrc/attention.h, csrc/cpu/downsample_kernels.h) as an
+Each kernel takes its argument struct (csrc/ops.h, csrc/attention.h, csrc/cpu/downsample_kernels.h, csrc/norm.h) as an
 object whose fields are set by name — ``args = DdimStepArgs(); args.eta = 0.0`` (or ``DdimStepArgs(eta=0.0,
 ...)``). Tensors are raw addresses (``tensor.data_ptr()``, 0 for none) of dense row-major storage unless a
 stride field says otherwise; enums are the enum types below (an int is refused); per-sample fields are lists
@@ -211,6 +211,58 @@ class DownsampleCondArgs:
     channel_offset: int
     # out_height and out_width are derived from the others (see echo()).
 
+# ---- normalisation and activation kernels (csrc/norm.h) ----
+
+class GroupNormArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    batch: int
+    channels: int
+    spatial: int  # H·W
+    groups: int  # divides channels
+    channels_last: bool  # x and out are (N, HW, C) instead of (N, C, HW)
+    x: int
+    weight: int  # optional: float32 (C,)
+    bias: int  # optional: float32 (C,)
+    out: int
+    eps: float
+    silu: bool  # SiLU after the affine
+
+class LayerNormArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    rows: int
+    dim: int  # normalised over
+    x: int
+    weight: int  # optional: float32 (dim,)
+    bias: int  # optional: float32 (dim,)
+    out: int
+    eps: float
+
+class GegluArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType
+    rows: int
+    dim: int  # x rows hold 2·dim values [hidden | gate]; out rows dim
+    x: int
+    out: int
+
+class TimestepEmbeddingArgs:
+    fields: ClassVar[Tuple[str, ...]]
+    def __init__(self, **fields: Any) -> None: ...
+    dtype: DType  # of out
+    batch: int
+    dim: int
+    timesteps: int  # float64 (batch,)
+    out: int
+    flip_sin_to_cos: bool
+    downscale_freq_shift: float
+    scale: float
+    max_period: float
+
 # CPU kernels (OpenMP threads); they release the GIL.
 def ddim_step(args: DdimStepArgs, num_threads: int) -> None: ...
 def cfg_combine(args: CfgCombineArgs, num_threads: int) -> None: ...
@@ -221,6 +273,10 @@ def dpm_solver_2m_step(args: DpmSolver2mStepArgs, num_threads: int) -> None: ...
 def attention_forward(args: AttentionForwardArgs, num_threads: int) -> None: ...
 def attention_backward(args: AttentionBackwardArgs, num_threads: int) -> None: ...
 def downsample_cond(args: DownsampleCondArgs, num_threads: int) -> None: ...
+def group_norm(args: GroupNormArgs, num_threads: int) -> None: ...
+def layer_norm(args: LayerNormArgs, num_threads: int) -> None: ...
+def geglu(args: GegluArgs, num_threads: int) -> None: ...
+def timestep_embedding(args: TimestepEmbeddingArgs, num_threads: int) -> None: ...
 
 # Only in builds with CUDA kernels: the tensors' device index and a cudaStream_t
 # (torch.cuda.current_stream(device).cuda_stream). They enqueue the work and return.
@@ -232,6 +288,10 @@ def cuda_euler_step(args: EulerStepArgs, device: int, stream: int) -> None: ...
 def cuda_dpm_solver_2m_step(args: DpmSolver2mStepArgs, device: int, stream: int) -> None: ...
 def cuda_attention_forward(args: AttentionForwardArgs, device: int, stream: int) -> None: ...
 def cuda_attention_backward(args: AttentionBackwardArgs, device: int, stream: int) -> None: ...
+def cuda_group_norm(args: GroupNormArgs, device: int, stream: int) -> None: ...
+def cuda_layer_norm(args: LayerNormArgs, device: int, stream: int) -> None: ...
+def cuda_geglu(args: GegluArgs, device: int, stream: int) -> None: ...
+def cuda_timestep_embedding(args: TimestepEmbeddingArgs, device: int, stream: int) -> None: ...
 def cuda_device_count() -> int: ...
 
 def echo(args: Any, num_threads: int) -> Dict[str, Any]:

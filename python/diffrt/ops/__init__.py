@@ -10,6 +10,16 @@ from ._codes import PREDICTION_TYPES
 from .attention import attention, attention_ref
 from .downsample import downsample_cond, downsample_cond_ref
 from .masks import diffedit_mask, diffedit_mask_ref, mask_blend, mask_blend_ref
+from .norm import (
+    geglu,
+    geglu_ref,
+    group_norm,
+    group_norm_ref,
+    layer_norm,
+    layer_norm_ref,
+    timestep_embedding,
+    timestep_embedding_ref,
+)
 from .sampling import (
     cfg_combine,
     cfg_combine_ref,
@@ -47,4 +57,12 @@ __all__ = [
     "euler_step_ref",
     "mask_blend",
     "mask_blend_ref",
+    "geglu",
+    "geglu_ref",
+    "group_norm",
+    "group_norm_ref",
+    "layer_norm",
+    "layer_norm_ref",
+    "timestep_embedding",
+    "timestep_embedding_ref",
 ]

@@ -1,0 +1,88 @@
+"""Normalisation and activation ops of an SD-like UNet body against torch's eager equivalents:
+F.group_norm + F.silu (diffusers' ResnetBlock2D norm → nonlinearity), F.layer_norm (its transformer
+blocks) and diffusers' GEGLU after its projection (chunk, F.gelu, multiply).
+
+    python -m pytest bench/bench_norm.py --benchmark-only
+
+Bytes diffrt moves per call (s bytes per element): group_norm reads x twice and writes y, 3·s per
+element; layer_norm reads and writes each row once, 2·s; geglu reads (…, 2·D) and writes (…, D), 3·s
+per output element.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffrt import ops
+
+from .conftest import OURS, record
+
+DTYPES = [torch.float32, torch.bfloat16]
+GROUP_SHAPES = [(2, 320, 64, 64), (2, 640, 32, 32)]
+LAYER_SHAPES = [(2, 4096, 320)]
+GEGLU_SHAPES = [(2, 4096, 2560)]
+
+
+def _name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def _case(shape, threads, dtype, layout=""):
+    return f"{'x'.join(map(str, shape))}{layout} {_name(dtype)} {threads}thr"
+
+
+def _randn(shape, dtype, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("impl", [OURS, "eager torch"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_name)
+@pytest.mark.parametrize("shape", GROUP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def bench_group_norm_silu(benchmark, threads, shape, dtype, channels_last, impl):
+    x = _randn(shape, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    weight, bias = _randn((c,), dtype, 1), _randn((c,), dtype, 2)
+    if impl == OURS:
+        fn = lambda: ops.group_norm(x, 32, weight, bias, 1e-5, activation="silu")  # noqa: E731
+    else:
+        fn = lambda: F.silu(F.group_norm(x, 32, weight, bias, 1e-5))  # noqa: E731
+    benchmark(fn)
+    record(benchmark, f"group_norm + SiLU ({_name(dtype)})", _case(shape, threads, dtype, " nhwc" if channels_last else ""),
+           impl, bytes_moved=3 * x.numel() * x.element_size(), triad_numel=x.numel(), dtype=dtype)
+
+
+@pytest.mark.parametrize("impl", [OURS, "eager torch"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_name)
+@pytest.mark.parametrize("shape", LAYER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def bench_layer_norm(benchmark, threads, shape, dtype, impl):
+    x = _randn(shape, dtype)
+    d = shape[-1]
+    weight, bias = _randn((d,), dtype, 1), _randn((d,), dtype, 2)
+    if impl == OURS:
+        fn = lambda: ops.layer_norm(x, weight, bias, 1e-5)  # noqa: E731
+    else:
+        fn = lambda: F.layer_norm(x, (d,), weight, bias, 1e-5)  # noqa: E731
+    benchmark(fn)
+    record(benchmark, f"layer_norm ({_name(dtype)})", _case(shape, threads, dtype), impl,
+           bytes_moved=2 * x.numel() * x.element_size(), triad_numel=x.numel(), dtype=dtype)
+
+
+def _diffusers_geglu_tail(x):
+    """diffusers' GEGLU.forward after self.proj."""
+    hidden, gate = x.chunk(2, dim=-1)
+    return hidden * F.gelu(gate)
+
+
+@pytest.mark.parametrize("impl", [OURS, "diffusers GEGLU (eager)"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=_name)
+@pytest.mark.parametrize("shape", GEGLU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def bench_geglu(benchmark, threads, shape, dtype, impl):
+    x = _randn(shape, dtype)
+    fn = (lambda: ops.geglu(x)) if impl == OURS else (lambda: _diffusers_geglu_tail(x))
+    benchmark(fn)
+    out_numel = x.numel() // 2
+    record(benchmark, f"geglu ({_name(dtype)})", _case(shape, threads, dtype), impl,
+           bytes_moved=3 * out_numel * x.element_size(), triad_numel=out_numel, dtype=dtype)

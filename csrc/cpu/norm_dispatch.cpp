@@ -1,0 +1,15 @@
+// Picks the norm kernel table of the active ISA (chosen once in isa.cpp).
+#include "cpu/kernels.h"
+#include "norm.h"
+
+namespace diffrt::cpu {
+
+const NormKernels& norm_kernels() {
+  switch (active_isa()) {
+    case Isa::avx512: return avx512::norm_kernels;
+    case Isa::avx2: return avx2::norm_kernels;
+    default: return scalar::norm_kernels;
+  }
+}
+
+}  // namespace diffrt::cpu
