@@ -1,7 +1,10 @@
 """DDIM step and inversion with fused classifier-free guidance, and the guidance combination alone.
 
 Each op: a readable torch reference (``*_ref``, exact in float64) that is the oracle, and the entry
-point that validates its inputs and dispatches to a backend (C++ CPU kernels, or the reference).
+point that validates its inputs and dispatches to a backend (C++ CPU kernels, or the reference) —
+directly, or through its custom op ``torch.ops.diffrt.*`` (_library.py) when traced or differentiated.
+Tensors of per-sample ᾱ or w that require grad take the autograd.Function route (and, under
+torch.compile, a graph break: their values are read on the host).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 
 from .. import _C
 from . import _alloc, _checks, _launch
-from ._autograd import needs_grad, with_reference_gradients
+from ._autograd import direct, needs_grad, with_reference_gradients
 from ._backend import dispatch
 from ._checks import Scalar
 from ._codes import DTYPES, PREDICTION_TYPES, PREDICTIONS, ClipMode, math_dtype
@@ -363,9 +366,15 @@ def ddim_step(
     impl = dispatch("ddim_step", _DDIM_IMPLS, sample.device, sample.dtype, backend)
     args = (sample, model_output, noise, a_t, a_prev, guidance, eta, rescale, prediction_type,
             clip, bool(use_clipped_model_output), bool(return_x0))
-    grad_inputs = (sample, model_output, noise, alpha_t, alpha_prev, guidance_scale if guidance is not None else None)
-    if not needs_grad(*grad_inputs):
-        return impl(*args)
+    scalars = (alpha_t, alpha_prev, guidance_scale if guidance is not None else None)
+    if not needs_grad(*scalars):  # the custom op differentiates sample, model_output and noise
+        if direct(sample, model_output, noise):
+            return impl(*args)
+        mode, clip_range, dyn_q, dyn_max = clip
+        op = torch.ops.diffrt.ddim_step_x0 if return_x0 else torch.ops.diffrt.ddim_step
+        return op.default(sample, model_output, noise, a_t, a_prev, guidance, eta, rescale, prediction_type,
+                          mode.name, clip_range, dyn_q, dyn_max, bool(use_clipped_model_output), backend)
+    grad_inputs = (sample, model_output, noise, *scalars)
     mode, clip_range, dyn_q, dyn_max = clip
 
     def reference(sample, model_output, noise, alpha_t, alpha_prev, guidance_scale):
@@ -453,8 +462,10 @@ def cfg_combine(
         )
     guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, model_output.shape[0] // 2)
     impl = dispatch("cfg_combine", _CFG_IMPLS, model_output.device, model_output.dtype, backend)
-    if not needs_grad(model_output, guidance_scale):
-        return impl(model_output, guidance, rescale)
+    if not needs_grad(guidance_scale):  # the custom op differentiates model_output
+        if direct(model_output):
+            return impl(model_output, guidance, rescale)
+        return torch.ops.diffrt.cfg_combine.default(model_output, guidance, rescale, backend)
     return with_reference_gradients(
         lambda: impl(model_output, guidance, rescale),
         lambda model_output, guidance_scale: cfg_combine_ref(model_output, guidance_scale, guidance_rescale=rescale),
