@@ -42,17 +42,17 @@ class OpSpec:
 
 
 def _scalar(values: Sequence[float]):
-    """Per-sample values as the references take them: one number when all agree, else a float64 tensor."""
+    """Validated per-sample values as the references take them: one number when all agree, else the list
+    (no tensor: a tensor's values would be read back for validation, which tracing cannot)."""
     first = values[0] if len(values) else 1.0
-    return first if all(v == first for v in values) else torch.tensor(values, dtype=torch.float64)
+    return first if all(v == first for v in values) else list(values)
 
 
 def _fresh(out: torch.Tensor, *inputs) -> torch.Tensor:
-    """A custom op's output may not alias an input: the references return an input itself where the
-    math is the identity (e.g. x̂0 = model_output for x0-prediction in float64)."""
-    for t in inputs:
-        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
-            return out.clone()
+    """A custom op's output may be neither an input nor a view: the references return an input itself
+    where the math is the identity (e.g. x̂0 = model_output for x0-prediction in float64)."""
+    if out._base is not None or any(out is t for t in inputs):
+        return out.clone(memory_format=torch.contiguous_format)
     return out.contiguous()
 
 
@@ -288,9 +288,7 @@ def _attention_backward_run(q, k, v, out, dout, lse, key_padding_mask, scale, ba
     inputs = (q, k, v, key_padding_mask, scale)
     impl = dispatch("attention", _attention._IMPLS, q.device, q.dtype, backend, inputs)
     if impl is _attention._attention_torch:
-        grads = _vjp(lambda q, k, v: _attention.attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale),
-                     (q, k, v), (dout,), (True, True, True))
-        return tuple(g.contiguous() for g in grads)
+        return _attention.attention_ref_backward(q, k, v, dout, key_padding_mask, scale)
     return _attention.fused_backward(q, k, v, out, dout, lse, key_padding_mask, scale)
 
 

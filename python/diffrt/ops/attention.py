@@ -57,6 +57,29 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     return torch.matmul(probs, v)
 
 
+def attention_ref_backward(q, k, v, dout, key_padding_mask, scale):
+    """(dq, dk, dv) of attention_ref written out (the torch backend's backward): with P the reference's
+    probabilities, dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(P∘dP)), dQ = scale·dS·K, dK = scale·dSᵀ·Q;
+    masked keys get exactly zero gradients, as through the reference's masked_fill."""
+    if key_padding_mask is None:
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1)
+    else:
+        keep_kv = key_padding_mask[:, None, :, None].to(torch.bool)
+        k, v = k.masked_fill(~keep_kv, 0.0), v.masked_fill(~keep_kv, 0.0)
+        keep = key_padding_mask[:, None, None, :].to(torch.bool)
+        has_key = keep.any(dim=-1, keepdim=True)
+        scores = (torch.matmul(q, k.transpose(-1, -2)) * scale).masked_fill(~keep, float("-inf")).masked_fill(~has_key, 0.0)
+        probs = torch.softmax(scores, dim=-1).masked_fill(~keep, 0.0)
+    dv = torch.matmul(probs.transpose(-1, -2), dout)
+    dp = torch.matmul(dout, v.transpose(-1, -2))
+    ds = probs * (dp - (probs * dp).sum(dim=-1, keepdim=True))
+    dq = torch.matmul(ds, k) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q) * scale
+    if key_padding_mask is not None:
+        dk, dv = dk.masked_fill(~keep_kv, 0.0), dv.masked_fill(~keep_kv, 0.0)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               key_padding_mask: Optional[torch.Tensor] = None, scale: Optional[float] = None,
               backend: Optional[str] = None) -> torch.Tensor:

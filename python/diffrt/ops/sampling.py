@@ -29,8 +29,10 @@ def _per_sample_view(name: str, v: Scalar, like: torch.Tensor, **limits) -> torc
     """Validated per-sample scalars (a number or N values) as an (N, 1, ..., 1) tensor that broadcasts
     over one sample's elements. A tensor stays in the graph: the references differentiate through ᾱ and w."""
     n = like.shape[0]
-    values = _checks.per_sample(name, v, n, **limits)
     shape = (n, *([1] * (like.dim() - 1)))
+    if type(v) is list:  # per-sample floats an entry point has validated (the custom ops' backward)
+        return torch.tensor(v, dtype=like.dtype, device=like.device).view(shape)
+    values = _checks.per_sample(name, v, n, **limits)
     if isinstance(v, torch.Tensor):
         return v.to(dtype=like.dtype, device=like.device).reshape(-1).expand(n).reshape(shape)
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
