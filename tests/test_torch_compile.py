@@ -374,6 +374,7 @@ def test_compiled_guided_sampling_step_has_no_graph_break(gen):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
 @torch.no_grad()
 def test_inductor_compiles_the_diffrt_unet(gen):
     model = _diffrt_unet()
