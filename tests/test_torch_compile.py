@@ -88,6 +88,9 @@ OPCHECK_CASES = {
     "ddim_step": lambda gen, dtype: _ddim_args(gen, dtype),
     "ddim_step guided eta": lambda gen, dtype: _ddim_args(gen, dtype, guided=True, eta=True),
     "ddim_step_x0 dynamic": lambda gen, dtype: _ddim_args(gen, dtype, x0=True),
+    # x̂0 = model_output: in float64 the reference returns that input itself, which the op must copy
+    "ddim_step_x0 sample": lambda gen, dtype: (*_ddim_args(gen, dtype)[:8], "sample", "none", 0.0, 0.0, math.inf,
+                                               False, None),
     "cfg_combine": lambda gen, dtype: (_grad(rand(gen, 4, 3, 4, 5, dtype=dtype)), [7.5, 2.0], 0.5, None),
     "mask_blend": lambda gen, dtype: (_grad(torch.rand(2, 1, 4, 5, generator=gen).to(dtype)),
                                       _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)),
