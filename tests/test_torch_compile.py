@@ -140,6 +140,11 @@ def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, bu
     return x_prev, x0, guided, blended, soft, binary, attended, cond
 
 
+EVERY_OP_NODES = ["diffrt.ddim_step.default", "diffrt.ddim_step_x0.default", "diffrt.cfg_combine.default",
+                  "diffrt.mask_blend.default", "diffrt.diffedit_mask.default", "diffrt.diffedit_mask.default",
+                  "diffrt.attention.default", "diffrt.downsample_cond.default"]
+
+
 def _every_op_inputs(gen):
     x = rand(gen, 2, 3, 8, 8)
     key_mask = torch.rand(2, 6, generator=gen) < 0.6
@@ -154,15 +159,26 @@ def test_every_op_compiles_into_one_graph_of_diffrt_nodes(gen):
     inputs = _every_op_inputs(gen)
     explanation = _explain(_every_op, *inputs)
     targets = _diffrt_targets(explanation.graphs[0])
-    assert sorted(targets) == sorted([
-        "diffrt.ddim_step.default", "diffrt.ddim_step_x0.default", "diffrt.cfg_combine.default",
-        "diffrt.mask_blend.default", "diffrt.diffedit_mask.default", "diffrt.diffedit_mask.default",
-        "diffrt.attention.default", "diffrt.downsample_cond.default"])
+    assert sorted(targets) == sorted(EVERY_OP_NODES)
     want = _every_op(*[t.clone() for t in inputs])
     got = torch.compile(_every_op, backend="aot_eager", fullgraph=True)(*[t.clone() for t in inputs])
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
         assert torch.equal(g, w)  # the same kernels on the same inputs
+
+
+def test_every_op_exports_as_one_node_each(gen):
+    class EveryOp(torch.nn.Module):
+        def forward(self, *inputs):
+            return _every_op(*inputs)
+
+    inputs = _every_op_inputs(gen)
+    exported = torch.export.export(EveryOp(), tuple(t.clone() for t in inputs))
+    targets = [t for t in _export_targets(exported) if t.startswith("diffrt.")]
+    assert sorted(targets) == sorted(EVERY_OP_NODES)
+    want = _every_op(*[t.clone() for t in inputs])
+    for got, w in zip(exported.module()(*[t.clone() for t in inputs]), want):
+        assert torch.equal(got, w)
 
 
 def test_validation_still_runs_when_compiled(gen):

@@ -132,7 +132,7 @@ def _attention_torch(q, k, v, key_padding_mask, scale):
 
 def attention_ref_with_lse(q, k, v, key_padding_mask, scale):
     """attention_ref and the float32 log-sum-exp of each query's attended scores (−inf without keys), the
-    forward of the torch backend when autograd records it (its backward is the reference's VJP)."""
+    forward of the torch backend when autograd records it (its backward, attention_ref_backward, ignores lse)."""
     scores = torch.matmul(q, k.transpose(-1, -2)).to(torch.float32) * scale
     if key_padding_mask is not None:
         scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
