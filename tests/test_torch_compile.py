@@ -64,7 +64,9 @@ def _ddim_args(gen, dtype, x0=False, guided=False, eta=False):
     x = _grad(rand(gen, 2, 3, 4, 5, dtype=dtype))
     m = _grad(rand(gen, 4 if guided else 2, 3, 4, 5, dtype=dtype))
     z = _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)) if eta else None
-    return (x, m, z, [0.3, 0.4], [0.6, 0.7], [7.5, 3.0] if guided else None, 0.5 if eta else 0.0,
+    f64 = torch.float64
+    return (x, m, z, torch.tensor([0.3, 0.4], dtype=f64), torch.tensor([0.6, 0.7], dtype=f64),
+            torch.tensor([7.5, 3.0], dtype=f64) if guided else None, 0.5 if eta else 0.0,
             0.7 if guided else 0.0, "v_prediction" if guided else "epsilon", "dynamic" if x0 else "none", 0.0,
             0.9 if x0 else 0.0, 1.5 if x0 else math.inf, x0, None)
 
@@ -390,6 +392,33 @@ def test_compiled_guided_sampling_step_has_no_graph_break(gen):
         want = step(want, torch.tensor([timestep]), a_t, a_prev)
         got = compiled(got, torch.tensor([timestep]), a_t, a_prev)
         _assert_close(got, want, want)
+
+
+@torch.no_grad()
+def test_compiled_step_takes_tensors_of_alphas_without_recompiling(gen):
+    """ᾱ and w as tensors are graph inputs: one graph serves every step of the loop, and their values are
+    checked when the op runs."""
+    from torch._dynamo.testing import CompileCounter
+
+    x, m2 = rand(gen, 2, 3, 4, 4), rand(gen, 4, 3, 4, 4)
+
+    def step(x, m2, alpha_t, alpha_prev, w):
+        return ops.ddim_step(x, m2, alpha_t, alpha_prev, guidance_scale=w, eta=0.5, noise=m2[:2])
+
+    _explain(step, x, m2, torch.tensor(0.3), torch.tensor([0.5, 0.6]), torch.tensor(4.0))
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    for a_t, a_prev, w in ((0.1, 0.3, 2.0), (0.3, 0.6, 4.0), (0.6, 0.9, 6.0)):
+        args = (torch.tensor(a_t, dtype=torch.float64), torch.tensor([a_prev, a_prev + 0.05]), torch.tensor(w))
+        assert torch.equal(compiled(x, m2, *args), step(x, m2, *args))
+    assert counter.frame_count == 1
+    with pytest.raises(ValueError, match="alpha_prev must lie in"):
+        compiled(x, m2, torch.tensor(0.3), torch.tensor([0.5, 1.5]), torch.tensor(2.0))
+    with pytest.raises(ValueError, match="eta > 0 needs"):
+        compiled(x, m2, torch.tensor(0.7), torch.tensor([0.5, 0.6]), torch.tensor(2.0))
+    with pytest.raises(ValueError, match="alpha_t must be a number or a 1-D tensor of 2 per-sample values"):
+        torch.compile(step, backend="eager")(x, m2, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.6]),
+                                             torch.tensor(2.0))
 
 
 @pytest.mark.slow

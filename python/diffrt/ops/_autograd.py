@@ -25,6 +25,11 @@ def direct(*tensors) -> bool:
     return True
 
 
+def tracing() -> bool:
+    """Whether torch.compile, torch.export or a dispatch mode (FakeTensorMode, make_fx) sees this call."""
+    return _is_compiling() or _dispatch_modes() > 0
+
+
 def needs_grad(*inputs) -> bool:
     """Whether autograd must see this call: grad mode is on and some tensor input requires grad."""
     if torch.is_grad_enabled():

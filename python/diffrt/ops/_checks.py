@@ -67,6 +67,15 @@ def finite(name: str, v) -> float:
     return v
 
 
+def per_sample_shape(name: str, v: torch.Tensor, n: int) -> torch.Tensor:
+    """The checks of :func:`per_sample` that a tensor's metadata answers (its values are checked later)."""
+    if v.dim() > 1 or v.numel() not in (1, n):
+        raise ValueError(f"{name} must be a number or a 1-D tensor of {n} per-sample values, got shape {tuple(v.shape)}")
+    if v.dtype == torch.bool or v.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {v.dtype}")
+    return v
+
+
 def per_sample(name: str, v: Scalar, n: int, *, lo: float = -math.inf, hi: float = math.inf,
                lo_open: bool = False) -> List[float]:
     """A real scalar or a 1-D tensor of n values (or 1) -> a list of n finite floats in [lo, hi] ((lo, hi]

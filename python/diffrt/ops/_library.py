@@ -21,6 +21,7 @@ import torch
 # The op modules themselves (``diffrt.ops.attention`` is also the name of the function the package exports).
 _attention, _downsample, _masks, _sampling = (
     importlib.import_module(f"{__package__}.{name}") for name in ("attention", "downsample", "masks", "sampling"))
+from . import _checks
 from ._backend import dispatch
 from ._codes import ClipMode
 
@@ -83,26 +84,25 @@ def _vjp(reference: Callable, primals: Sequence[Optional[torch.Tensor]], grads, 
 # ddim_step (also ddim_invert_step and the guided step: one kernel), with and without x̂0
 # ---------------------------------------------------------------------------------------------
 
+# ᾱ_t, ᾱ_prev and w are float64 tensors of N values: a compiled sampler step takes them as graph inputs
+# (one graph for every step), and the op checks their values when it runs.
 _DDIM_SCHEMA_ARGS = (
-    "(Tensor sample, Tensor model_output, Tensor? noise, float[] alpha_t, float[] alpha_prev, float[]? guidance, "
+    "(Tensor sample, Tensor model_output, Tensor? noise, Tensor alpha_t, Tensor alpha_prev, Tensor? guidance, "
     "float eta, float guidance_rescale, str prediction_type, str clip, float clip_range, float dynamic_quantile, "
     "float dynamic_max, bool use_clipped_model_output, str? backend)"
 )
-
-
-def _ddim_args(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction_type, clip,
-               clip_range, dyn_q, dyn_max, use_clipped, return_x0):
-    return (sample, model_output, noise, list(alpha_t), list(alpha_prev), None if guidance is None else list(guidance),
-            eta, rescale, prediction_type, (ClipMode.__members__[clip], clip_range, dyn_q, dyn_max), use_clipped,
-            return_x0)
 
 
 def _ddim_run(return_x0):
     def run(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale, prediction_type, clip,
             clip_range, dyn_q, dyn_max, use_clipped, backend):
         impl = dispatch("ddim_step", _sampling._DDIM_IMPLS, sample.device, sample.dtype, backend)
-        out = impl(*_ddim_args(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta, rescale,
-                               prediction_type, clip, clip_range, dyn_q, dyn_max, use_clipped, return_x0))
+        n = sample.shape[0]
+        a_t, a_prev = _sampling.check_alphas(alpha_t, alpha_prev, n, prediction_type)
+        w = None if guidance is None else _checks.per_sample("guidance_scale", guidance, n)
+        _sampling._check_step_values(a_t, a_prev, eta, prediction_type, use_clipped)
+        out = impl(sample, model_output, noise, a_t, a_prev, w, eta, rescale, prediction_type,
+                   (ClipMode.__members__[clip], clip_range, dyn_q, dyn_max), use_clipped, return_x0)
         if return_x0:
             return tuple(_fresh(o, sample, model_output, noise) for o in out)
         return _fresh(out, sample, model_output, noise)
@@ -119,25 +119,24 @@ def _ddim_fake(return_x0):
 
 
 def _ddim_setup(ctx, inputs, output):
-    sample, model_output, noise = inputs[:3]
-    ctx.save_for_backward(sample, model_output, noise)
-    ctx.params = inputs[3:]
+    ctx.save_for_backward(*inputs[:6])  # sample, model_output, noise, ᾱ_t, ᾱ_prev, w
+    ctx.params = inputs[6:]
 
 
 def _ddim_backward(return_x0):
     def backward(ctx, *grads):
-        sample, model_output, noise = ctx.saved_tensors
-        (alpha_t, alpha_prev, guidance, eta, rescale, prediction_type, clip, clip_range, dyn_q, dyn_max,
-         use_clipped, _backend) = ctx.params
+        sample, model_output, noise, alpha_t, alpha_prev, guidance = ctx.saved_tensors
+        eta, rescale, prediction_type, clip, clip_range, dyn_q, dyn_max, use_clipped, _backend = ctx.params
+        checked = _sampling.Checked  # values the forward has checked: the reference takes them as they are
 
         def reference(sample, model_output, noise):
             return _sampling.ddim_step_ref(
-                sample, model_output, _scalar(alpha_t), _scalar(alpha_prev), eta=eta, noise=noise,
+                sample, model_output, checked(alpha_t), checked(alpha_prev), eta=eta, noise=noise,
                 prediction_type=prediction_type,
                 clip_sample_range=clip_range if clip == "fixed" else None,
                 dynamic_threshold=dyn_q if clip == "dynamic" else None,
                 dynamic_threshold_max=dyn_max if clip == "dynamic" else None,
-                guidance_scale=None if guidance is None else _scalar(guidance), guidance_rescale=rescale,
+                guidance_scale=None if guidance is None else checked(guidance), guidance_rescale=rescale,
                 use_clipped_model_output=use_clipped, return_x0=return_x0,
             )
 
