@@ -324,13 +324,15 @@ class UNet(nn.Module, SavableModel):
             b, _, h, w = parts[0].shape
         if self.cond_conv is None:
             return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        # [x_t | low_res | cond]: the strided conv writes its channels straight into the buffer's slice.
-        buf = x_t.new_empty(b, self.input_channels, h, w)
-        torch.cat(parts, dim=1, out=buf[:, : self.input_channels - c.cond_channels])
         image, mask = cond["image"].to(x_t.dtype), cond["mask"].to(x_t.dtype)
         side = c.cond_side
         if image.shape[-2:] != (side, side) or mask.shape[-2:] != (side, side):
             raise ValueError(f"image and mask must be {side}×{side}, got {tuple(image.shape[-2:])} and {tuple(mask.shape[-2:])}")
+        if torch.compiler.is_compiling():  # torch.compile cannot trace cat(out=<a slice>); the compiler fuses this cat
+            return torch.cat([*parts, self.cond_conv(image, mask)], dim=1)
+        # [x_t | low_res | cond]: the strided conv writes its channels straight into the buffer's slice.
+        buf = x_t.new_empty(b, self.input_channels, h, w)
+        torch.cat(parts, dim=1, out=buf[:, : self.input_channels - c.cond_channels])
         return self.cond_conv(image, mask, out=buf, channel_offset=self.input_channels - c.cond_channels)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[Dict[str, Any]] = None) -> torch.Tensor:

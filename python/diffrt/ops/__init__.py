@@ -3,6 +3,11 @@
 Every op validates its inputs (errors name the argument), then runs on the fastest backend that
 can (C++ CPU kernels, CUDA kernels, or the torch reference for anything else); ``backend=`` insists
 on one. Each op has its readable torch reference ``<op>_ref`` beside it, exact in float64.
+Each is also a torch custom op ``torch.ops.diffrt.<op>`` (fake and autograd implementations
+included): torch.compile and torch.export keep it as one node of the graph. Python numbers an op
+takes (ᾱ, guidance weights, η, …) are constants of a compiled graph, so a compiled sampler step
+recompiles for each new value; pass ddim_step's ᾱ_t, ᾱ_prev and guidance_scale as tensors instead:
+they are graph inputs (one graph for every step) whose values the op checks when it runs.
 """
 
 from ._backend import AUTO_ORDER, BACKENDS, UnsupportedBackendError, backend_table
@@ -32,6 +37,7 @@ from .sampling import (
     euler_step,
     euler_step_ref,
 )
+from . import _library  # noqa: E402,F401  registers torch.ops.diffrt.* (after the op modules it wraps)
 
 __all__ = [
     "AUTO_ORDER",

@@ -4,6 +4,32 @@ product of the op's torch reference."""
 import torch
 
 
+_Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
+_is_compiling, _dispatch_modes, _grad_enabled = torch.compiler.is_compiling, torch._C._len_torch_dispatch_stack, torch.is_grad_enabled
+
+
+def direct(*tensors) -> bool:
+    """Whether an op may skip torch's dispatcher and run its kernel right away (the dispatcher round trip
+    of ``torch.ops.diffrt.*`` costs more than a small kernel): nothing traces the call (torch.compile,
+    torch.export, make_fx), no dispatch mode is active (FakeTensorMode, …), every tensor is a plain one
+    (no fake, functional or other subclass) and there is no autograd to record."""
+    if _is_compiling() or _dispatch_modes():
+        return False
+    grad = _grad_enabled()
+    for t in tensors:  # a plain loop and type checks: this runs on every call
+        if t is None:
+            continue
+        kind = type(t)
+        if (kind is not _Tensor and kind is not _Parameter) or (grad and t.requires_grad):
+            return False
+    return True
+
+
+def tracing() -> bool:
+    """Whether torch.compile, torch.export or a dispatch mode (FakeTensorMode, make_fx) sees this call."""
+    return _is_compiling() or _dispatch_modes() > 0
+
+
 def needs_grad(*inputs) -> bool:
     """Whether autograd must see this call: grad mode is on and some tensor input requires grad."""
     if torch.is_grad_enabled():

@@ -57,7 +57,9 @@ def _real_value(name: str, v) -> float:
 
 
 def finite(name: str, v) -> float:
-    if type(v) is float and math.isfinite(v):  # the common case, kept cheap: ops run once per sampler step
+    # The common case, kept cheap (ops run once per sampler step); comparisons rather than math.isfinite,
+    # which torch.compile cannot trace on the symbolic floats it makes of float arguments.
+    if type(v) is float and -math.inf < v < math.inf:
         return v
     v = _real_value(name, v)
     if not math.isfinite(v):
@@ -65,11 +67,20 @@ def finite(name: str, v) -> float:
     return v
 
 
+def per_sample_shape(name: str, v: torch.Tensor, n: int) -> torch.Tensor:
+    """The checks of :func:`per_sample` that a tensor's metadata answers (its values are checked later)."""
+    if v.dim() > 1 or v.numel() not in (1, n):
+        raise ValueError(f"{name} must be a number or a 1-D tensor of {n} per-sample values, got shape {tuple(v.shape)}")
+    if v.dtype == torch.bool or v.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {v.dtype}")
+    return v
+
+
 def per_sample(name: str, v: Scalar, n: int, *, lo: float = -math.inf, hi: float = math.inf,
                lo_open: bool = False) -> List[float]:
     """A real scalar or a 1-D tensor of n values (or 1) -> a list of n finite floats in [lo, hi] ((lo, hi]
     if lo_open). A tensor may require grad: the references differentiate through it (sampling._per_sample_view)."""
-    if type(v) is float and math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi:
+    if type(v) is float and -math.inf < v < math.inf and (lo < v if lo_open else lo <= v) and v <= hi:
         return [v] * n  # the common case, kept cheap
     if isinstance(v, torch.Tensor) and v.dim() > 0:
         if v.dim() > 1 or v.numel() not in (1, n):

@@ -24,10 +24,10 @@ import math
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .. import _C
 from . import _alloc, _backend, _checks, _launch
+from ._autograd import direct
 from ._codes import DTYPES
 
 __all__ = ["attention", "attention_ref"]
@@ -55,6 +55,29 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     scores = scores.masked_fill(~keep, float("-inf")).masked_fill(~has_key, 0.0)
     probs = torch.softmax(scores, dim=-1).masked_fill(~keep, 0.0)  # also zeroes the rows without keys
     return torch.matmul(probs, v)
+
+
+def attention_ref_backward(q, k, v, dout, key_padding_mask, scale):
+    """(dq, dk, dv) of attention_ref written out (the torch backend's backward): with P the reference's
+    probabilities, dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − rowsum(P∘dP)), dQ = scale·dS·K, dK = scale·dSᵀ·Q;
+    masked keys get exactly zero gradients, as through the reference's masked_fill."""
+    if key_padding_mask is None:
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1)
+    else:
+        keep_kv = key_padding_mask[:, None, :, None].to(torch.bool)
+        k, v = k.masked_fill(~keep_kv, 0.0), v.masked_fill(~keep_kv, 0.0)
+        keep = key_padding_mask[:, None, None, :].to(torch.bool)
+        has_key = keep.any(dim=-1, keepdim=True)
+        scores = (torch.matmul(q, k.transpose(-1, -2)) * scale).masked_fill(~keep, float("-inf")).masked_fill(~has_key, 0.0)
+        probs = torch.softmax(scores, dim=-1).masked_fill(~keep, 0.0)
+    dv = torch.matmul(probs.transpose(-1, -2), dout)
+    dp = torch.matmul(dout, v.transpose(-1, -2))
+    ds = probs * (dp - (probs * dp).sum(dim=-1, keepdim=True))
+    dq = torch.matmul(ds, k) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q) * scale
+    if key_padding_mask is not None:
+        dk, dv = dk.masked_fill(~keep_kv, 0.0), dv.masked_fill(~keep_kv, 0.0)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -94,11 +117,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     scale = 1.0 / math.sqrt(d) if scale is None else _checks.finite("scale", scale)
 
     inputs = (q, k, v, key_padding_mask, scale)
-    return _backend.dispatch("attention", _IMPLS, q.device, q.dtype, backend, inputs)(*inputs)
+    impl = _backend.dispatch("attention", _IMPLS, q.device, q.dtype, backend, inputs)
+    if direct(q, k, v):
+        return impl(*inputs)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        # the forward that also returns lse, which the fused backward (diffrt::attention_backward) needs
+        return torch.ops.diffrt.attention_forward.default(q, k, v, key_padding_mask, scale, backend)[0]
+    return torch.ops.diffrt.attention.default(q, k, v, key_padding_mask, scale, backend)
 
 
 def _attention_torch(q, k, v, key_padding_mask, scale):
     return attention_ref(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
+
+
+def attention_ref_with_lse(q, k, v, key_padding_mask, scale):
+    """attention_ref and the float32 log-sum-exp of each query's attended scores (−inf without keys), the
+    forward of the torch backend when autograd records it (its backward, attention_ref_backward, ignores lse)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).to(torch.float32) * scale
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1) if scores.shape[-1] else scores.new_full(scores.shape[:3], float("-inf"))
+    return _attention_torch(q, k, v, key_padding_mask, scale).contiguous(), lse.contiguous()
 
 
 def _cuda_refuses(q, k, v, key_padding_mask, scale):
@@ -109,9 +148,8 @@ def _cuda_refuses(q, k, v, key_padding_mask, scale):
 
 
 def _attention_compiled(q, k, v, key_padding_mask, scale):
-    """The CPU or CUDA kernels, after the device of q."""
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _FusedAttention.apply(q, k, v, key_padding_mask, scale)
+    """The CPU or CUDA kernel, after the device of q (the forward alone: autograd runs diffrt::attention_forward,
+    which keeps lse for the fused backward)."""
     out, _ = _forward(q, k, v, key_padding_mask, scale, need_lse=False)
     return out
 
@@ -173,52 +211,40 @@ def _forward(q, k, v, key_padding_mask, scale, *, need_lse: bool):
     return out, lse
 
 
-class _FusedAttention(torch.autograd.Function):
-    """The compiled forward (saving lse) and its fused backward, which recomputes P from lse; CPU or CUDA
-    kernels after the device of q."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, key_padding_mask, scale):
-        out, lse = _forward(q, k, v, key_padding_mask, scale, need_lse=True)
-        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout):
-        q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-        q, k, v, dout = _dense_last(q), _dense_last(k), _dense_last(v), _dense_last(dout)
-        B, H, Lq, d = q.shape
-        Lk = k.shape[2]
-        dq = _alloc.empty((B, H, Lq, d), dtype=q.dtype, device=q.device)
-        dk = _alloc.empty((B, H, Lk, d), dtype=q.dtype, device=q.device)
-        dv = _alloc.empty((B, H, Lk, d), dtype=q.dtype, device=q.device)
-        if Lq == 0 or Lk == 0:
-            return dq.zero_(), dk.zero_(), dv.zero_(), None, None
-        if out.numel():
-            mask, mask_ptr = _mask_ptr(key_padding_mask)
-            args = _C.AttentionBackwardArgs()
-            _set_shapes(args, q, k)
-            args.q = q.data_ptr()
-            args.k = k.data_ptr()
-            args.v = v.data_ptr()
-            args.out = out.data_ptr()
-            args.dout = dout.data_ptr()
-            args.q_strides = _strides(q)
-            args.k_strides = _strides(k)
-            args.v_strides = _strides(v)
-            args.out_strides = _strides(out)
-            args.dout_strides = _strides(dout)
-            args.key_padding_mask = mask_ptr
-            args.lse = lse.data_ptr()
-            args.dq = dq.data_ptr()
-            args.dk = dk.data_ptr()
-            args.dv = dv.data_ptr()
-            args.scale = float(ctx.scale)
-            _launch.run(_BACKWARD, args, q)
-            del mask
-        return dq, dk, dv, None, None
+def fused_backward(q, k, v, out, dout, lse, key_padding_mask, scale):
+    """(dq, dk, dv) from the fused backward kernel, which recomputes P from the forward's lse; CPU or CUDA
+    kernel after the device of q."""
+    q, k, v, dout = _dense_last(q), _dense_last(k), _dense_last(v), _dense_last(dout)
+    B, H, Lq, d = q.shape
+    Lk = k.shape[2]
+    dq = _alloc.empty((B, H, Lq, d), dtype=q.dtype, device=q.device)
+    dk = _alloc.empty((B, H, Lk, d), dtype=q.dtype, device=q.device)
+    dv = _alloc.empty((B, H, Lk, d), dtype=q.dtype, device=q.device)
+    if Lq == 0 or Lk == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    if out.numel():
+        mask, mask_ptr = _mask_ptr(key_padding_mask)
+        args = _C.AttentionBackwardArgs()
+        _set_shapes(args, q, k)
+        args.q = q.data_ptr()
+        args.k = k.data_ptr()
+        args.v = v.data_ptr()
+        args.out = out.data_ptr()
+        args.dout = dout.data_ptr()
+        args.q_strides = _strides(q)
+        args.k_strides = _strides(k)
+        args.v_strides = _strides(v)
+        args.out_strides = _strides(out)
+        args.dout_strides = _strides(dout)
+        args.key_padding_mask = mask_ptr
+        args.lse = lse.data_ptr()
+        args.dq = dq.data_ptr()
+        args.dk = dk.data_ptr()
+        args.dv = dv.data_ptr()
+        args.scale = float(scale)
+        _launch.run(_BACKWARD, args, q)
+        del mask
+    return dq, dk, dv
 
 
 # The CUDA kernel first (for CUDA tensors with a head dim it supports), then the CPU kernel, then the reference.

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .. import _C
 from . import _alloc, _checks, _launch
+from ._autograd import direct
 from ._backend import dispatch
 from ._codes import DTYPES, math_dtype
 
@@ -126,36 +127,29 @@ _IMPLS = {"triton": _downsample_triton, "cpu": _downsample_cpu, "torch": _downsa
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd: the forward runs the chosen kernel; the backward is torch's conv backward
+# Autograd (registered on the custom op in _library.py): the forward runs the chosen kernel; the
+# backward is torch's conv backward
 # ---------------------------------------------------------------------------------------------
 
 
-class _DownsampleCondFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, image, mask, weight, bias, stride, padding, impl):
-        ctx.save_for_backward(image, mask, weight)
-        ctx.conv = (stride, padding, bias is not None)
-        return impl(image, mask, weight, bias, stride, padding, None, 0)
-
-    @staticmethod
-    def backward(ctx, grad_cond):
-        image, mask, weight = ctx.saved_tensors
-        stride, padding, has_bias = ctx.conv
-        n, image_channels = image.shape[0], image.shape[1]
-        x = torch.cat([image, mask.expand(n, -1, -1, -1)], dim=1)
-        need_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_cond.contiguous(), x, weight, [weight.shape[0]] if has_bias else None,
-            [stride, stride], [padding, padding], [1, 1], False, [0, 0], 1,
-            [need_x, ctx.needs_input_grad[2], has_bias and ctx.needs_input_grad[3]],
-        )
-        grad_image = grad_mask = None
-        if need_x:
-            grad_image = grad_x[:, :image_channels]
-            grad_mask = grad_x[:, image_channels:]
-            if mask.shape[0] != n:  # one mask broadcast over the batch: its gradient sums over the batch
-                grad_mask = grad_mask.sum(dim=0, keepdim=True)
-        return grad_image, grad_mask, grad_weight, grad_bias, None, None, None
+def conv_grads(image, mask, weight, grad_cond, stride: int, padding: int, has_bias: bool, needs) -> tuple:
+    """(grad_image, grad_mask, grad_weight, grad_bias): torch's conv backward over [image | mask]
+    (``needs``: which of image, mask, weight, bias want a gradient; None for the others)."""
+    n, image_channels = image.shape[0], image.shape[1]
+    x = torch.cat([image, mask.expand(n, -1, -1, -1)], dim=1)
+    need_x = needs[0] or needs[1]
+    grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_cond.contiguous(), x, weight, [weight.shape[0]] if has_bias else None,
+        [stride, stride], [padding, padding], [1, 1], False, [0, 0], 1,
+        [need_x, needs[2], has_bias and needs[3]],
+    )
+    grad_image = grad_mask = None
+    if need_x:
+        grad_image = grad_x[:, :image_channels]
+        grad_mask = grad_x[:, image_channels:]
+        if mask.shape[0] != n:  # one mask broadcast over the batch: its gradient sums over the batch
+            grad_mask = grad_mask.sum(dim=0, keepdim=True)
+    return grad_image, grad_mask, grad_weight, grad_bias
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,15 +248,12 @@ def downsample_cond(
     impl = dispatch("downsample_cond", _IMPLS, image.device, image.dtype, backend)
     if n == 0:  # an empty batch: the reference's empty result (nothing to write into `out`)
         return out if out is not None else image.new_empty((0, c, ho, wo))
-    # An `out` that is part of a graph (x_t written into it with grad) is also written through autograd,
-    # so that its version counter and history see the write.
-    needs_grad = torch.is_grad_enabled() and (
-        image.requires_grad or mask.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        or (out is not None and out.requires_grad)
-    )
-    if not needs_grad:
+    # Straight into `out`'s slice when nothing traces or differentiates the call. Otherwise the custom op
+    # computes a fresh result, copied into the slice with a tracked copy_: an `out` that is part of a graph
+    # (x_t written into it with grad) sees the write in its version counter and history.
+    if direct(image, mask, weight, bias, out):
         return impl(image, mask, weight, bias, stride, padding, out, channel_offset)
-    cond = _DownsampleCondFunction.apply(image, mask, weight, bias, stride, padding, impl)
+    cond = torch.ops.diffrt.downsample_cond.default(image, mask, weight, bias, stride, padding, backend)
     if out is None:
         return cond
     out.narrow(1, channel_offset, c).copy_(cond)

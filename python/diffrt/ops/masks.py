@@ -8,7 +8,7 @@ import torch
 
 from .. import _C
 from . import _alloc, _checks, _launch
-from ._autograd import needs_grad, with_reference_gradients
+from ._autograd import direct
 from ._backend import dispatch
 from ._codes import DTYPES, math_dtype
 
@@ -82,32 +82,23 @@ def _blend_compiled(mask, a, b):
 _BLEND_IMPLS = {"cuda": _blend_compiled, "cpu": _blend_compiled, "torch": mask_blend_ref}
 
 
-class _MaskBlendFunction(torch.autograd.Function):
-    """Any backend's forward; the backward of out = m·a + (1−m)·b written out:
+def mask_blend_grads(mask, a, b, grad, needs):
+    """The backward of out = m·a + (1−m)·b written out (``needs``: which of mask, a, b want a gradient):
     ∂/∂a = m, ∂/∂b = 1 − m, ∂/∂m = Σ_c (a − b) (and Σ over the batch for a shared mask) — the
     formula's derivative also where m is exactly 0 or 1 (where the forward selects)."""
-
-    @staticmethod
-    def forward(ctx, run, mask, a, b):
-        ctx.save_for_backward(mask, a, b)
-        return run()
-
-    @staticmethod
-    def backward(ctx, grad):
-        mask, a, b = ctx.saved_tensors
-        dtype = math_dtype(a.dtype)
-        m, g = mask.to(dtype), grad.to(dtype)
-        grad_mask = grad_a = grad_b = None
-        if ctx.needs_input_grad[2]:
-            grad_a = (g * m).to(a.dtype)
-        if ctx.needs_input_grad[3]:
-            grad_b = (g * (1 - m)).to(b.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_mask = (g * (a.to(dtype) - b.to(dtype))).sum(dim=1, keepdim=True)
-            if mask.shape[0] != grad_mask.shape[0]:
-                grad_mask = grad_mask.sum(dim=0, keepdim=True)
-            grad_mask = grad_mask.to(mask.dtype)
-        return None, grad_mask, grad_a, grad_b
+    dtype = math_dtype(a.dtype)
+    m, g = mask.to(dtype), grad.to(dtype)
+    grad_mask = grad_a = grad_b = None
+    if needs[1]:
+        grad_a = (g * m).to(a.dtype)
+    if needs[2]:
+        grad_b = (g * (1 - m)).to(b.dtype)
+    if needs[0]:
+        grad_mask = (g * (a.to(dtype) - b.to(dtype))).sum(dim=1, keepdim=True)
+        if mask.shape[0] != grad_mask.shape[0]:
+            grad_mask = grad_mask.sum(dim=0, keepdim=True)
+        grad_mask = grad_mask.to(mask.dtype)
+    return grad_mask, grad_a, grad_b
 
 
 def mask_blend(
@@ -151,9 +142,9 @@ def mask_blend(
         if not (lo >= 0 and hi <= 1):  # also catches NaN
             raise ValueError(f"mask values must lie in [0, 1], got min {lo.item()} max {hi.item()}")
     impl = dispatch("mask_blend", _BLEND_IMPLS, a.device, a.dtype, backend)
-    if not needs_grad(mask, a, b):
+    if direct(mask, a, b):
         return impl(mask, a, b)
-    return _MaskBlendFunction.apply(lambda: impl(mask.detach(), a.detach(), b.detach()), mask, a, b)
+    return torch.ops.diffrt.mask_blend.default(mask, a, b, backend)
 
 
 _DIFFEDIT_MASK = _launch.kernel("diffedit_mask")
@@ -229,10 +220,8 @@ def diffedit_mask(
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1] (or be None for the soft map), got {threshold}")
     impl = dispatch("diffedit_mask", _DIFFEDIT_IMPLS, eps_query.device, eps_query.dtype, backend)
-    if threshold is not None or not needs_grad(eps_query, eps_ref):
+    if threshold is not None:  # a constant: no graph to record
+        eps_query, eps_ref = eps_query.detach(), eps_ref.detach()
+    if direct(eps_query, eps_ref):
         return impl(eps_query, eps_ref, clamp_ratio, threshold)
-    return with_reference_gradients(
-        lambda: impl(eps_query, eps_ref, clamp_ratio, None),
-        lambda q, r: diffedit_mask_ref(q, r, clamp_ratio=clamp_ratio, threshold=None),
-        (eps_query, eps_ref), impl is _diffedit_torch,
-    )
+    return torch.ops.diffrt.diffedit_mask.default(eps_query, eps_ref, clamp_ratio, threshold, backend)

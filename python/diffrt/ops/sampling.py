@@ -2,19 +2,22 @@
 σ-space steps of Euler, Euler ancestral and DPM-Solver++(2M).
 
 Each op: a readable torch reference (``*_ref``, exact in float64) that is the oracle, and the entry
-point that validates its inputs and dispatches to a backend (C++ CPU kernels, or the reference).
+point that validates its inputs and dispatches to a backend (C++ CPU kernels, or the reference) —
+directly, or through its custom op ``torch.ops.diffrt.*`` (_library.py) when traced or differentiated.
+Tensors of per-sample ᾱ or w that require grad take the autograd.Function route (and, under
+torch.compile, a graph break: their values are read on the host).
 """
 
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
 from .. import _C
 from . import _alloc, _checks, _launch
-from ._autograd import needs_grad, with_reference_gradients
+from ._autograd import direct, needs_grad, tracing, with_reference_gradients
 from ._backend import dispatch
 from ._checks import Scalar
 from ._codes import DTYPES, PREDICTION_TYPES, PREDICTIONS, ClipMode, math_dtype
@@ -24,12 +27,23 @@ __all__ = ["PREDICTION_TYPES", "SOLVER_TYPES", "cfg_combine", "cfg_combine_ref",
            "euler_step", "euler_step_ref"]
 
 
+class Checked(NamedTuple):
+    """Per-sample values (a float64 tensor of N values) an entry point or op has already checked: the
+    references take them without reading them back to the host (which tracing cannot)."""
+
+    values: torch.Tensor
+
+
 def _per_sample_view(name: str, v: Scalar, like: torch.Tensor, **limits) -> torch.Tensor:
     """Validated per-sample scalars (a number or N values) as an (N, 1, ..., 1) tensor that broadcasts
     over one sample's elements. A tensor stays in the graph: the references differentiate through ᾱ and w."""
     n = like.shape[0]
-    values = _checks.per_sample(name, v, n, **limits)
     shape = (n, *([1] * (like.dim() - 1)))
+    if type(v) is list:  # per-sample floats an entry point has validated (the custom ops' backward)
+        return torch.tensor(v, dtype=like.dtype, device=like.device).view(shape)
+    if type(v) is Checked:
+        return v.values.to(dtype=like.dtype, device=like.device).view(shape)
+    values = _checks.per_sample(name, v, n, **limits)
     if isinstance(v, torch.Tensor):
         return v.to(dtype=like.dtype, device=like.device).reshape(-1).expand(n).reshape(shape)
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
@@ -192,7 +206,8 @@ def _clip_params(clip_sample_range, dynamic_threshold, dynamic_threshold_max) ->
     return (ClipMode.dynamic, 0.0, dyn_q, dyn_max)
 
 
-def _check_guidance(guidance_scale, guidance_rescale, n: int) -> Tuple[Optional[List[float]], float]:
+def _check_guidance(guidance_scale, guidance_rescale, n: int, defer: bool = False):
+    """(w as n floats, or — ``defer`` and a tensor — the tensor, its values checked by the op; φ)."""
     rescale = _checks.finite("guidance_rescale", guidance_rescale)
     if not 0.0 <= rescale <= 1.0:
         raise ValueError(f"guidance_rescale must lie in [0, 1], got {rescale}")
@@ -200,7 +215,40 @@ def _check_guidance(guidance_scale, guidance_rescale, n: int) -> Tuple[Optional[
         if rescale != 0.0:
             raise ValueError("guidance_rescale needs guidance_scale (and the batched [uncond; cond] model_output)")
         return None, rescale
+    if defer and isinstance(guidance_scale, torch.Tensor):
+        return _checks.per_sample_shape("guidance_scale", guidance_scale, n), rescale
     return _checks.per_sample("guidance_scale", guidance_scale, n), rescale
+
+
+def _check_step_values(a_t: List[float], a_prev: List[float], eta: float, prediction_type: str, use_clipped: bool):
+    """The checks of ddim_step that need ᾱ's values together with the other arguments."""
+    if eta > 0:
+        for at, ap in zip(a_t, a_prev):
+            if at >= 1.0 or ap < at or ap == 0.0:
+                raise ValueError(
+                    f"eta > 0 needs 0 < alpha_prev, alpha_t < 1 and alpha_prev >= alpha_t (a step towards less noise), "
+                    f"got alpha_t={at}, alpha_prev={ap}"
+                )
+            sigma2 = eta**2 * (1 - ap) / (1 - at) * (1 - at / ap)
+            if 1 - ap - sigma2 < -1e-12:
+                raise ValueError(f"eta={eta} is too large: 1 − alpha_prev − σ² < 0 at alpha_t={at}, alpha_prev={ap}")
+    if (prediction_type == "sample" or use_clipped) and 1.0 in a_t:
+        raise ValueError("alpha_t must be < 1 when ε̂ is derived from x̂0 (prediction_type='sample' or use_clipped_model_output)")
+
+
+def check_alphas(alpha_t, alpha_prev, n: int, prediction_type: str):
+    """ᾱ_t and ᾱ_prev as n floats each, in range (ᾱ = 0 is the last step of a zero-terminal-SNR schedule:
+    fine for v and x0 prediction, but ε-prediction divides by √ᾱ_t)."""
+    a_t = _checks.per_sample("alpha_t", alpha_t, n, lo=0.0, hi=1.0, lo_open=prediction_type == "epsilon")
+    return a_t, _checks.per_sample("alpha_prev", alpha_prev, n, lo=0.0, hi=1.0)
+
+
+def op_scalars(values, n: int) -> torch.Tensor:
+    """Per-sample values as the ddim custom ops take them: a float64 tensor of n values (a list of floats,
+    or a checked-shape tensor whose values the op checks)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(torch.float64).reshape(-1).expand(n)
+    return torch.tensor(values, dtype=torch.float64)
 
 
 _DDIM_STEP = _launch.kernel("ddim_step")
@@ -325,17 +373,23 @@ def ddim_step(
     if sample.dim() == 0:
         raise ValueError("sample must have a batch dimension (N, ...), got a 0-d tensor")
     n = sample.shape[0]
+    # Traced (torch.compile, export) with tensors of ᾱ or w: their values are not on the host at trace
+    # time; the custom op checks them when it runs (no graph break, and no recompilation per step).
+    scalars = (alpha_t, alpha_prev, guidance_scale)
+    defer = (tracing() and any(isinstance(v, torch.Tensor) for v in scalars)
+             and not needs_grad(*scalars))
     if guidance_scale is None and guidance_rescale == 0.0:
         guidance, rescale = None, 0.0
     else:
-        guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, n)
+        guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, n, defer)
     _check_model_output(sample, model_output, guidance is not None)
     if prediction_type not in PREDICTIONS:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    # ᾱ = 0 is the last step of a zero-terminal-SNR schedule: fine for v and x0 prediction, but
-    # ε-prediction divides by √ᾱ_t.
-    a_t = _checks.per_sample("alpha_t", alpha_t, n, lo=0.0, hi=1.0, lo_open=prediction_type == "epsilon")
-    a_prev = _checks.per_sample("alpha_prev", alpha_prev, n, lo=0.0, hi=1.0)
+    if defer:
+        a_t = _checks.per_sample_shape("alpha_t", alpha_t, n)
+        a_prev = _checks.per_sample_shape("alpha_prev", alpha_prev, n)
+    else:
+        a_t, a_prev = check_alphas(alpha_t, alpha_prev, n, prediction_type)
     eta = _checks.finite("eta", eta)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
@@ -345,19 +399,10 @@ def ddim_step(
         _checks.tensor("noise", noise)
         _checks.same_device_dtype("noise", noise, "sample", sample)
         _checks.same_shape("noise", noise, "sample", sample)
-        for at, ap in zip(a_t, a_prev):
-            if at >= 1.0 or ap < at or ap == 0.0:
-                raise ValueError(
-                    f"eta > 0 needs 0 < alpha_prev, alpha_t < 1 and alpha_prev >= alpha_t (a step towards less noise), "
-                    f"got alpha_t={at}, alpha_prev={ap}"
-                )
-            sigma2 = eta**2 * (1 - ap) / (1 - at) * (1 - at / ap)
-            if 1 - ap - sigma2 < -1e-12:
-                raise ValueError(f"eta={eta} is too large: 1 − alpha_prev − σ² < 0 at alpha_t={at}, alpha_prev={ap}")
     else:
         noise = None
-    if (prediction_type == "sample" or use_clipped_model_output) and 1.0 in a_t:
-        raise ValueError("alpha_t must be < 1 when ε̂ is derived from x̂0 (prediction_type='sample' or use_clipped_model_output)")
+    if not defer:
+        _check_step_values(a_t, a_prev, eta, prediction_type, bool(use_clipped_model_output))
     if clip_sample_range is None and dynamic_threshold is None and dynamic_threshold_max is None:
         clip = _NO_CLIP
     else:
@@ -365,9 +410,16 @@ def ddim_step(
     impl = dispatch("ddim_step", _DDIM_IMPLS, sample.device, sample.dtype, backend)
     args = (sample, model_output, noise, a_t, a_prev, guidance, eta, rescale, prediction_type,
             clip, bool(use_clipped_model_output), bool(return_x0))
-    grad_inputs = (sample, model_output, noise, alpha_t, alpha_prev, guidance_scale if guidance is not None else None)
-    if not needs_grad(*grad_inputs):
-        return impl(*args)
+    scalars = (alpha_t, alpha_prev, guidance_scale if guidance is not None else None)
+    if not needs_grad(*scalars):  # the custom op differentiates sample, model_output and noise
+        if not defer and direct(sample, model_output, noise):
+            return impl(*args)
+        mode, clip_range, dyn_q, dyn_max = clip
+        op = torch.ops.diffrt.ddim_step_x0 if return_x0 else torch.ops.diffrt.ddim_step
+        return op.default(sample, model_output, noise, op_scalars(a_t, n), op_scalars(a_prev, n),
+                          None if guidance is None else op_scalars(guidance, n), eta, rescale, prediction_type,
+                          mode.name, clip_range, dyn_q, dyn_max, bool(use_clipped_model_output), backend)
+    grad_inputs = (sample, model_output, noise, *scalars)
     mode, clip_range, dyn_q, dyn_max = clip
 
     def reference(sample, model_output, noise, alpha_t, alpha_prev, guidance_scale):
@@ -455,8 +507,10 @@ def cfg_combine(
         )
     guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, model_output.shape[0] // 2)
     impl = dispatch("cfg_combine", _CFG_IMPLS, model_output.device, model_output.dtype, backend)
-    if not needs_grad(model_output, guidance_scale):
-        return impl(model_output, guidance, rescale)
+    if not needs_grad(guidance_scale):  # the custom op differentiates model_output
+        if direct(model_output):
+            return impl(model_output, guidance, rescale)
+        return torch.ops.diffrt.cfg_combine.default(model_output, guidance, rescale, backend)
     return with_reference_gradients(
         lambda: impl(model_output, guidance, rescale),
         lambda model_output, guidance_scale: cfg_combine_ref(model_output, guidance_scale, guidance_rescale=rescale),

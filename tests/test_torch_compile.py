@@ -1,0 +1,431 @@
+"""torch.compile and torch.export through diffrt: every op is a ``torch.ops.diffrt.*`` custom op with fake
+and autograd implementations, so graphs hold each op as one node and never break at it.
+
+Graph capture is what these tests check: they compile with the "eager" and "aot_eager" backends (the
+inductor test is marked slow)."""
+
+import math
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from diffrt import ops
+from diffrt.models.unet import AttentionBlock, UNet, UNetConfig
+from diffrt.ops import _library
+from tests._helpers import rand
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _explain(fn, *args, **kwargs):
+    """torch._dynamo.explain of fn(*args), asserting one graph without breaks; returns the explanation."""
+    explanation = torch._dynamo.explain(fn)(*args, **kwargs)
+    reasons = [str(b.reason) for b in explanation.break_reasons]
+    assert explanation.graph_break_count == 0, reasons
+    assert not [r for r in reasons if "diffrt" in r], reasons
+    assert explanation.graph_count == 1
+    return explanation
+
+
+def _diffrt_targets(graph_module):
+    return [str(n.target) for n in graph_module.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("diffrt.")]
+
+
+def _export_targets(exported):
+    return [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
+
+
+def _assert_close(got, want, magnitude_of):
+    """float32 agreement: a compiled graph runs the same kernels, up to reordered float32 arithmetic."""
+    tol = 256 * EPS32 * max(1.0, magnitude_of.abs().max().item())
+    err = (got.double() - want.double()).abs().max().item()
+    assert err <= tol, f"max difference {err:.3g} > {tol:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# opcheck: schema, fake tensors, autograd registration and AOT dispatch of each custom op
+# ---------------------------------------------------------------------------------------------
+
+
+def _grad(t):
+    return t.requires_grad_()
+
+
+def _ddim_args(gen, dtype, x0=False, guided=False, eta=False):
+    x = _grad(rand(gen, 2, 3, 4, 5, dtype=dtype))
+    m = _grad(rand(gen, 4 if guided else 2, 3, 4, 5, dtype=dtype))
+    z = _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)) if eta else None
+    f64 = torch.float64
+    return (x, m, z, torch.tensor([0.3, 0.4], dtype=f64), torch.tensor([0.6, 0.7], dtype=f64),
+            torch.tensor([7.5, 3.0], dtype=f64) if guided else None, 0.5 if eta else 0.0,
+            0.7 if guided else 0.0, "v_prediction" if guided else "epsilon", "dynamic" if x0 else "none", 0.0,
+            0.9 if x0 else 0.0, 1.5 if x0 else math.inf, x0, None)
+
+
+def _attention_args(gen, dtype, masked=True):
+    q, k, v = (_grad(rand(gen, 2, 2, n, 8, dtype=dtype)) for n in (5, 7, 7))
+    mask = torch.rand(2, 7, generator=gen) < 0.7 if masked else None
+    if mask is not None:
+        mask[:, 0] = True
+    return q, k, v, mask, 0.3, None
+
+
+def _attention_backward_args(gen, dtype):
+    q, k, v, mask, scale, backend = (t.detach() if isinstance(t, torch.Tensor) else t
+                                     for t in _attention_args(gen, dtype))
+    out, lse = torch.ops.diffrt.attention_forward.default(q, k, v, mask, scale, backend)
+    return q, k, v, out, rand(gen, *out.shape, dtype=dtype), lse, mask, scale, backend
+
+
+OPCHECK_CASES = {
+    "ddim_step": lambda gen, dtype: _ddim_args(gen, dtype),
+    "ddim_step guided eta": lambda gen, dtype: _ddim_args(gen, dtype, guided=True, eta=True),
+    "ddim_step_x0 dynamic": lambda gen, dtype: _ddim_args(gen, dtype, x0=True),
+    # x̂0 = model_output: in float64 the reference returns that input itself, which the op must copy
+    "ddim_step_x0 sample": lambda gen, dtype: (*_ddim_args(gen, dtype)[:8], "sample", "none", 0.0, 0.0, math.inf,
+                                               False, None),
+    "cfg_combine": lambda gen, dtype: (_grad(rand(gen, 4, 3, 4, 5, dtype=dtype)), [7.5, 2.0], 0.5, None),
+    "mask_blend": lambda gen, dtype: (_grad(torch.rand(2, 1, 4, 5, generator=gen).to(dtype)),
+                                      _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)),
+                                      _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)), None),
+    "diffedit_mask": lambda gen, dtype: (_grad(rand(gen, 2, 3, 4, 6, 5, dtype=dtype)),
+                                         _grad(rand(gen, 2, 3, 4, 6, 5, dtype=dtype)), 3.0, None, None),
+    "diffedit_mask thresholded": lambda gen, dtype: (rand(gen, 3, 4, 6, 5, dtype=dtype),
+                                                     rand(gen, 3, 4, 6, 5, dtype=dtype), 3.0, 0.5, None),
+    "attention": lambda gen, dtype: _attention_args(gen, dtype),
+    "attention_forward": lambda gen, dtype: _attention_args(gen, dtype),
+    "attention_backward": _attention_backward_args,
+    "downsample_cond": lambda gen, dtype: (_grad(rand(gen, 2, 3, 8, 8, dtype=dtype)),
+                                           _grad(rand(gen, 1, 1, 8, 8, dtype=dtype)),
+                                           _grad(rand(gen, 5, 4, 4, 4, dtype=dtype)),
+                                           _grad(rand(gen, 5, dtype=dtype)), 2, 1, None),
+}
+
+
+def test_every_op_is_registered_and_checked():
+    assert set(_library.OPS) == {case.split()[0] for case in OPCHECK_CASES}
+    for name in _library.OPS:
+        assert hasattr(torch.ops.diffrt, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("case", list(OPCHECK_CASES))
+def test_opcheck(gen, case, dtype):
+    op = getattr(torch.ops.diffrt, case.split()[0]).default
+    args = OPCHECK_CASES[case](gen, dtype)
+    torch.library.opcheck(op, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public ops under torch.compile: one graph, each op one node, the eager results
+# ---------------------------------------------------------------------------------------------
+
+
+def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, buf):
+    x_prev = ops.ddim_step(x, m2, 0.5, 0.7, guidance_scale=7.5, guidance_rescale=0.5)
+    x_next, x0 = ops.ddim_invert_step(x, m2, 0.7, 0.5, guidance_scale=2.0, return_x0=True)
+    guided = ops.cfg_combine(m2, 4.0)
+    blended = ops.mask_blend(mask, x_prev, x_next)
+    soft = ops.diffedit_mask(m2[None], m2.flip(0)[None], threshold=None)
+    binary = ops.diffedit_mask(m2[None], m2.flip(0)[None])
+    attended = ops.attention(q, k, v, key_padding_mask=key_mask)
+    cond = ops.downsample_cond(image, cond_mask, weight, bias, stride=2, padding=1, out=buf, channel_offset=1)
+    return x_prev, x0, guided, blended, soft, binary, attended, cond
+
+
+EVERY_OP_NODES = ["diffrt.ddim_step.default", "diffrt.ddim_step_x0.default", "diffrt.cfg_combine.default",
+                  "diffrt.mask_blend.default", "diffrt.diffedit_mask.default", "diffrt.diffedit_mask.default",
+                  "diffrt.attention.default", "diffrt.downsample_cond.default"]
+
+
+def _every_op_inputs(gen):
+    x = rand(gen, 2, 3, 8, 8)
+    key_mask = torch.rand(2, 6, generator=gen) < 0.6
+    key_mask[:, 0] = True
+    return (x, rand(gen, 4, 3, 8, 8), rand(gen, 2, 2, 10, 16), rand(gen, 2, 2, 6, 16), rand(gen, 2, 2, 6, 16),
+            key_mask, torch.rand(2, 1, 8, 8, generator=gen), rand(gen, 2, 3, 16, 16),
+            (torch.rand(2, 1, 16, 16, generator=gen) > 0.5).float(), rand(gen, 4, 4, 4, 4), rand(gen, 4),
+            torch.zeros(2, 6, 8, 8))
+
+
+def test_every_op_compiles_into_one_graph_of_diffrt_nodes(gen):
+    inputs = _every_op_inputs(gen)
+    explanation = _explain(_every_op, *inputs)
+    targets = _diffrt_targets(explanation.graphs[0])
+    assert sorted(targets) == sorted(EVERY_OP_NODES)
+    want = _every_op(*[t.clone() for t in inputs])
+    got = torch.compile(_every_op, backend="aot_eager", fullgraph=True)(*[t.clone() for t in inputs])
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert torch.equal(g, w)  # the same kernels on the same inputs
+
+
+def test_every_op_exports_as_one_node_each(gen):
+    class EveryOp(torch.nn.Module):
+        def forward(self, *inputs):
+            return _every_op(*inputs)
+
+    inputs = _every_op_inputs(gen)
+    exported = torch.export.export(EveryOp(), tuple(t.clone() for t in inputs))
+    targets = [t for t in _export_targets(exported) if t.startswith("diffrt.")]
+    assert sorted(targets) == sorted(EVERY_OP_NODES)
+    want = _every_op(*[t.clone() for t in inputs])
+    for got, w in zip(exported.module()(*[t.clone() for t in inputs]), want):
+        assert torch.equal(got, w)
+
+
+def test_validation_still_runs_when_compiled(gen):
+    x = rand(gen, 2, 3, 4, 4)
+
+    def bad(x):
+        return ops.ddim_step(x, x, 0.5, 1.5)
+
+    # (with fullgraph=True dynamo reports the raise as unsupported; without, the error reaches the caller)
+    with pytest.raises(ValueError, match="alpha_prev must lie in"):
+        torch.compile(bad, backend="eager")(x)
+    with pytest.raises(ops.UnsupportedBackendError, match="unknown backend"):
+        torch.compile(lambda x: ops.ddim_step(x, x, 0.5, 0.7, backend="nope"), backend="eager")(x)
+
+
+def test_fake_tensors_give_the_output_metadata(gen):
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(rand(gen, 2, 3, 4, 4, dtype=torch.bfloat16))
+        m = mode.from_tensor(rand(gen, 4, 3, 4, 4, dtype=torch.bfloat16))
+        x_prev, x0 = ops.ddim_step(x, m, 0.5, 0.7, guidance_scale=3.0, return_x0=True)
+        mask = ops.diffedit_mask(m[None], m[None], threshold=None)
+    for out in (x_prev, x0):
+        assert out.shape == (2, 3, 4, 4) and out.dtype == torch.bfloat16 and out.is_contiguous()
+    assert mask.shape == (1, 1, 4, 4) and mask.dtype == torch.float32
+
+
+def test_gradients_through_compiled_attention_match_eager(gen):
+    q, k, v = (rand(gen, 2, 2, 9, 16) for _ in range(3))
+    key_mask = torch.rand(2, 9, generator=gen) < 0.7
+    key_mask[:, 0] = True
+
+    def loss(q, k, v):
+        return (ops.attention(q, k, v, key_padding_mask=key_mask) ** 2).sum()
+
+    grads = {}
+    for name, fn in (("eager", loss), ("compiled", torch.compile(loss, backend="aot_eager", fullgraph=True))):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        grads[name] = torch.autograd.grad(fn(*leaves), leaves)
+    for got, want in zip(grads["compiled"], grads["eager"]):
+        assert torch.equal(got, want)  # the same fused forward and backward kernels
+
+
+def test_gradients_through_compiled_sampling_ops_match_eager(gen):
+    x, m2, mask = rand(gen, 2, 3, 4, 4), rand(gen, 4, 3, 4, 4), torch.rand(2, 1, 4, 4, generator=gen)
+
+    def loss(x, m2, mask):
+        step = ops.ddim_step(x, m2, 0.5, 0.7, guidance_scale=3.0, clip_sample_range=1.0)
+        return (ops.mask_blend(mask, step, ops.cfg_combine(m2, 2.0)) ** 2).sum()
+
+    grads = {}
+    for name, fn in (("eager", loss), ("compiled", torch.compile(loss, backend="aot_eager", fullgraph=True))):
+        leaves = [t.clone().requires_grad_() for t in (x, m2, mask)]
+        grads[name] = torch.autograd.grad(fn(*leaves), leaves)
+    for got, want in zip(grads["compiled"], grads["eager"]):
+        _assert_close(got, want, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: diffrt's UNet and a diffusers UNet with DiffrtAttnProcessor
+# ---------------------------------------------------------------------------------------------
+
+UNET = dict(image_size=8, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
+            head_dim=8, groups=4, context_dim=12)
+
+
+def _diffrt_unet():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**UNET)).eval()
+    with torch.no_grad():  # no zero initialisations: every path reaches the output
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.2)
+    return model
+
+
+def _diffrt_unet_inputs(gen, batch=2):
+    x = rand(gen, batch, 3, 8, 8)
+    t = torch.randint(0, 1000, (batch,), generator=gen)
+    context_mask = torch.ones(batch, 5, dtype=torch.bool)
+    context_mask[0, 3:] = False
+    return x, t, {"context": rand(gen, batch, 5, 12), "context_mask": context_mask}
+
+
+def _diffrt_attention_calls(model):
+    blocks = [m for m in model.modules() if isinstance(m, AttentionBlock)]
+    return sum(2 if b.cross else 1 for b in blocks)
+
+
+@torch.no_grad()
+def test_diffrt_unet_compiles_without_graph_breaks_and_matches_eager(gen):
+    model = _diffrt_unet()
+    x, t, cond = _diffrt_unet_inputs(gen)
+    explanation = _explain(model, x, t, cond)
+    assert _diffrt_targets(explanation.graphs[0]) == ["diffrt.attention.default"] * _diffrt_attention_calls(model)
+    want = model(x, t, cond)
+    got = torch.compile(model, backend="aot_eager", fullgraph=True)(x, t, cond)
+    _assert_close(got, want, want)
+
+
+def test_diffrt_unet_exports_with_one_node_per_attention(gen):
+    model = _diffrt_unet()
+    x, t, cond = _diffrt_unet_inputs(gen)
+    with torch.no_grad():
+        exported = torch.export.export(model, (x, t, cond))
+    targets = _export_targets(exported)
+    assert [n for n in targets if n.startswith("diffrt.")] == (
+        ["diffrt.attention.default"] * _diffrt_attention_calls(model))
+    assert not [n for n in targets if "softmax" in n or "scaled_dot_product" in n]
+    with torch.no_grad():
+        _assert_close(exported.module()(x, t, cond), model(x, t, cond), model(x, t, cond))
+
+
+def _image_conditioned_unet():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**{**UNET, "context_dim": None}, cond_image=True, cond_image_size=16, cond_channels=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.2)
+    return model.eval()
+
+
+@torch.no_grad()
+def test_image_conditioned_unet_keeps_downsample_cond_as_one_node(gen):
+    model = _image_conditioned_unet()
+    x, t = rand(gen, 2, 3, 8, 8), torch.randint(0, 1000, (2,), generator=gen)
+    cond = {"image": rand(gen, 2, 3, 16, 16), "mask": (torch.rand(2, 1, 16, 16, generator=gen) > 0.5).float()}
+    explanation = _explain(model, x, t, cond)
+    assert _diffrt_targets(explanation.graphs[0]).count("diffrt.downsample_cond.default") == 1
+    exported = torch.export.export(model, (x, t, cond))
+    assert _export_targets(exported).count("diffrt.downsample_cond.default") == 1
+    want = model(x, t, cond)
+    _assert_close(torch.compile(model, backend="aot_eager", fullgraph=True)(x, t, cond), want, want)
+    _assert_close(exported.module()(x, t, cond), want, want)
+
+
+def _diffusers_unet():
+    diffusers = pytest.importorskip("diffusers")
+    from diffrt.integrations.diffusers import DiffrtAttnProcessor
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+        attention_head_dim=8, norm_num_groups=8,
+    ).eval()
+    unet.set_attn_processor(DiffrtAttnProcessor())
+    return unet
+
+
+@torch.no_grad()
+def test_diffusers_unet_with_diffrt_attention_compiles_without_graph_breaks(gen):
+    unet = _diffusers_unet()
+    x, t, text = rand(gen, 2, 4, 8, 8), torch.tensor([10, 500]), rand(gen, 2, 7, 16)
+
+    def run(x, t, text):
+        return unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+
+    explanation = _explain(run, x, t, text)
+    assert _diffrt_targets(explanation.graphs[0]) == ["diffrt.attention.default"] * len(unet.attn_processors)
+    want = run(x, t, text)
+    _assert_close(torch.compile(run, backend="aot_eager", fullgraph=True)(x, t, text), want, want)
+
+
+def test_diffusers_unet_with_diffrt_attention_exports_one_node_per_attention(gen):
+    unet = _diffusers_unet()
+    x, t, text = rand(gen, 2, 4, 8, 8), torch.tensor([10, 500]), rand(gen, 2, 7, 16)
+
+    class Run(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, x, t, text):
+            return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+
+    with torch.no_grad():
+        exported = torch.export.export(Run(), (x, t, text))
+        targets = _export_targets(exported)
+        assert [n for n in targets if n.startswith("diffrt.")] == ["diffrt.attention.default"] * len(unet.attn_processors)
+        assert not [n for n in targets if "softmax" in n or "scaled_dot_product" in n]
+        want = Run()(x, t, text)
+        _assert_close(exported.module()(x, t, text), want, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# A sampler step: model on [x; x] with [uncond; cond], then the fused guided DDIM step
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_compiled_guided_sampling_step_has_no_graph_break(gen):
+    model = _diffrt_unet()
+    x, _, cond = _diffrt_unet_inputs(gen, batch=1)
+    uncond = {"context": torch.zeros_like(cond["context"]), "context_mask": cond["context_mask"]}
+    batched = {key: torch.cat([uncond[key], cond[key]]) for key in cond}
+
+    def step(x, t, alpha_t, alpha_prev):
+        out = model(torch.cat([x, x]), t.expand(2), batched)
+        return ops.ddim_step(x, out, alpha_t, alpha_prev, guidance_scale=5.0, guidance_rescale=0.7)
+
+    t = torch.tensor([900])
+    explanation = _explain(step, x, t, 0.3, 0.5)
+    targets = _diffrt_targets(explanation.graphs[0])
+    assert targets[-1] == "diffrt.ddim_step.default"
+    assert targets.count("diffrt.attention.default") == _diffrt_attention_calls(model)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    want = got = x
+    for timestep, a_t, a_prev in ((900, 0.1, 0.3), (600, 0.3, 0.6), (300, 0.6, 0.9)):  # a three-step loop
+        want = step(want, torch.tensor([timestep]), a_t, a_prev)
+        got = compiled(got, torch.tensor([timestep]), a_t, a_prev)
+        _assert_close(got, want, want)
+
+
+@torch.no_grad()
+def test_compiled_step_takes_tensors_of_alphas_without_recompiling(gen):
+    """ᾱ and w as tensors are graph inputs: one graph serves every step of the loop, and their values are
+    checked when the op runs."""
+    from torch._dynamo.testing import CompileCounter
+
+    x, m2 = rand(gen, 2, 3, 4, 4), rand(gen, 4, 3, 4, 4)
+
+    def step(x, m2, alpha_t, alpha_prev, w):
+        return ops.ddim_step(x, m2, alpha_t, alpha_prev, guidance_scale=w, eta=0.5, noise=m2[:2])
+
+    _explain(step, x, m2, torch.tensor(0.3), torch.tensor([0.5, 0.6]), torch.tensor(4.0))
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    for a_t, a_prev, w in ((0.1, 0.3, 2.0), (0.3, 0.6, 4.0), (0.6, 0.9, 6.0)):
+        args = (torch.tensor(a_t, dtype=torch.float64), torch.tensor([a_prev, a_prev + 0.05]), torch.tensor(w))
+        assert torch.equal(compiled(x, m2, *args), step(x, m2, *args))
+    assert counter.frame_count == 1
+    with pytest.raises(ValueError, match="alpha_prev must lie in"):
+        compiled(x, m2, torch.tensor(0.3), torch.tensor([0.5, 1.5]), torch.tensor(2.0))
+    with pytest.raises(ValueError, match="eta > 0 needs"):
+        compiled(x, m2, torch.tensor(0.7), torch.tensor([0.5, 0.6]), torch.tensor(2.0))
+    with pytest.raises(ValueError, match="alpha_t must be a number or a 1-D tensor of 2 per-sample values"):
+        torch.compile(step, backend="eager")(x, m2, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.6]),
+                                             torch.tensor(2.0))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+@torch.no_grad()
+def test_inductor_compiles_the_diffrt_unet(gen):
+    model = _diffrt_unet()
+    x, t, cond = _diffrt_unet_inputs(gen)
+    want = model(x, t, cond)
+    _assert_close(torch.compile(model, backend="inductor", fullgraph=True)(x, t, cond), want, want)
