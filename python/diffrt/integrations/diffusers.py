@@ -32,6 +32,7 @@ from .diffusers_models import (  # noqa: E402
     LatentPosterior,
     schedules_from_diffusers,
 )
+from .accelerate import AccelerationReport, accelerate, accelerate_denoiser, undo  # noqa: E402,F401
 
 __all__ = ["DiffrtAttnProcessor", "DiffusersLatentCodec", "DiffusersUNetDenoiser", "LatentPosterior",
            "schedules_from_diffusers"]
