@@ -357,7 +357,6 @@ def test_trace_of_a_diffrt_op_records_the_computation():
     assert_close_to_ref(traced(q2, k2, v2), want, dtype=torch.float32, scale=1.0)
 
 
-@pytest.mark.slow
 def test_openvino_backend_matches_untouched_and_caches_on_disk(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setenv("DIFFRT_CACHE_DIR", str(tmp_path))

@@ -46,8 +46,9 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..denoiser import check_denoiser
 
-__all__ = ["ATTENTION_PROCESSOR", "AccelerationReport", "AcceleratedDenoiser", "BACKENDS", "DTYPES", "FUSED_SCHEDULERS", "MODULE_SWAPS", "OPENVINO_CACHE_ENV",
-           "accelerate", "accelerate_denoiser", "openvino_cache_dir", "undo"]
+__all__ = ["ATTENTION_PROCESSOR", "AccelerationReport", "AcceleratedDenoiser", "BACKENDS", "DTYPES", "FUSED_SCHEDULERS",
+           "MODULE_SWAPS", "OPENVINO_CACHE_ENV", "OPENVINO_CPU_CONFIG", "accelerate", "accelerate_denoiser",
+           "openvino_cache_dir", "undo"]
 
 BACKENDS = ("torch", "compile", "openvino")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -75,6 +76,13 @@ _STATE = "_diffrt_acceleration"
 _REPORT = "_diffrt_report"
 
 OPENVINO_CACHE_ENV = "DIFFRT_CACHE_DIR"
+OPENVINO_CPU_CONFIG = {
+    # The CPU plugin defaults to bfloat16 arithmetic on CPUs that have it (errors ~1e-2); ask for float32.
+    "INFERENCE_PRECISION_HINT": "f32",
+    # Its subgraph JIT ("snippets", OpenVINO 2026.4) crashes the process compiling GroupNorm(x)·(1 + scale) + shift
+    # with a per-sample scale — the time modulation of diffrt's ResBlock and of "scale_shift" diffusers UNets.
+    "SNIPPETS_MODE": "DISABLE",
+}
 
 
 @dataclass
@@ -266,7 +274,8 @@ def _swap_modules(model_name: str, model: torch.nn.Module, report: AccelerationR
 
 def _attention_modules(model: torch.nn.Module):
     """(path, module) for every attention module with a processor (as diffusers' attn_processors walks them)."""
-    return [(path, m) for path, m in model.named_modules() if hasattr(m, "get_processor") and hasattr(m, "set_processor")]
+    return [(path, m) for path, m in model.named_modules()
+            if hasattr(m, "get_processor") and hasattr(m, "set_processor")]
 
 
 def _swap_attention(model_name: str, model: torch.nn.Module, report: AccelerationReport, changes: _Undo) -> None:
@@ -441,8 +450,7 @@ class _OpenVINORunner:
                 staging.rename(folder)
             except OSError:  # another process cached the same model first
                 shutil.rmtree(staging, ignore_errors=True)
-        # OpenVINO's CPU plugin defaults to bfloat16 arithmetic on CPUs that have it; ask for float32.
-        return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return ov.Core().compile_model(model, "CPU", OPENVINO_CPU_CONFIG)
 
 
 _OV_TYPES: Dict[torch.dtype, str] = {
@@ -471,7 +479,8 @@ class _OpenVINOUNetForward:
         timestep = arguments.get("timestep")
         if timestep is not None and not isinstance(timestep, torch.Tensor):
             # a Python number becomes an input, not a constant of the converted model
-            arguments["timestep"] = torch.tensor(timestep, dtype=torch.float32 if isinstance(timestep, float) else torch.int64)
+            kind = torch.float32 if isinstance(timestep, float) else torch.int64
+            arguments["timestep"] = torch.tensor(timestep, dtype=kind)
         sample = self.runner(**arguments)
         return UNet2DConditionOutput(sample=sample) if return_dict else (sample,)
 
