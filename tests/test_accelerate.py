@@ -357,6 +357,16 @@ def test_trace_of_a_diffrt_op_records_the_computation():
     assert_close_to_ref(traced(q2, k2, v2), want, dtype=torch.float32, scale=1.0)
 
 
+def test_torch_compile_captures_a_diffrt_op_in_one_graph():
+    """torch.compile cannot trace a compiled kernel (a graph break and a warning at every call): under it
+    the ops run their torch reference, so fullgraph=True captures them."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 8, generator=g) for _ in range(3))
+    compiled = torch.compile(lambda q, k, v: ops.attention(q, k, v), backend="eager", fullgraph=True)
+    want = ops.attention_ref(q.double(), k.double(), v.double())
+    assert_close_to_ref(compiled(q, k, v), want, dtype=torch.float32, scale=1.0)
+
+
 def test_openvino_backend_matches_untouched_and_caches_on_disk(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setenv("DIFFRT_CACHE_DIR", str(tmp_path))
