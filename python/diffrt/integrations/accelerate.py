@@ -16,8 +16,13 @@ the same object, still called the diffusers way (``pipe(prompt, ...)``):
 * dtype: every ``nn.Module`` component's floating-point weights are cast once to ``dtype``.
 * backend, for the UNet body: "torch" (eager, the default), "compile" (``torch.compile(dynamic=False)``
   of the UNet's forward; the first call of each input shape compiles, which takes minutes for a full-size
-  UNet) or "openvino" (the UNet converted once per input signature with ``openvino.convert_model`` and run
-  by OpenVINO's CPU plugin; converted models are cached on disk, see :func:`openvino_cache_dir`).
+  UNet; inside the compiled graph diffrt's ops run as their torch reference, which inductor fuses) or
+  "openvino" (the UNet converted once per input signature with ``openvino.convert_model`` and run by
+  OpenVINO's CPU plugin in float32, with the UNet's own attention processors; the weights are hashed at the
+  first call and converted models are cached on disk, see :func:`openvino_cache_dir` — after changing the
+  weights, undo and accelerate again). ``compile=True`` is ``backend="compile"``.
+
+The pipeline's config names the fused scheduler class while accelerated: ``undo`` before ``save_pretrained``.
 
 Calling ``accelerate`` on an already accelerated pipeline is an error: ``undo(pipe)`` first. ``undo`` puts
 back the very objects that were there (processors, schedulers, submodules, forward, weight tensors), so
