@@ -421,3 +421,13 @@ def test_diffrt_pipeline_runs_an_accelerated_denoiser(backend, tmp_path):
     assert (fast.prediction_type, fast.in_channels, fast.out_channels) == ("epsilon", 3, 3)
     got = run_diffrt_diffedit(fast)
     assert_close_to_ref(got, want, dtype=torch.float32, scale=want.abs().max().item() * OV_SCALE)
+
+
+def test_accelerated_denoiser_shows_the_model_attributes_pipelines_read():
+    """unCLIP and Imagen Editor read their denoisers' config (image size, conditioning side)."""
+    model = tiny_diffrt_unet()
+    fast = accelerate_denoiser(model, backend="compile")  # compiles at the first call only
+    assert fast.config is model.config and fast.model is model
+    assert [p for p in fast.parameters()] == [p for p in model.parameters()]
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        fast.no_such_attribute

@@ -44,7 +44,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -510,6 +510,15 @@ class AcceleratedDenoiser(torch.nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         return self._run(x_t, t, cond)
+
+    def __getattr__(self, name: str) -> Any:
+        # the model's own attributes (config, condition, ...) that pipelines read, e.g. unCLIP's decoder.config
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
 
 
 def accelerate_denoiser(model: Any, *, backend: str, cache_dir: Optional[Union[str, Path]] = None
