@@ -283,6 +283,16 @@ class CountingGroupNorm(torch.nn.GroupNorm):
         return super().forward(x)
 
 
+def test_module_swap_table_takes_names_imported_when_needed(monkeypatch):
+    pipe = pipeline()
+    monkeypatch.setitem(acc.MODULE_SWAPS, "torch.nn.modules.normalization.GroupNorm",
+                        "tests.test_accelerate:CountingGroupNorm.from_module")
+    accelerate(pipe)
+    assert all(type(m) is not torch.nn.GroupNorm for m in pipe.unet.modules())
+    undo(pipe)
+    assert any(type(m) is torch.nn.GroupNorm for m in pipe.unet.modules())
+
+
 def test_module_swap_table_replaces_and_restores_submodules(monkeypatch):
     pipe = pipeline()
     accelerate(pipe)

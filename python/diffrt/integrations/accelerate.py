@@ -66,9 +66,11 @@ FUSED_SCHEDULERS: Dict[str, Union[type, str]] = {
     "DDIMInverseScheduler": "diffrt.integrations.diffusers_ddim:FusedDDIMInverseScheduler",
 }
 
-# {exact torch module type: factory(module) -> replacement module, or None to leave that instance}. Applied to
-# every submodule of the UNet and the VAE; e.g. ``MODULE_SWAPS[torch.nn.GroupNorm] = DiffrtGroupNorm.from_module``.
-MODULE_SWAPS: Dict[type, Callable[[torch.nn.Module], Optional[torch.nn.Module]]] = {}
+# {exact module type, or its "module.QualName": factory(module) -> replacement module, or None to leave that
+# instance; the factory may be given as "module:attr.path", imported when first needed}. Applied to every
+# submodule of the UNet and the VAE; e.g. ``MODULE_SWAPS[torch.nn.GroupNorm] = DiffrtGroupNorm.from_module`` or
+# ``MODULE_SWAPS["diffusers.models.activations.GEGLU"] = "diffrt.ops.norm:DiffrtGEGLU.from_module"``.
+MODULE_SWAPS: Dict[Union[type, str], Union[Callable[[torch.nn.Module], Optional[torch.nn.Module]], str]] = {}
 
 # The processor installed on supported attention modules (by path: integrations.diffusers re-exports this module).
 ATTENTION_PROCESSOR: Union[type, str] = "diffrt.integrations.diffusers:DiffrtAttnProcessor"
@@ -264,9 +266,11 @@ def _swap_modules(model_name: str, model: torch.nn.Module, report: AccelerationR
         return
     for path, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            factory = MODULE_SWAPS.get(type(child))
+            kind = type(child)
+            factory = MODULE_SWAPS.get(kind, MODULE_SWAPS.get(f"{kind.__module__}.{kind.__qualname__}"))
             if factory is None:
                 continue
+            factory = _resolve(factory)
             where = ".".join(p for p in (model_name, path, child_name) if p)
             new = factory(child)
             if new is None:
@@ -305,11 +309,17 @@ def _swap_attention(model_name: str, model: torch.nn.Module, report: Acceleratio
             report.attention_swapped.append(where)
 
 
-def _resolve(entry: Union[type, str]) -> type:
-    if isinstance(entry, str):
-        module_name, _, attr = entry.partition(":")
-        return getattr(importlib.import_module(module_name), attr)
-    return entry
+def _resolve(entry: Any) -> Any:
+    """``entry`` itself, or the object a "module:attr.path" string names."""
+    if not isinstance(entry, str):
+        return entry
+    module_name, sep, path = entry.partition(":")
+    if not sep or not path:
+        raise ValueError(f"a registry entry given by name must read 'module:attribute', got {entry!r}")
+    obj = importlib.import_module(module_name)
+    for attr in path.split("."):
+        obj = getattr(obj, attr)
+    return obj
 
 
 def _swap_schedulers(pipe: Any, report: AccelerationReport, changes: _Undo) -> None:
