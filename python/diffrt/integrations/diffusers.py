@@ -38,10 +38,12 @@ from .schedulers import (  # noqa: E402
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
 )
+from .accelerate import AccelerationReport, accelerate, accelerate_denoiser, undo  # noqa: E402
 
-__all__ = ["DDIMScheduler", "DPMSolverMultistepScheduler", "DiffrtAttnProcessor", "DiffusersLatentCodec",
+__all__ = ["AccelerationReport", "DDIMScheduler", "DPMSolverMultistepScheduler", "DiffrtAttnProcessor",
+           "DiffusersLatentCodec",
            "DiffusersUNetDenoiser", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "LatentPosterior",
-           "schedules_from_diffusers"]
+           "accelerate", "accelerate_denoiser", "schedules_from_diffusers", "undo"]
 
 # Bias gap beyond which a key's softmax weight underflows to exactly 0 in float32 (e^-10000 ≪ 2^-149).
 _MASKED_GAP = 1.0e4

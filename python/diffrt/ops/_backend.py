@@ -140,7 +140,13 @@ class _ShapeDependent:
 def dispatch(op: str, impls: Mapping[str, Callable], device: torch.device, dtype: torch.dtype, requested,
              inputs: tuple = ()) -> Callable:
     """The implementation of ``op`` to run for inputs on ``device`` with ``dtype`` (cached per input kind);
-    ``inputs`` go to the ``refuses`` of :class:`Limited` implementations."""
+    ``inputs`` go to the ``refuses`` of :class:`Limited` implementations.
+
+    Under ``torch.jit.trace`` (which OpenVINO's converter runs) or ``torch.compile`` the choice is the torch
+    reference: a compiled kernel writes its output through a raw pointer, which a trace records as an unwritten
+    tensor and which torch.compile cannot trace (a graph break, with a warning, at every call)."""
+    if requested is None and "torch" in impls and (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        return impls["torch"]
     key = (op, device, dtype, requested)
     chosen = _CHOSEN.get(key)
     if chosen is None:
