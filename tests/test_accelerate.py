@@ -300,6 +300,32 @@ class CountingGroupNorm(torch.nn.GroupNorm):
         return super().forward(x)
 
 
+def test_norms_and_geglu_run_on_diffrt_kernels_with_the_same_weights():
+    from diffrt.integrations.diffusers_norms import DiffrtGroupNorm, DiffrtLayerNorm
+
+    pipe = pipeline()
+    before = {k: v for k, v in pipe.unet.state_dict().items()}
+    kinds = {n: type(m) for n, m in pipe.unet.named_modules()}
+    accelerate(pipe)
+    after = dict(pipe.unet.named_modules())
+    swapped = {n: type(after[n]).__name__ for n, kind in kinds.items()
+               if kind in (torch.nn.GroupNorm, torch.nn.LayerNorm) or kind.__name__ == "GEGLU"}
+    assert swapped and set(swapped.values()) == {"DiffrtGroupNorm", "DiffrtLayerNorm", "DiffrtGEGLU"}
+    assert all(isinstance(after[n], kinds[n]) for n in swapped)  # subclasses: isinstance checks still hold
+    state = pipe.unet.state_dict()
+    assert state.keys() == before.keys() and all(state[k] is before[k] or torch.equal(state[k], before[k])
+                                                  for k in state)
+    assert {f"unet.{n}" for n in swapped} <= set(pipe._diffrt_report.modules_swapped)
+    norm = next(m for m in after.values() if isinstance(m, DiffrtGroupNorm))
+    x = torch.randn(2, norm.num_channels, 5, 3)
+    assert_close_to_ref(norm(x), torch.nn.functional.group_norm(x.double(), norm.num_groups, norm.weight.double(),
+                                                                norm.bias.double(), norm.eps),
+                        dtype=torch.float32, scale=4.0)
+    assert DiffrtLayerNorm.from_module(torch.nn.LayerNorm([4, 3])) is None  # several dims: left as it is
+    undo(pipe)
+    assert {n: type(m) for n, m in pipe.unet.named_modules()} == kinds
+
+
 def test_module_swap_table_takes_names_imported_when_needed(monkeypatch):
     pipe = pipeline()
     monkeypatch.setitem(acc.MODULE_SWAPS, "torch.nn.modules.normalization.GroupNorm",
@@ -312,6 +338,7 @@ def test_module_swap_table_takes_names_imported_when_needed(monkeypatch):
 
 def test_module_swap_table_replaces_and_restores_submodules(monkeypatch):
     pipe = pipeline()
+    monkeypatch.delitem(acc.MODULE_SWAPS, torch.nn.GroupNorm)  # the reference: every swap but GroupNorm's
     accelerate(pipe)
     want = run(pipe)
     undo(pipe)

@@ -11,12 +11,12 @@ the same object, still called the diffusers way (``pipe(prompt, ...)``):
 * schedulers: every scheduler component whose class is a key of :data:`FUSED_SCHEDULERS` (by class name,
   diffusers' own classes only) is replaced by ``diffrt_class.from_config(scheduler.config)``.
 * modules: every submodule of the UNet and VAE whose exact type is a key of :data:`MODULE_SWAPS` is
-  replaced by what the table's factory builds from it (empty by default: the hook for fused norms and
-  activations).
+  replaced by what the table's factory builds from it: GroupNorm, LayerNorm and diffusers' GEGLU run on
+  diffrt's fused kernels (:mod:`diffrt.integrations.diffusers_norms`; not with backend "openvino").
 * dtype: every ``nn.Module`` component's floating-point weights are cast once to ``dtype``.
 * backend, for the UNet body: "torch" (eager, the default), "compile" (``torch.compile(dynamic=False)``
   of the UNet's forward; the first call of each input shape compiles, which takes minutes for a full-size
-  UNet; inside the compiled graph diffrt's ops run as their torch reference, which inductor fuses) or
+  UNet; inside the compiled graph each diffrt op is one ``torch.ops.diffrt`` node running its kernel) or
   "openvino" (the UNet converted once per input signature with ``openvino.convert_model`` and run by
   OpenVINO's CPU plugin in float32, with the UNet's own attention processors; the weights are hashed at the
   first call and converted models are cached on disk, see :func:`openvino_cache_dir` — after changing the
@@ -73,7 +73,11 @@ FUSED_SCHEDULERS: Dict[str, Union[type, str]] = {
 # instance; the factory may be given as "module:attr.path", imported when first needed}. Applied to every
 # submodule of the UNet and the VAE; e.g. ``MODULE_SWAPS[torch.nn.GroupNorm] = DiffrtGroupNorm.from_module`` or
 # ``MODULE_SWAPS["diffusers.models.activations.GEGLU"] = "diffrt.ops.norm:DiffrtGEGLU.from_module"``.
-MODULE_SWAPS: Dict[Union[type, str], Union[Callable[[torch.nn.Module], Optional[torch.nn.Module]], str]] = {}
+MODULE_SWAPS: Dict[Union[type, str], Union[Callable[[torch.nn.Module], Optional[torch.nn.Module]], str]] = {
+    torch.nn.GroupNorm: "diffrt.integrations.diffusers_norms:DiffrtGroupNorm.from_module",
+    torch.nn.LayerNorm: "diffrt.integrations.diffusers_norms:DiffrtLayerNorm.from_module",
+    "diffusers.models.activations.GEGLU": "diffrt.integrations.diffusers_norms:diffrt_geglu",
+}
 
 # The processor installed on supported attention modules (by path: integrations.diffusers re-exports this module).
 ATTENTION_PROCESSOR: Union[type, str] = "diffrt.integrations.diffusers:DiffrtAttnProcessor"
@@ -185,7 +189,10 @@ def accelerate(pipe: Any, *, dtype: Optional[torch.dtype] = None, compile: bool 
             for name, module in _components(pipe):
                 _cast(module, dtype, changes)
         for name, model in models.items():
-            _swap_modules(name, model, report, changes)
+            if backend == "openvino" and name == "unet":
+                report.modules_left["unet.*"] = "backend='openvino' runs the whole UNet (it fuses norms itself)"
+            else:
+                _swap_modules(name, model, report, changes)
             if backend == "openvino" and name == "unet":
                 report.attention_left["unet.*"] = ("backend='openvino' runs the whole UNet, attention included, "
                                                    "on OpenVINO (converted with the UNet's own processors)")

@@ -142,9 +142,10 @@ def dispatch(op: str, impls: Mapping[str, Callable], device: torch.device, dtype
     """The implementation of ``op`` to run for inputs on ``device`` with ``dtype`` (cached per input kind);
     ``inputs`` go to the ``refuses`` of :class:`Limited` implementations.
 
-    Under ``torch.jit.trace`` (which OpenVINO's converter runs) or ``torch.compile`` the choice is the torch
-    reference: a compiled kernel writes its output through a raw pointer, which a trace records as an unwritten
-    tensor and which torch.compile cannot trace (a graph break, with a warning, at every call)."""
+    Under ``torch.jit.trace`` (which OpenVINO's converter runs) the choice is the torch reference: a compiled
+    kernel writes its output through a raw pointer, which a trace records as an unwritten tensor. (torch.compile
+    sees the ops as ``torch.ops.diffrt`` custom ops, whose kernels run outside the trace; were a kernel reached
+    while dynamo traces, the reference keeps the graph whole.)"""
     if requested is None and "torch" in impls and (torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return impls["torch"]
     key = (op, device, dtype, requested)
