@@ -28,7 +28,8 @@ from .conftest import record
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")  # StableDiffusionPipeline's module imports it
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning",
+                                        "ignore::torch.jit.TracerWarning")  # OpenVINO traces the UNet
 
 STEPS = int(os.environ.get("DIFFRT_E2E_STEPS", "20"))
 GUIDANCE = 7.5
@@ -76,15 +77,24 @@ def openvino_unet(pipe, text, latents, precision):
     compile it for the CPU plugin and call it from the UNet's forward."""
     ov = pytest.importorskip("openvino")
     unet = pipe.unet
-    example = (torch.cat([latents] * 2), torch.tensor(999), torch.cat([text] * 2))
+
+    class Plain(torch.nn.Module):  # tensors in, the noise prediction out: what a trace takes
+        def __init__(self):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    example = (torch.cat([latents] * 2).float(), torch.tensor(999.0), torch.cat([text] * 2).float())
     with torch.no_grad():
-        model = ov.convert_model(unet, example_input=example)
+        model = ov.convert_model(Plain(), example_input=example)
     config = {} if precision is None else {"INFERENCE_PRECISION_HINT": precision}
     compiled = ov.compile_model(model, "CPU", config)
     output = compiled.output(0)
 
     def forward(sample, timestep, encoder_hidden_states, *args, return_dict=True, **kwargs):
-        t = torch.as_tensor(timestep).reshape(())
+        t = torch.as_tensor(timestep, dtype=torch.float32).reshape(())
         result = compiled([sample.float().numpy(), t.numpy(), encoder_hidden_states.float().numpy()])[output]
         out = torch.from_numpy(result).to(sample.dtype)
         return diffusers.models.unets.unet_2d_condition.UNet2DConditionOutput(sample=out) if return_dict else (out,)
@@ -108,7 +118,8 @@ def contestant(name: str, size: str, dtype: torch.dtype, text, latents):
     return pipe, time.perf_counter() - start
 
 
-TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 0.15}  # latents after STEPS steps; OpenVINO's default may be bf16
+TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 0.15}  # max |latent error| after STEPS steps
+DEFAULT_PRECISION_TOLERANCE = 0.5  # OpenVINO's default precision is bf16 arithmetic on CPUs that have it
 
 
 @pytest.mark.parametrize("name", PEERS + OURS)
@@ -124,7 +135,7 @@ def bench_denoising_loop(benchmark, threads, size, dtype, name):
     warmup = time.perf_counter() - first
     reference = loop(pipeline(size, dtype), text, empty, latents).float()
     error = (out.float() - reference).abs().max().item()
-    tolerance = TOLERANCE[dtype] if "default precision" not in name else TOLERANCE[torch.bfloat16]
+    tolerance = TOLERANCE[dtype] if "default precision" not in name else DEFAULT_PRECISION_TOLERANCE
     assert error <= tolerance, f"{name}: latents differ from eager diffusers' by {error}"
     benchmark.extra_info.update(compile_seconds=setup + (warmup if "compile" in name else 0.0), max_error=error,
                                 steps=STEPS)
