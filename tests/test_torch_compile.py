@@ -86,6 +86,22 @@ def _attention_backward_args(gen, dtype):
     return q, k, v, out, rand(gen, *out.shape, dtype=dtype), lse, mask, scale, backend
 
 
+def _sigma_step_args(gen, dtype, prediction_type, noise):
+    x, m = (_grad(rand(gen, 2, 3, 4, 5, dtype=dtype)) for _ in range(2))
+    z = _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)) if noise else None
+    f64 = torch.float64
+    return x, m, z, torch.tensor([2.5, 1.2], dtype=f64), torch.tensor([1.5, 0.0], dtype=f64), prediction_type, None
+
+
+def _dpm_args(gen, dtype, prediction_type, second_order=True, solver="midpoint"):
+    x, m = (_grad(rand(gen, 2, 3, 4, 5, dtype=dtype)) for _ in range(2))
+    f64 = torch.float64
+    last = (_grad(rand(gen, 2, 3, 4, 5, dtype=dtype)), torch.tensor([3.0, 1.5], dtype=f64)) if second_order else (
+        None, None)
+    return (x, m, last[0], torch.tensor([2.5, 1.2], dtype=f64), torch.tensor([1.5, 0.3], dtype=f64), last[1],
+            prediction_type, solver, None)
+
+
 OPCHECK_CASES = {
     "ddim_step": lambda gen, dtype: _ddim_args(gen, dtype),
     "ddim_step guided eta": lambda gen, dtype: _ddim_args(gen, dtype, guided=True, eta=True),
@@ -108,6 +124,30 @@ OPCHECK_CASES = {
                                            _grad(rand(gen, 1, 1, 8, 8, dtype=dtype)),
                                            _grad(rand(gen, 5, 4, 4, 4, dtype=dtype)),
                                            _grad(rand(gen, 5, dtype=dtype)), 2, 1, None),
+    "euler_step": lambda gen, dtype: _sigma_step_args(gen, dtype, "epsilon", noise=False),
+    "euler_step ancestral v": lambda gen, dtype: _sigma_step_args(gen, dtype, "v_prediction", noise=True),
+    # x̂0 = model_output for x0-prediction: in float64 the reference returns that input itself
+    "euler_step_x0 sample": lambda gen, dtype: _sigma_step_args(gen, dtype, "sample", noise=True),
+    "dpm_solver_2m_step": lambda gen, dtype: _dpm_args(gen, dtype, "epsilon", second_order=False),
+    "dpm_solver_2m_step heun": lambda gen, dtype: _dpm_args(gen, dtype, "v_prediction", solver="heun"),
+    "dpm_solver_2m_step_x0 midpoint": lambda gen, dtype: _dpm_args(gen, dtype, "sample"),
+    "dpm_solver_2m_step_x0 first order": lambda gen, dtype: _dpm_args(gen, dtype, "epsilon", second_order=False),
+    "group_norm silu": lambda gen, dtype: (_grad(rand(gen, 2, 6, 4, 5, dtype=dtype)), 3,
+                                           _grad(rand(gen, 6, dtype=dtype)), _grad(rand(gen, 6, dtype=dtype)),
+                                           1e-5, True, None),
+    "group_norm channels_last": lambda gen, dtype: (
+        _grad(rand(gen, 2, 6, 4, 5, dtype=dtype).to(memory_format=torch.channels_last)), 2,
+        _grad(rand(gen, 6)), None, 1e-3, False, None),
+    "group_norm no affine": lambda gen, dtype: (_grad(rand(gen, 2, 4, 7, dtype=dtype)), 4, None, None, 1e-5,
+                                                False, None),
+    "layer_norm": lambda gen, dtype: (_grad(rand(gen, 2, 3, 8, dtype=dtype)), _grad(rand(gen, 8, dtype=dtype)),
+                                      _grad(rand(gen, 8, dtype=dtype)), 1e-5, None),
+    "layer_norm no affine": lambda gen, dtype: (_grad(rand(gen, 5, 6, dtype=dtype)), None, None, 1e-6, None),
+    "geglu": lambda gen, dtype: (_grad(rand(gen, 2, 3, 10, dtype=dtype)), None),
+    "timestep_embedding": lambda gen, dtype: (torch.randint(0, 1000, (3,), generator=gen), 9, False, 1.0, 1.0,
+                                              10000.0, dtype, None),
+    "timestep_embedding flipped": lambda gen, dtype: (torch.rand(3, generator=gen, dtype=torch.float64) * 999, 16,
+                                                      True, 0.0, 2.0, 1000.0, dtype, None),
 }
 
 
