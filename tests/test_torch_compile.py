@@ -170,7 +170,7 @@ def test_opcheck(gen, case, dtype):
 # ---------------------------------------------------------------------------------------------
 
 
-def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, buf):
+def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, buf, t):
     x_prev = ops.ddim_step(x, m2, 0.5, 0.7, guidance_scale=7.5, guidance_rescale=0.5)
     x_next, x0 = ops.ddim_invert_step(x, m2, 0.7, 0.5, guidance_scale=2.0, return_x0=True)
     guided = ops.cfg_combine(m2, 4.0)
@@ -179,12 +179,24 @@ def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, bu
     binary = ops.diffedit_mask(m2[None], m2.flip(0)[None])
     attended = ops.attention(q, k, v, key_padding_mask=key_mask)
     cond = ops.downsample_cond(image, cond_mask, weight, bias, stride=2, padding=1, out=buf, channel_offset=1)
-    return x_prev, x0, guided, blended, soft, binary, attended, cond
+    euler = ops.euler_step(x, guided, 2.0, 1.5)
+    ancestral, euler_x0 = ops.euler_step(x, guided, 2.0, 1.5, noise=m2[2:], return_x0=True)
+    dpm, dpm_x0 = ops.dpm_solver_2m_step(x, guided, 1.5, 0.8, prediction_type="v_prediction", return_x0=True)
+    dpm2 = ops.dpm_solver_2m_step(dpm, guided, 0.8, 0.3, x0_last=dpm_x0, sigma_last=1.5)
+    normed = ops.group_norm(image, 3, weight[0, :3, 0, 0], bias[:3], activation="silu")
+    layer = ops.layer_norm(q, weight[0, 0, 0].repeat(4), None)
+    gated = ops.geglu(q)
+    embedded = ops.timestep_embedding(t, 12, flip_sin_to_cos=True)
+    return (x_prev, x0, guided, blended, soft, binary, attended, cond, euler, ancestral, euler_x0, dpm, dpm2, normed,
+            layer, gated, embedded)
 
 
 EVERY_OP_NODES = ["diffrt.ddim_step.default", "diffrt.ddim_step_x0.default", "diffrt.cfg_combine.default",
                   "diffrt.mask_blend.default", "diffrt.diffedit_mask.default", "diffrt.diffedit_mask.default",
-                  "diffrt.attention.default", "diffrt.downsample_cond.default"]
+                  "diffrt.attention.default", "diffrt.downsample_cond.default", "diffrt.euler_step.default",
+                  "diffrt.euler_step_x0.default", "diffrt.dpm_solver_2m_step_x0.default",
+                  "diffrt.dpm_solver_2m_step.default", "diffrt.group_norm.default", "diffrt.layer_norm.default",
+                  "diffrt.geglu.default", "diffrt.timestep_embedding.default"]
 
 
 def _every_op_inputs(gen):
@@ -194,7 +206,7 @@ def _every_op_inputs(gen):
     return (x, rand(gen, 4, 3, 8, 8), rand(gen, 2, 2, 10, 16), rand(gen, 2, 2, 6, 16), rand(gen, 2, 2, 6, 16),
             key_mask, torch.rand(2, 1, 8, 8, generator=gen), rand(gen, 2, 3, 16, 16),
             (torch.rand(2, 1, 16, 16, generator=gen) > 0.5).float(), rand(gen, 4, 4, 4, 4), rand(gen, 4),
-            torch.zeros(2, 6, 8, 8))
+            torch.zeros(2, 6, 8, 8), torch.randint(0, 1000, (2,), generator=gen))
 
 
 def test_every_op_compiles_into_one_graph_of_diffrt_nodes(gen):
@@ -469,3 +481,79 @@ def test_inductor_compiles_the_diffrt_unet(gen):
     x, t, cond = _diffrt_unet_inputs(gen)
     want = model(x, t, cond)
     _assert_close(torch.compile(model, backend="inductor", fullgraph=True)(x, t, cond), want, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# The σ-space schedulers' steps: σ as tensors, one graph for every step of a sampling loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _euler(x, m, sigma, sigma_next):
+    return ops.euler_step(x, m, sigma, sigma_next, return_x0=True)
+
+
+def _euler_ancestral(x, m, sigma, sigma_next, noise):
+    return ops.euler_step(x, m, sigma, sigma_next, noise=noise, return_x0=True)
+
+
+def _dpm_solver(x, m, sigma, sigma_next, x0_last, sigma_last):
+    return ops.dpm_solver_2m_step(x, m, sigma, sigma_next, x0_last=x0_last, sigma_last=sigma_last, return_x0=True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # inside diffusers
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                                  "DPMSolverMultistepScheduler"])
+@torch.no_grad()
+def test_compiled_scheduler_step_serves_every_step_without_recompiling(gen, name):
+    """The op call of each σ-space scheduler's step, compiled with σ, σ_next (and σ_last) as tensors: no graph
+    break, one graph for every step (DPM-Solver: one for the first-order and one for the second-order
+    update), and the scheduler's own step results bit for bit; the σ values are checked when the op runs."""
+    pytest.importorskip("diffusers")
+    from torch._dynamo.testing import CompileCounter
+
+    from diffrt.integrations import schedulers
+
+    scheduler = getattr(schedulers, name)()
+    scheduler.set_timesteps(6)
+    sigmas = scheduler.sigmas.to(torch.float64)
+    fn = {"EulerDiscreteScheduler": _euler, "EulerAncestralDiscreteScheduler": _euler_ancestral,
+          "DPMSolverMultistepScheduler": _dpm_solver}[name]
+    counter = CompileCounter()
+    compiled = torch.compile(fn, backend=counter, fullgraph=True)
+    x = rand(gen, 2, 3, 8, 8) * float(scheduler.init_noise_sigma)
+    x0_last, last_step, first_steps = None, len(scheduler.timesteps) - 1, []
+    for i, t in enumerate(scheduler.timesteps):
+        m = rand(gen, 2, 3, 8, 8)
+        args = (x, m, sigmas[i], sigmas[i + 1])
+        if name == "EulerAncestralDiscreteScheduler":
+            noise = rand(gen, 2, 3, 8, 8)
+            args += (noise,)
+            want = scheduler.step(m, t, x, noise=noise, return_dict=False)
+        elif name == "DPMSolverMultistepScheduler":  # diffusers' lower_order_final: first order at the ends
+            second_order = 0 < i < last_step
+            args += (x0_last, sigmas[i - 1]) if second_order else (None, None)
+            want = scheduler.step(m, t, x, return_dict=False)
+        else:
+            want = scheduler.step(m, t, x, return_dict=False)
+        if i <= 1:
+            first_steps.append(args)
+        got = compiled(*args)
+        assert torch.equal(got[0], want[0])
+        if len(want) > 1:
+            assert torch.equal(got[1], want[1])
+        x, x0_last = got
+    assert counter.frame_count == (2 if name.startswith("DPM") else 1)
+    for args in first_steps:
+        explanation = _explain(fn, *args)
+        assert _diffrt_targets(explanation.graphs[0]) == [
+            "diffrt.dpm_solver_2m_step_x0.default" if name.startswith("DPM") else "diffrt.euler_step_x0.default"]
+    x, m = rand(gen, 2, 3, 8, 8), rand(gen, 2, 3, 8, 8)
+    one, two = torch.tensor(1.0, dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)
+    if name == "EulerAncestralDiscreteScheduler":
+        with pytest.raises(ValueError, match=r"the ancestral step \(noise given\) needs sigma_next <= sigma"):
+            compiled(x, m, one, two, m)
+    elif name == "DPMSolverMultistepScheduler":
+        with pytest.raises(ValueError, match="sigma_last must be > sigma"):
+            compiled(x, m, one, one * 0.5, m, two)
+    with pytest.raises(ValueError, match="sigma must lie in"):
+        compiled(x, m, -one, one, *args[4:])
