@@ -290,6 +290,41 @@ def test_gradients_through_compiled_sampling_ops_match_eager(gen):
         _assert_close(got, want, want)
 
 
+def test_gradients_through_compiled_sigma_steps_and_norms_are_the_references(gen):
+    x, m, z, last = (rand(gen, 2, 4, 4, 6) for _ in range(4))
+    w, b, h = rand(gen, 4), rand(gen, 4), rand(gen, 2, 5, 12)
+
+    def loss(step_ref, norm_ref, x, m, z, last, w, b, h):
+        euler = step_ref["euler"](x, m, 1.8, 0.9, noise=z, prediction_type="v_prediction")
+        dpm = step_ref["dpm"](euler, m, 0.9, 0.4, x0_last=last, sigma_last=1.8, solver_type="heun")
+        normed = norm_ref["group_norm"](dpm, 2, w, b, activation="silu")
+        gated = norm_ref["geglu"](norm_ref["layer_norm"](h, w.repeat(3), b.repeat(3)))
+        return (normed**2).sum() + (gated**2).sum()
+
+    ours = (dict(euler=ops.euler_step, dpm=ops.dpm_solver_2m_step),
+            dict(group_norm=ops.group_norm, layer_norm=ops.layer_norm, geglu=ops.geglu))
+    refs = (dict(euler=ops.euler_step_ref, dpm=ops.dpm_solver_2m_step_ref),
+            dict(group_norm=ops.group_norm_ref, layer_norm=ops.layer_norm_ref, geglu=ops.geglu_ref))
+    compiled = torch.compile(lambda *a: loss(*ours, *a), backend="aot_eager", fullgraph=True)
+    inputs = (x, m, z, last, w, b, h)
+    got_leaves = [t.clone().requires_grad_() for t in inputs]
+    got = torch.autograd.grad(compiled(*got_leaves), got_leaves)
+    want_leaves = [t.clone().requires_grad_() for t in inputs]
+    want = torch.autograd.grad(loss(*refs, *want_leaves), want_leaves)
+    for g, r in zip(got, want):
+        _assert_close(g, r, r)
+
+
+def test_the_custom_ops_check_their_string_arguments(gen):
+    x, sigma = rand(gen, 2, 3, 4), torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="prediction_type must be one of .*, got 'eps'"):
+        torch.ops.diffrt.euler_step(x, x, None, sigma, sigma * 0.5, "eps", None)
+    with pytest.raises(ValueError, match="solver_type must be one of .*, got 'rk4'"):
+        torch.ops.diffrt.dpm_solver_2m_step(x, x, None, sigma, sigma * 0.5, None, "epsilon", "rk4", None)
+    with pytest.raises(ValueError, match="x0_last and sigma_last go together"):
+        torch.ops.diffrt.dpm_solver_2m_step(x, x, x, sigma, sigma * 0.5, None, "epsilon", "midpoint", None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Models: diffrt's UNet and a diffusers UNet with DiffrtAttnProcessor
 # ---------------------------------------------------------------------------------------------

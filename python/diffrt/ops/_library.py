@@ -332,12 +332,18 @@ def _downsample_backward(ctx, grad):
 
 # σ, σ_next (and σ_last) are float64 tensors of N values, as ᾱ for ddim_step: one compiled graph serves
 # every step, and the op checks their values when it runs.
+def _check_prediction_type(prediction_type):
+    if prediction_type not in _sampling.PREDICTIONS:
+        raise ValueError(f"prediction_type must be one of {_sampling.PREDICTION_TYPES}, got {prediction_type!r}")
+
+
 _EULER_SCHEMA_ARGS = "(Tensor sample, Tensor model_output, Tensor? noise, Tensor sigma, Tensor sigma_next, " \
                      "str prediction_type, str? backend)"
 
 
 def _euler_run(return_x0):
     def run(sample, model_output, noise, sigma, sigma_next, prediction_type, backend):
+        _check_prediction_type(prediction_type)
         impl = dispatch("euler_step", _sampling._EULER_IMPLS, sample.device, sample.dtype, backend)
         s, s_next = _sampling.check_euler_sigmas(sigma, sigma_next, sample.shape[0], noise is not None)
         out = impl(sample, model_output, noise, s, s_next, prediction_type, return_x0)
@@ -377,6 +383,9 @@ def _dpm_run(return_x0):
     def run(sample, model_output, x0_last, sigma, sigma_next, sigma_last, prediction_type, solver_type, backend):
         if (x0_last is None) != (sigma_last is None):
             raise ValueError("x0_last and sigma_last go together (the second-order update needs both)")
+        _check_prediction_type(prediction_type)
+        if solver_type not in _sampling.SOLVER_TYPES:
+            raise ValueError(f"solver_type must be one of {_sampling.SOLVER_TYPES}, got {solver_type!r}")
         impl = dispatch("dpm_solver_2m_step", _sampling._DPM_IMPLS, sample.device, sample.dtype, backend)
         s, s_next, s_last = _sampling.check_dpm_sigmas(sigma, sigma_next, sigma_last, sample.shape[0])
         out = impl(sample, model_output, x0_last, s, s_next, s_last, prediction_type, solver_type, return_x0)

@@ -4,7 +4,7 @@
 Each op: a readable torch reference (``*_ref``, exact in float64) that is the oracle, and the entry
 point that validates its inputs and dispatches to a backend (C++ CPU kernels, or the reference) —
 directly, or through its custom op ``torch.ops.diffrt.*`` (_library.py) when traced or differentiated.
-Tensors of per-sample ᾱ or w that require grad take the autograd.Function route (and, under
+Tensors of per-sample ᾱ, w or σ that require grad take the autograd.Function route (and, under
 torch.compile, a graph break: their values are read on the host).
 """
 
@@ -707,7 +707,9 @@ def euler_step(
     Args:
         sample: x at σ, the variance-exploding sample x = x0 + σ·ε (diffusers' Euler latents), (N, ...).
         model_output: the model's output for x/√(σ²+1), shaped like ``sample``.
-        sigma, sigma_next: σ > 0 and σ_next ≥ 0 (≤ σ with ``noise``); numbers or 1-D per-sample tensors.
+        sigma, sigma_next: σ > 0 and σ_next ≥ 0 (≤ σ with ``noise``); numbers or 1-D per-sample tensors
+            (under torch.compile, tensors are graph inputs: one graph for every step, values checked when
+            the op runs).
         noise: z ~ N(0, I) shaped like ``sample``: the ancestral step.
         prediction_type: "epsilon", "v_prediction" or "sample".
         return_x0: also return x̂0.
@@ -812,7 +814,8 @@ def dpm_solver_2m_step(
     Args:
         sample: x at σ, variance preserving (diffusers' DPM-Solver latents), (N, ...).
         model_output: the model's output for ``sample``.
-        sigma, sigma_next: σ > 0 and 0 ≤ σ_next ≤ σ (0: the step returns x̂0); numbers or per-sample tensors.
+        sigma, sigma_next: σ > 0 and 0 ≤ σ_next ≤ σ (0: the step returns x̂0); numbers or per-sample tensors
+            (graph inputs under torch.compile, as for :func:`euler_step`).
         x0_last, sigma_last: the previous step's x̂0 and its σ (> σ), for the second-order update.
         prediction_type: "epsilon", "v_prediction" or "sample".
         solver_type: "midpoint" (diffusers' default) or "heun".
