@@ -86,6 +86,22 @@ def _attention_backward_args(gen, dtype):
     return q, k, v, out, rand(gen, *out.shape, dtype=dtype), lse, mask, scale, backend
 
 
+def _sigma_step_args(gen, dtype, prediction_type, noise):
+    x, m = (_grad(rand(gen, 2, 3, 4, 5, dtype=dtype)) for _ in range(2))
+    z = _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)) if noise else None
+    f64 = torch.float64
+    return x, m, z, torch.tensor([2.5, 1.2], dtype=f64), torch.tensor([1.5, 0.0], dtype=f64), prediction_type, None
+
+
+def _dpm_args(gen, dtype, prediction_type, second_order=True, solver="midpoint"):
+    x, m = (_grad(rand(gen, 2, 3, 4, 5, dtype=dtype)) for _ in range(2))
+    f64 = torch.float64
+    last = (_grad(rand(gen, 2, 3, 4, 5, dtype=dtype)), torch.tensor([3.0, 1.5], dtype=f64)) if second_order else (
+        None, None)
+    return (x, m, last[0], torch.tensor([2.5, 1.2], dtype=f64), torch.tensor([1.5, 0.3], dtype=f64), last[1],
+            prediction_type, solver, None)
+
+
 OPCHECK_CASES = {
     "ddim_step": lambda gen, dtype: _ddim_args(gen, dtype),
     "ddim_step guided eta": lambda gen, dtype: _ddim_args(gen, dtype, guided=True, eta=True),
@@ -108,6 +124,30 @@ OPCHECK_CASES = {
                                            _grad(rand(gen, 1, 1, 8, 8, dtype=dtype)),
                                            _grad(rand(gen, 5, 4, 4, 4, dtype=dtype)),
                                            _grad(rand(gen, 5, dtype=dtype)), 2, 1, None),
+    "euler_step": lambda gen, dtype: _sigma_step_args(gen, dtype, "epsilon", noise=False),
+    "euler_step ancestral v": lambda gen, dtype: _sigma_step_args(gen, dtype, "v_prediction", noise=True),
+    # x̂0 = model_output for x0-prediction: in float64 the reference returns that input itself
+    "euler_step_x0 sample": lambda gen, dtype: _sigma_step_args(gen, dtype, "sample", noise=True),
+    "dpm_solver_2m_step": lambda gen, dtype: _dpm_args(gen, dtype, "epsilon", second_order=False),
+    "dpm_solver_2m_step heun": lambda gen, dtype: _dpm_args(gen, dtype, "v_prediction", solver="heun"),
+    "dpm_solver_2m_step_x0 midpoint": lambda gen, dtype: _dpm_args(gen, dtype, "sample"),
+    "dpm_solver_2m_step_x0 first order": lambda gen, dtype: _dpm_args(gen, dtype, "epsilon", second_order=False),
+    "group_norm silu": lambda gen, dtype: (_grad(rand(gen, 2, 6, 4, 5, dtype=dtype)), 3,
+                                           _grad(rand(gen, 6, dtype=dtype)), _grad(rand(gen, 6, dtype=dtype)),
+                                           1e-5, True, None),
+    "group_norm channels_last": lambda gen, dtype: (
+        _grad(rand(gen, 2, 6, 4, 5, dtype=dtype).to(memory_format=torch.channels_last)), 2,
+        _grad(rand(gen, 6)), None, 1e-3, False, None),
+    "group_norm no affine": lambda gen, dtype: (_grad(rand(gen, 2, 4, 7, dtype=dtype)), 4, None, None, 1e-5,
+                                                False, None),
+    "layer_norm": lambda gen, dtype: (_grad(rand(gen, 2, 3, 8, dtype=dtype)), _grad(rand(gen, 8, dtype=dtype)),
+                                      _grad(rand(gen, 8, dtype=dtype)), 1e-5, None),
+    "layer_norm no affine": lambda gen, dtype: (_grad(rand(gen, 5, 6, dtype=dtype)), None, None, 1e-6, None),
+    "geglu": lambda gen, dtype: (_grad(rand(gen, 2, 3, 10, dtype=dtype)), None),
+    "timestep_embedding": lambda gen, dtype: (torch.randint(0, 1000, (3,), generator=gen), 9, False, 1.0, 1.0,
+                                              10000.0, dtype, None),
+    "timestep_embedding flipped": lambda gen, dtype: (torch.rand(3, generator=gen, dtype=torch.float64) * 999, 16,
+                                                      True, 0.0, 2.0, 1000.0, dtype, None),
 }
 
 
@@ -130,7 +170,7 @@ def test_opcheck(gen, case, dtype):
 # ---------------------------------------------------------------------------------------------
 
 
-def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, buf):
+def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, buf, t):
     x_prev = ops.ddim_step(x, m2, 0.5, 0.7, guidance_scale=7.5, guidance_rescale=0.5)
     x_next, x0 = ops.ddim_invert_step(x, m2, 0.7, 0.5, guidance_scale=2.0, return_x0=True)
     guided = ops.cfg_combine(m2, 4.0)
@@ -139,12 +179,24 @@ def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, bu
     binary = ops.diffedit_mask(m2[None], m2.flip(0)[None])
     attended = ops.attention(q, k, v, key_padding_mask=key_mask)
     cond = ops.downsample_cond(image, cond_mask, weight, bias, stride=2, padding=1, out=buf, channel_offset=1)
-    return x_prev, x0, guided, blended, soft, binary, attended, cond
+    euler = ops.euler_step(x, guided, 2.0, 1.5)
+    ancestral, euler_x0 = ops.euler_step(x, guided, 2.0, 1.5, noise=m2[2:], return_x0=True)
+    dpm, dpm_x0 = ops.dpm_solver_2m_step(x, guided, 1.5, 0.8, prediction_type="v_prediction", return_x0=True)
+    dpm2 = ops.dpm_solver_2m_step(dpm, guided, 0.8, 0.3, x0_last=dpm_x0, sigma_last=1.5)
+    normed = ops.group_norm(image, 3, weight[0, :3, 0, 0], bias[:3], activation="silu")
+    layer = ops.layer_norm(q, weight[0, 0, 0].repeat(4), None)
+    gated = ops.geglu(q)
+    embedded = ops.timestep_embedding(t, 12, flip_sin_to_cos=True)
+    return (x_prev, x0, guided, blended, soft, binary, attended, cond, euler, ancestral, euler_x0, dpm, dpm2, normed,
+            layer, gated, embedded)
 
 
 EVERY_OP_NODES = ["diffrt.ddim_step.default", "diffrt.ddim_step_x0.default", "diffrt.cfg_combine.default",
                   "diffrt.mask_blend.default", "diffrt.diffedit_mask.default", "diffrt.diffedit_mask.default",
-                  "diffrt.attention.default", "diffrt.downsample_cond.default"]
+                  "diffrt.attention.default", "diffrt.downsample_cond.default", "diffrt.euler_step.default",
+                  "diffrt.euler_step_x0.default", "diffrt.dpm_solver_2m_step_x0.default",
+                  "diffrt.dpm_solver_2m_step.default", "diffrt.group_norm.default", "diffrt.layer_norm.default",
+                  "diffrt.geglu.default", "diffrt.timestep_embedding.default"]
 
 
 def _every_op_inputs(gen):
@@ -154,7 +206,7 @@ def _every_op_inputs(gen):
     return (x, rand(gen, 4, 3, 8, 8), rand(gen, 2, 2, 10, 16), rand(gen, 2, 2, 6, 16), rand(gen, 2, 2, 6, 16),
             key_mask, torch.rand(2, 1, 8, 8, generator=gen), rand(gen, 2, 3, 16, 16),
             (torch.rand(2, 1, 16, 16, generator=gen) > 0.5).float(), rand(gen, 4, 4, 4, 4), rand(gen, 4),
-            torch.zeros(2, 6, 8, 8))
+            torch.zeros(2, 6, 8, 8), torch.randint(0, 1000, (2,), generator=gen))
 
 
 def test_every_op_compiles_into_one_graph_of_diffrt_nodes(gen):
@@ -236,6 +288,41 @@ def test_gradients_through_compiled_sampling_ops_match_eager(gen):
         grads[name] = torch.autograd.grad(fn(*leaves), leaves)
     for got, want in zip(grads["compiled"], grads["eager"]):
         _assert_close(got, want, want)
+
+
+def test_gradients_through_compiled_sigma_steps_and_norms_are_the_references(gen):
+    x, m, z, last = (rand(gen, 2, 4, 4, 6) for _ in range(4))
+    w, b, h = rand(gen, 4), rand(gen, 4), rand(gen, 2, 5, 12)
+
+    def loss(step_ref, norm_ref, x, m, z, last, w, b, h):
+        euler = step_ref["euler"](x, m, 1.8, 0.9, noise=z, prediction_type="v_prediction")
+        dpm = step_ref["dpm"](euler, m, 0.9, 0.4, x0_last=last, sigma_last=1.8, solver_type="heun")
+        normed = norm_ref["group_norm"](dpm, 2, w, b, activation="silu")
+        gated = norm_ref["geglu"](norm_ref["layer_norm"](h, w.repeat(3), b.repeat(3)))
+        return (normed**2).sum() + (gated**2).sum()
+
+    ours = (dict(euler=ops.euler_step, dpm=ops.dpm_solver_2m_step),
+            dict(group_norm=ops.group_norm, layer_norm=ops.layer_norm, geglu=ops.geglu))
+    refs = (dict(euler=ops.euler_step_ref, dpm=ops.dpm_solver_2m_step_ref),
+            dict(group_norm=ops.group_norm_ref, layer_norm=ops.layer_norm_ref, geglu=ops.geglu_ref))
+    compiled = torch.compile(lambda *a: loss(*ours, *a), backend="aot_eager", fullgraph=True)
+    inputs = (x, m, z, last, w, b, h)
+    got_leaves = [t.clone().requires_grad_() for t in inputs]
+    got = torch.autograd.grad(compiled(*got_leaves), got_leaves)
+    want_leaves = [t.clone().requires_grad_() for t in inputs]
+    want = torch.autograd.grad(loss(*refs, *want_leaves), want_leaves)
+    for g, r in zip(got, want):
+        _assert_close(g, r, r)
+
+
+def test_the_custom_ops_check_their_string_arguments(gen):
+    x, sigma = rand(gen, 2, 3, 4), torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="prediction_type must be one of .*, got 'eps'"):
+        torch.ops.diffrt.euler_step(x, x, None, sigma, sigma * 0.5, "eps", None)
+    with pytest.raises(ValueError, match="solver_type must be one of .*, got 'rk4'"):
+        torch.ops.diffrt.dpm_solver_2m_step(x, x, None, sigma, sigma * 0.5, None, "epsilon", "rk4", None)
+    with pytest.raises(ValueError, match="x0_last and sigma_last go together"):
+        torch.ops.diffrt.dpm_solver_2m_step(x, x, x, sigma, sigma * 0.5, None, "epsilon", "midpoint", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,3 +516,79 @@ def test_inductor_compiles_the_diffrt_unet(gen):
     x, t, cond = _diffrt_unet_inputs(gen)
     want = model(x, t, cond)
     _assert_close(torch.compile(model, backend="inductor", fullgraph=True)(x, t, cond), want, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# The σ-space schedulers' steps: σ as tensors, one graph for every step of a sampling loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _euler(x, m, sigma, sigma_next):
+    return ops.euler_step(x, m, sigma, sigma_next, return_x0=True)
+
+
+def _euler_ancestral(x, m, sigma, sigma_next, noise):
+    return ops.euler_step(x, m, sigma, sigma_next, noise=noise, return_x0=True)
+
+
+def _dpm_solver(x, m, sigma, sigma_next, x0_last, sigma_last):
+    return ops.dpm_solver_2m_step(x, m, sigma, sigma_next, x0_last=x0_last, sigma_last=sigma_last, return_x0=True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # inside diffusers
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                                  "DPMSolverMultistepScheduler"])
+@torch.no_grad()
+def test_compiled_scheduler_step_serves_every_step_without_recompiling(gen, name):
+    """The op call of each σ-space scheduler's step, compiled with σ, σ_next (and σ_last) as tensors: no graph
+    break, one graph for every step (DPM-Solver: one for the first-order and one for the second-order
+    update), and the scheduler's own step results bit for bit; the σ values are checked when the op runs."""
+    pytest.importorskip("diffusers")
+    from torch._dynamo.testing import CompileCounter
+
+    from diffrt.integrations import schedulers
+
+    scheduler = getattr(schedulers, name)()
+    scheduler.set_timesteps(6)
+    sigmas = scheduler.sigmas.to(torch.float64)
+    fn = {"EulerDiscreteScheduler": _euler, "EulerAncestralDiscreteScheduler": _euler_ancestral,
+          "DPMSolverMultistepScheduler": _dpm_solver}[name]
+    counter = CompileCounter()
+    compiled = torch.compile(fn, backend=counter, fullgraph=True)
+    x = rand(gen, 2, 3, 8, 8) * float(scheduler.init_noise_sigma)
+    x0_last, last_step, first_steps = None, len(scheduler.timesteps) - 1, []
+    for i, t in enumerate(scheduler.timesteps):
+        m = rand(gen, 2, 3, 8, 8)
+        args = (x, m, sigmas[i], sigmas[i + 1])
+        if name == "EulerAncestralDiscreteScheduler":
+            noise = rand(gen, 2, 3, 8, 8)
+            args += (noise,)
+            want = scheduler.step(m, t, x, noise=noise, return_dict=False)
+        elif name == "DPMSolverMultistepScheduler":  # diffusers' lower_order_final: first order at the ends
+            second_order = 0 < i < last_step
+            args += (x0_last, sigmas[i - 1]) if second_order else (None, None)
+            want = scheduler.step(m, t, x, return_dict=False)
+        else:
+            want = scheduler.step(m, t, x, return_dict=False)
+        if i <= 1:
+            first_steps.append(args)
+        got = compiled(*args)
+        assert torch.equal(got[0], want[0])
+        if len(want) > 1:
+            assert torch.equal(got[1], want[1])
+        x, x0_last = got
+    assert counter.frame_count == (2 if name.startswith("DPM") else 1)
+    for args in first_steps:
+        explanation = _explain(fn, *args)
+        assert _diffrt_targets(explanation.graphs[0]) == [
+            "diffrt.dpm_solver_2m_step_x0.default" if name.startswith("DPM") else "diffrt.euler_step_x0.default"]
+    x, m = rand(gen, 2, 3, 8, 8), rand(gen, 2, 3, 8, 8)
+    one, two = torch.tensor(1.0, dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)
+    if name == "EulerAncestralDiscreteScheduler":
+        with pytest.raises(ValueError, match=r"the ancestral step \(noise given\) needs sigma_next <= sigma"):
+            compiled(x, m, one, two, m)
+    elif name == "DPMSolverMultistepScheduler":
+        with pytest.raises(ValueError, match="sigma_last must be > sigma"):
+            compiled(x, m, one, one * 0.5, m, two)
+    with pytest.raises(ValueError, match="sigma must lie in"):
+        compiled(x, m, -one, one, *args[4:])

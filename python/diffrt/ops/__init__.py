@@ -6,8 +6,9 @@ on one. Each op has its readable torch reference ``<op>_ref`` beside it, exact i
 Each is also a torch custom op ``torch.ops.diffrt.<op>`` (fake and autograd implementations
 included): torch.compile and torch.export keep it as one node of the graph. Python numbers an op
 takes (ᾱ, guidance weights, η, …) are constants of a compiled graph, so a compiled sampler step
-recompiles for each new value; pass ddim_step's ᾱ_t, ᾱ_prev and guidance_scale as tensors instead:
-they are graph inputs (one graph for every step) whose values the op checks when it runs.
+recompiles for each new value; pass ddim_step's ᾱ_t, ᾱ_prev and guidance_scale (and the σ of
+euler_step and dpm_solver_2m_step) as tensors instead: they are graph inputs (one graph for every
+step) whose values the op checks when it runs.
 """
 
 from ._backend import AUTO_ORDER, BACKENDS, UnsupportedBackendError, backend_table

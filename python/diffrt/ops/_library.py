@@ -19,8 +19,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 # The op modules themselves (``diffrt.ops.attention`` is also the name of the function the package exports).
-_attention, _downsample, _masks, _sampling = (
-    importlib.import_module(f"{__package__}.{name}") for name in ("attention", "downsample", "masks", "sampling"))
+_attention, _downsample, _masks, _norm, _sampling = (
+    importlib.import_module(f"{__package__}.{name}")
+    for name in ("attention", "downsample", "masks", "norm", "sampling"))
 from . import _checks
 from ._backend import dispatch
 from ._codes import ClipMode
@@ -49,12 +50,13 @@ def _scalar(values: Sequence[float]):
     return first if all(v == first for v in values) else list(values)
 
 
-def _fresh(out: torch.Tensor, *inputs) -> torch.Tensor:
+def _fresh(out: torch.Tensor, *inputs, memory_format=torch.contiguous_format) -> torch.Tensor:
     """A custom op's output may be neither an input nor a view: the references return an input itself
-    where the math is the identity (e.g. x̂0 = model_output for x0-prediction in float64)."""
+    where the math is the identity (e.g. x̂0 = model_output for x0-prediction in float64). Its layout is
+    the one the fake implementation gives (every backend the same)."""
     if out._base is not None or any(out is t for t in inputs):
-        return out.clone(memory_format=torch.contiguous_format)
-    return out.contiguous()
+        return out.clone(memory_format=memory_format)
+    return out.contiguous(memory_format=memory_format)
 
 
 def _vjp(reference: Callable, primals: Sequence[Optional[torch.Tensor]], grads, wanted: Sequence[bool]):
@@ -324,6 +326,197 @@ def _downsample_backward(ctx, grad):
     return (*grads, None, None, None)
 
 
+# ---------------------------------------------------------------------------------------------
+# euler_step and dpm_solver_2m_step, with and without x̂0
+# ---------------------------------------------------------------------------------------------
+
+# σ, σ_next (and σ_last) are float64 tensors of N values, as ᾱ for ddim_step: one compiled graph serves
+# every step, and the op checks their values when it runs.
+def _check_prediction_type(prediction_type):
+    if prediction_type not in _sampling.PREDICTIONS:
+        raise ValueError(f"prediction_type must be one of {_sampling.PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+_EULER_SCHEMA_ARGS = "(Tensor sample, Tensor model_output, Tensor? noise, Tensor sigma, Tensor sigma_next, " \
+                     "str prediction_type, str? backend)"
+
+
+def _euler_run(return_x0):
+    def run(sample, model_output, noise, sigma, sigma_next, prediction_type, backend):
+        _check_prediction_type(prediction_type)
+        impl = dispatch("euler_step", _sampling._EULER_IMPLS, sample.device, sample.dtype, backend)
+        s, s_next = _sampling.check_euler_sigmas(sigma, sigma_next, sample.shape[0], noise is not None)
+        out = impl(sample, model_output, noise, s, s_next, prediction_type, return_x0)
+        if return_x0:
+            return tuple(_fresh(o, sample, model_output, noise) for o in out)
+        return _fresh(out, sample, model_output, noise)
+
+    return run
+
+
+def _euler_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:5])  # sample, model_output, noise, σ, σ_next
+    ctx.params = inputs[5:]
+
+
+def _euler_backward(return_x0):
+    def backward(ctx, *grads):
+        sample, model_output, noise, sigma, sigma_next = ctx.saved_tensors
+        prediction_type, _backend = ctx.params
+        checked = _sampling.Checked
+
+        def reference(sample, model_output, noise):
+            return _sampling.euler_step_ref(sample, model_output, checked(sigma), checked(sigma_next), noise=noise,
+                                            prediction_type=prediction_type, return_x0=return_x0)
+
+        grad_inputs = _vjp(reference, (sample, model_output, noise), grads, ctx.needs_input_grad[:3])
+        return (*grad_inputs, None, None, None, None)
+
+    return backward
+
+
+_DPM_SCHEMA_ARGS = "(Tensor sample, Tensor model_output, Tensor? x0_last, Tensor sigma, Tensor sigma_next, " \
+                   "Tensor? sigma_last, str prediction_type, str solver_type, str? backend)"
+
+
+def _dpm_run(return_x0):
+    def run(sample, model_output, x0_last, sigma, sigma_next, sigma_last, prediction_type, solver_type, backend):
+        if (x0_last is None) != (sigma_last is None):
+            raise ValueError("x0_last and sigma_last go together (the second-order update needs both)")
+        _check_prediction_type(prediction_type)
+        if solver_type not in _sampling.SOLVER_TYPES:
+            raise ValueError(f"solver_type must be one of {_sampling.SOLVER_TYPES}, got {solver_type!r}")
+        impl = dispatch("dpm_solver_2m_step", _sampling._DPM_IMPLS, sample.device, sample.dtype, backend)
+        s, s_next, s_last = _sampling.check_dpm_sigmas(sigma, sigma_next, sigma_last, sample.shape[0])
+        out = impl(sample, model_output, x0_last, s, s_next, s_last, prediction_type, solver_type, return_x0)
+        if return_x0:
+            return tuple(_fresh(o, sample, model_output, x0_last) for o in out)
+        return _fresh(out, sample, model_output, x0_last)
+
+    return run
+
+
+def _dpm_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6])  # sample, model_output, x̂0_last, σ, σ_next, σ_last
+    ctx.params = inputs[6:]
+
+
+def _dpm_backward(return_x0):
+    def backward(ctx, *grads):
+        sample, model_output, x0_last, sigma, sigma_next, sigma_last = ctx.saved_tensors
+        prediction_type, solver_type, _backend = ctx.params
+        checked = _sampling.Checked
+
+        def reference(sample, model_output, x0_last):
+            return _sampling.dpm_solver_2m_step_ref(
+                sample, model_output, checked(sigma), checked(sigma_next), x0_last=x0_last,
+                sigma_last=None if sigma_last is None else checked(sigma_last), prediction_type=prediction_type,
+                solver_type=solver_type, return_x0=return_x0)
+
+        grad_inputs = _vjp(reference, (sample, model_output, x0_last), grads, ctx.needs_input_grad[:3])
+        return (*grad_inputs, *([None] * 6))
+
+    return backward
+
+
+def _step_fake(return_x0):
+    def fake(sample, *rest):
+        out = sample.new_empty(sample.shape)
+        return (out, sample.new_empty(sample.shape)) if return_x0 else out
+
+    return fake
+
+
+# ---------------------------------------------------------------------------------------------
+# group_norm, layer_norm, geglu (autograd: the references' VJPs), timestep_embedding (no gradient)
+# ---------------------------------------------------------------------------------------------
+
+
+def _group_norm_format(x):
+    """The group_norm kernels keep a 4-D channels-last x's layout; everything else comes out contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _group_norm_run(x, num_groups, weight, bias, eps, silu, backend):
+    impl = dispatch("group_norm", _norm._GROUP_NORM_IMPLS, x.device, x.dtype, backend)
+    return _fresh(impl(x, num_groups, weight, bias, eps, silu), x, weight, bias, memory_format=_group_norm_format(x))
+
+
+def _group_norm_fake(x, num_groups, weight, bias, eps, silu, backend):
+    return torch.empty_like(x, memory_format=_group_norm_format(x))
+
+
+def _group_norm_setup(ctx, inputs, output):
+    x, num_groups, weight, bias, eps, silu, _ = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.params = (num_groups, eps, silu)
+
+
+def _group_norm_backward(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    num_groups, eps, silu = ctx.params
+    wanted = (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
+    grad_x, grad_w, grad_b = _vjp(
+        lambda x, w, b: _norm.group_norm_ref(x, num_groups, w, b, eps, activation="silu" if silu else None),
+        (x, weight, bias), (grad,), wanted)
+    return grad_x, None, grad_w, grad_b, None, None, None
+
+
+def _layer_norm_run(x, weight, bias, eps, backend):
+    impl = dispatch("layer_norm", _norm._LAYER_NORM_IMPLS, x.device, x.dtype, backend)
+    return _fresh(impl(x, weight, bias, eps), x, weight, bias)
+
+
+def _layer_norm_fake(x, weight, bias, eps, backend):
+    return x.new_empty(x.shape)
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, bias, eps, _ = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.eps = eps
+
+
+def _layer_norm_backward(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    eps = ctx.eps
+    grads = _vjp(lambda x, w, b: _norm.layer_norm_ref(x, w, b, eps), (x, weight, bias), (grad,),
+                 ctx.needs_input_grad[:3])
+    return (*grads, None, None)
+
+
+def _geglu_run(x, backend):
+    impl = dispatch("geglu", _norm._GEGLU_IMPLS, x.device, x.dtype, backend)
+    return _fresh(impl(x), x)
+
+
+def _geglu_fake(x, backend):
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+def _geglu_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _geglu_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    (grad_x,) = _vjp(_norm.geglu_ref, (x,), (grad,), ctx.needs_input_grad[:1])
+    return grad_x, None
+
+
+def _timestep_embedding_run(timesteps, dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period, dtype,
+                            backend):
+    impl = dispatch("timestep_embedding", _norm._TIMESTEP_EMBEDDING_IMPLS, timesteps.device, dtype, backend)
+    return _fresh(impl(timesteps, dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period, dtype), timesteps)
+
+
+def _timestep_embedding_fake(timesteps, dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period, dtype,
+                             backend):
+    return timesteps.new_empty((timesteps.shape[0], dim), dtype=dtype)
+
+
 SPECS = (
     OpSpec("ddim_step", _DDIM_SCHEMA_ARGS + " -> Tensor", _ddim_run(False), _ddim_fake(False),
            _ddim_backward(False), _ddim_setup),
@@ -347,6 +540,24 @@ SPECS = (
     OpSpec("downsample_cond",
            "(Tensor image, Tensor mask, Tensor weight, Tensor? bias, int stride, int padding, str? backend) -> Tensor",
            _downsample_run, _downsample_fake, _downsample_backward, _downsample_setup),
+    OpSpec("euler_step", _EULER_SCHEMA_ARGS + " -> Tensor", _euler_run(False), _step_fake(False),
+           _euler_backward(False), _euler_setup),
+    OpSpec("euler_step_x0", _EULER_SCHEMA_ARGS + " -> (Tensor, Tensor)", _euler_run(True), _step_fake(True),
+           _euler_backward(True), _euler_setup),
+    OpSpec("dpm_solver_2m_step", _DPM_SCHEMA_ARGS + " -> Tensor", _dpm_run(False), _step_fake(False),
+           _dpm_backward(False), _dpm_setup),
+    OpSpec("dpm_solver_2m_step_x0", _DPM_SCHEMA_ARGS + " -> (Tensor, Tensor)", _dpm_run(True), _step_fake(True),
+           _dpm_backward(True), _dpm_setup),
+    OpSpec("group_norm",
+           "(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, bool silu, str? backend) -> Tensor",
+           _group_norm_run, _group_norm_fake, _group_norm_backward, _group_norm_setup),
+    OpSpec("layer_norm", "(Tensor x, Tensor? weight, Tensor? bias, float eps, str? backend) -> Tensor",
+           _layer_norm_run, _layer_norm_fake, _layer_norm_backward, _layer_norm_setup),
+    OpSpec("geglu", "(Tensor x, str? backend) -> Tensor", _geglu_run, _geglu_fake, _geglu_backward, _geglu_setup),
+    OpSpec("timestep_embedding",
+           "(Tensor timesteps, int dim, bool flip_sin_to_cos, float downscale_freq_shift, float scale, "
+           "float max_period, ScalarType dtype, str? backend) -> Tensor",
+           _timestep_embedding_run, _timestep_embedding_fake),
 )
 
 

@@ -22,7 +22,7 @@ import torch
 
 from .. import _C
 from . import _alloc, _checks, _launch
-from ._autograd import needs_grad, with_reference_gradients
+from ._autograd import direct, needs_grad
 from ._backend import dispatch
 from ._codes import DTYPES, math_dtype
 
@@ -270,14 +270,9 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] 
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     silu = activation == "silu"
     impl = dispatch("group_norm", _GROUP_NORM_IMPLS, x.device, x.dtype, backend)
-    if not needs_grad(x, weight, bias):
+    if direct(x, weight, bias):
         return impl(x, num_groups, weight, bias, eps, silu)
-    return with_reference_gradients(
-        lambda: impl(x.detach(), num_groups, None if weight is None else weight.detach(),
-                     None if bias is None else bias.detach(), eps, silu),
-        lambda x_, w_, b_: group_norm_ref(x_, num_groups, w_, b_, eps, activation=activation),
-        (x, weight, bias), impl is _group_norm_torch,
-    )
+    return torch.ops.diffrt.group_norm.default(x, num_groups, weight, bias, eps, silu, backend)
 
 
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
@@ -296,13 +291,9 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
     _affine("bias", bias, x.shape[-1], x, "element of the last dim")
     eps = _eps(eps)
     impl = dispatch("layer_norm", _LAYER_NORM_IMPLS, x.device, x.dtype, backend)
-    if not needs_grad(x, weight, bias):
+    if direct(x, weight, bias):
         return impl(x, weight, bias, eps)
-    return with_reference_gradients(
-        lambda: impl(x.detach(), None if weight is None else weight.detach(),
-                     None if bias is None else bias.detach(), eps),
-        lambda x_, w_, b_: layer_norm_ref(x_, w_, b_, eps), (x, weight, bias), impl is layer_norm_ref,
-    )
+    return torch.ops.diffrt.layer_norm.default(x, weight, bias, eps, backend)
 
 
 def geglu(x: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
@@ -316,9 +307,9 @@ def geglu(x: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     if x.dim() < 1 or x.shape[-1] % 2 != 0:
         raise ValueError(f"x must have an even last dim (hidden and gate halves), got shape {tuple(x.shape)}")
     impl = dispatch("geglu", _GEGLU_IMPLS, x.device, x.dtype, backend)
-    if not needs_grad(x):
+    if direct(x):
         return impl(x)
-    return with_reference_gradients(lambda: impl(x.detach()), geglu_ref, (x,), impl is geglu_ref)
+    return torch.ops.diffrt.geglu.default(x, backend)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = False,
@@ -357,4 +348,7 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool 
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     impl = dispatch("timestep_embedding", _TIMESTEP_EMBEDDING_IMPLS, timesteps.device, dtype, backend)
-    return impl(timesteps, dim, flip_sin_to_cos, shift, scale, max_period, dtype)
+    if direct(timesteps):
+        return impl(timesteps, dim, flip_sin_to_cos, shift, scale, max_period, dtype)
+    return torch.ops.diffrt.timestep_embedding.default(timesteps, dim, flip_sin_to_cos, shift, scale, max_period,
+                                                       dtype, backend)

@@ -4,7 +4,7 @@
 Each op: a readable torch reference (``*_ref``, exact in float64) that is the oracle, and the entry
 point that validates its inputs and dispatches to a backend (C++ CPU kernels, or the reference) —
 directly, or through its custom op ``torch.ops.diffrt.*`` (_library.py) when traced or differentiated.
-Tensors of per-sample ᾱ or w that require grad take the autograd.Function route (and, under
+Tensors of per-sample ᾱ, w or σ that require grad take the autograd.Function route (and, under
 torch.compile, a graph break: their values are read on the host).
 """
 
@@ -626,6 +626,33 @@ def _check_like(name: str, t: torch.Tensor, sample: torch.Tensor) -> None:
     _checks.same_shape(name, t, "sample", sample)
 
 
+def check_euler_sigmas(sigma, sigma_next, n: int, ancestral: bool):
+    """σ > 0 and σ_next ≥ 0 as n floats each; the ancestral step (noise) goes towards less noise."""
+    s = _checks.per_sample("sigma", sigma, n, lo=0.0, lo_open=True)
+    s_next = _checks.per_sample("sigma_next", sigma_next, n, lo=0.0)
+    if ancestral:
+        for a, b in zip(s, s_next):
+            if b > a:
+                raise ValueError(f"the ancestral step (noise given) needs sigma_next <= sigma, got {b} > {a}")
+    return s, s_next
+
+
+def check_dpm_sigmas(sigma, sigma_next, sigma_last, n: int):
+    """σ > 0, 0 ≤ σ_next ≤ σ and (second order, when given) σ_last > σ as n floats each (σ_last: None)."""
+    s = _checks.per_sample("sigma", sigma, n, lo=0.0, lo_open=True)
+    s_next = _checks.per_sample("sigma_next", sigma_next, n, lo=0.0)
+    s_last = None
+    if sigma_last is not None:
+        s_last = _checks.per_sample("sigma_last", sigma_last, n, lo=0.0, lo_open=True)
+        for a, b in zip(s, s_last):
+            if not b > a:
+                raise ValueError(f"sigma_last must be > sigma (the previous step was noisier), got {b} <= {a}")
+    for a, b in zip(s, s_next):
+        if b > a:  # σ_next = σ (a final σ equal to σ_min) is a step of h = 0: x_next = x
+            raise ValueError(f"sigma_next must be <= sigma (a step towards less noise), got {b} > {a}")
+    return s, s_next, s_last
+
+
 _EULER_STEP = _launch.kernel("euler_step")
 
 
@@ -680,7 +707,9 @@ def euler_step(
     Args:
         sample: x at σ, the variance-exploding sample x = x0 + σ·ε (diffusers' Euler latents), (N, ...).
         model_output: the model's output for x/√(σ²+1), shaped like ``sample``.
-        sigma, sigma_next: σ > 0 and σ_next ≥ 0 (≤ σ with ``noise``); numbers or 1-D per-sample tensors.
+        sigma, sigma_next: σ > 0 and σ_next ≥ 0 (≤ σ with ``noise``); numbers or 1-D per-sample tensors
+            (under torch.compile, tensors are graph inputs: one graph for every step, values checked when
+            the op runs).
         noise: z ~ N(0, I) shaped like ``sample``: the ancestral step.
         prediction_type: "epsilon", "v_prediction" or "sample".
         return_x0: also return x̂0.
@@ -694,17 +723,25 @@ def euler_step(
     if prediction_type not in PREDICTIONS:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     n = sample.shape[0]
-    s = _checks.per_sample("sigma", sigma, n, lo=0.0, lo_open=True)
-    s_next = _checks.per_sample("sigma_next", sigma_next, n, lo=0.0)
     if noise is not None:
         _check_like("noise", noise, sample)
-        for a, b in zip(s, s_next):
-            if b > a:
-                raise ValueError(f"the ancestral step (noise given) needs sigma_next <= sigma, got {b} > {a}")
+    # Traced with tensors of σ: their values are checked by the custom op when it runs (see ddim_step).
+    tensor_sigmas = isinstance(sigma, torch.Tensor) or isinstance(sigma_next, torch.Tensor)
+    grad_sigmas = tensor_sigmas and needs_grad(sigma, sigma_next)
+    defer = tensor_sigmas and not grad_sigmas and tracing()
+    if defer:
+        s = _checks.per_sample_shape("sigma", sigma, n)
+        s_next = _checks.per_sample_shape("sigma_next", sigma_next, n)
+    else:
+        s, s_next = check_euler_sigmas(sigma, sigma_next, n, noise is not None)
     impl = dispatch("euler_step", _EULER_IMPLS, sample.device, sample.dtype, backend)
+    if not grad_sigmas:  # the custom op differentiates sample, model_output and noise
+        if not defer and direct(sample, model_output, noise):
+            return impl(sample, model_output, noise, s, s_next, prediction_type, bool(return_x0))
+        op = torch.ops.diffrt.euler_step_x0 if return_x0 else torch.ops.diffrt.euler_step
+        return op.default(sample, model_output, noise, op_scalars(s, n), op_scalars(s_next, n), prediction_type,
+                          backend)
     args = (sample, model_output, noise, s, s_next, prediction_type, bool(return_x0))
-    if not needs_grad(sample, model_output, noise, sigma, sigma_next):
-        return impl(*args)
     return with_reference_gradients(
         lambda: impl(*args),
         lambda sample, model_output, noise, sigma, sigma_next: euler_step_ref(
@@ -777,7 +814,8 @@ def dpm_solver_2m_step(
     Args:
         sample: x at σ, variance preserving (diffusers' DPM-Solver latents), (N, ...).
         model_output: the model's output for ``sample``.
-        sigma, sigma_next: σ > 0 and 0 ≤ σ_next ≤ σ (0: the step returns x̂0); numbers or per-sample tensors.
+        sigma, sigma_next: σ > 0 and 0 ≤ σ_next ≤ σ (0: the step returns x̂0); numbers or per-sample tensors
+            (graph inputs under torch.compile, as for :func:`euler_step`).
         x0_last, sigma_last: the previous step's x̂0 and its σ (> σ), for the second-order update.
         prediction_type: "epsilon", "v_prediction" or "sample".
         solver_type: "midpoint" (diffusers' default) or "heun".
@@ -793,24 +831,30 @@ def dpm_solver_2m_step(
     if solver_type not in SOLVER_TYPES:
         raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
     n = sample.shape[0]
-    s = _checks.per_sample("sigma", sigma, n, lo=0.0, lo_open=True)
-    s_next = _checks.per_sample("sigma_next", sigma_next, n, lo=0.0)
-    s_last = None
     if (x0_last is None) != (sigma_last is None):
         raise ValueError("x0_last and sigma_last go together (the second-order update needs both)")
     if x0_last is not None:
         _check_like("x0_last", x0_last, sample)
-        s_last = _checks.per_sample("sigma_last", sigma_last, n, lo=0.0, lo_open=True)
-        for a, b in zip(s, s_last):
-            if not b > a:
-                raise ValueError(f"sigma_last must be > sigma (the previous step was noisier), got {b} <= {a}")
-    for a, b in zip(s, s_next):
-        if b > a:  # σ_next = σ (a final σ equal to σ_min) is a step of h = 0: x_next = x
-            raise ValueError(f"sigma_next must be <= sigma (a step towards less noise), got {b} > {a}")
+    # Traced with tensors of σ: their values are checked by the custom op when it runs (see ddim_step).
+    tensor_sigmas = (isinstance(sigma, torch.Tensor) or isinstance(sigma_next, torch.Tensor)
+                     or isinstance(sigma_last, torch.Tensor))
+    grad_sigmas = tensor_sigmas and needs_grad(sigma, sigma_next, sigma_last)
+    defer = tensor_sigmas and not grad_sigmas and tracing()
+    if defer:
+        s = _checks.per_sample_shape("sigma", sigma, n)
+        s_next = _checks.per_sample_shape("sigma_next", sigma_next, n)
+        s_last = None if sigma_last is None else _checks.per_sample_shape("sigma_last", sigma_last, n)
+    else:
+        s, s_next, s_last = check_dpm_sigmas(sigma, sigma_next, sigma_last, n)
     impl = dispatch("dpm_solver_2m_step", _DPM_IMPLS, sample.device, sample.dtype, backend)
+    if not grad_sigmas:  # the custom op differentiates sample, model_output and x0_last
+        if not defer and direct(sample, model_output, x0_last):
+            return impl(sample, model_output, x0_last, s, s_next, s_last, prediction_type, solver_type,
+                        bool(return_x0))
+        op = torch.ops.diffrt.dpm_solver_2m_step_x0 if return_x0 else torch.ops.diffrt.dpm_solver_2m_step
+        return op.default(sample, model_output, x0_last, op_scalars(s, n), op_scalars(s_next, n),
+                          None if s_last is None else op_scalars(s_last, n), prediction_type, solver_type, backend)
     args = (sample, model_output, x0_last, s, s_next, s_last, prediction_type, solver_type, bool(return_x0))
-    if not needs_grad(sample, model_output, x0_last, sigma, sigma_next, sigma_last):
-        return impl(*args)
     return with_reference_gradients(
         lambda: impl(*args),
         lambda sample, model_output, x0_last, sigma, sigma_next, sigma_last: dpm_solver_2m_step_ref(
