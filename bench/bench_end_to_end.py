@@ -5,9 +5,9 @@ OpenVINO (its default inference precision and f32), each driven by diffusers' ow
 Prompt embeddings in, latents out (no text encoder, no VAE: the loop is what is compared), DDIM with
 classifier-free guidance 7.5, batch 1, two UNet2DConditionModel sizes: the tiny test UNet and a
 mid-size SD-like one (block_out_channels (128, 256, 512), layers_per_block 2, cross-attention dim
-512, 32×32×4 latents; 48.0 GFLOP per batched [uncond; cond] call by torch's FlopCounterMode). Every contestant's latents are
-compared with eager float32 diffusers' before timing (`error_budget`). Compile and conversion time is
-paid before timing and reported apart (``compile_seconds`` in the JSON's extra_info).
+512, 32×32×4 latents; 48.0 GFLOP per batched [uncond; cond] call by torch's FlopCounterMode). Every
+contestant's latents are compared with eager float32 diffusers' before timing (`error_budget`).
+Compile and conversion time is paid before timing and reported apart (``compile_seconds`` in the JSON's extra_info).
 
     python -m pytest bench/bench_end_to_end.py --benchmark-only [-k mid] [--benchmark-json out.json]
 
