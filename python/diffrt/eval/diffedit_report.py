@@ -5,7 +5,6 @@ measures per method and attribute with their intervals; matplotlib) and OUT/diff
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -15,7 +14,7 @@ from PIL import Image, ImageDraw
 from ..images import to_pil
 from .diffedit import ATTRIBUTES, METHOD_NAMES, METHODS, PSNR_BAR, REFERENCES
 from .intervals import format_interval
-from .report import format_delta, have_matplotlib, markdown_table
+from .report import format_delta, markdown_table, write_report_files
 
 MEASURE_NAMES = {"edit_success": "Edit success", "background_psnr": "Background PSNR (dB)",
                  "background_kept": f"Background ≥ {PSNR_BAR:g} dB",
@@ -168,17 +167,5 @@ def example_grid(result: Dict[str, Any], tile: int = 96):
 def write_diffedit_report(result: Dict[str, Any], out, name: str = "model", *, plots: bool = True) -> List[Path]:
     """OUT/diffedit.json, OUT/diffedit.md (`markdown_report`), with ``plots`` OUT/diffedit.png (`chart`;
     needs matplotlib) and, with examples, OUT/diffedit_examples.png; returns the paths."""
-    if plots and not have_matplotlib():
-        raise RuntimeError("the DiffEdit plot needs matplotlib: pip install 'diffrt[eval]' (or plots=False)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "diffedit.json", out / "diffedit.md"]
-    data = {"name": name, **{k: v for k, v in result.items() if k != "examples"}}
-    paths[0].write_text(json.dumps(data, indent=1) + "\n")
-    paths[1].write_text(markdown_report(result, name))
-    if plots:
-        paths.append(chart(result, out / "diffedit.png", name))
-    if result.get("examples"):
-        paths.append(out / "diffedit_examples.png")
-        example_grid(result).save(paths[-1])
-    return paths
+    return write_report_files(result, out, "diffedit", name, what="DiffEdit", markdown=markdown_report, chart=chart,
+                              example_grid=example_grid, plots=plots)

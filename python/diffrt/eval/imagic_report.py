@@ -6,7 +6,6 @@ rendering and the output at every η)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,7 +15,7 @@ from PIL import Image, ImageDraw
 from ..images import to_pil
 from .imagic import ATTRIBUTES, BEST_BY, MEASURES, OTHER_ATTRIBUTE, REFERENCE_NAMES, REFERENCES
 from .intervals import format_interval
-from .report import have_matplotlib, markdown_table
+from .report import markdown_table, write_report_files
 
 MEASURE_NAMES = {"edit_success": "Edit success", "background_kept": "Background kept",
                  "position_kept": "Position kept", "other_kept": "Other attribute kept",
@@ -151,17 +150,5 @@ def example_grid(result: Dict[str, Any], tile: int = 96):
 def write_imagic_report(result: Dict[str, Any], out, name: str = "model", *, plots: bool = True) -> List[Path]:
     """OUT/imagic.json, OUT/imagic.md (`markdown_report`), with ``plots`` OUT/imagic.png (`chart`;
     needs matplotlib) and, with examples, OUT/imagic_examples.png; returns the paths."""
-    if plots and not have_matplotlib():
-        raise RuntimeError("the Imagic plot needs matplotlib: pip install 'diffrt[eval]' (or plots=False)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "imagic.json", out / "imagic.md"]
-    data = {"name": name, **{k: v for k, v in result.items() if k != "examples"}}
-    paths[0].write_text(json.dumps(data, indent=1) + "\n")
-    paths[1].write_text(markdown_report(result, name))
-    if plots:
-        paths.append(chart(result, out / "imagic.png", name))
-    if result.get("examples"):
-        paths.append(out / "imagic_examples.png")
-        example_grid(result).save(paths[-1])
-    return paths
+    return write_report_files(result, out, "imagic", name, what="Imagic", markdown=markdown_report, chart=chart,
+                              example_grid=example_grid, plots=plots)

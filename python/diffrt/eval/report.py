@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,6 +44,28 @@ HEADLINE = ("clip_score", "clip_r_precision", "attribute_accuracy", "colour_accu
 
 def have_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def write_report_files(result: Dict[str, Any], out, stem: str, name: str, *, what: str, markdown, chart,
+                       example_grid, plots: bool = True) -> List[Path]:
+    """OUT/STEM.json (the result but its examples), OUT/STEM.md (``markdown(result, name)``), with
+    ``plots`` OUT/STEM.png (``chart(result, path, name)``; needs matplotlib) and, when the result has
+    examples, OUT/STEM_examples.png (``example_grid(result)``); returns the paths. ``what`` names the
+    evaluation in the error for a missing matplotlib."""
+    if plots and not have_matplotlib():
+        raise RuntimeError(f"the {what} plot needs matplotlib: pip install 'diffrt[eval]' (or plots=False)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
+    data = {"name": name, **{k: v for k, v in result.items() if k != "examples"}}
+    paths[0].write_text(json.dumps(data, indent=1) + "\n")
+    paths[1].write_text(markdown(result, name))
+    if plots:
+        paths.append(chart(result, out / f"{stem}.png", name))
+    if result.get("examples"):
+        paths.append(out / f"{stem}_examples.png")
+        example_grid(result).save(paths[-1])
+    return paths
 
 
 def _fmt(metric: str, value: Optional[float]) -> str:

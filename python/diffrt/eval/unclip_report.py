@@ -5,7 +5,6 @@ variations, its embedding decoded from fresh noise, its text diffs and its inter
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -14,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from ..images import to_pil
 from .intervals import format_interval
-from .report import have_matplotlib, markdown_table
+from .report import markdown_table, write_report_files
 from .unclip import KEPT, METHOD_NAMES, VARIATION_METHODS
 
 KEPT_NAMES = {"background": "Background kept", "colour": "Colour kept", "position": "Position kept",
@@ -159,17 +158,5 @@ def example_grid(result: Dict[str, Any], tile: int = 80):
 def write_unclip_report(result: Dict[str, Any], out, name: str = "model", *, plots: bool = True) -> List[Path]:
     """OUT/unclip.json, OUT/unclip.md, with ``plots`` OUT/unclip.png (needs matplotlib) and, with
     examples, OUT/unclip_examples.png; returns the paths."""
-    if plots and not have_matplotlib():
-        raise RuntimeError("the unCLIP plot needs matplotlib: pip install 'diffrt[eval]' (or plots=False)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "unclip.json", out / "unclip.md"]
-    data = {"name": name, **{k: v for k, v in result.items() if k != "examples"}}
-    paths[0].write_text(json.dumps(data, indent=1) + "\n")
-    paths[1].write_text(markdown_report(result, name))
-    if plots:
-        paths.append(chart(result, out / "unclip.png", name))
-    if result.get("examples"):
-        paths.append(out / "unclip_examples.png")
-        example_grid(result).save(paths[-1])
-    return paths
+    return write_report_files(result, out, "unclip", name, what="unCLIP", markdown=markdown_report, chart=chart,
+                              example_grid=example_grid, plots=plots)
