@@ -653,29 +653,35 @@ def check_dpm_sigmas(sigma, sigma_next, sigma_last, n: int):
     return s, s_next, s_last
 
 
-_EULER_STEP = _launch.kernel("euler_step")
-
-
-def _euler_compiled(sample, model_output, noise, sigma, sigma_next, prediction_type, return_x0):
+def _sigma_step_args(args, sample, model_output, sigma, sigma_next, prediction_type, return_x0):
+    """Fill what the σ-space step kernels (Euler, DPM-Solver++ 2M) share; returns (args, x, out, x0)."""
     x, m = sample.contiguous(), model_output.contiguous()
-    z = noise.contiguous() if noise is not None else None
     n = len(sigma)
     out = _alloc.empty_like(x)
     x0 = _alloc.empty_like(x) if return_x0 else None
-    args = _C.EulerStepArgs()
     args.dtype = DTYPES[x.dtype]
     args.batch = n
     args.numel = x.numel() // n if n else 0
     args.sample = x.data_ptr()
     args.model = m.data_ptr()
-    if z is not None:
-        args.noise = z.data_ptr()
     args.out = out.data_ptr()
     if x0 is not None:
         args.out_x0 = x0.data_ptr()
     args.sigma = sigma
     args.sigma_next = sigma_next
     args.prediction = PREDICTIONS[prediction_type]
+    return args, x, out, x0
+
+
+_EULER_STEP = _launch.kernel("euler_step")
+
+
+def _euler_compiled(sample, model_output, noise, sigma, sigma_next, prediction_type, return_x0):
+    args, x, out, x0 = _sigma_step_args(_C.EulerStepArgs(), sample, model_output, sigma, sigma_next,
+                                        prediction_type, return_x0)
+    z = noise.contiguous() if noise is not None else None
+    if z is not None:
+        args.noise = z.data_ptr()
     _launch.run(_EULER_STEP, args, x)
     return (out, x0) if return_x0 else out
 
@@ -756,26 +762,12 @@ SOLVER_TYPES = ("midpoint", "heun")
 
 def _dpm_compiled(sample, model_output, x0_last, sigma, sigma_next, sigma_last, prediction_type, solver_type,
                   return_x0):
-    x, m = sample.contiguous(), model_output.contiguous()
+    args, x, out, x0 = _sigma_step_args(_C.DpmSolver2mStepArgs(), sample, model_output, sigma, sigma_next,
+                                        prediction_type, return_x0)
     last = x0_last.contiguous() if x0_last is not None else None
-    n = len(sigma)
-    out = _alloc.empty_like(x)
-    x0 = _alloc.empty_like(x) if return_x0 else None
-    args = _C.DpmSolver2mStepArgs()
-    args.dtype = DTYPES[x.dtype]
-    args.batch = n
-    args.numel = x.numel() // n if n else 0
-    args.sample = x.data_ptr()
-    args.model = m.data_ptr()
     if last is not None:
         args.x0_last = last.data_ptr()
         args.sigma_last = sigma_last
-    args.out = out.data_ptr()
-    if x0 is not None:
-        args.out_x0 = x0.data_ptr()
-    args.sigma = sigma
-    args.sigma_next = sigma_next
-    args.prediction = PREDICTIONS[prediction_type]
     args.heun = solver_type == "heun"
     _launch.run(_DPM_STEP, args, x)
     return (out, x0) if return_x0 else out
