@@ -3,12 +3,12 @@ object with, and binary morphology on (H, W) bool masks."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..data.world import COLOUR_RGB
+from ..data.world import COLOUR_RGB, check_resolution
 
 
 def check_positive(name: str, value, allow_zero: bool = False) -> int:
@@ -22,6 +22,21 @@ def seeded_generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator for one batch or item, from (seed, keys): the same item gets the same noise in
     any model and at any batch size."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))
+
+
+def draw_item(draw: Callable[[np.random.Generator, int, int, str], Optional[Any]], seed: int, index: int,
+              resolution: int, *, stream: int, attributes: Sequence[str], name: str, attempts: int = 200) -> Any:
+    """Item ``index`` of benchmark ``seed``: ``draw(rng, index, resolution, attribute)`` (None: redraw) with
+    rng = default_rng([seed, index, attempt, stream]) and the attribute ``attributes[index % len]``."""
+    seed, index = check_positive("seed", seed, allow_zero=True), check_positive("index", index, allow_zero=True)
+    resolution = check_resolution(resolution)
+    attribute = attributes[index % len(attributes)]
+    for attempt in range(attempts):
+        item = draw(np.random.default_rng([seed, index, attempt, stream]), index, resolution, attribute)
+        if item is not None:
+            return item
+    raise RuntimeError(f"{name} item {index} ({attribute}) found no valid draw in {attempts} attempts at "
+                       f"{resolution} px")
 
 
 def threshold_label(config: Dict[str, Any]) -> str:

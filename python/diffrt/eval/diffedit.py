@@ -50,12 +50,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.world import (COLOUR_RGB, COLOURS, DIGITS, LETTERS, SHAPES, SIZES, SceneSpec,
-                          check_resolution, render, sample_scene)
+from ..data.world import (COLOUR_RGB, COLOURS, DIGITS, LETTERS, SHAPES, SIZES, SceneSpec, render,
+                          sample_scene)
 from ..models.tokenizer import TruncationWarning
 from ..pipelines import DiffEditPipeline
 from ..sampling import ddim_sample
-from ._shared import check_positive, seeded_generator
+from ._shared import check_positive, draw_item, seeded_generator
 from .attributes import SILHOUETTE_THRESHOLD, expected_attributes, predict_attributes
 from .design import OBJECT_CATEGORIES, EditBenchItem, mask_size_class
 from .intervals import mean, paired_bootstrap_difference, proportion
@@ -129,15 +129,8 @@ def diffedit_item(seed: int, index: int, resolution: int) -> EditBenchItem:
     """Item ``index`` of the benchmark ``seed`` at ``resolution`` (see the module docstring): an
     `EditBenchItem` whose ``mask`` is the changed pixels, ``edit_region`` the true region, and
     ``source_prompts["full"]`` / ``prompts["full"]`` the source and target captions."""
-    seed, index = check_positive("seed", seed, allow_zero=True), check_positive("index", index, allow_zero=True)
-    resolution = check_resolution(resolution)
-    attribute = ATTRIBUTES[index % len(ATTRIBUTES)]
-    for attempt in range(_MAX_ATTEMPTS):
-        item = _draw(np.random.default_rng([seed, index, attempt, DIFFEDIT_STREAM]), index, resolution, attribute)
-        if item is not None:
-            return item
-    raise RuntimeError(f"DiffEdit item {index} ({attribute}) found no valid draw in {_MAX_ATTEMPTS} attempts at "
-                       f"{resolution} px")
+    return draw_item(_draw, seed, index, resolution, stream=DIFFEDIT_STREAM, attributes=ATTRIBUTES, name="DiffEdit",
+                     attempts=_MAX_ATTEMPTS)
 
 
 def diffedit_items(n: int = DEFAULT_ITEMS, *, resolution: int = 32, seed: int = DEFAULT_BENCH_SEED) -> List[EditBenchItem]:

@@ -63,11 +63,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.world import COLOURS, DIGITS, LETTERS, SHAPES, SceneSpec, check_resolution, render, sample_scene
+from ..data.world import COLOURS, DIGITS, LETTERS, SHAPES, SceneSpec, render, sample_scene
 from ..models.tokenizer import TruncationWarning
 from ..pipelines import ImagicPipeline
 from ..pipelines.imagic import check_etas
-from ._shared import check_positive, seeded_generator
+from ._shared import check_positive, draw_item, seeded_generator
 from .intervals import mean, proportion
 from .items import with_value
 from .metrics import background_psnr
@@ -165,15 +165,8 @@ def _draw(rng: np.random.Generator, index: int, n: int, attribute: str) -> Optio
 
 def imagic_item(seed: int, index: int, resolution: int) -> ImagicItem:
     """Item ``index`` of the benchmark ``seed`` at ``resolution`` (see the module docstring)."""
-    seed, index = check_positive("seed", seed, allow_zero=True), check_positive("index", index, allow_zero=True)
-    resolution = check_resolution(resolution)
-    attribute = ATTRIBUTES[index % len(ATTRIBUTES)]
-    for attempt in range(_MAX_ATTEMPTS):
-        item = _draw(np.random.default_rng([seed, index, attempt, IMAGIC_STREAM]), index, resolution, attribute)
-        if item is not None:
-            return item
-    raise RuntimeError(f"Imagic item {index} ({attribute}) found no valid draw in {_MAX_ATTEMPTS} attempts at "
-                       f"{resolution} px")
+    return draw_item(_draw, seed, index, resolution, stream=IMAGIC_STREAM, attributes=ATTRIBUTES, name="Imagic",
+                     attempts=_MAX_ATTEMPTS)
 
 
 def imagic_items(n: int = DEFAULT_ITEMS, *, resolution: int = 32, seed: int = DEFAULT_BENCH_SEED) -> List[ImagicItem]:

@@ -11,7 +11,7 @@ torch.compile, a graph break: their values are read on the host).
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional
 
 import torch
 
