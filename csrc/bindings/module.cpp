@@ -6,7 +6,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <omp.h>
 
 #include <cstdint>
 #include <stdexcept>
@@ -18,6 +17,7 @@
 #include "cpu/attention_kernels.h"
 #include "cpu/downsample_kernels.h"
 #include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
 #include "cuda/attention_kernels.h"  // kAttentionMaxHeadDim; declarations only, no CUDA header
 #include "norm.h"
 #include "ops.h"
@@ -508,7 +508,7 @@ py::dict build_info() {
   d["version"] = DIFFRT_VERSION;
   d["compiler"] = __VERSION__;
   d["cxx_flags"] = DIFFRT_CXX_FLAGS;
-  d["openmp"] = _OPENMP;
+  d["threads"] = "diffrt thread pool (no OpenMP runtime)";
   d["isas_compiled"] = std::vector<std::string>{"scalar", "avx2", "avx512"};
 #if defined(DIFFRT_WITH_CUDA)
   d["cuda"] = true;
@@ -543,7 +543,7 @@ PYBIND11_MODULE(_C, m) {
         "Why DIFFRT_CPU_ISA was ignored at import (empty when it was not set, or honoured).");
   m.def("attention_uses_bf16_dot_product", [] { return cpu::attention_kernels().bf16_dot_product; },
         "Whether the active ISA's bfloat16 attention runs on AVX512-BF16 dot products.");
-  m.def("omp_max_threads", [] { return omp_get_max_threads(); });
+  m.def("pool_thread_count", &cpu::pool_thread_count, "Threads diffrt's CPU thread pool has started (it grows on demand).");
   m.def("build_info", &binding::build_info);
 #if defined(DIFFRT_WITH_CUDA)
   m.def("cuda_device_count", [] { return cuda::device_count(); }, py::call_guard<py::gil_scoped_release>());

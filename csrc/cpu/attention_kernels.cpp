@@ -47,6 +47,7 @@
 
 #include "cpu/attention_kernels.h"
 #include "cpu/parallel.h"
+#include "cpu/parallel.h"
 
 #ifndef DIFFRT_ISA
 #error "DIFFRT_ISA must name the instruction set this file is compiled for"
@@ -553,10 +554,8 @@ void forward_typed(const AttentionForwardArgs& a) {
   std::unique_ptr<uint16_t[]> v_b16(kDot ? new uint16_t[packed_elems] : nullptr);
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, items)));
 
-#pragma omp parallel num_threads(nt)
-  {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < BH; ++bh) {
+  // Every head is packed before any query tile runs (a tile reads its head's packed K and V).
+  parallel_for(BH, nt, [&](int64_t bh) {
       const int64_t b = bh / a.heads, h = bh % a.heads;
       const T* k = head_ptr<T>(a.k, a.k_strides, b, h);
       const T* v = head_ptr<T>(a.v, a.v_strides, b, h);
@@ -583,8 +582,11 @@ void forward_typed(const AttentionForwardArgs& a) {
         pack_rows_f32(v, a.v_strides.row, Lk, d, dp, vp, kb.row(b));
         std::fill(vp + Lk * dp, vp + head_elems, 0.f);
       }
-    }
+  });
 
+  parallel_region(items, nt, [&](DynamicItems& work) {
+    int64_t item;
+    if (!work.claim(item)) return;  // the work is gone: no scratch
     ForwardScratch s;
     s.q.resize(size_t(kQueryTile * dp));
     s.o.resize(size_t(kQueryTile * dp));
@@ -599,8 +601,7 @@ void forward_typed(const AttentionForwardArgs& a) {
       s.p_bf16.resize(size_t(kQueryTile * std::max<int64_t>(kt.width, 1)));
     }
 
-#pragma omp for schedule(dynamic, 1)  // items are ≥ 10 µs; dynamic absorbs uneven (shared) cores
-    for (int64_t item = 0; item < items; ++item) {
+    do {  // items are ≥ 10 µs, handed out one at a time
       const int64_t bh = item / q_tiles, q0 = (item % q_tiles) * kQueryTile;
       const int64_t b = bh / a.heads, h = bh % a.heads;
       const int64_t rows = std::min(kQueryTile, Lq - q0);
@@ -663,8 +664,8 @@ void forward_typed(const AttentionForwardArgs& a) {
         }
         if (a.lse) a.lse[bh * Lq + q0 + i] = lse;
       }
-    }
-  }
+    } while (work.claim(item));
+  });
 }
 
 void attention_forward(const AttentionForwardArgs& a) {
@@ -679,6 +680,21 @@ void attention_forward(const AttentionForwardArgs& a) {
 }
 
 // ---- backward ------------------------------------------------------------------------------------------
+
+// dQ = Σ over key chunks of the float32 partials (chunk-major: [chunk][bh][Lq][dp]).
+template <typename T>
+void sum_dq_partials(const AttentionBackwardArgs& a, const float* dq_partial, int64_t chunks, int64_t dp, int nt) {
+  const int64_t BH = a.batch * a.heads, Lq = a.q_len, d = a.head_dim;
+  parallel_for(BH, nt, [&](int64_t bh) {
+    T* dq_out = static_cast<T*>(a.dq) + bh * Lq * d;
+    for (int64_t i = 0; i < Lq; ++i)
+      for (int64_t cc = 0; cc < d; ++cc) {
+        float acc = 0.f;
+        for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[size_t(((ch * BH + bh) * Lq + i) * dp + cc)];
+        dq_out[i * d + cc] = store_as<T>(acc);
+      }
+  });
+}
 
 template <typename T>
 void backward_typed(const AttentionBackwardArgs& a) {
@@ -697,8 +713,10 @@ void backward_typed(const AttentionBackwardArgs& a) {
   std::unique_ptr<float[]> dq_partial(new float[size_t(chunks * BH * Lq * dp)]);
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
 
-#pragma omp parallel num_threads(nt)
-  {
+  // Each thread packs a head's Q, dO, K, V once and keeps them while it draws items of the same head.
+  parallel_region(items, nt, [&](DynamicItems& work) {
+    int64_t item;
+    if (!work.claim(item)) return;  // the work is gone: no scratch
     const size_t q_elems = size_t(Lq * dp), k_elems = size_t(kt.padded_len * dp);
     std::vector<float> q(q_elems), dout(q_elems), delta(static_cast<size_t>(Lq)), lse2(static_cast<size_t>(Lq));
     std::vector<float> k(k_elems), kt_packed(k_elems), vt_packed(k_elems);
@@ -707,8 +725,7 @@ void backward_typed(const AttentionBackwardArgs& a) {
     std::vector<float> dk(size_t(width * dp)), dv(size_t(width * dp));
     int64_t packed_bh = -1;
 
-#pragma omp for schedule(dynamic, 1)  // whole heads: dynamic keeps a busy (shared) core from stalling the rest
-    for (int64_t item = 0; item < items; ++item) {
+    do {
       const int64_t bh = item / chunks, chunk = item % chunks;
       const int64_t b = bh / a.heads, h = bh % a.heads;
       if (packed_bh != bh) {
@@ -772,20 +789,9 @@ void backward_typed(const AttentionBackwardArgs& a) {
           }
         }
       }
-    }
-
-    // dQ = Σ over key chunks of the partials.
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      T* dq_out = static_cast<T*>(a.dq) + bh * Lq * d;
-      for (int64_t i = 0; i < Lq; ++i)
-        for (int64_t cc = 0; cc < d; ++cc) {
-          float acc = 0.f;
-          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[size_t(((ch * BH + bh) * Lq + i) * dp + cc)];
-          dq_out[i * d + cc] = store_as<T>(acc);
-        }
-    }
-  }
+    } while (work.claim(item));
+  });
+  sum_dq_partials<T>(a, dq_partial.get(), chunks, dp, nt);
 }
 
 #if defined(__AVX512BF16__)
@@ -840,8 +846,9 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
   const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
   const HeadStrides dense_kv{a.heads * Lk * d, Lk * d, d};
 
-#pragma omp parallel num_threads(nt)
-  {
+  parallel_region(items, nt, [&](DynamicItems& work) {
+    int64_t item;
+    if (!work.claim(item)) return;  // the work is gone: no scratch
     const int64_t width = std::max<int64_t>(kt.width, 1), k_elems = kt.padded_len * dp;
     // Per head: Q, dO as bfloat16 rows (pairs along d) and as pairs of adjacent rows; Kᵀ, Vᵀ per key tile
     // and K as pairs of adjacent keys; D and lse in the log2 domain.
@@ -856,8 +863,7 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
     std::vector<float> dk_t(size_t(d * width)), dv_t(size_t(d * width));
     int64_t packed_bh = -1;
 
-#pragma omp for schedule(dynamic, 1)  // whole heads: dynamic keeps a busy (shared) core from stalling the rest
-    for (int64_t item = 0; item < items; ++item) {
+    do {
       const int64_t bh = item / chunks, chunk = item % chunks;
       const int64_t b = bh / a.heads, h = bh % a.heads;
       if (packed_bh != bh) {
@@ -950,20 +956,9 @@ void backward_bf16_dot(const AttentionBackwardArgs& a) {
           }
         }
       }
-    }
-
-    // dQ = Σ over key chunks of the partials.
-#pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      bf16* dq_out = static_cast<bf16*>(a.dq) + bh * Lq * d;
-      for (int64_t i = 0; i < Lq; ++i)
-        for (int64_t cc = 0; cc < d; ++cc) {
-          float acc = 0.f;
-          for (int64_t ch = 0; ch < chunks; ++ch) acc += dq_partial[size_t(((ch * BH + bh) * Lq + i) * dp + cc)];
-          dq_out[i * d + cc] = to_bf16(acc);
-        }
-    }
-  }
+    } while (work.claim(item));
+  });
+  sum_dq_partials<bf16>(a, dq_partial.get(), chunks, dp, nt);
 }
 #endif
 

@@ -277,8 +277,9 @@ void downsample_cond_blocked(const DownsampleCondArgs& a) {
   // A float32 micro-tile reads the image in place when its whole window lies inside the image.
   auto tile_inside_columns = [&](int64_t ox) { return ox + R <= Wo && ox * s - p >= 0 && (ox + R - 1) * s - p + k <= a.width; };
 
-#pragma omp parallel num_threads(nt)
-  {
+  parallel_region(rows, nt, [&](DynamicItems& work) {
+    int64_t row;
+    if (!work.claim(row)) return;  // the work is gone: no scratch
     FloatBuffer patch = zeroed_floats(Wo_padded * K);
     FloatBuffer acc = zeroed_floats(acc_rows * C_padded);
     std::unique_ptr<const float*[]> patch_rows(new const float*[source_rows]);
@@ -286,10 +287,9 @@ void downsample_cond_blocked(const DownsampleCondArgs& a) {
     for (int64_t q = 0; q < source_rows; ++q) patch_rows[q] = patch.get() + q * k;
     NextRowPrefetch<T> prefetch{a};
     // Rows handed out one at a time: on a shared machine a descheduled thread must not hold back a
-    // static share (rows are tens of microseconds each, so the hand-out costs nothing). Thread t then
+    // static share (rows are tens of microseconds each, so the hand-out costs nothing). A thread then
     // tends to get rows t, t + nt, ..., which is the row it prefetches.
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t row = 0; row < rows; ++row) {
+    do {
       const int64_t n = row / a.out_height, oy = row % a.out_height;
       const bool direct_row = std::is_same_v<T, float> && oy * s - p >= 0 && oy * s - p + k <= a.height;
       if (direct_row) {
@@ -319,8 +319,8 @@ void downsample_cond_blocked(const DownsampleCondArgs& a) {
       store_row<T>(acc.get(), C_padded, C, Wo,
                    out + n * a.out_batch_stride + a.channel_offset * a.out_channel_stride + oy * Wo,
                    a.out_channel_stride);
-    }
-  }
+    } while (work.claim(row));
+  });
 }
 
 // Common kernel widths get a compile-time copy width in the patch packing.

@@ -5,16 +5,29 @@
 //
 //   g++ -std=c++17 -O3 -fopenmp -Icsrc -DDIFFRT_ISA=avx512 -mavx512f -mavx512bw -mavx512vl \
 //       -mavx512dq -mavx512bf16 -mavx2 -mfma csrc/dev/sampler_kernels_check.cpp -o check && ./check
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cpu/sampler_kernels.cpp"
 #include "dev/reference.h"
+
+// Threads the kernels may use: DIFFRT_CHECK_THREADS, else the hardware's.
+int check_threads() {
+  static const int n = [] {
+    const char* env = std::getenv("DIFFRT_CHECK_THREADS");
+    const int hw = int(std::thread::hardware_concurrency());
+    return env && *env ? std::max(1, std::atoi(env)) : std::max(1, hw);
+  }();
+  return n;
+}
 
 #define DIFFRT_STR2(x) #x
 #define DIFFRT_STR(x) DIFFRT_STR2(x)
@@ -88,7 +101,7 @@ void check_ddim(const char* label, int64_t N, int64_t M, bool guided, double res
   a.alpha_t = a_t.data(); a.alpha_prev = a_prev.data(); a.guidance_scale = w.data();
   a.eta = eta; a.guidance_rescale = rescale; a.prediction = pred; a.clip = clip; a.clip_range = 1.0;
   a.dynamic_quantile = 0.9; a.dynamic_max = 1e30; a.use_clipped_model_output = use_clipped;
-  a.num_threads = omp_get_max_threads();
+  a.num_threads = check_threads();
   isa::sampler_kernels.ddim_step(a);
   std::vector<double> ref, ref_x0;
   reference::ddim_step<T>(a, ref, ref_x0);
@@ -110,7 +123,7 @@ void check_mask_blend(int64_t N, int64_t C, int64_t S, bool shared_mask) {
   for (auto& v : m) v = store_as<T>(u(rng));
   std::vector<T> out(N * C * S, store_as<T>(NAN));
   MaskBlendArgs a{std::is_same_v<T, bf16> ? DType::bf16 : DType::f32, N, C, S, m.data(), shared_mask ? 0 : S,
-                  a_.data(), b_.data(), out.data(), omp_get_max_threads()};
+                  a_.data(), b_.data(), out.data(), check_threads()};
   isa::sampler_kernels.mask_blend(a);
   std::vector<double> ref;
   reference::mask_blend<T>(a, ref);
@@ -125,7 +138,7 @@ void check_diffedit(int64_t B, int64_t n, int64_t C, int64_t S, double threshold
   auto q = random_tensor<T>(B * n * C * S), r = random_tensor<T>(B * n * C * S);
   std::vector<float> out(B * S, NAN);
   DiffEditMaskArgs a{std::is_same_v<T, bf16> ? DType::bf16 : DType::f32, B, n, C, S, q.data(), r.data(), out.data(),
-                     3.0, threshold, omp_get_max_threads()};
+                     3.0, threshold, check_threads()};
   isa::sampler_kernels.diffedit_mask(a);
   std::vector<double> ref;
   reference::diffedit_mask<T>(a, ref);
@@ -151,14 +164,14 @@ void check_sigma_steps(int64_t N, int64_t M, Prediction pred) {
   std::vector<T> out(N * M, store_as<T>(NAN)), x0(N * M, store_as<T>(NAN));
   std::vector<double> ref, ref_x0;
   EulerStepArgs e{dt, N, M, x.data(), m.data(), z.data(), out.data(), x0.data(), sigma.data(), sigma_next.data(),
-                  pred, omp_get_max_threads()};
+                  pred, check_threads()};
   isa::sampler_kernels.euler_step(e);
   reference::euler_step<T>(e, ref, ref_x0);
   compare("euler_ancestral_step " + tag, out.data(), ref, scale);
   report_speed([&] { isa::sampler_kernels.euler_step(e); }, double(sizeof(T)) * N * M * 5);
   std::fill(out.begin(), out.end(), store_as<T>(NAN));
   DpmSolver2mStepArgs d{dt, N, M, x.data(), m.data(), last.data(), out.data(), x0.data(), sigma.data(),
-                        sigma_next.data(), sigma_last.data(), pred, false, omp_get_max_threads()};
+                        sigma_next.data(), sigma_last.data(), pred, false, check_threads()};
   isa::sampler_kernels.dpm_solver_2m_step(d);
   reference::dpm_solver_2m_step<T>(d, ref, ref_x0);
   compare("dpm_solver_2m_step midpoint " + tag, out.data(), ref, 4 * scale);
@@ -168,7 +181,7 @@ void check_sigma_steps(int64_t N, int64_t M, Prediction pred) {
 }  // namespace
 
 int main() {
-  std::printf("diffrt CPU sampler kernels, ISA %s, %d threads\n", DIFFRT_STR(DIFFRT_ISA), omp_get_max_threads());
+  std::printf("diffrt CPU sampler kernels, ISA %s, %d threads\n", DIFFRT_STR(DIFFRT_ISA), check_threads());
   for (auto [N, M] : {std::pair<int64_t, int64_t>{1, 91}, {3, 5 * 31 * 17}, {2, 4 * 64 * 64}, {8, 3 * 256 * 256}}) {
     std::printf("-- N=%lld M=%lld\n", (long long)N, (long long)M);
     check_ddim<float>("eps", N, M, false, 0.0, Prediction::epsilon, ClipMode::none, 0.0, false);
@@ -185,7 +198,7 @@ int main() {
     std::vector<double> one(2, 0.5);
     a.dtype = DType::f32; a.batch = N; a.numel = M; a.alpha_t = one.data(); a.alpha_prev = one.data();
     a.guidance_scale = one.data(); a.clip = ClipMode::dynamic; a.dynamic_quantile = 0.995; a.dynamic_max = 1e30;
-    a.guidance_rescale = 0.7; a.num_threads = omp_get_max_threads();
+    a.guidance_rescale = 0.7; a.num_threads = check_threads();
     isa::sampler_kernels.ddim_step(a);
     std::printf("ddim_step N=%lld M=%lld (empty)                          ok\n", (long long)N, (long long)M);
   }
