@@ -142,6 +142,21 @@ def test_float32_compute_trains_in_float32_and_stores_the_result_in_bf16(no_bf16
     torch.testing.assert_close(model.weight, reference.weight.to(torch.bfloat16), rtol=0, atol=0)
 
 
+def test_float32_compute_keeps_accumulating_gradients(no_bf16):
+    model = nn.Linear(3, 1).to(torch.bfloat16)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0)).bfloat16()
+    model(x).sum().backward()  # a bfloat16 gradient before
+    once = model.weight.grad.clone()
+    with pytest.warns(Bfloat16ComputeWarning):
+        with float32_compute([model], what="x"):
+            assert model.weight.grad.dtype == torch.float32
+            model(x.float()).sum().backward()
+    assert model.weight.grad.dtype == torch.bfloat16
+    # the float32 sum, rounded once to bfloat16 (relative error <= 2^-9)
+    torch.testing.assert_close(model.weight.grad.float(), once.float() + x.float().sum(0, keepdim=True),
+                               rtol=2**-8, atol=0)
+
+
 def test_float32_compute_does_nothing_with_fast_bf16_or_float32_weights(fast_bf16, monkeypatch):
     bf16, f32 = nn.Linear(2, 2).to(torch.bfloat16), nn.Linear(2, 2)
     with float32_compute([bf16, f32.forward], what="x"):
@@ -204,6 +219,26 @@ def test_pipeline_runs_a_bf16_model_in_bf16_on_a_cpu_with_bf16(fast_bf16):
     assert not torch.equal(got, run_diffedit(copy.deepcopy(model).float()))  # bf16 arithmetic, as asked
 
 
+def test_cascade_runs_its_bf16_models_in_float32_on_a_cpu_without_bf16(no_bf16):
+    """Both stages of the Imagen Editor cascade: as their float32 copies, one warning, bf16 storage after."""
+    from diffrt.pipelines import ImagenEditorPipeline
+    from tests.test_imagen_editor import encode_prompt as encode, inputs, unet
+
+    def run(base, sr):
+        pipe = ImagenEditorPipeline(base, NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02), encode,
+                                    super_resolution=sr, num_steps=3, sr_steps=2)
+        image, mask = inputs()
+        return pipe(["a red circle", "a blue square"], image, mask, output_type="pt", progress=False,
+                    generator=torch.Generator().manual_seed(2)).images
+
+    base, sr = unet(8, 16).to(torch.bfloat16), unet(16, 16, low_res_channels=3).to(torch.bfloat16)
+    want = run(copy.deepcopy(base).float(), copy.deepcopy(sr).float())
+    with pytest.warns(Bfloat16ComputeWarning, match="ImagenEditorPipeline.__call__") as record:
+        got = run(base, sr)
+    assert len(record) == 1 and torch.equal(got, want)
+    assert all(p.dtype == torch.bfloat16 for m in (base, sr) for p in m.parameters())
+
+
 def fit_imagic(model, **kw):
     pipe = ImagicPipeline(model, NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02),
                           lambda ps: {**encode_prompt(["a dog" if p else "" for p in ps])}, num_steps=3)
@@ -219,6 +254,18 @@ def test_imagic_bf16_autocast_is_float32_on_a_cpu_without_bf16(no_bf16):
     want = fit_imagic(tiny_unet())
     assert torch.equal(got.e_opt["context"], want.e_opt["context"])
     assert all(torch.equal(a, b) for a, b in zip(got.model.parameters(), want.model.parameters()))
+
+
+def test_imagic_fits_a_bf16_model_in_float32_on_a_cpu_without_bf16(no_bf16):
+    base = tiny_unet().to(torch.bfloat16)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    want = fit_imagic(copy.deepcopy(base).float())
+    with pytest.warns(Bfloat16ComputeWarning, match=r"ImagicPipeline.fit with bfloat16 weights"):
+        got = fit_imagic(base)
+    assert torch.equal(got.e_opt["context"], want.e_opt["context"])
+    assert all(torch.equal(a, b) for a, b in zip(got.model.parameters(), want.model.parameters()))
+    state = base.state_dict()  # the frozen base: bfloat16 and unchanged
+    assert all(v.dtype == state[k].dtype and torch.equal(v, state[k]) for k, v in before.items())
 
 
 def test_imagic_bf16_autocast_runs_on_a_cpu_with_bf16(fast_bf16):

@@ -135,12 +135,12 @@ def _bf16_cpu_tensors(modules: Iterable[torch.nn.Module]):
 
 @contextlib.contextmanager
 def float32_compute(modules: Iterable[object], *, what: str, stacklevel: int = 3) -> Iterator[None]:
-    """Inside: the bfloat16 CPU weights of ``modules`` (nn.Modules; other objects, or a bound method's
-    module, are looked through) are float32, so the models compute in float32 on a CPU without fast
-    bfloat16 arithmetic, with one :class:`Bfloat16ComputeWarning`. On exit they are bfloat16 again: the
-    very tensors that were there when unchanged, the new values rounded to bfloat16 when trained inside.
-    The same Parameter objects throughout (optimizers and requires_grad see no difference). Nothing
-    happens on a CPU with fast bfloat16, on CUDA, or when no weight is bfloat16."""
+    """Inside: the bfloat16 CPU weights (and their gradients) of ``modules`` — nn.Modules or bound methods
+    of one; anything else is skipped — are float32, so the models compute in float32 on a CPU without
+    fast bfloat16 arithmetic, with one :class:`Bfloat16ComputeWarning`. On exit they are bfloat16 again:
+    the very tensors that were there when unchanged, the new values rounded to bfloat16 when trained
+    inside. The Parameter objects stay the same ones. Nothing happens on a CPU with fast bfloat16, on
+    CUDA, or when no weight is bfloat16."""
     mods = []
     for m in modules:
         m = getattr(m, "__self__", m)  # a bound method such as clip.encode_image: its module
@@ -161,6 +161,8 @@ def float32_compute(modules: Iterable[object], *, what: str, stacklevel: int = 3
             if isinstance(t, torch.nn.Parameter):
                 saved.append((table, name, t, t.data))
                 t.data = t.data.float()
+                if t.grad is not None:  # gradients accumulate in the parameter's dtype
+                    t.grad = t.grad.float()
             else:
                 saved.append((table, name, t, t))
                 table[name] = t.float()
