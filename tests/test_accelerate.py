@@ -173,7 +173,8 @@ def test_diffedit_pipeline_matches_untouched_with_both_schedulers_fused():
     assert all(torch.equal(a, b) for a, b in zip(again, (want_mask, want_latents, want)))
 
 
-def test_dtype_casts_once_and_undo_restores_the_original_weight_tensors():
+def test_dtype_casts_once_and_undo_restores_the_original_weight_tensors(monkeypatch):
+    monkeypatch.setenv("DIFFRT_CPU_BF16", "1")  # bfloat16 on any CPU (else float32 where bf16 is slow)
     pipe = pipeline()
     want = run(pipe)
     params = {n: (p, p.data_ptr()) for n, p in pipe.unet.named_parameters()}
@@ -369,6 +370,7 @@ def test_a_failure_midway_leaves_the_pipeline_as_it_was(monkeypatch):
     processors = dict(pipe.unet.attn_processors)
     scheduler = pipe.scheduler
     monkeypatch.setitem(acc.FUSED_SCHEDULERS, "DDIMScheduler", Broken)
+    monkeypatch.setenv("DIFFRT_CPU_BF16", "1")  # the bfloat16 cast is undone (not float32 where bf16 is slow)
     with pytest.raises(RuntimeError, match="broken scheduler"):
         accelerate(pipe, dtype=torch.bfloat16)
     assert pipe.scheduler is scheduler and pipe.unet.dtype == torch.float32

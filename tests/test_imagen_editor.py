@@ -106,7 +106,8 @@ def test_pil_and_numpy_inputs_of_any_size(pipe):
         pipe("a red circle", image[:1], torch.full((16, 16), 2.0), progress=False)
 
 
-def test_bfloat16_models():
+def test_bfloat16_models(monkeypatch):
+    monkeypatch.setenv("DIFFRT_CPU_BF16", "1")  # bfloat16 compute on any CPU (else float32 where bf16 is slow)
     noise = NoiseSchedule.make("linear", beta_start=1e-4, beta_end=0.02)
     bf16 = ImagenEditorPipeline(unet(8, 16).to(torch.bfloat16), noise, encode_prompt,
                                 super_resolution=unet(16, 16, low_res_channels=3).to(torch.bfloat16), num_steps=3,

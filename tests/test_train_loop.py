@@ -129,7 +129,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_autocast_trains(tmp_path):
+def test_bf16_autocast_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFRT_CPU_BF16", "1")  # bfloat16 autocast on any CPU (else float32 where bf16 is slow)
     t = Trainer(toy_model(), loss_fn, make_batches(), config(steps=40, autocast="bf16", checkpoint_every=100), tmp_path,
                 progress=False)
     before = loss_fn(t.model, batch_at(0), torch.Generator())[0].item()

@@ -9,6 +9,24 @@ import torch
 
 from . import _C, __version__
 from .ops import AUTO_ORDER, backend_table
+from .precision import BF16_ENV, cpu_bf16_support
+
+
+def _bf16() -> dict:
+    """Whether bfloat16 compute runs as asked on this CPU; a bad DIFFRT_CPU_BF16 is reported, not raised."""
+    try:
+        fast, reason = cpu_bf16_support()
+    except ValueError as e:
+        return {"fast": None, "reason": str(e)}
+    return {"fast": fast, "reason": reason}
+
+
+def _bf16_row(bf16: dict) -> str:
+    if bf16["fast"] is None:
+        return f"unknown: {bf16['reason']}"
+    if bf16["fast"]:
+        return f"yes, {bf16['reason']}; override: {BF16_ENV}=0|1"
+    return f"no, {bf16['reason']}: bfloat16 compute runs in float32; override: {BF16_ENV}=1|0"
 
 
 def collect() -> dict:
@@ -25,6 +43,7 @@ def collect() -> dict:
         "cpu_isas_supported": _C.supported_cpu_isas(),
         "cpu_isa": _C.cpu_isa(),
         "cpu_isa_env_warning": _C.cpu_isa_env_warning(),
+        "cpu_fast_bf16": _bf16(),
         "threads": torch.get_num_threads(),
         "cuda_kernels_built": build["cuda"],
         "cuda_runtime": build.get("cuda_runtime"),
@@ -45,6 +64,7 @@ def main() -> None:
         ("CPU ISAs supported here", ", ".join(info["cpu_isas_supported"])),
         ("CPU ISA in use", f"{info['cpu_isa']} (override: DIFFRT_CPU_ISA=scalar|avx2|avx512)"),
         *([("DIFFRT_CPU_ISA ignored", info["cpu_isa_env_warning"])] if info["cpu_isa_env_warning"] else []),
+        ("CPU bf16 matmul/conv", _bf16_row(info["cpu_fast_bf16"])),
         ("threads", f"{info['threads']} (torch.get_num_threads(); kernels use the same count, on {info['thread_pool']})"),
         ("CUDA kernels built", f"{'yes, CUDA runtime ' + str(info['cuda_runtime']) if info['cuda_kernels_built'] else 'no'}"),
         ("CUDA devices", f"{info['cuda_devices']} (torch.cuda.is_available(): {info['torch_cuda_available']})"),

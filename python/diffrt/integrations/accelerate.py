@@ -13,7 +13,9 @@ the same object, still called the diffusers way (``pipe(prompt, ...)``):
 * modules: every submodule of the UNet and VAE whose exact type is a key of :data:`MODULE_SWAPS` is
   replaced by what the table's factory builds from it: GroupNorm, LayerNorm and diffusers' GEGLU run on
   diffrt's fused kernels (:mod:`diffrt.integrations.diffusers_norms`; not with backend "openvino").
-* dtype: every ``nn.Module`` component's floating-point weights are cast once to ``dtype``.
+* dtype: every ``nn.Module`` component's floating-point weights are cast once to ``dtype``; bfloat16 for a
+  pipeline on a CPU without fast bfloat16 arithmetic (:func:`diffrt.precision.cpu_bf16_support`) is float32
+  instead, with a :class:`~diffrt.precision.Bfloat16ComputeWarning` and ``report.dtype_note`` saying why.
 * backend, for the UNet body: "torch" (eager, the default), "compile" (``torch.compile(dynamic=False)``
   of the UNet's forward; the first call of each input shape compiles, which takes minutes for a full-size
   UNet; inside the compiled graph each diffrt op is one ``torch.ops.diffrt`` node running its kernel) or
@@ -50,6 +52,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..denoiser import check_denoiser
+from ..precision import compute_dtype, cpu_bf16_support
 
 __all__ = ["ATTENTION_PROCESSOR", "AccelerationReport", "AcceleratedDenoiser", "BACKENDS", "DTYPES", "FUSED_SCHEDULERS",
            "MODULE_SWAPS", "OPENVINO_CACHE_ENV", "OPENVINO_CPU_CONFIG", "accelerate", "accelerate_denoiser",
@@ -112,9 +115,11 @@ class AccelerationReport:
     modules_swapped: List[str] = field(default_factory=list)
     modules_left: Dict[str, str] = field(default_factory=dict)
     models_left: Dict[str, str] = field(default_factory=dict)  # pipeline attribute: why nothing was done there
+    dtype_note: Optional[str] = None  # why ``dtype`` differs from the dtype asked for
 
     def __str__(self) -> str:
         lines = [f"diffrt acceleration: backend={self.backend}, dtype={self.dtype}",
+                 *([f"  dtype: {self.dtype_note}"] if self.dtype_note else []),
                  f"  attention: {len(self.attention_swapped)} swapped, {len(self.attention_left)} left"]
         lines += [f"    left {k}: {v}" for k, v in self.attention_left.items()]
         lines += [f"  scheduler {k}: {v}" for k, v in self.schedulers_swapped.items()]
@@ -182,6 +187,12 @@ def accelerate(pipe: Any, *, dtype: Optional[torch.dtype] = None, compile: bool 
     """
     backend = _check_options(pipe, dtype, compile, backend)
     report = AccelerationReport(backend=backend, dtype=dtype)
+    if dtype is not None:
+        asked = dtype
+        dtype = report.dtype = compute_dtype(dtype, pipe.unet.device, what=f"accelerate(pipe, dtype={dtype})")
+        if dtype != asked:
+            report.dtype_note = (f"{asked} asked for, {dtype} used: this CPU has no fast bfloat16 arithmetic "
+                                 f"({cpu_bf16_support()[1]})")
     changes = _Undo()
     try:
         models = _models(pipe, report)

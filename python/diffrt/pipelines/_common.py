@@ -3,6 +3,7 @@ draw, and the checks of guidance arguments."""
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Callable, List, Sequence, Union
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from ..images import to_8bit, to_pil, to_uint8
+from ..precision import float32_compute
 from ..sampling import Guidance
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -175,5 +177,21 @@ def check_image(name: str, image: torch.Tensor, model: Any = None) -> torch.Tens
     return image
 
 
+def float32_on_slow_bf16_cpu(*attributes: str):
+    """Decorates a pipeline method: during the call, the bfloat16 CPU weights of the models held in the
+    pipeline's ``attributes`` are float32 on a CPU without fast bfloat16 arithmetic, so they compute in
+    float32 (and are bfloat16 again after, see :func:`diffrt.precision.float32_compute`)."""
+    def decorate(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            models = [getattr(self, name, None) for name in attributes]
+            what = f"{type(self).__name__}.{method.__name__} with bfloat16 weights"
+            with float32_compute(models, what=what, stacklevel=4):  # the warning points at the caller
+                return method(self, *args, **kwargs)
+        return run
+    return decorate
+
+
 __all__ = ["Generators", "OUTPUT_TYPES", "PixelCodec", "as_mask", "check_generators", "check_guidance", "check_image",
-           "convert_output", "map_weights", "model_placement", "needs_uncond", "prompt_list", "randn"]
+           "convert_output", "float32_on_slow_bf16_cpu", "map_weights", "model_placement", "needs_uncond", "prompt_list",
+           "randn"]

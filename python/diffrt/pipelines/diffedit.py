@@ -23,7 +23,8 @@ from .. import ops
 from ..denoiser import Denoiser, check_denoiser
 from ..sampling import Guidance, cat_conditions, ddim_invert, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ._common import PixelCodec, check_guidance, check_image, convert_output, needs_uncond, prompt_list, randn
+from ._common import (PixelCodec, check_guidance, check_image, convert_output, float32_on_slow_bf16_cpu, needs_uncond,
+                      prompt_list, randn)
 
 
 @dataclass
@@ -34,6 +35,10 @@ class DiffEditOutput:
 
 
 POSTERIORS = ("mean", "sample")
+
+
+# the models a call computes in float32 when they are bfloat16 on a CPU without fast bfloat16
+_float32_models = float32_on_slow_bf16_cpu("model", "encode_prompt", "codec")
 
 
 class DiffEditPipeline:
@@ -108,6 +113,7 @@ class DiffEditPipeline:
             return guidance.reshape(-1).expand(b).repeat_interleave(n)  # one weight per image, on its n draws
         return guidance
 
+    @_float32_models
     @torch.no_grad()
     def generate_mask(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
                       target_prompt: Union[str, Sequence[str]], *, n: int = 10, strength: float = 0.5,
@@ -169,6 +175,7 @@ class DiffEditPipeline:
             mask = F.max_pool2d(mask, 2 * dilate + 1, stride=1, padding=dilate)
         return mask
 
+    @_float32_models
     @torch.no_grad()
     def invert(self, image: torch.Tensor, prompt: Union[str, Sequence[str]], *, strength: float = 0.5,
                generator: Optional[torch.Generator] = None, progress: bool = True) -> List[torch.Tensor]:
@@ -180,6 +187,7 @@ class DiffEditPipeline:
         cond = self.encode_prompt(prompt_list("prompt", prompt, x0.shape[0], allow_empty=True))
         return ddim_invert(self.model, x0, self._tail(strength), cond=cond, progress=progress)
 
+    @_float32_models
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
                  target_prompt: Union[str, Sequence[str]], *, mask: Optional[torch.Tensor] = None,

@@ -26,7 +26,7 @@ from ..sampling import Guidance, OscillatingGuidance, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
 from ..images import from_pil
 from ._common import (Generators, as_mask, check_generators, check_guidance, check_image, convert_output,
-                      model_placement, prompt_list, randn)
+                      float32_on_slow_bf16_cpu, model_placement, prompt_list, randn)
 
 
 @dataclass
@@ -40,6 +40,10 @@ def _merge(*conds: dict) -> dict:
     for c in conds:
         out.update(c)
     return out
+
+
+# the models a call computes in float32 when they are bfloat16 on a CPU without fast bfloat16
+_float32_models = float32_on_slow_bf16_cpu("base", "sr", "encode_prompt")
 
 
 class ImagenEditorPipeline:
@@ -88,6 +92,7 @@ class ImagenEditorPipeline:
     def _stage_inputs(self, model, image, mask):
         return model.inpainting_condition(image, mask)  # the base stage of a cascade resizes to its own side
 
+    @_float32_models
     @torch.no_grad()
     def __call__(self, prompt: Union[str, Sequence[str]], image: Optional[torch.Tensor] = None,
                  mask: Optional[torch.Tensor] = None, *, num_images_per_prompt: int = 1,

@@ -26,10 +26,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..denoiser import check_denoiser
+from ..precision import compute_dtype
 from ..sampling import Guidance, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ._common import (PixelCodec, check_guidance, check_image, convert_output, map_weights, model_placement,
-                      needs_uncond, prompt_list, randn)
+from ._common import (PixelCodec, check_guidance, check_image, convert_output, float32_on_slow_bf16_cpu, map_weights,
+                      model_placement, needs_uncond, prompt_list, randn)
 
 
 def _map_float(cond: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -92,6 +93,10 @@ class ImagicOutput:
     e_opt: Any
 
 
+# the models a call computes in float32 when they are bfloat16 on a CPU without fast bfloat16
+_float32_models = float32_on_slow_bf16_cpu("base_model", "model", "encode_prompt", "codec")
+
+
 class ImagicPipeline:
     def __init__(self, model: nn.Module, noise_schedule: NoiseSchedule, encode_prompt: Callable[[List[str]], Any], *,
                  codec: Any = None, num_steps: int = 50, spacing: str = "trailing",
@@ -131,6 +136,7 @@ class ImagicPipeline:
         target = self.noise_schedule.target(model.prediction_type, x0, noise, t)
         return F.mse_loss(model(x_t, t, cond).float(), target.float())
 
+    @_float32_models
     def fit(self, image: torch.Tensor, target_prompt: str, *, embedding_steps: int = 100, embedding_lr: float = 1e-3,
             finetune_steps: int = 200, finetune_lr: float = 1e-4, finetune: str = "full",
             generator: Optional[torch.Generator] = None, autocast_bf16: bool = False, progress: bool = True):
@@ -148,6 +154,9 @@ class ImagicPipeline:
         prompt_list("target_prompt", target_prompt, 1)
         self._latent_shape = x0.shape
         generator = generator or torch.Generator().manual_seed(0)
+        if autocast_bf16:  # float32 instead on a CPU without fast bfloat16 arithmetic (with a warning)
+            autocast_bf16 = compute_dtype(torch.bfloat16, x0.device, what="ImagicPipeline.fit(autocast_bf16=True)",
+                                          stacklevel=3) == torch.bfloat16
         autocast = torch.autocast(x0.device.type, dtype=torch.bfloat16) if autocast_bf16 else nullcontext()
         with torch.no_grad():
             self.e_tgt = self.encode_prompt([target_prompt])
@@ -190,6 +199,7 @@ class ImagicPipeline:
         self.model = model.eval()
         return self
 
+    @_float32_models
     @torch.no_grad()
     def __call__(self, etas: Sequence[float] = (0.7,), *, guidance: Guidance = 3.0,
                  generator: Optional[torch.Generator] = None, output_type: str = "pil",

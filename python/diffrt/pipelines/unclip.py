@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ..denoiser import check_denoiser
 from ..sampling import Guidance, ddim_invert, ddim_sample
 from ..schedules import NoiseSchedule, SamplingSchedule
-from ._common import check_guidance, check_image, convert_output, map_weights, model_placement, prompt_list, randn
+from ._common import (check_guidance, check_image, convert_output, float32_on_slow_bf16_cpu, map_weights,
+                      model_placement, prompt_list, randn)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -74,6 +75,10 @@ class UnCLIPOutput:
     image_embeds: torch.Tensor
 
 
+# the models a call computes in float32 when they are bfloat16 on a CPU without fast bfloat16
+_float32_models = float32_on_slow_bf16_cpu("prior", "decoder", "sr", "text_encoder", "image_encoder")
+
+
 class UnCLIPPipeline:
     def __init__(self, prior: Any, decoder: Any, text_encoder: Any, image_encoder: Callable[[torch.Tensor], torch.Tensor],
                  *, noise_schedule: NoiseSchedule, prior_noise_schedule: Optional[NoiseSchedule] = None,
@@ -93,6 +98,7 @@ class UnCLIPPipeline:
         self.sr_schedule = SamplingSchedule.ddim(noise_schedule, sr_steps, spacing=spacing)
 
     # -- stages ------------------------------------------------------------------------------
+    @_float32_models
     @torch.no_grad()
     def sample_image_embeds(self, prompts: List[str], *, guidance: Guidance = 4.0, candidates: int = 2,
                             generator=None, progress=True, return_candidates: bool = False):
@@ -119,6 +125,7 @@ class UnCLIPPipeline:
     def _decoder_cond(self, text: dict, embeds: torch.Tensor) -> dict:
         return {**text, "image_embed": embeds}
 
+    @_float32_models
     @torch.no_grad()
     def decode(self, image_embeds: torch.Tensor, prompts: Optional[List[str]] = None, *, x_T=None,
                guidance: Guidance = 3.0, eta: float = 0.0, generator=None, sr_guidance: Guidance = 3.0,
@@ -146,6 +153,7 @@ class UnCLIPPipeline:
         return x
 
     # -- the four uses -----------------------------------------------------------------------
+    @_float32_models
     @torch.no_grad()
     def __call__(self, prompt: Union[str, Sequence[str]], *, num_images_per_prompt: int = 1,
                  prior_guidance: Guidance = 4.0, guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
@@ -164,6 +172,7 @@ class UnCLIPPipeline:
         s = self.decoder.config.image_size
         return image if image.shape[-1] == s else F.interpolate(image, size=(s, s), mode="area")
 
+    @_float32_models
     @torch.no_grad()
     def variations(self, image: torch.Tensor, *, num_variations: int = 4, eta: float = 1.0, guidance: Guidance = 3.0,
                    generator=None, output_type: str = "pil", progress: bool = True) -> UnCLIPOutput:
@@ -185,6 +194,7 @@ class UnCLIPPipeline:
         s = self.decoder.config.image_size
         return randn((batch, self.decoder.in_channels, s, s), generator, model_placement(self.decoder)[0])
 
+    @_float32_models
     @torch.no_grad()
     def interpolate(self, embeds_a: torch.Tensor, embeds_b: torch.Tensor, ts: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
                     *, guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
@@ -201,6 +211,7 @@ class UnCLIPPipeline:
         images = self.decode(z, x_T=x_T, guidance=guidance, progress=progress)
         return UnCLIPOutput(convert_output(images, output_type), z)
 
+    @_float32_models
     @torch.no_grad()
     def text_diff(self, image: torch.Tensor, source_caption: Union[str, Sequence[str]],
                   target_caption: Union[str, Sequence[str]], amounts: Sequence[float] = (0.0, 0.25, 0.5), *,

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..images import save_grid
+from ..precision import compute_dtype
 from .checkpoint import Checkpointer, CheckpointError
 
 LossFn = Callable[[nn.Module, dict, torch.Generator], Tuple[torch.Tensor, Dict[str, float]]]
@@ -243,12 +244,22 @@ class Trainer:
         return save_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png")
 
     # -- the loop ------------------------------------------------------------------------------
-    def _autocast(self):
+    def _autocast_dtype(self) -> Optional[torch.dtype]:
+        """The autocast dtype of a run, None for none: "bf16" on a CPU without fast bfloat16 arithmetic is
+        none (float32), with one warning per run."""
         c = self.config
         if c.autocast == "none":
+            return None
+        if c.autocast == "fp16":
+            return torch.float16
+        device = next(self.model.parameters()).device
+        dtype = compute_dtype(torch.bfloat16, device, what='TrainConfig(autocast="bf16")', stacklevel=3)
+        return dtype if dtype == torch.bfloat16 else None
+
+    def _autocast(self, dtype: Optional[torch.dtype]):
+        if dtype is None:
             return nullcontext()
-        device = next(self.model.parameters()).device.type
-        return torch.autocast(device, dtype=torch.bfloat16 if c.autocast == "bf16" else torch.float16)
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
 
     def _request_stop(self, signum, frame):
         self.stop_signal = signum
@@ -258,6 +269,7 @@ class Trainer:
         c = self.config
         target = c.steps if steps is None else steps
         net = self.ddp or self.model
+        autocast = self._autocast_dtype()
         self.stop_signal = None
         log = None
         if self.rank == 0:
@@ -278,7 +290,7 @@ class Trainer:
                 for micro in range(c.grad_accum):
                     batch = next(batches)
                     sync = micro == c.grad_accum - 1 or self.ddp is None
-                    with (nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+                    with (nullcontext() if sync else self.ddp.no_sync()), self._autocast(autocast):
                         loss, metrics = self.loss_fn(net, batch, self.generator)
                     (loss / c.grad_accum).backward()
                     total += loss.item() / c.grad_accum
