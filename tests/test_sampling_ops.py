@@ -107,7 +107,7 @@ def test_ddim_step_non_contiguous_inputs(isa, gen):
 
 
 def test_ddim_step_in_place_safe_on_large_batch(isa, gen):
-    """Several OpenMP threads, rows split across threads: compare a large case too."""
+    """Several threads, rows split across threads: compare a large case too."""
     shape = (8, 3, 96, 80)
     x = rand(gen, *shape)
     m = rand(gen, 16, *shape[1:])

@@ -1,6 +1,6 @@
 """diffrt: a compiled diffusion sampling runtime."""
 
-# torch first: it loads its bundled libgomp, which diffrt._C then shares (one OpenMP runtime).
+# torch first (diffrt's ops take torch tensors); diffrt._C links no OpenMP runtime of its own.
 import torch  # noqa: F401
 
 from . import _C

@@ -85,7 +85,7 @@ BACKENDS: Mapping[str, Backend] = {
     ),
     "cpu": Backend(
         "cpu",
-        "C++ kernels, OpenMP threads + SIMD (instruction set chosen at run time)",
+        "C++ kernels, diffrt's thread pool + SIMD (instruction set chosen at run time)",
         ("cpu",),
         (torch.float32, torch.bfloat16),
     ),
