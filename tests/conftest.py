@@ -15,7 +15,7 @@ from diffrt.ops import _alloc
 
 @pytest.fixture(params=_C.supported_cpu_isas())
 def isa(request):
-    """Runs a test once per CPU kernel table this machine can execute (scalar, avx2, avx512)."""
+    """Runs a test once per CPU kernel table this machine can execute (scalar, avx2, avx512, avx512_bf16)."""
     previous = _C.cpu_isa()
     _C.set_cpu_isa(request.param)
     yield request.param

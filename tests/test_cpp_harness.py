@@ -17,7 +17,13 @@ HARNESS = ROOT / "csrc" / "dev" / "sampler_kernels_check.cpp"
 def _isa_flags() -> dict:
     """The per-ISA compiler flags, read from CMakeLists.txt (the one place they are defined)."""
     text = (ROOT / "CMakeLists.txt").read_text()
-    return {isa: flags.replace('""', "").split() for isa, flags in re.findall(r"set\(DIFFRT_ISA_(\w+)_FLAGS ?(.*)\)", text)}
+    flags: dict = {}
+    for isa, value in re.findall(r"set\(DIFFRT_ISA_(\w+)_FLAGS ?(.*)\)", text):
+        flags[isa] = []
+        for word in value.replace('""', "").split():  # ${DIFFRT_ISA_<other>_FLAGS} extends another ISA's flags
+            ref = re.fullmatch(r"\$\{DIFFRT_ISA_(\w+)_FLAGS\}", word)
+            flags[isa] += flags[ref.group(1)] if ref else [word]
+    return flags
 
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or not HARNESS.exists(), reason="needs g++ and the source tree")

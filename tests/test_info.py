@@ -29,7 +29,7 @@ def test_cpu_isa_env_override_is_honoured():
     assert result.returncode == 0 and "isa scalar" in result.stdout and "RuntimeWarning" not in result.stderr
 
 
-@pytest.mark.parametrize("value", ["sse9", "AVX2 ", "avx512" if "avx512" not in _C.supported_cpu_isas() else "neon"])
+@pytest.mark.parametrize("value", ["sse9", "AVX2 ", "avx512_bf16" if "avx512_bf16" not in _C.supported_cpu_isas() else "neon"])
 def test_bad_cpu_isa_env_warns_and_falls_back_to_the_best(value):
     """A bad DIFFRT_CPU_ISA must not make `import diffrt` (and with it diffrt.info) fail: a RuntimeWarning
     names the value and the valid ones, and the best ISA this CPU supports runs."""
@@ -38,7 +38,7 @@ def test_bad_cpu_isa_env_warns_and_falls_back_to_the_best(value):
     assert result.returncode == 0, result.stderr
     assert f"isa {best}" in result.stdout
     warning = [line for line in result.stderr.splitlines() if "RuntimeWarning" in line]
-    assert warning and repr(value) in warning[0] and "scalar, avx2, avx512" in warning[0], result.stderr
+    assert warning and repr(value) in warning[0] and "scalar, avx2, avx512, avx512_bf16" in warning[0], result.stderr
     info = _run_with_isa(value, "-m", "diffrt.info")
     assert info.returncode == 0, info.stderr
     assert repr(value) in info.stdout and best in info.stdout, info.stdout

@@ -7,6 +7,7 @@ namespace diffrt::cpu {
 const AttentionKernels& attention_kernels() {
   switch (active_isa()) {
     case Isa::avx512: return avx512::attention_kernels;
+    case Isa::avx512_bf16: return avx512_bf16::attention_kernels;
     case Isa::avx2: return avx2::attention_kernels;
     default: return scalar::attention_kernels;
   }

@@ -1,5 +1,5 @@
 // Fused multi-head attention on the CPU, FlashAttention-style: the Lq×Lk score matrix is never
-// materialised. Compiled once per ISA (DIFFRT_ISA = scalar, avx2, avx512), like sampler_kernels.cpp.
+// materialised. Compiled once per ISA (DIFFRT_ISA = scalar, avx2, avx512, avx512_bf16), like sampler_kernels.cpp.
 //
 // Forward, per (batch·head, query tile of kQueryTile rows), over key tiles of ≤ kKeyTile keys, in the
 // log2 domain t = scale·log2(e)·q·k (so the softmax exponential is a cheap exp2):

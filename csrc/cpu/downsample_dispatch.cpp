@@ -6,6 +6,7 @@ namespace diffrt::cpu {
 const DownsampleKernels& downsample_kernels() {
   switch (active_isa()) {
     case Isa::avx512: return avx512::downsample_kernels;
+    case Isa::avx512_bf16: return avx512_bf16::downsample_kernels;
     case Isa::avx2: return avx2::downsample_kernels;
     default: return scalar::downsample_kernels;
   }

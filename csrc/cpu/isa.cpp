@@ -1,5 +1,5 @@
 // Run-time instruction-set dispatch: CPUID (with the OS's XSAVE state check) picks the widest
-// kernel table the CPU can run; DIFFRT_CPU_ISA=scalar|avx2|avx512 or set_active_isa() lowers it
+// kernel table the CPU can run; DIFFRT_CPU_ISA=scalar|avx2|avx512|avx512_bf16 or set_active_isa() lowers it
 // (a bad DIFFRT_CPU_ISA falls back to the widest, with a warning: isa_env_warning()).
 #include <atomic>
 #include <cstdlib>
@@ -13,6 +13,7 @@ namespace diffrt::cpu {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "scalar";
@@ -23,9 +24,8 @@ Isa best_supported_isa() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512bf16"))
-    return Isa::avx512;
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return __builtin_cpu_supports("avx512bf16") ? Isa::avx512_bf16 : Isa::avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
 #endif
   return Isa::scalar;
@@ -41,7 +41,8 @@ Isa parse_isa(const std::string& name) {
   if (name == "scalar") return Isa::scalar;
   if (name == "avx2") return Isa::avx2;
   if (name == "avx512") return Isa::avx512;
-  throw std::invalid_argument("unknown CPU ISA '" + name + "' (expected scalar, avx2 or avx512)");
+  if (name == "avx512_bf16") return Isa::avx512_bf16;
+  throw std::invalid_argument("unknown CPU ISA '" + name + "' (expected scalar, avx2, avx512 or avx512_bf16)");
 }
 
 namespace {
@@ -66,11 +67,11 @@ Isa initial_isa() {
   try {
     requested = parse_isa(value);
   } catch (const std::invalid_argument&) {
-    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' names no CPU instruction set (valid: scalar, avx2, avx512)" + fallback;
+    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' names no CPU instruction set (valid: scalar, avx2, avx512, avx512_bf16)" + fallback;
     return best;
   }
   if (int(requested) > int(best)) {
-    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' cannot run on this CPU (valid: scalar, avx2, avx512; this CPU "
+    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' cannot run on this CPU (valid: scalar, avx2, avx512, avx512_bf16; this CPU "
                     "supports " + joined(supported_isas()) + ")" + fallback;
     return best;
   }
@@ -104,6 +105,7 @@ void set_active_isa(Isa isa) {
 const SamplerKernels& sampler_kernels() {
   switch (active_isa()) {
     case Isa::avx512: return avx512::sampler_kernels;
+    case Isa::avx512_bf16: return avx512_bf16::sampler_kernels;
     case Isa::avx2: return avx2::sampler_kernels;
     default: return scalar::sampler_kernels;
   }

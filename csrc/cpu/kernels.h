@@ -1,5 +1,5 @@
 // The CPU kernel table. csrc/cpu/*_kernels.cpp are compiled once per instruction set
-// (scalar, avx2, avx512; see CMakeLists.txt), each into its own namespace, and isa.cpp
+// (scalar, avx2, avx512, avx512_bf16; see CMakeLists.txt), each into its own namespace, and isa.cpp
 // picks the best table the running CPU supports.
 #pragma once
 #include <string>
@@ -18,11 +18,12 @@ struct SamplerKernels {
   void (*dpm_solver_2m_step)(const DpmSolver2mStepArgs&);
 };
 
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3 };
 
 namespace scalar { extern const SamplerKernels sampler_kernels; }
 namespace avx2 { extern const SamplerKernels sampler_kernels; }
 namespace avx512 { extern const SamplerKernels sampler_kernels; }
+namespace avx512_bf16 { extern const SamplerKernels sampler_kernels; }
 
 const char* isa_name(Isa isa);
 Isa best_supported_isa();         // what this CPU (and OS) can run

@@ -7,6 +7,7 @@ namespace diffrt::cpu {
 const NormKernels& norm_kernels() {
   switch (active_isa()) {
     case Isa::avx512: return avx512::norm_kernels;
+    case Isa::avx512_bf16: return avx512_bf16::norm_kernels;
     case Isa::avx2: return avx2::norm_kernels;
     default: return scalar::norm_kernels;
   }

@@ -21,6 +21,16 @@ def _bf16() -> dict:
     return {"fast": fast, "reason": reason}
 
 
+# What each CPU kernel table is, and which CPUs get it.
+CPU_ISA_PATHS = {
+    "scalar": "portable C++, auto-vectorised for the baseline instruction set",
+    "avx2": "256-bit AVX2 + FMA; bfloat16 converted to float32 on load (no bf16 arithmetic)",
+    "avx512": "512-bit AVX-512 F/BW/VL/DQ, float32 math; bfloat16 converted on load (for CPUs "
+              "without AVX512-BF16: Skylake-X to Ice Lake)",
+    "avx512_bf16": "512-bit AVX-512 with AVX512-BF16: attention's bfloat16 products on bf16 dot products",
+}
+
+
 def _bf16_row(bf16: dict) -> str:
     if bf16["fast"] is None:
         return f"unknown: {bf16['reason']}"
@@ -62,7 +72,8 @@ def main() -> None:
         ("compiler", f"gcc {info['compiler']}, flags '{info['cxx_flags']}'"),
         ("CPU kernels built", ", ".join(info["cpu_isas_compiled"])),
         ("CPU ISAs supported here", ", ".join(info["cpu_isas_supported"])),
-        ("CPU ISA in use", f"{info['cpu_isa']} (override: DIFFRT_CPU_ISA=scalar|avx2|avx512)"),
+        ("CPU ISA in use", f"{info['cpu_isa']}: {CPU_ISA_PATHS.get(info['cpu_isa'], '')}"),
+        ("", "(the widest this CPU supports unless lowered: DIFFRT_CPU_ISA=scalar|avx2|avx512|avx512_bf16)"),
         *([("DIFFRT_CPU_ISA ignored", info["cpu_isa_env_warning"])] if info["cpu_isa_env_warning"] else []),
         ("CPU bf16 matmul/conv", _bf16_row(info["cpu_fast_bf16"])),
         ("threads", f"{info['threads']} (torch.get_num_threads(); kernels use the same count, on {info['thread_pool']})"),
