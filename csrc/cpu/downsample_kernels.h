@@ -42,6 +42,7 @@ struct DownsampleKernels {
 namespace scalar { extern const DownsampleKernels downsample_kernels; }
 namespace avx2 { extern const DownsampleKernels downsample_kernels; }
 namespace avx512 { extern const DownsampleKernels downsample_kernels; }
+namespace neon { extern const DownsampleKernels downsample_kernels; }
 
 const DownsampleKernels& downsample_kernels();  // table of the active ISA
 

@@ -43,7 +43,7 @@ def main() -> None:
         ("compiler", f"gcc {info['compiler']}, flags '{info['cxx_flags']}', OpenMP {info['openmp']}"),
         ("CPU kernels built", ", ".join(info["cpu_isas_compiled"])),
         ("CPU ISAs supported here", ", ".join(info["cpu_isas_supported"])),
-        ("CPU ISA in use", f"{info['cpu_isa']} (override: DIFFRT_CPU_ISA=scalar|avx2|avx512)"),
+        ("CPU ISA in use", f"{info['cpu_isa']} (override: DIFFRT_CPU_ISA={'|'.join(info['cpu_isas_compiled'])})"),
         *([("DIFFRT_CPU_ISA ignored", info["cpu_isa_env_warning"])] if info["cpu_isa_env_warning"] else []),
         ("threads", f"{info['threads']} (torch.get_num_threads(); kernels use the same count)"),
         ("CUDA kernels built", f"{'yes, CUDA runtime ' + str(info['cuda_runtime']) if info['cuda_kernels_built'] else 'no'}"),
