@@ -51,3 +51,9 @@ def test_cmake_cross_configure_compiles_kernel_libraries(tmp_path):
         for o in built:
             file = subprocess.run(["file", str(o)], capture_output=True, text=True).stdout
             assert "aarch64" in file or "ARM aarch64" in file, file
+
+
+def test_x86_isa_names_are_rejected_on_aarch64(harness):
+    """isa.cpp on aarch64 knows only scalar and neon: an x86 name is an error naming the valid ones."""
+    result = subprocess.run([QEMU, str(harness), "--no-timing", "avx2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "unknown CPU ISA 'avx2' (expected scalar or neon)" in result.stdout, result.stdout

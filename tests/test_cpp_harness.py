@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from diffrt import _C
-from tests._cpp_build import HARNESS, ROOT, assert_harness_passes, build_harness
+from tests._cpp_build import HARNESS, ROOT, assert_harness_passes, build_harness, isa_flags
 
 ARCH = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(platform.machine())
 
@@ -42,3 +42,9 @@ def test_harness_covers_every_kernel_table_entry():
         body = re.search(r"struct \w+Kernels \{(.*?)\};", (ROOT / "csrc" / header).read_text(), re.S).group(1)
         for entry in re.findall(r"\(\*(\w+)\)", body):
             assert f"cpu::{table}().{entry}(" in source, f"{header}: {table}().{entry} is not checked by {HARNESS.name}"
+
+
+def test_compiled_isas_match_cmake():
+    """isa.cpp's list of this architecture's kernel sets mirrors CMakeLists.txt's (a set compiled but not
+    selectable, or selectable but not linked, fails here)."""
+    assert _C.build_info()["isas_compiled"] == list(isa_flags(ARCH))
