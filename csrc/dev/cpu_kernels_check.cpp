@@ -13,16 +13,17 @@
 //        csrc/cpu/*_dispatch.cpp *.o -o check && qemu-aarch64 ./check --no-timing neon
 //
 // Arguments: the ISAs to check (default: every one this CPU supports); --no-timing skips the speed runs
-// (under emulation only correctness means anything). Exit status 0 and "ALL OK" when every check passes.
+// (under emulation only correctness means anything); --seed=N repeats a run's inputs (default: random).
+// Exit status 0 and "ALL OK" when every check passes.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
-#include <stdexcept>
-#include <tuple>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "cpu/attention_kernels.h"
@@ -36,7 +37,7 @@ namespace {
 
 using namespace diffrt;
 
-std::mt19937 rng(1234);
+std::mt19937 rng;  // seeded in main(): fresh inputs each run, the seed printed to reproduce one
 const int kThreads = int(std::max(1u, std::thread::hardware_concurrency()));
 bool timing = true;
 constexpr double kEps32 = 1.1920929e-07;
@@ -616,10 +617,13 @@ void check_downsample_kernels() {
 
 int main(int argc, char** argv) {
   std::vector<std::string> isas;
+  unsigned seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--no-timing")
       timing = false;
+    else if (arg.rfind("--seed=", 0) == 0)
+      seed = unsigned(std::stoul(arg.substr(7)));
     else
       isas.push_back(arg);
   }
@@ -630,7 +634,7 @@ int main(int argc, char** argv) {
     return s;
   }().c_str());
   for (const auto& n : cpu::supported_isas()) std::printf(" %s", n.c_str());
-  std::printf("; %d threads\n", kThreads);
+  std::printf("; %d threads; --seed=%u\n", kThreads, seed);
   for (const auto& name : isas) {
     try {
       cpu::set_active_isa(cpu::parse_isa(name));  // the bindings' path: dispatch through the active table
@@ -639,6 +643,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::printf("==== ISA %s\n", cpu::isa_name(cpu::active_isa()));
+    rng.seed(seed);
     check_sampler_kernels();
     check_attention_kernels();
     check_norm_kernels();
