@@ -124,6 +124,7 @@ namespace scalar { extern const NormKernels norm_kernels; }
 namespace avx2 { extern const NormKernels norm_kernels; }
 namespace avx512 { extern const NormKernels norm_kernels; }
 namespace avx512_bf16 { extern const NormKernels norm_kernels; }
+namespace neon { extern const NormKernels norm_kernels; }
 
 const NormKernels& norm_kernels();  // table of the active ISA (cpu/norm_dispatch.cpp)
 

@@ -38,7 +38,7 @@ def test_bad_cpu_isa_env_warns_and_falls_back_to_the_best(value):
     assert result.returncode == 0, result.stderr
     assert f"isa {best}" in result.stdout
     warning = [line for line in result.stderr.splitlines() if "RuntimeWarning" in line]
-    assert warning and repr(value) in warning[0] and "scalar, avx2, avx512, avx512_bf16" in warning[0], result.stderr
+    assert warning and repr(value) in warning[0] and ", ".join(_C.build_info()["isas_compiled"]) in warning[0], result.stderr
     info = _run_with_isa(value, "-m", "diffrt.info")
     assert info.returncode == 0, info.stderr
     assert repr(value) in info.stdout and best in info.stdout, info.stdout

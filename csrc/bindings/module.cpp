@@ -509,7 +509,7 @@ py::dict build_info() {
   d["compiler"] = __VERSION__;
   d["cxx_flags"] = DIFFRT_CXX_FLAGS;
   d["threads"] = "diffrt thread pool (no OpenMP runtime)";
-  d["isas_compiled"] = std::vector<std::string>{"scalar", "avx2", "avx512", "avx512_bf16"};
+  d["isas_compiled"] = cpu::compiled_isas();
 #if defined(DIFFRT_WITH_CUDA)
   d["cuda"] = true;
   d["cuda_runtime"] = cuda::runtime_version();
@@ -537,7 +537,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
         "The instruction set whose CPU kernels run now.");
   m.def("set_cpu_isa", [](const std::string& name) { cpu::set_active_isa(cpu::parse_isa(name)); },
-        py::arg("name"), "Select the CPU kernels (scalar, avx2, avx512, avx512_bf16); raises if this CPU cannot run them.");
+        py::arg("name"), "Select the CPU kernels (one of build_info()['isas_compiled']); raises if this CPU cannot run them.");
   m.def("supported_cpu_isas", &cpu::supported_isas, "Instruction sets this CPU can run, narrowest first.");
   m.def("cpu_isa_env_warning", [] { return cpu::isa_env_warning(); },
         "Why DIFFRT_CPU_ISA was ignored at import (empty when it was not set, or honoured).");

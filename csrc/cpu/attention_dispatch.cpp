@@ -6,9 +6,13 @@ namespace diffrt::cpu {
 
 const AttentionKernels& attention_kernels() {
   switch (active_isa()) {
+#if defined(__aarch64__)
+    case Isa::neon: return neon::attention_kernels;
+#else
     case Isa::avx512: return avx512::attention_kernels;
     case Isa::avx512_bf16: return avx512_bf16::attention_kernels;
     case Isa::avx2: return avx2::attention_kernels;
+#endif
     default: return scalar::attention_kernels;
   }
 }

@@ -15,6 +15,7 @@ namespace scalar { extern const AttentionKernels attention_kernels; }
 namespace avx2 { extern const AttentionKernels attention_kernels; }
 namespace avx512 { extern const AttentionKernels attention_kernels; }
 namespace avx512_bf16 { extern const AttentionKernels attention_kernels; }
+namespace neon { extern const AttentionKernels attention_kernels; }
 
 const AttentionKernels& attention_kernels();  // table of the active ISA
 

@@ -5,9 +5,13 @@ namespace diffrt::cpu {
 
 const DownsampleKernels& downsample_kernels() {
   switch (active_isa()) {
+#if defined(__aarch64__)
+    case Isa::neon: return neon::downsample_kernels;
+#else
     case Isa::avx512: return avx512::downsample_kernels;
     case Isa::avx512_bf16: return avx512_bf16::downsample_kernels;
     case Isa::avx2: return avx2::downsample_kernels;
+#endif
     default: return scalar::downsample_kernels;
   }
 }

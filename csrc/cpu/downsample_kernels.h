@@ -43,6 +43,7 @@ namespace scalar { extern const DownsampleKernels downsample_kernels; }
 namespace avx2 { extern const DownsampleKernels downsample_kernels; }
 namespace avx512 { extern const DownsampleKernels downsample_kernels; }
 namespace avx512_bf16 { extern const DownsampleKernels downsample_kernels; }
+namespace neon { extern const DownsampleKernels downsample_kernels; }
 
 const DownsampleKernels& downsample_kernels();  // table of the active ISA
 

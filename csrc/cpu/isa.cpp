@@ -1,8 +1,10 @@
-// Run-time instruction-set dispatch: CPUID (with the OS's XSAVE state check) picks the widest
-// kernel table the CPU can run; DIFFRT_CPU_ISA=scalar|avx2|avx512|avx512_bf16 or set_active_isa() lowers it
+// Run-time instruction-set dispatch: on x86-64 CPUID (with the OS's XSAVE state check) picks the widest
+// kernel table the CPU can run; on aarch64 that is neon (Advanced SIMD is part of the base architecture).
+// DIFFRT_CPU_ISA (x86-64: scalar|avx2|avx512|avx512_bf16, aarch64: scalar|neon) or set_active_isa() lowers it
 // (a bad DIFFRT_CPU_ISA falls back to the widest, with a warning: isa_env_warning()).
 #include <atomic>
 #include <cstdlib>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -11,17 +13,51 @@
 
 namespace diffrt::cpu {
 
+namespace {
+// The kernel sets CMakeLists.txt compiles for this architecture, narrowest first; an ISA can run when
+// it comes no later in this list than best_supported_isa().
+#if defined(__aarch64__)
+constexpr Isa kCompiledIsas[] = {Isa::scalar, Isa::neon};
+#else
+constexpr Isa kCompiledIsas[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16};
+#endif
+
+int rank(Isa isa) {  // position in kCompiledIsas, −1 for another architecture's ISA
+  for (int i = 0; i < int(std::size(kCompiledIsas)); ++i)
+    if (kCompiledIsas[i] == isa) return i;
+  return -1;
+}
+
+bool can_run(Isa isa) { return rank(isa) >= 0 && rank(isa) <= rank(best_supported_isa()); }
+
+// "scalar, avx2 or avx512"
+std::string listed_with_or(const std::vector<std::string>& names) {
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i) s += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  return s;
+}
+}  // namespace
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
+    case Isa::neon: return "neon";
     default: return "scalar";
   }
 }
 
+std::vector<std::string> compiled_isas() {
+  std::vector<std::string> names;
+  for (Isa isa : kCompiledIsas) names.emplace_back(isa_name(isa));
+  return names;
+}
+
 Isa best_supported_isa() {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__aarch64__)
+  return Isa::neon;  // Advanced SIMD is mandatory in AArch64 (Linux, macOS and Windows all require it)
+#elif defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
@@ -33,16 +69,15 @@ Isa best_supported_isa() {
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> names;
-  for (int i = 0; i <= int(best_supported_isa()); ++i) names.emplace_back(isa_name(Isa(i)));
+  for (Isa isa : kCompiledIsas)
+    if (can_run(isa)) names.emplace_back(isa_name(isa));
   return names;
 }
 
-Isa parse_isa(const std::string& name) {
-  if (name == "scalar") return Isa::scalar;
-  if (name == "avx2") return Isa::avx2;
-  if (name == "avx512") return Isa::avx512;
-  if (name == "avx512_bf16") return Isa::avx512_bf16;
-  throw std::invalid_argument("unknown CPU ISA '" + name + "' (expected scalar, avx2, avx512 or avx512_bf16)");
+Isa parse_isa(const std::string& name) {  // only this architecture's names
+  for (Isa isa : kCompiledIsas)
+    if (name == isa_name(isa)) return isa;
+  throw std::invalid_argument("unknown CPU ISA '" + name + "' (expected " + listed_with_or(compiled_isas()) + ")");
 }
 
 namespace {
@@ -67,12 +102,13 @@ Isa initial_isa() {
   try {
     requested = parse_isa(value);
   } catch (const std::invalid_argument&) {
-    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' names no CPU instruction set (valid: scalar, avx2, avx512, avx512_bf16)" + fallback;
+    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' names no CPU instruction set (valid: " + joined(compiled_isas()) +
+                    ")" + fallback;
     return best;
   }
-  if (int(requested) > int(best)) {
-    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' cannot run on this CPU (valid: scalar, avx2, avx512, avx512_bf16; this CPU "
-                    "supports " + joined(supported_isas()) + ")" + fallback;
+  if (!can_run(requested)) {
+    g_env_warning = "DIFFRT_CPU_ISA='" + value + "' cannot run on this CPU (valid: " + joined(compiled_isas()) +
+                    "; this CPU supports " + joined(supported_isas()) + ")" + fallback;
     return best;
   }
   return requested;
@@ -96,7 +132,7 @@ Isa active_isa() {
 }
 
 void set_active_isa(Isa isa) {
-  if (int(isa) > int(best_supported_isa()))
+  if (!can_run(isa))
     throw std::invalid_argument(std::string("this CPU cannot run the ") + isa_name(isa) + " kernels (best: " +
                                 isa_name(best_supported_isa()) + ")");
   g_active.store(int(isa), std::memory_order_relaxed);
@@ -104,9 +140,13 @@ void set_active_isa(Isa isa) {
 
 const SamplerKernels& sampler_kernels() {
   switch (active_isa()) {
+#if defined(__aarch64__)
+    case Isa::neon: return neon::sampler_kernels;
+#else
     case Isa::avx512: return avx512::sampler_kernels;
     case Isa::avx512_bf16: return avx512_bf16::sampler_kernels;
     case Isa::avx2: return avx2::sampler_kernels;
+#endif
     default: return scalar::sampler_kernels;
   }
 }

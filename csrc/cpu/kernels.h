@@ -1,6 +1,6 @@
-// The CPU kernel table. csrc/cpu/*_kernels.cpp are compiled once per instruction set
-// (scalar, avx2, avx512, avx512_bf16; see CMakeLists.txt), each into its own namespace, and isa.cpp
-// picks the best table the running CPU supports.
+// The CPU kernel table. csrc/cpu/*_kernels.cpp are compiled once per instruction set of the target
+// architecture (x86-64: scalar, avx2, avx512, avx512_bf16; aarch64: scalar, neon; see CMakeLists.txt), each into its
+// own namespace, and isa.cpp picks the best table the running CPU supports.
 #pragma once
 #include <string>
 #include <vector>
@@ -18,16 +18,19 @@ struct SamplerKernels {
   void (*dpm_solver_2m_step)(const DpmSolver2mStepArgs&);
 };
 
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3 };
+// Values are names only: which ISAs exist, and their order, is per architecture (compiled_isas()).
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, avx512_bf16 = 4 };
 
 namespace scalar { extern const SamplerKernels sampler_kernels; }
 namespace avx2 { extern const SamplerKernels sampler_kernels; }
 namespace avx512 { extern const SamplerKernels sampler_kernels; }
 namespace avx512_bf16 { extern const SamplerKernels sampler_kernels; }
+namespace neon { extern const SamplerKernels sampler_kernels; }
 
 const char* isa_name(Isa isa);
+std::vector<std::string> compiled_isas();  // this architecture's kernel sets, narrowest first
 Isa best_supported_isa();         // what this CPU (and OS) can run
-std::vector<std::string> supported_isas();
+std::vector<std::string> supported_isas();  // compiled_isas() up to best_supported_isa()
 Isa active_isa();                 // best_supported_isa(), or DIFFRT_CPU_ISA, or set_active_isa()
 const std::string& isa_env_warning();  // why DIFFRT_CPU_ISA was ignored (bad or unsupported value), or ""
 void set_active_isa(Isa isa);     // throws std::invalid_argument if the CPU cannot run it

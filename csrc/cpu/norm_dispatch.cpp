@@ -6,9 +6,13 @@ namespace diffrt::cpu {
 
 const NormKernels& norm_kernels() {
   switch (active_isa()) {
+#if defined(__aarch64__)
+    case Isa::neon: return neon::norm_kernels;
+#else
     case Isa::avx512: return avx512::norm_kernels;
     case Isa::avx512_bf16: return avx512_bf16::norm_kernels;
     case Isa::avx2: return avx2::norm_kernels;
+#endif
     default: return scalar::norm_kernels;
   }
 }

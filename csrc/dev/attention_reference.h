@@ -8,6 +8,7 @@
 //             counts). Masked keys are skipped: their k and v never enter any sum, their dk, dv are 0.
 //   backward: dV = Pᵀ·dO,  dP = dO·vᵀ,  dS = P∘(dP − D) with D_i = rowsum(P_i∘dP_i) = rowsum(dO_i∘O_i),
 //             dQ = scale·dS·k,  dK = scale·dSᵀ·q
+//             (stored_out: D from that O, e.g. the forward's output rounded to bfloat16, as the kernels do)
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -78,7 +79,7 @@ inline void attention_forward(const AttentionShape& s, const std::vector<double>
 inline void attention_backward(const AttentionShape& s, const std::vector<double>& q, const std::vector<double>& k,
                                const std::vector<double>& v, const std::vector<double>& dout, const uint8_t* mask,
                                double scale, std::vector<double>& dq, std::vector<double>& dk,
-                               std::vector<double>& dv) {
+                               std::vector<double>& dv, const std::vector<double>* stored_out = nullptr) {
   const int64_t Lq = s.q_len, Lk = s.kv_len, d = s.head_dim, BH = s.batch * s.heads;
   dq.assign(BH * Lq * d, 0.0);
   dk.assign(BH * Lk * d, 0.0);
@@ -99,6 +100,10 @@ inline void attention_backward(const AttentionShape& s, const std::vector<double
         for (int64_t c = 0; c < d; ++c) dp += doh[i * d + c] * vh[j * d + c];
         ds[j] = dp;
         D += p[i * Lk + j] * dp;
+      }
+      if (stored_out) {  // D from the stored O (rounded to its dtype), as the kernels compute it
+        D = 0;
+        for (int64_t c = 0; c < d; ++c) D += doh[i * d + c] * (*stored_out)[(bh * Lq + i) * d + c];
       }
       for (int64_t j = 0; j < Lk; ++j) {
         if (mask && !mask[b * Lk + j]) continue;

@@ -1,6 +1,6 @@
 // Plain C++ references for the sampler kernels: one sample at a time, double precision, no SIMD,
 // no threads, written to be read against the paper equations (see csrc/sampler_math.h).
-// Used by sampler_kernels_check.cpp; the Python references (diffrt.ops.*_ref) are the test oracle.
+// Used by cpu_kernels_check.cpp; the Python references (diffrt.ops.*_ref) are the test oracle.
 #pragma once
 #include <algorithm>
 #include <cmath>

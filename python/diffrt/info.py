@@ -73,7 +73,7 @@ def main() -> None:
         ("CPU kernels built", ", ".join(info["cpu_isas_compiled"])),
         ("CPU ISAs supported here", ", ".join(info["cpu_isas_supported"])),
         ("CPU ISA in use", f"{info['cpu_isa']}: {CPU_ISA_PATHS.get(info['cpu_isa'], '')}"),
-        ("", "(the widest this CPU supports unless lowered: DIFFRT_CPU_ISA=scalar|avx2|avx512|avx512_bf16)"),
+        ("", f"(the widest this CPU supports unless lowered: DIFFRT_CPU_ISA={'|'.join(info['cpu_isas_compiled'])})"),
         *([("DIFFRT_CPU_ISA ignored", info["cpu_isa_env_warning"])] if info["cpu_isa_env_warning"] else []),
         ("CPU bf16 matmul/conv", _bf16_row(info["cpu_fast_bf16"])),
         ("threads", f"{info['threads']} (torch.get_num_threads(); kernels use the same count, on {info['thread_pool']})"),
