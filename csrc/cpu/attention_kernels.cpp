@@ -101,7 +101,10 @@ inline vf vexp2(vf x) {
 }
 #elif defined(__AVX2__)
 constexpr int W = 8;
-constexpr int kRows = 6, kMaxNC = 2;  // 12 accumulators of 16 ymm registers
+// 12 accumulators + 2 vectors of B + 1 broadcast of 16 ymm registers. A 2×5 block for d = 40 (5 vectors)
+// measured slower on Zen 4 than 6×2 + 6×2 + 6×1: with no register left for B, its FMAs read B from memory
+// and the loads set the pace.
+constexpr int kRows = 6, kMaxNC = 2;
 using vf = __m256;
 inline vf vzero() { return _mm256_setzero_ps(); }
 inline vf vset1(float x) { return _mm256_set1_ps(x); }
@@ -289,8 +292,58 @@ inline int64_t column_chunk(int64_t remaining) {
   return (remaining + panels - 1) / panels;
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// Rows of memory a forward work item will touch soon (the next item's Q, its own output), prefetched a
+// few cache lines after every micro-kernel call so that their DRAM latency hides behind the FMAs. Without
+// it, packing a Q tile and writing its output stall on DRAM each time: ≈ 10% of cross-attention (one key
+// step per query tile), whose FMAs per Q byte are few.
+class RowPrefetch {
+ public:
+  void add(const void* base, int64_t row_stride_bytes, int64_t row_bytes, int64_t rows) {
+    if (count_ < 2 && rows > 0 && row_bytes > 0)
+      ranges_[count_++] = Range{static_cast<const char*>(base), row_stride_bytes, row_bytes, rows};
+  }
+  void issue(int lines) {
+    for (; lines > 0 && range_ < count_; --lines) {
+      const Range& r = ranges_[range_];
+      _mm_prefetch(r.base + row_ * r.stride + offset_, _MM_HINT_T0);
+      if ((offset_ += 64) >= r.bytes) {
+        offset_ = 0;
+        if (++row_ == r.rows) row_ = 0, ++range_;
+      }
+    }
+  }
+
+ private:
+  struct Range {
+    const char* base;
+    int64_t stride, bytes, rows;
+  };
+  Range ranges_[2];
+  int count_ = 0, range_ = 0;
+  int64_t row_ = 0, offset_ = 0;
+};
+constexpr int kPrefetchLinesPerBlock = 6;
+#endif
+
 // C (rows × col_vecs·W) = init(C) + out_scale · A (rows × K) · B (K × col_vecs·W). Column panels of B
 // (K × kMaxNC·W) stay in L1 while every row block of A streams past them.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+template <Init init>
+void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
+          int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
+          const float* bias = nullptr, RowPrefetch* prefetch = nullptr) {
+  for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
+    nc = column_chunk(col_vecs - c0);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, rows - r0));
+      kGemm<init>[nr - 1][nc - 1](K, A + r0 * a_rs, a_rs, a_ks, B + c0 * W, b_ks, C + r0 * c_rs + c0 * W, c_rs,
+                                  row_aux_at(init, row_aux, r0), out_scale, bias ? bias + c0 * W : nullptr);
+      if (prefetch) prefetch->issue(kPrefetchLinesPerBlock);
+    }
+  }
+}
+#else
 template <Init init>
 void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
           int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
@@ -304,6 +357,7 @@ void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_r
     }
   }
 }
+#endif
 
 #if defined(__AVX512BF16__)
 using GemmBf16Fn = void (*)(int64_t, const uint32_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t,
@@ -414,8 +468,12 @@ inline void load_row(const float* s, int64_t d, int64_t dp, float* o) {
     _mm512_storeu_ps(o + c, _mm512_maskz_loadu_ps(m, s + c));
   }
 #else
-  for (int64_t c = 0; c < d; ++c) o[c] = s[c];
-  for (int64_t c = d; c < dp; ++c) o[c] = 0.f;
+  int64_t c = 0;
+#if defined(__AVX2__)
+  for (; c + W <= d; c += W) vstore(o + c, vload(s + c));
+#endif
+  for (; c < d; ++c) o[c] = s[c];
+  for (; c < dp; ++c) o[c] = 0.f;
 #endif
 }
 inline void load_row(const bf16* s, int64_t d, int64_t dp, float* o) {
@@ -426,8 +484,15 @@ inline void load_row(const bf16* s, int64_t d, int64_t dp, float* o) {
     _mm512_storeu_ps(o + c, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
   }
 #else
-  for (int64_t c = 0; c < d; ++c) o[c] = load(s[c]);
-  for (int64_t c = d; c < dp; ++c) o[c] = 0.f;
+  int64_t c = 0;
+#if defined(__AVX2__)
+  for (; c + W <= d; c += W) {  // bfloat16 bits are the top half of the float32
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + c));
+    _mm256_storeu_ps(o + c, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16)));
+  }
+#endif
+  for (; c < d; ++c) o[c] = load(s[c]);
+  for (; c < dp; ++c) o[c] = 0.f;
 #endif
 }
 
@@ -443,6 +508,18 @@ inline void store_row(const float* src, float scale, int64_t d, bf16* dst) {
   for (; c + W <= d; c += W) {
     const __m256bh x = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(src + c), _mm512_set1_ps(scale)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), (__m256i)x);
+  }
+#elif defined(__AVX2__) && !defined(__AVX512F__)
+  // to_bf16 on 8 lanes: round to nearest even, (u + 0x7fff + bit 16 of u) >> 16; NaN → (u >> 16) | 0x40.
+  for (; c + W <= d; c += W) {
+    const __m256i u = _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(src + c), _mm256_set1_ps(scale)));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    const __m256i bits = _mm256_blendv_epi8(rounded, quiet, nan);  // each lane ≤ 0xffff: packus is exact
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(bits, bits), 0xd8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), _mm256_castsi256_si128(packed));
   }
 #endif
   for (; c < d; ++c) dst[c] = to_bf16(src[c] * scale);
@@ -616,6 +693,20 @@ void forward_typed(const AttentionForwardArgs& a) {
       }
       std::fill(s.m.begin(), s.m.end(), kMasked);
       std::fill(s.l.begin(), s.l.end(), 0.f);
+#if defined(__AVX2__) && !defined(__AVX512F__)
+      // This item's output rows, then the Q rows of the item this thread most likely draws next.
+      RowPrefetch prefetch;
+      prefetch.add(head_ptr<T>(a.out, a.out_strides, b, h) + q0 * a.out_strides.row,
+                   a.out_strides.row * int64_t(sizeof(T)), d * int64_t(sizeof(T)), rows);
+      if (const int64_t next = item + nt; next < items) {
+        const int64_t next_bh = next / q_tiles, next_q0 = (next % q_tiles) * kQueryTile;
+        prefetch.add(head_ptr<T>(a.q, a.q_strides, next_bh / a.heads, next_bh % a.heads) + next_q0 * a.q_strides.row,
+                     a.q_strides.row * int64_t(sizeof(T)), d * int64_t(sizeof(T)), std::min(kQueryTile, Lq - next_q0));
+      }
+#define DIFFRT_ROW_PREFETCH , &prefetch
+#else
+#define DIFFRT_ROW_PREFETCH
+#endif
 
       for (int64_t t = 0; t < kt.count; ++t) {
         const int64_t k0 = kt.begin(t), w = kt.size(t);
@@ -640,13 +731,17 @@ void forward_typed(const AttentionForwardArgs& a) {
 #endif
         const float* ktile = kt_f32.get() + bh * head_elems + k0 * dp;
         const float* vtile = v_f32.get() + bh * head_elems + k0 * dp;
-        gemm<Init::scores>(rows, w / W, d, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c, bias);
+        gemm<Init::scores>(rows, w / W, d, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c,
+                           bias DIFFRT_ROW_PREFETCH);
         softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
         if (t == 0)  // O starts as P·V: no rescale, and O needs no zeroing
-          gemm<Init::zero>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp);
+          gemm<Init::zero>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, nullptr, 1.f,
+                           nullptr DIFFRT_ROW_PREFETCH);
         else
-          gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data());
+          gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data(), 1.f,
+                                 nullptr DIFFRT_ROW_PREFETCH);
       }
+#undef DIFFRT_ROW_PREFETCH
 
       // out = O / l, lse = (m + log2 l)·ln 2; zeros and −inf for a row without keys; NaN for a row with
       // keys whose l is NaN (a NaN or +inf score) or 0 (every attended score −inf), as torch's softmax.
