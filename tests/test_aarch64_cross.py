@@ -1,6 +1,6 @@
 """diffrt's CPU kernels on aarch64: the check harness (csrc/dev/cpu_kernels_check.cpp) cross compiled with
 aarch64-linux-gnu-g++ (statically linked) and run under qemu-aarch64 for each aarch64 ISA variant
-CMakeLists.txt defines (scalar, neon), and a CMake configure with cmake/aarch64-linux-gnu.cmake that
+CMakeLists.txt defines (scalar, neon), and a CMake configure with csrc/dev/aarch64-linux-gnu.cmake that
 compiles the CPU kernel libraries. Under emulation only correctness counts: the harness runs without its
 speed measurements, and no timing means anything here.
 
@@ -37,7 +37,7 @@ def test_harness_under_qemu_matches_cpp_reference(isa, harness):
 def test_cmake_cross_configure_compiles_kernel_libraries(tmp_path):
     """CMakeLists.txt detects aarch64 from the toolchain file and compiles one object library per aarch64
     ISA plus the dispatch library (the Python module itself needs an aarch64 Python: not built here)."""
-    configure = ["cmake", "-S", str(ROOT), "-B", str(tmp_path), f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake' / 'aarch64-linux-gnu.cmake'}",
+    configure = ["cmake", "-S", str(ROOT), "-B", str(tmp_path), f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'csrc' / 'dev' / 'aarch64-linux-gnu.cmake'}",
                  "-DDIFFRT_PYTHON_MODULE=OFF", "-DDIFFRT_CUDA=OFF", "-DSKBUILD_PROJECT_VERSION=0.0.0"]
     result = subprocess.run(configure, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,7 +1,7 @@
 # Cross compile for 64-bit Arm Linux with Debian/Ubuntu's GNU cross toolchain
 # (apt-get install g++-aarch64-linux-gnu). Configures and compiles the CPU kernel libraries; the Python
 # module needs the target's Python headers, so configure with -DDIFFRT_PYTHON_MODULE=OFF:
-#   cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
+#   cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=csrc/dev/aarch64-linux-gnu.cmake \
 #         -DDIFFRT_PYTHON_MODULE=OFF -DDIFFRT_CUDA=OFF && cmake --build build-aarch64
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
