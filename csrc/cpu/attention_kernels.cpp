@@ -292,11 +292,16 @@ inline int64_t column_chunk(int64_t remaining) {
   return (remaining + panels - 1) / panels;
 }
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
 // Rows of memory a forward work item will touch soon (the next item's Q, its own output), prefetched a
 // few cache lines after every micro-kernel call so that their DRAM latency hides behind the FMAs. Without
 // it, packing a Q tile and writing its output stall on DRAM each time: ≈ 10% of cross-attention (one key
-// step per query tile), whose FMAs per Q byte are few.
+// step per query tile), whose FMAs per Q byte are few. Used by the AVX2 table only: AVX-512's wider
+// micro-kernels leave the hardware prefetchers enough time on their own.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+constexpr bool kRowPrefetch = true;
+#else
+constexpr bool kRowPrefetch = false;
+#endif
 class RowPrefetch {
  public:
   void add(const void* base, int64_t row_stride_bytes, int64_t row_bytes, int64_t rows) {
@@ -306,7 +311,7 @@ class RowPrefetch {
   void issue(int lines) {
     for (; lines > 0 && range_ < count_; --lines) {
       const Range& r = ranges_[range_];
-      _mm_prefetch(r.base + row_ * r.stride + offset_, _MM_HINT_T0);
+      __builtin_prefetch(r.base + row_ * r.stride + offset_, 0, 3);
       if ((offset_ += 64) >= r.bytes) {
         offset_ = 0;
         if (++row_ == r.rows) row_ = 0, ++range_;
@@ -324,11 +329,9 @@ class RowPrefetch {
   int64_t row_ = 0, offset_ = 0;
 };
 constexpr int kPrefetchLinesPerBlock = 6;
-#endif
 
 // C (rows × col_vecs·W) = init(C) + out_scale · A (rows × K) · B (K × col_vecs·W). Column panels of B
 // (K × kMaxNC·W) stay in L1 while every row block of A streams past them.
-#if defined(__AVX2__) && !defined(__AVX512F__)
 template <Init init>
 void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
           int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
@@ -343,21 +346,6 @@ void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_r
     }
   }
 }
-#else
-template <Init init>
-void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const float* B,
-          int64_t b_ks, float* C, int64_t c_rs, float* row_aux = nullptr, float out_scale = 1.f,
-          const float* bias = nullptr) {
-  for (int64_t c0 = 0, nc = 0; c0 < col_vecs; c0 += nc) {
-    nc = column_chunk(col_vecs - c0);
-    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-      const int nr = int(std::min<int64_t>(kRows, rows - r0));
-      kGemm<init>[nr - 1][nc - 1](K, A + r0 * a_rs, a_rs, a_ks, B + c0 * W, b_ks, C + r0 * c_rs + c0 * W, c_rs,
-                                  row_aux_at(init, row_aux, r0), out_scale, bias ? bias + c0 * W : nullptr);
-    }
-  }
-}
-#endif
 
 #if defined(__AVX512BF16__)
 using GemmBf16Fn = void (*)(int64_t, const uint32_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t,
@@ -693,20 +681,18 @@ void forward_typed(const AttentionForwardArgs& a) {
       }
       std::fill(s.m.begin(), s.m.end(), kMasked);
       std::fill(s.l.begin(), s.l.end(), 0.f);
-#if defined(__AVX2__) && !defined(__AVX512F__)
       // This item's output rows, then the Q rows of the item this thread most likely draws next.
       RowPrefetch prefetch;
-      prefetch.add(head_ptr<T>(a.out, a.out_strides, b, h) + q0 * a.out_strides.row,
-                   a.out_strides.row * int64_t(sizeof(T)), d * int64_t(sizeof(T)), rows);
-      if (const int64_t next = item + nt; next < items) {
-        const int64_t next_bh = next / q_tiles, next_q0 = (next % q_tiles) * kQueryTile;
-        prefetch.add(head_ptr<T>(a.q, a.q_strides, next_bh / a.heads, next_bh % a.heads) + next_q0 * a.q_strides.row,
-                     a.q_strides.row * int64_t(sizeof(T)), d * int64_t(sizeof(T)), std::min(kQueryTile, Lq - next_q0));
+      if (kRowPrefetch) {
+        prefetch.add(head_ptr<T>(a.out, a.out_strides, b, h) + q0 * a.out_strides.row,
+                     a.out_strides.row * int64_t(sizeof(T)), d * int64_t(sizeof(T)), rows);
+        if (const int64_t next = item + nt; next < items) {
+          const int64_t next_bh = next / q_tiles, next_q0 = (next % q_tiles) * kQueryTile;
+          prefetch.add(head_ptr<T>(a.q, a.q_strides, next_bh / a.heads, next_bh % a.heads) + next_q0 * a.q_strides.row,
+                       a.q_strides.row * int64_t(sizeof(T)), d * int64_t(sizeof(T)), std::min(kQueryTile, Lq - next_q0));
+        }
       }
-#define DIFFRT_ROW_PREFETCH , &prefetch
-#else
-#define DIFFRT_ROW_PREFETCH
-#endif
+      RowPrefetch* const row_prefetch = kRowPrefetch ? &prefetch : nullptr;
 
       for (int64_t t = 0; t < kt.count; ++t) {
         const int64_t k0 = kt.begin(t), w = kt.size(t);
@@ -732,16 +718,15 @@ void forward_typed(const AttentionForwardArgs& a) {
         const float* ktile = kt_f32.get() + bh * head_elems + k0 * dp;
         const float* vtile = v_f32.get() + bh * head_elems + k0 * dp;
         gemm<Init::scores>(rows, w / W, d, s.q.data(), dp, 1, ktile, w, s.s.data(), w, s.row_max.data(), c,
-                           bias DIFFRT_ROW_PREFETCH);
+                           bias, row_prefetch);
         softmax_step(rows, w, s.s.data(), s.row_max.data(), s.m.data(), s.l.data(), s.alpha.data(), s.row_sum.data(), nullptr);
         if (t == 0)  // O starts as P·V: no rescale, and O needs no zeroing
           gemm<Init::zero>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, nullptr, 1.f,
-                           nullptr DIFFRT_ROW_PREFETCH);
+                           nullptr, row_prefetch);
         else
           gemm<Init::scale_rows>(rows, dp / W, w, s.s.data(), w, 1, vtile, dp, s.o.data(), dp, s.alpha.data(), 1.f,
-                                 nullptr DIFFRT_ROW_PREFETCH);
+                                 nullptr, row_prefetch);
       }
-#undef DIFFRT_ROW_PREFETCH
 
       // out = O / l, lse = (m + log2 l)·ln 2; zeros and −inf for a row without keys; NaN for a row with
       // keys whose l is NaN (a NaN or +inf score) or 0 (every attended score −inf), as torch's softmax.

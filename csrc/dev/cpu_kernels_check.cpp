@@ -30,6 +30,7 @@
 #include "cpu/downsample_kernels.h"
 #include "cpu/kernels.h"
 #include "dev/attention_reference.h"
+#include "dev/norm_reference.h"
 #include "dev/reference.h"
 #include "norm.h"
 
@@ -337,43 +338,18 @@ void check_attention(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t d, bo
 template <typename T>
 void check_group_norm(int64_t N, int64_t C, int64_t HW, int64_t G, bool channels_last, bool silu, bool affine,
                       double offset) {
-  const int64_t numel = N * C * HW, cg = C / G;
+  const int64_t numel = N * C * HW;
   auto x = random_tensor<T>(numel, 2.0);
   for (auto& e : x) e = store_as<T>(load(e) + float(offset));
   auto w = random_tensor<float>(C), b = random_tensor<float>(C);
   std::vector<T> out(numel, store_as<T>(NAN));
-  // Reference: two-pass mean and biased variance in double per (n, g), then the affine and SiLU.
-  std::vector<double> ref(numel);
-  double scale = 1.0;
-  auto at = [&](int64_t n, int64_t c, int64_t p) { return channels_last ? (n * HW + p) * C + c : (n * C + c) * HW + p; };
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g) {
-      double sum = 0, sq = 0, amax = 0;
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c)
-        for (int64_t p = 0; p < HW; ++p) sum += double(load(x[at(n, c, p)]));
-      const double mean = sum / double(cg * HW);
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c)
-        for (int64_t p = 0; p < HW; ++p) {
-          const double v = double(load(x[at(n, c, p)]));
-          sq += (v - mean) * (v - mean);
-          amax = std::max(amax, std::fabs(v));
-        }
-      const double rstd = 1.0 / std::sqrt(sq / double(cg * HW) + 1e-5);
-      // float32 holds x − μ to eps·|x|: the normalised value is off by eps·|x|·rstd, times |γ| ≤ ~3
-      scale = std::max(scale, 3.0 * (2 * amax * rstd + 1.0) * 3.0);
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c)
-        for (int64_t p = 0; p < HW; ++p) {
-          double v = (double(load(x[at(n, c, p)])) - mean) * rstd;
-          if (affine) v = v * w[c] + b[c];
-          if (silu) v = v / (1.0 + std::exp(-v));
-          ref[at(n, c, p)] = v;
-        }
-    }
   GroupNormArgs a{};
   a.dtype = dtype_of<T>();
   a.batch = N; a.channels = C; a.spatial = HW; a.groups = G; a.channels_last = channels_last;
   a.x = x.data(); a.weight = affine ? w.data() : nullptr; a.bias = affine ? b.data() : nullptr; a.out = out.data();
   a.eps = 1e-5; a.silu = silu; a.num_threads = kThreads;
+  double scale;
+  const std::vector<double> ref = reference::group_norm<T>(a, scale);
   cpu::norm_kernels().group_norm(a);
   char name[160];
   std::snprintf(name, sizeof name, "group_norm %s%lldx%lldx%lld G=%lld %s%s%s%s", name_of<T>(), (long long)N,
@@ -389,26 +365,10 @@ void check_layer_norm(int64_t rows, int64_t dim, bool affine, double offset) {
   for (auto& e : x) e = store_as<T>(load(e) + float(offset));
   auto w = random_tensor<float>(dim), b = random_tensor<float>(dim);
   std::vector<T> out(rows * dim, store_as<T>(NAN));
-  std::vector<double> ref(rows * dim);
-  double scale = 1.0;
-  for (int64_t r = 0; r < rows; ++r) {
-    double sum = 0, sq = 0, amax = 0;
-    for (int64_t i = 0; i < dim; ++i) sum += double(load(x[r * dim + i]));
-    const double mean = sum / double(dim);
-    for (int64_t i = 0; i < dim; ++i) {
-      const double v = double(load(x[r * dim + i]));
-      sq += (v - mean) * (v - mean);
-      amax = std::max(amax, std::fabs(v));
-    }
-    const double rstd = 1.0 / std::sqrt(sq / double(dim) + 1e-5);
-    scale = std::max(scale, 3.0 * (2 * amax * rstd + 1.0) * 3.0);
-    for (int64_t i = 0; i < dim; ++i) {
-      const double v = (double(load(x[r * dim + i])) - mean) * rstd;
-      ref[r * dim + i] = affine ? v * w[i] + b[i] : v;
-    }
-  }
   LayerNormArgs a{dtype_of<T>(), rows, dim, x.data(), affine ? w.data() : nullptr, affine ? b.data() : nullptr,
                   out.data(), 1e-5, kThreads};
+  double scale;
+  const std::vector<double> ref = reference::layer_norm<T>(a, scale);
   cpu::norm_kernels().layer_norm(a);
   char name[160];
   std::snprintf(name, sizeof name, "layer_norm %s%lldx%lld%s%s", name_of<T>(), (long long)rows, (long long)dim,
@@ -421,15 +381,9 @@ template <typename T>
 void check_geglu(int64_t rows, int64_t dim) {
   auto x = random_tensor<T>(rows * 2 * dim, 3.0);
   std::vector<T> out(rows * dim, store_as<T>(NAN));
-  std::vector<double> ref(rows * dim);
-  double scale = 1.0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < dim; ++i) {  // a·gelu(g), gelu(g) = g/2·(1 + erf(g/√2))
-      const double h = double(load(x[r * 2 * dim + i])), g = double(load(x[r * 2 * dim + dim + i]));
-      ref[r * dim + i] = h * 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0)));
-      scale = std::max(scale, std::fabs(h) * std::max(1.0, std::fabs(g)));
-    }
   GegluArgs a{dtype_of<T>(), rows, dim, x.data(), out.data(), kThreads};
+  double scale;
+  const std::vector<double> ref = reference::geglu<T>(a, scale);
   cpu::norm_kernels().geglu(a);
   char name[120];
   std::snprintf(name, sizeof name, "geglu %s%lldx%lld", name_of<T>(), (long long)rows, (long long)dim);
@@ -442,15 +396,8 @@ void check_timestep_embedding(int64_t batch, int64_t dim, bool flip, double shif
   std::vector<double> t(batch);
   for (int64_t n = 0; n < batch; ++n) t[n] = double((n * 379) % 1000) + 0.25 * double(n % 3);
   std::vector<T> out(batch * dim, store_as<T>(NAN));
-  std::vector<double> ref(batch * dim, 0.0);  // an odd dim's last column stays 0
-  const int64_t half = dim / 2;
-  for (int64_t n = 0; n < batch; ++n)  // diffusers' get_timestep_embedding, in double
-    for (int64_t j = 0; j < half; ++j) {
-      const double arg = t[n] * std::exp(-std::log(10000.0) * double(j) / (double(half) - shift));
-      ref[n * dim + j] = flip ? std::cos(arg) : std::sin(arg);
-      ref[n * dim + half + j] = flip ? std::sin(arg) : std::cos(arg);
-    }
   TimestepEmbeddingArgs a{dtype_of<T>(), batch, dim, t.data(), out.data(), flip, shift, 1.0, 10000.0, kThreads};
+  const std::vector<double> ref = reference::timestep_embedding(a);
   cpu::norm_kernels().timestep_embedding(a);
   char name[120];
   std::snprintf(name, sizeof name, "timestep_embedding %s%lldx%lld%s shift=%g", name_of<T>(), (long long)batch,

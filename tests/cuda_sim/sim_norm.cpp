@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda/norm_kernels.cu"
+#include "dev/norm_reference.h"
 #include "harness.h"
 
 namespace {
@@ -56,35 +57,9 @@ void compare(const std::string& name, const std::vector<T>& got, const std::vect
 template <typename T>
 void check_group_norm(int64_t N, int64_t C, int64_t HW, int64_t G, bool channels_last, bool silu, bool affine,
                       double offset) {
-  const int64_t numel = N * C * HW, cg = C / G;
+  const int64_t numel = N * C * HW;
   std::vector<T> x = random_tensor<T>(numel, 2.0, offset), out(numel, store_as<T>(NAN));
   std::vector<float> w = random_floats(C), b = random_floats(C);
-  // Reference: two-pass mean and variance in double per (n, g), then the affine and SiLU.
-  std::vector<double> ref(numel);
-  double scale = 1.0;
-  auto at = [&](int64_t n, int64_t c, int64_t p) { return channels_last ? (n * HW + p) * C + c : (n * C + c) * HW + p; };
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g) {
-      double sum = 0, sq = 0, amax = 0;
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c)
-        for (int64_t p = 0; p < HW; ++p) sum += double(load(x[at(n, c, p)]));
-      const double mean = sum / double(cg * HW);
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c)
-        for (int64_t p = 0; p < HW; ++p) {
-          const double v = double(load(x[at(n, c, p)]));
-          sq += (v - mean) * (v - mean);
-          amax = std::max(amax, std::fabs(v));
-        }
-      const double var = sq / double(cg * HW), rstd = 1.0 / std::sqrt(var + 1e-5);
-      scale = std::max(scale, 3.0 * (2 * amax * rstd + 1.0) * 3.0);
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c)
-        for (int64_t p = 0; p < HW; ++p) {
-          double v = (double(load(x[at(n, c, p)])) - mean) * rstd;
-          if (affine) v = v * w[c] + b[c];
-          if (silu) v = v / (1.0 + std::exp(-v));
-          ref[at(n, c, p)] = v;
-        }
-    }
   Mirror<T> xd(x), od(out);
   Mirror<float> wd(w), bd(b);
   GroupNormArgs a{};
@@ -92,6 +67,10 @@ void check_group_norm(int64_t N, int64_t C, int64_t HW, int64_t G, bool channels
   a.batch = N; a.channels = C; a.spatial = HW; a.groups = G; a.channels_last = channels_last;
   a.x = xd.dev(); a.weight = affine ? wd.dev() : nullptr; a.bias = affine ? bd.dev() : nullptr; a.out = od.dev();
   a.eps = 1e-5; a.silu = silu;
+  GroupNormArgs host = a;
+  host.x = x.data(); host.weight = affine ? w.data() : nullptr; host.bias = affine ? b.data() : nullptr;
+  double scale;
+  const std::vector<double> ref = reference::group_norm<T>(host, scale);
   cuda::group_norm(a, 0, nullptr);
   od.fetch();
   char name[160];
@@ -105,30 +84,16 @@ template <typename T>
 void check_layer_norm(int64_t rows, int64_t dim, bool affine, double offset) {
   std::vector<T> x = random_tensor<T>(rows * dim, 3.0, offset), out(rows * dim, store_as<T>(NAN));
   std::vector<float> w = random_floats(dim), b = random_floats(dim);
-  std::vector<double> ref(rows * dim);
-  double scale = 1.0;
-  for (int64_t r = 0; r < rows; ++r) {
-    double sum = 0, sq = 0, amax = 0;
-    for (int64_t i = 0; i < dim; ++i) sum += double(load(x[r * dim + i]));
-    const double mean = sum / double(dim);
-    for (int64_t i = 0; i < dim; ++i) {
-      const double v = double(load(x[r * dim + i]));
-      sq += (v - mean) * (v - mean);
-      amax = std::max(amax, std::fabs(v));
-    }
-    const double rstd = 1.0 / std::sqrt(sq / double(dim) + 1e-5);
-    scale = std::max(scale, 3.0 * (2 * amax * rstd + 1.0) * 3.0);
-    for (int64_t i = 0; i < dim; ++i) {
-      const double v = (double(load(x[r * dim + i])) - mean) * rstd;
-      ref[r * dim + i] = affine ? v * w[i] + b[i] : v;
-    }
-  }
   Mirror<T> xd(x), od(out);
   Mirror<float> wd(w), bd(b);
   LayerNormArgs a{};
   a.dtype = dtype_of<T>();
   a.rows = rows; a.dim = dim; a.x = xd.dev(); a.out = od.dev(); a.eps = 1e-5;
   a.weight = affine ? wd.dev() : nullptr; a.bias = affine ? bd.dev() : nullptr;
+  LayerNormArgs host = a;
+  host.x = x.data(); host.weight = affine ? w.data() : nullptr; host.bias = affine ? b.data() : nullptr;
+  double scale;
+  const std::vector<double> ref = reference::layer_norm<T>(host, scale);
   cuda::layer_norm(a, 0, nullptr);
   od.fetch();
   char name[160];
@@ -140,18 +105,14 @@ void check_layer_norm(int64_t rows, int64_t dim, bool affine, double offset) {
 template <typename T>
 void check_geglu(int64_t rows, int64_t dim) {
   std::vector<T> x = random_tensor<T>(rows * 2 * dim, 3.0), out(rows * dim, store_as<T>(NAN));
-  std::vector<double> ref(rows * dim);
-  double scale = 1.0;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < dim; ++i) {
-      const double a = double(load(x[r * 2 * dim + i])), g = double(load(x[r * 2 * dim + dim + i]));
-      ref[r * dim + i] = a * 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0)));
-      scale = std::max(scale, std::fabs(a) * std::max(1.0, std::fabs(g)));
-    }
   Mirror<T> xd(x), od(out);
   GegluArgs a{};
   a.dtype = dtype_of<T>();
   a.rows = rows; a.dim = dim; a.x = xd.dev(); a.out = od.dev();
+  GegluArgs host = a;
+  host.x = x.data();
+  double scale;
+  const std::vector<double> ref = reference::geglu<T>(host, scale);
   cuda::geglu(a, 0, nullptr);
   od.fetch();
   char name[120];
@@ -164,20 +125,15 @@ void check_timestep_embedding(int64_t batch, int64_t dim, bool flip, double shif
   std::vector<double> t(batch);
   for (int64_t n = 0; n < batch; ++n) t[n] = double((n * 379) % 1000) + 0.25 * double(n % 3);
   std::vector<T> out(batch * dim, store_as<T>(NAN));
-  std::vector<double> ref(batch * dim, 0.0);
-  const int64_t half = dim / 2;
-  for (int64_t n = 0; n < batch; ++n)  // diffusers' get_timestep_embedding, in double
-    for (int64_t j = 0; j < half; ++j) {
-      const double arg = t[n] * std::exp(-std::log(10000.0) * double(j) / (double(half) - shift));
-      ref[n * dim + j] = flip ? std::cos(arg) : std::sin(arg);
-      ref[n * dim + half + j] = flip ? std::sin(arg) : std::cos(arg);
-    }
   Mirror<double> td(t);
   Mirror<T> od(out);
   TimestepEmbeddingArgs a{};
   a.dtype = dtype_of<T>();
   a.batch = batch; a.dim = dim; a.timesteps = td.dev(); a.out = od.dev();
   a.flip_sin_to_cos = flip; a.downscale_freq_shift = shift; a.scale = 1.0; a.max_period = 10000.0;
+  TimestepEmbeddingArgs host = a;
+  host.timesteps = t.data();
+  const std::vector<double> ref = reference::timestep_embedding(host);
   cuda::timestep_embedding(a, 0, nullptr);
   od.fetch();
   char name[120];
