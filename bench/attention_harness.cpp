@@ -2,11 +2,12 @@
 // production source for one ISA, checks it against a plain double-precision reference on a small case,
 // then times forward and backward on the shape given on the command line. Build, from the repo root:
 //
-//   g++ -O3 -std=gnu++17 -fopenmp -Icsrc -DDIFFRT_ISA=avx512 -mavx2 -mfma -mf16c -mavx512f -mavx512bw \
-//       -mavx512vl -mavx512dq -mavx512bf16 -mprefer-vector-width=512 bench/attention_harness.cpp -o attention_harness
+//   g++ -O3 -std=gnu++17 -fopenmp-simd -pthread -Icsrc -DDIFFRT_ISA=avx512_bf16 -mavx2 -mfma -mf16c -mavx512f \
+//       -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mprefer-vector-width=512 bench/attention_harness.cpp \
+//       csrc/cpu/thread_pool.cpp -o attention_harness
 //   ./attention_harness BH Lq Lk d bf16(0|1) threads [reps]      e.g.  ./attention_harness 16 4096 4096 64 1 2
 //
-// (-DDIFFRT_ISA=avx2 -mavx2 -mfma -mf16c, or scalar with no flags, for the other variants.)
+// (The other variants take their flags from CMakeLists.txt's DIFFRT_ISA_FLAGS_<arch>_<isa>.)
 #include "cpu/attention_kernels.cpp"
 
 #include <chrono>
