@@ -193,7 +193,8 @@ def test_one_process_and_two_torchrun_processes_write_the_same_bytes(tmp_path, b
     assert proc.returncode == 0, proc.stderr
     proc = cli("generate", "--prompts", prompts, "--num-images", 2, "--batch-size", 2, "--model", bundle_dir,
                "--out", two, *STEPS,
-               launcher=("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"))
+               launcher=("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+               env_extra={"PYTHONUNBUFFERED": "1"})  # unbuffered ranks share one stdout: lines must stay whole
     assert proc.returncode == 0, proc.stderr
     # rank 0 samples images 0, 2, 4, … (file order), rank 1 the others: 5 each
     assert "(rank 0/2): wrote 5 images" in proc.stderr and "(rank 1/2): wrote 5 images" in proc.stderr, proc.stderr

@@ -42,13 +42,15 @@ def test_results_are_bitwise_the_same_for_any_thread_count():
     # partials in a fixed order: the thread count and the hand-out order must not change a bit. (Up to
     # batch·heads = 6 threads: with more, attention's backward splits each head's keys in chunks and sums
     # their dQ partials, a different float32 sum.)
+    started_before = _C.pool_thread_count()
     torch.set_num_threads(1)
     expected = _ops(0)
     for threads in (2, 3, 6):
         torch.set_num_threads(threads)
         for got, want in zip(_ops(0), expected):
             assert torch.equal(got, want)
-    assert 1 <= _C.pool_thread_count() <= 5  # grows only to the helpers asked for (threads − 1)
+    # the pool grows only to the helpers asked for (threads − 1), not to the machine's thread count
+    assert 1 <= _C.pool_thread_count() <= max(started_before, 5)
 
 
 @pytest.mark.usefixtures("restore_threads")

@@ -45,8 +45,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"diffrt {args.command}: error: {one_line(e)}", file=sys.stderr)
         return BAD_INPUT_STATUS
     if isinstance(result, list):  # the image commands and the benchmarks return the files they wrote
+        # One write per line: under PYTHONUNBUFFERED (as in many containers) print() writes the text and
+        # its newline separately, so the lines of torchrun's ranks, which share stdout, could interleave.
         for path in result:
-            print(path)
+            sys.stdout.write(f"{path}\n")
+        sys.stdout.flush()
         return 0
     return result
 
