@@ -30,10 +30,10 @@ int rank(Isa isa) {  // position in kCompiledIsas, −1 for another architecture
 
 bool can_run(Isa isa) { return rank(isa) >= 0 && rank(isa) <= rank(best_supported_isa()); }
 
-// "scalar, avx2 or avx512"
-std::string listed_with_or(const std::vector<std::string>& names) {
+// "scalar, avx2, avx512", or with last = " or ": "scalar, avx2 or avx512"
+std::string joined(const std::vector<std::string>& names, const char* last = ", ") {
   std::string s;
-  for (size_t i = 0; i < names.size(); ++i) s += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  for (size_t i = 0; i < names.size(); ++i) s += (i == 0 ? "" : i + 1 == names.size() ? last : ", ") + names[i];
   return s;
 }
 }  // namespace
@@ -77,17 +77,11 @@ std::vector<std::string> supported_isas() {
 Isa parse_isa(const std::string& name) {  // only this architecture's names
   for (Isa isa : kCompiledIsas)
     if (name == isa_name(isa)) return isa;
-  throw std::invalid_argument("unknown CPU ISA '" + name + "' (expected " + listed_with_or(compiled_isas()) + ")");
+  throw std::invalid_argument("unknown CPU ISA '" + name + "' (expected " + joined(compiled_isas(), " or ") + ")");
 }
 
 namespace {
 std::string g_env_warning;  // written once, by the first active_isa() (at import), before any reader
-
-std::string joined(const std::vector<std::string>& names) {
-  std::string s;
-  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
-  return s;
-}
 
 // DIFFRT_CPU_ISA lowers the choice; a value that names no ISA, or one this CPU cannot run, must not
 // stop diffrt from importing (python -m diffrt.info is how one finds out what went wrong): the best

@@ -28,6 +28,7 @@ CPU_ISA_PATHS = {
     "avx512": "512-bit AVX-512 F/BW/VL/DQ, float32 math; bfloat16 converted on load (for CPUs "
               "without AVX512-BF16: Skylake-X to Ice Lake)",
     "avx512_bf16": "512-bit AVX-512 with AVX512-BF16: attention's bfloat16 products on bf16 dot products",
+    "neon": "128-bit Advanced SIMD (aarch64), the portable kernels vectorised by the compiler",
 }
 
 
