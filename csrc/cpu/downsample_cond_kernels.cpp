@@ -16,7 +16,7 @@
 #include <new>
 #include <type_traits>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -72,12 +72,15 @@ FloatBuffer zeroed_floats(int64_t n) {
 // is either the packed patch (pixel_stride K) or, for float32 pixels away from the border, the image
 // itself (pixel_stride s: no copy at all). R·NV vector accumulators stay in registers; each (j, kx)
 // costs NV vector loads, R broadcasts and R·NV FMAs. `init` is the bias row (init_stride 0) for the
-// first chunk of K, else acc itself.
-template <int R, int NV, int KW>
+// first chunk of K, else acc itself. PS is pixel_stride when known at compile time (0: the argument): then
+// the R broadcasts of a step are constant offsets from one pointer, instead of R index registers that
+// spill on AVX2's 16 general-purpose registers.
+template <int R, int NV, int KW, int PS = 0>
 inline void gemm_micro_kernel(const float* const* rows, int64_t offset, int64_t pixel_stride, int64_t nrows,
                               int64_t kernel_size, const float* w, const float* init, int64_t init_stride, float* acc,
                               int64_t acc_stride) {
   const int64_t k = KW ? KW : kernel_size;
+  if constexpr (PS != 0) pixel_stride = PS;
   vfloat sum[R][NV];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
@@ -85,6 +88,11 @@ inline void gemm_micro_kernel(const float* const* rows, int64_t offset, int64_t 
     for (int v = 0; v < NV; ++v) sum[r][v] = loadv(init + r * init_stride + v * kLanes);
   for (int64_t j = 0; j < nrows; ++j) {
     const float* src = rows[j] + offset;
+    // Not unrolled below AVX-512: unrolling kx lets the compiler hoist the next steps' loads, which
+    // spills an accumulator with 16 vector registers (R·NV + NV + 1 live values); 32 have room.
+#if !defined(__AVX512F__)
+#pragma GCC unroll 1
+#endif
     for (int64_t kx = 0; kx < k; ++kx, w += NV * kLanes) {
       vfloat wv[NV];
 #pragma GCC unroll 8
@@ -189,10 +197,43 @@ inline void store_pixels(T* dst, __m512 v, int64_t count) {
     for (int64_t i = 0; i < count; ++i) dst[i] = store_as<T>(tmp[i]);
   }
 }
+#elif defined(__AVX2__)
+// 8×8 transpose in registers: pairs of rows interleaved, then 64-bit pairs, then 128-bit halves.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    const int b = 4 * h;
+    u[b + 0] = _mm256_shuffle_ps(t[b + 0], t[b + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[b + 1] = _mm256_shuffle_ps(t[b + 0], t[b + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[b + 2] = _mm256_shuffle_ps(t[b + 1], t[b + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[b + 3] = _mm256_shuffle_ps(t[b + 1], t[b + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+template <typename T>
+inline void store_pixels(T* dst, __m256 v, int64_t count) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (count == 8) return _mm256_storeu_ps(dst, v);
+  }
+  alignas(32) float tmp[8];
+  _mm256_store_ps(tmp, v);
+  for (int64_t i = 0; i < count; ++i) dst[i] = store_as<T>(tmp[i]);
+}
 #endif
 
 // out[c][oy][ox] = acc[ox][c]: the (W', C) tile of one output row into the NCHW channel slice.
-// acc has C_padded columns and at least round_up(W', 16) rows.
+// acc has C_padded columns (a multiple of the vector width) and at least round_up(W', 16) rows.
 template <typename T>
 void store_row(const float* acc, int64_t C_padded, int64_t C, int64_t Wo, T* dst_row, int64_t channel_stride) {
 #if defined(__AVX512F__)
@@ -203,6 +244,17 @@ void store_row(const float* acc, int64_t C_padded, int64_t C, int64_t Wo, T* dst
       for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(acc + (ox0 + i) * C_padded + c0);
       transpose16(r);
       const int64_t channels = std::min<int64_t>(16, C - c0), pixels = std::min<int64_t>(16, Wo - ox0);
+      for (int64_t j = 0; j < channels; ++j) store_pixels<T>(dst_row + (c0 + j) * channel_stride + ox0, r[j], pixels);
+    }
+  }
+#elif defined(__AVX2__)
+  for (int64_t c0 = 0; c0 < C; c0 += 8) {
+    for (int64_t ox0 = 0; ox0 < Wo; ox0 += 8) {
+      __m256 r[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(acc + (ox0 + i) * C_padded + c0);
+      transpose8(r);
+      const int64_t channels = std::min<int64_t>(8, C - c0), pixels = std::min<int64_t>(8, Wo - ox0);
       for (int64_t j = 0; j < channels; ++j) store_pixels<T>(dst_row + (c0 + j) * channel_stride + ox0, r[j], pixels);
     }
   }
@@ -308,7 +360,10 @@ void downsample_cond_blocked(const DownsampleCondArgs& a) {
             float* tile = acc.get() + ox * C_padded + b * kBlockC;
             const float* init = q0 == 0 ? bias_row.get() + b * kBlockC : tile;
             const int64_t init_stride = q0 == 0 ? 0 : C_padded;
-            if (direct_row && tile_inside_columns(ox))
+            if (direct_row && tile_inside_columns(ox) && KW != 0 && s == KW)  // k = s: the patches tile the image
+              gemm_micro_kernel<R, NV, KW, KW>(image_rows.get() + q0, ox * s, s, nrows, k, w, init, init_stride, tile,
+                                               C_padded);
+            else if (direct_row && tile_inside_columns(ox))
               gemm_micro_kernel<R, NV, KW>(image_rows.get() + q0, ox * s, s, nrows, k, w, init, init_stride, tile, C_padded);
             else
               gemm_micro_kernel<R, NV, KW>(patch_rows.get() + q0, ox * K, K, nrows, k, w, init, init_stride, tile, C_padded);
