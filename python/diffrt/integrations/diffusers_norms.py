@@ -113,8 +113,10 @@ def _resnet_block_class() -> type:
         def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             # diffusers 0.42's ResnetBlock2D.forward, with norm1/norm2 → nonlinearity fused
             if len(args) > 0 or kwargs.get("scale", None) is not None:
-                deprecation_message = "The `scale` argument is deprecated and will be ignored. Please remove it, as passing it will raise an error in the future. `scale` should directly be passed while calling the underlying pipeline component i.e., via `cross_attention_kwargs`."  # noqa: E501
-                deprecate("scale", "1.0.0", deprecation_message)
+                deprecate("scale", "1.0.0", (
+                    "The `scale` argument is deprecated and will be ignored. Please remove it, as passing it will "
+                    "raise an error in the future. `scale` should directly be passed while calling the underlying "
+                    "pipeline component i.e., via `cross_attention_kwargs`."))
 
             hidden_states = self._norm_silu(self.norm1, input_tensor)
 
