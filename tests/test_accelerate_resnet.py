@@ -127,6 +127,30 @@ def test_accelerated_unet_matches_float64_reference_and_undo_is_exact(name, chan
     assert torch.equal(call(unet, x, t, cond), want)
 
 
+def test_vae_resnets_all_swapped_and_decode_matches_float64_reference():
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  norm_num_groups=4, layers_per_block=1).eval()
+    pipe = Pipe(tiny_unet())
+    pipe.vae = vae
+    blocks = {n: m for n, m in vae.named_modules() if type(m) is ResnetBlock2D}
+    assert {m.time_embedding_norm for m in blocks.values()} == {"default", "group"}  # the decoder's say "group"
+    z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = vae.decode(z).sample
+        ref = copy.deepcopy(vae).double().decode(z.double()).sample
+    accelerate(pipe)
+    assert {f"vae.{n}" for n in blocks} <= set(pipe._diffrt_report.modules_swapped)
+    assert not pipe._diffrt_report.modules_left
+    with torch.no_grad():
+        got = vae.decode(z).sample
+    assert_close_to_ref(got, ref, dtype=torch.float32, scale=4 * ref.abs().max().item())
+    undo(pipe)
+    with torch.no_grad():
+        assert torch.equal(vae.decode(z).sample, want)
+
+
 def test_blocks_with_another_activation_are_left_and_reported():
     unet = tiny_unet(act_fn="mish")
     x, t, cond = inputs(unet)
@@ -175,6 +199,7 @@ def check_block(b, x, temb):
     dict(output_scale_factor=2 ** -0.5, conv_shortcut=True), dict(out_channels=8), dict(groups_out=2),
     dict(down=True), dict(up=True), dict(down=True, kernel="fir"), dict(up=True, kernel="sde_vp"),
     dict(down=True, kernel="sde_vp"), dict(up=True, kernel="fir"), dict(conv_shortcut_bias=False),
+    dict(temb_channels=None, time_embedding_norm="group"),  # a VAE decoder's: any name is accepted without temb
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_block_reproduces_diffusers_forward(overrides):
     b = block(**overrides)
@@ -244,8 +269,10 @@ def test_block_declines_what_it_cannot_reproduce():
     b = block()
     b.norm1.register_forward_hook(lambda module, args, out: out * 2)
     assert diffrt_resnet_block(b) is None  # a hook a fused call would skip
-    b = block(temb_channels=None, time_embedding_norm="group")  # diffusers accepts any name without temb
-    assert diffrt_resnet_block(b) is None
+    for name in ("ada_group", "spatial"):  # names of the conditioned norms, set after construction
+        b = block()
+        b.time_embedding_norm = name
+        assert diffrt_resnet_block(b) is None
 
 
 @pytest.mark.parametrize("dim, flip, shift, scale", [(32, True, 0, 1), (32, False, 1, 1), (7, True, 1, 1),

@@ -141,7 +141,7 @@ def _resnet_block_class() -> type:
                 if temb is not None:
                     hidden_states = hidden_states + temb
                 hidden_states = self._norm_silu(self.norm2, hidden_states)
-            else:  # "scale_shift" (from_module declines any other): GN(h)·(1 + scale) + shift, then SiLU
+            elif self.time_embedding_norm == "scale_shift":  # GN(h)·(1 + scale) + shift, then SiLU
                 if temb is None:
                     raise ValueError(
                         f" `temb` should not be None when `time_embedding_norm` is {self.time_embedding_norm}")
@@ -149,6 +149,8 @@ def _resnet_block_class() -> type:
                 hidden_states = self.norm2(hidden_states)
                 hidden_states = hidden_states * (1 + time_scale) + time_shift
                 hidden_states = self.nonlinearity(hidden_states)
+            else:  # any other name (a VAE decoder's "group", with no temb): diffusers runs norm2, then SiLU
+                hidden_states = self._norm_silu(self.norm2, hidden_states)
 
             hidden_states = self.dropout(hidden_states)
             hidden_states = self.conv2(hidden_states)
@@ -165,14 +167,15 @@ def _resnet_block_class() -> type:
 
 def diffrt_resnet_block(module: nn.Module) -> Optional[nn.Module]:
     """The DiffrtResnetBlock2D drop-in for a diffusers ResnetBlock2D whose norm1/norm2 are GroupNorms (torch's
-    or DiffrtGroupNorm) and whose nonlinearity is SiLU, none with hooks, and whose time_embedding_norm is
-    "default" or "scale_shift"; None (left as it is) for anything else, a subclass included."""
+    or DiffrtGroupNorm) and whose nonlinearity is SiLU, none with hooks; None (left as it is) for anything else,
+    a subclass included, or a time_embedding_norm of the conditioned norms ("ada_group", "spatial": diffusers'
+    ResnetBlockCondNorm2D, which its ResnetBlock2D refuses to be built with)."""
     cls = _resnet_block_class()
     if type(module) is not cls.__bases__[0]:
         return None
     if not (_fusable_silu(module.nonlinearity) and _fusable_norm(module.norm1) and _fusable_norm(module.norm2)):
         return None
-    if module.time_embedding_norm not in ("default", "scale_shift"):
+    if not isinstance(module.time_embedding_norm, str) or module.time_embedding_norm in ("ada_group", "spatial"):
         return None
     return _adopt(cls, module)
 
