@@ -10,15 +10,16 @@ isinstance checks and ``undo`` keep working. Only ``forward`` differs:
 - diffusers' ``GEGLU`` → its projection, then :func:`diffrt.ops.geglu` reading the (…, 2·D)
   projection once (hidden · gelu(gate), the exact erf gelu diffusers uses);
 - diffusers' ``ResnetBlock2D`` → diffusers' forward step for step, except that norm1 → SiLU, and norm2 →
-  SiLU when nothing comes between them (time_embedding_norm "default"), are one
-  ``diffrt.ops.group_norm(..., activation="silu")`` pass each instead of a GroupNorm and a SiLU;
+  SiLU when nothing comes between them (any time_embedding_norm but "scale_shift": "default", a VAE
+  decoder's "group"), are one ``diffrt.ops.group_norm(..., activation="silu")`` pass each instead of a
+  GroupNorm and a SiLU. A norm replaced later by one diffrt cannot fuse runs as diffusers runs it;
 - diffusers' ``Timesteps`` → :func:`diffrt.ops.timestep_embedding` (float64 phases rounded once to
   float32, where diffusers rounds scale·t·freq to float32 first: at t ≈ 10³ its features are off by up
   to ~10⁻⁴, diffrt's by float32 rounding).
 
 A module these cannot reproduce exactly (a LayerNorm over several dims or without affine, a GEGLU
 subclass with its own forward, a ResnetBlock2D whose nonlinearity is not SiLU or whose norms are not
-plain GroupNorms, a Timesteps whose frequencies divide by zero) is declined (the factory returns None)
+plain GroupNorms or carry hooks, a Timesteps whose frequencies divide by zero) is declined (the factory returns None)
 and left as it was.
 """
 
