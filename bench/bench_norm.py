@@ -1,6 +1,8 @@
 """Normalisation and activation ops of an SD-like UNet body against torch's eager equivalents:
 F.group_norm + F.silu (diffusers' ResnetBlock2D norm → nonlinearity), F.layer_norm (its transformer
-blocks) and diffusers' GEGLU after its projection (chunk, F.gelu, multiply).
+blocks) and diffusers' GEGLU after its projection (chunk, F.gelu, multiply); and a whole ResnetBlock2D as
+accelerate(pipe) runs it (norm → SiLU fused) against diffusers' block, eager and with only its GroupNorms
+on diffrt (what the GroupNorm swap alone gives).
 
     python -m pytest bench/bench_norm.py --benchmark-only
 
@@ -86,3 +88,28 @@ def bench_geglu(benchmark, threads, shape, dtype, impl):
     out_numel = x.numel() // 2
     record(benchmark, f"geglu ({_name(dtype)})", _case(shape, threads, dtype), impl,
            bytes_moved=3 * out_numel * x.element_size(), triad_numel=out_numel, dtype=dtype)
+
+
+RESNET_SHAPES = [(2, 320, 32, 32)]
+
+
+@pytest.mark.parametrize("impl", [OURS, "diffusers block, diffrt GroupNorm", "diffusers block (eager)"])
+@pytest.mark.parametrize("shape", RESNET_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def bench_resnet_block(benchmark, threads, shape, impl):
+    resnet = pytest.importorskip("diffusers.models.resnet")
+    from diffrt.integrations.diffusers_norms import DiffrtGroupNorm, diffrt_resnet_block
+
+    torch.manual_seed(0)
+    block = resnet.ResnetBlock2D(in_channels=shape[1], temb_channels=1280).eval()
+    if impl == OURS:
+        block = diffrt_resnet_block(block)
+    elif impl != "diffusers block (eager)":
+        block.norm1, block.norm2 = DiffrtGroupNorm.from_module(block.norm1), DiffrtGroupNorm.from_module(block.norm2)
+    x, temb = _randn(shape, torch.float32), _randn((shape[0], 1280), torch.float32, 1)
+
+    def fn():
+        with torch.no_grad():
+            return block(x, temb)
+
+    benchmark(fn)
+    record(benchmark, "ResnetBlock2D (float32)", _case(shape, threads, torch.float32), impl)

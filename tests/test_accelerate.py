@@ -343,12 +343,18 @@ def test_module_swap_table_takes_names_imported_when_needed(monkeypatch):
 
 def test_module_swap_table_replaces_and_restores_submodules(monkeypatch):
     pipe = pipeline()
-    monkeypatch.delitem(acc.MODULE_SWAPS, torch.nn.GroupNorm)  # the reference: every swap but GroupNorm's
+    resnet = "diffusers.models.resnet.ResnetBlock2D"
+    fused_resnet = acc.MODULE_SWAPS[resnet]
+    # the reference: every swap but GroupNorm's and the ResnetBlock2D's (which fuses its GroupNorms with SiLU)
+    monkeypatch.delitem(acc.MODULE_SWAPS, torch.nn.GroupNorm)
+    monkeypatch.delitem(acc.MODULE_SWAPS, resnet)
     accelerate(pipe)
     want = run(pipe)
     undo(pipe)
     norms = {n: m for n, m in pipe.unet.named_modules() if type(m) is torch.nn.GroupNorm}
     monkeypatch.setitem(acc.MODULE_SWAPS, torch.nn.GroupNorm, CountingGroupNorm.from_module)
+    # swapped resnet blocks run a norm they cannot fuse (CountingGroupNorm) step by step, as diffusers does
+    monkeypatch.setitem(acc.MODULE_SWAPS, resnet, fused_resnet)
     accelerate(pipe)
     swapped = pipe._diffrt_report.modules_swapped
     assert {f"unet.{n}" for n in norms} <= set(swapped) and any(s.startswith("vae.") for s in swapped)

@@ -80,6 +80,8 @@ MODULE_SWAPS: Dict[Union[type, str], Union[Callable[[torch.nn.Module], Optional[
     torch.nn.GroupNorm: "diffrt.integrations.diffusers_norms:DiffrtGroupNorm.from_module",
     torch.nn.LayerNorm: "diffrt.integrations.diffusers_norms:DiffrtLayerNorm.from_module",
     "diffusers.models.activations.GEGLU": "diffrt.integrations.diffusers_norms:diffrt_geglu",
+    "diffusers.models.resnet.ResnetBlock2D": "diffrt.integrations.diffusers_norms:diffrt_resnet_block",
+    "diffusers.models.embeddings.Timesteps": "diffrt.integrations.diffusers_norms:diffrt_timesteps",
 }
 
 # The processor installed on supported attention modules (by path: integrations.diffusers re-exports this module).

@@ -8,23 +8,33 @@ isinstance checks and ``undo`` keep working. Only ``forward`` differs:
 - ``nn.GroupNorm`` → :func:`diffrt.ops.group_norm` (one pass for the statistics, one to normalise);
 - ``nn.LayerNorm`` over the last dim, with an affine of that size → :func:`diffrt.ops.layer_norm`;
 - diffusers' ``GEGLU`` → its projection, then :func:`diffrt.ops.geglu` reading the (…, 2·D)
-  projection once (hidden · gelu(gate), the exact erf gelu diffusers uses).
+  projection once (hidden · gelu(gate), the exact erf gelu diffusers uses);
+- diffusers' ``ResnetBlock2D`` → diffusers' forward step for step, except that norm1 → SiLU, and norm2 →
+  SiLU when nothing comes between them (any time_embedding_norm but "scale_shift": "default", a VAE
+  decoder's "group"), are one ``diffrt.ops.group_norm(..., activation="silu")`` pass each instead of a
+  GroupNorm and a SiLU. A norm replaced later by one diffrt cannot fuse runs as diffusers runs it;
+- diffusers' ``Timesteps`` → :func:`diffrt.ops.timestep_embedding` (float64 phases rounded once to
+  float32, where diffusers rounds scale·t·freq to float32 first: at t ≈ 10³ its features are off by up
+  to ~10⁻⁴, diffrt's by float32 rounding).
 
 A module these cannot reproduce exactly (a LayerNorm over several dims or without affine, a GEGLU
-subclass with its own forward) is declined (the factory returns None) and left as it was.
+subclass with its own forward, a ResnetBlock2D whose nonlinearity is not SiLU or whose norms are not
+plain GroupNorms or carry hooks, a Timesteps whose frequencies divide by zero) is declined (the factory returns None)
+and left as it was.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..ops.norm import geglu, group_norm, layer_norm
+from ..ops.norm import geglu, group_norm, layer_norm, timestep_embedding
 
-__all__ = ["DiffrtGroupNorm", "DiffrtLayerNorm", "diffrt_geglu"]
+__all__ = ["DiffrtGroupNorm", "DiffrtLayerNorm", "diffrt_geglu", "diffrt_resnet_block", "diffrt_timesteps"]
 
 
 def _adopt(cls, module: nn.Module) -> nn.Module:
@@ -71,3 +81,131 @@ def diffrt_geglu(module: nn.Module) -> Optional[nn.Module]:
     """The DiffrtGEGLU drop-in for a diffusers GEGLU (None for anything else, a subclass included)."""
     cls = _geglu_class()
     return _adopt(cls, module) if type(module) is cls.__bases__[0] else None
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _fusable_norm(norm: Optional[nn.Module]) -> bool:
+    """A norm whose forward is exactly F.group_norm (torch's or diffrt's), with no hooks a fused call would skip."""
+    return type(norm) in (nn.GroupNorm, DiffrtGroupNorm) and not _has_hooks(norm)
+
+
+def _fusable_silu(activation: nn.Module) -> bool:
+    return type(activation) is nn.SiLU and not _has_hooks(activation)
+
+
+@functools.lru_cache(maxsize=None)
+def _resnet_block_class() -> type:
+    """diffusers' ResnetBlock2D with norm → SiLU fused (diffusers is imported only when one is swapped)."""
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.utils import deprecate
+
+    class DiffrtResnetBlock2D(ResnetBlock2D):
+        def _norm_silu(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            # The norms may be swapped after this block (accelerate walks parents before children, and the
+            # block shares its submodule table with the original): fuse what is a GroupNorm, run anything
+            # else as diffusers does.
+            if _fusable_norm(norm) and _fusable_silu(self.nonlinearity):
+                return group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps, activation="silu")
+            return self.nonlinearity(norm(x))
+
+        def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            # diffusers 0.42's ResnetBlock2D.forward, with norm1/norm2 → nonlinearity fused
+            if len(args) > 0 or kwargs.get("scale", None) is not None:
+                deprecate("scale", "1.0.0", (
+                    "The `scale` argument is deprecated and will be ignored. Please remove it, as passing it will "
+                    "raise an error in the future. `scale` should directly be passed while calling the underlying "
+                    "pipeline component i.e., via `cross_attention_kwargs`."))
+
+            hidden_states = self._norm_silu(self.norm1, input_tensor)
+
+            if self.upsample is not None:
+                if hidden_states.shape[0] >= 64:  # diffusers: upsample_nearest_nhwc fails on large batches
+                    input_tensor = input_tensor.contiguous()
+                    hidden_states = hidden_states.contiguous()
+                input_tensor = self.upsample(input_tensor)
+                hidden_states = self.upsample(hidden_states)
+            elif self.downsample is not None:
+                input_tensor = self.downsample(input_tensor)
+                hidden_states = self.downsample(hidden_states)
+
+            hidden_states = self.conv1(hidden_states)
+
+            if self.time_emb_proj is not None:
+                if not self.skip_time_act:
+                    temb = self.nonlinearity(temb)
+                temb = self.time_emb_proj(temb)[:, :, None, None]
+
+            if self.time_embedding_norm == "default":
+                if temb is not None:
+                    hidden_states = hidden_states + temb
+                hidden_states = self._norm_silu(self.norm2, hidden_states)
+            elif self.time_embedding_norm == "scale_shift":  # GN(h)·(1 + scale) + shift, then SiLU
+                if temb is None:
+                    raise ValueError(
+                        f" `temb` should not be None when `time_embedding_norm` is {self.time_embedding_norm}")
+                time_scale, time_shift = torch.chunk(temb, 2, dim=1)
+                hidden_states = self.norm2(hidden_states)
+                hidden_states = hidden_states * (1 + time_scale) + time_shift
+                hidden_states = self.nonlinearity(hidden_states)
+            else:  # any other name (a VAE decoder's "group", with no temb): diffusers runs norm2, then SiLU
+                hidden_states = self._norm_silu(self.norm2, hidden_states)
+
+            hidden_states = self.dropout(hidden_states)
+            hidden_states = self.conv2(hidden_states)
+
+            if self.conv_shortcut is not None:
+                if self.training:  # diffusers: contiguous only when training (DDP stride warnings)
+                    input_tensor = input_tensor.contiguous()
+                input_tensor = self.conv_shortcut(input_tensor)
+
+            return (input_tensor + hidden_states) / self.output_scale_factor
+
+    return DiffrtResnetBlock2D
+
+
+def diffrt_resnet_block(module: nn.Module) -> Optional[nn.Module]:
+    """The DiffrtResnetBlock2D drop-in for a diffusers ResnetBlock2D whose norm1/norm2 are GroupNorms (torch's
+    or DiffrtGroupNorm) and whose nonlinearity is SiLU, none with hooks; None (left as it is) for anything else,
+    a subclass included, or a time_embedding_norm of the conditioned norms ("ada_group", "spatial": diffusers'
+    ResnetBlockCondNorm2D, which its ResnetBlock2D refuses to be built with)."""
+    cls = _resnet_block_class()
+    if type(module) is not cls.__bases__[0]:
+        return None
+    if not (_fusable_silu(module.nonlinearity) and _fusable_norm(module.norm1) and _fusable_norm(module.norm2)):
+        return None
+    if not isinstance(module.time_embedding_norm, str) or module.time_embedding_norm in ("ada_group", "spatial"):
+        return None
+    return _adopt(cls, module)
+
+
+@functools.lru_cache(maxsize=None)
+def _timesteps_class() -> type:
+    from diffusers.models.embeddings import Timesteps
+
+    class DiffrtTimesteps(Timesteps):
+        def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+            # float32, as diffusers' get_timestep_embedding returns whatever the timesteps' dtype
+            return timestep_embedding(timesteps, self.num_channels, bool(self.flip_sin_to_cos),
+                                      self.downscale_freq_shift, self.scale)
+
+    return DiffrtTimesteps
+
+
+def diffrt_timesteps(module: nn.Module) -> Optional[nn.Module]:
+    """The DiffrtTimesteps drop-in for a diffusers Timesteps (None for a subclass, a Timesteps with hooks, or
+    one whose arguments diffusers turns into NaN: downscale_freq_shift == num_channels // 2)."""
+    cls = _timesteps_class()
+    if type(module) is not cls.__bases__[0] or _has_hooks(module):
+        return None
+    dim = module.num_channels
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        return None
+    numbers = (module.downscale_freq_shift, module.scale)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+        return None
+    if dim // 2 >= 1 and dim // 2 == module.downscale_freq_shift:
+        return None
+    return _adopt(cls, module)
