@@ -44,7 +44,7 @@ SIZES = {
 TEXT_TOKENS = 77
 ROUNDS = {"tiny": 3, "mid": 1}
 PEERS = ("diffusers eager", "torch.compile(unet)", "OpenVINO default precision", "OpenVINO f32")
-OURS = ("accelerate(pipe)", "accelerate(pipe, compile=True)")
+OURS = ("accelerate(pipe)", "accelerate(pipe, compile=True)", "accelerate(pipe, backend=\"openvino\")")
 
 
 def pipeline(size: str, dtype: torch.dtype):
@@ -114,7 +114,7 @@ def contestant(name: str, size: str, dtype: torch.dtype, text, latents):
     elif name.startswith("accelerate"):
         from diffrt.integrations.diffusers import accelerate
 
-        accelerate(pipe, compile="compile=True" in name)
+        accelerate(pipe, compile="compile=True" in name, backend="openvino" if "openvino" in name else None)
     return pipe, time.perf_counter() - start
 
 

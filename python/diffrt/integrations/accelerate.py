@@ -12,7 +12,9 @@ the same object, still called the diffusers way (``pipe(prompt, ...)``):
   diffusers' own classes only) is replaced by ``diffrt_class.from_config(scheduler.config)``.
 * modules: every submodule of the UNet and VAE whose exact type is a key of :data:`MODULE_SWAPS` is
   replaced by what the table's factory builds from it: GroupNorm, LayerNorm and diffusers' GEGLU run on
-  diffrt's fused kernels (:mod:`diffrt.integrations.diffusers_norms`; not with backend "openvino").
+  diffrt's fused kernels, diffusers' ResnetBlock2D runs each norm → SiLU as one fused GroupNorm+SiLU, and
+  its Timesteps takes the sinusoidal features from diffrt's kernel
+  (:mod:`diffrt.integrations.diffusers_norms`; not with backend "openvino").
 * dtype: every ``nn.Module`` component's floating-point weights are cast once to ``dtype``; bfloat16 for a
   pipeline on a CPU without fast bfloat16 arithmetic (:func:`diffrt.precision.cpu_bf16_support`) is float32
   instead, with a :class:`~diffrt.precision.Bfloat16ComputeWarning` and ``report.dtype_note`` saying why.
@@ -297,7 +299,8 @@ def _swap_modules(model_name: str, model: torch.nn.Module, report: AccelerationR
             where = ".".join(p for p in (model_name, path, child_name) if p)
             new = factory(child)
             if new is None:
-                report.modules_left[where] = f"{factory!r} declined this {type(child).__name__}"
+                name = f"{getattr(factory, '__module__', '')}.{getattr(factory, '__qualname__', factory)}"
+                report.modules_left[where] = f"{name} declined this {type(child).__name__} (its docstring says when)"
                 continue
             setattr(parent, child_name, new)
             changes.add(lambda parent=parent, child_name=child_name, child=child: setattr(parent, child_name, child))
