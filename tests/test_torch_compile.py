@@ -777,16 +777,17 @@ def _guided_step(scheduler, name):
 def test_compiled_guided_sampling_loop_over_the_schedulers_has_no_graph_break(gen, name):
     """fullgraph=True: every step of the loop is one graph (a break would raise), with the eager scheduler's
     results bit for bit. DDIM reads ᾱ with the timestep tensor: one graph serves the whole loop. The σ-space
-    schedulers index σ with diffusers' step_index, a Python int that torch.compile specialises on (one graph
-    per step, as for diffusers' own schedulers); set_begin_index(0) spares the first step diffusers'
-    timestep lookup (see the next test)."""
+    schedulers index σ with diffusers' step_index, a Python int: torch.compile specialises on it once, then
+    makes it symbolic (it would stay specialised, a graph per step, were the scheduler a global: dynamo takes
+    globals' ints as constants — as for diffusers' own schedulers). set_begin_index(0) spares the first step
+    diffusers' timestep lookup (see the next test)."""
     pytest.importorskip("diffusers")
     from torch._dynamo.testing import CompileCounter
 
     from diffrt.integrations import schedulers
 
     compiled_scheduler, eager_scheduler = (getattr(schedulers, name)() for _ in range(2))
-    steps = 5
+    steps = 10  # more than torch._dynamo's recompile limit (8): with fullgraph=True, a graph per step would fail
     for s in (compiled_scheduler, eager_scheduler):
         s.set_timesteps(steps)
         if name != "DDIMScheduler":
@@ -802,7 +803,9 @@ def test_compiled_guided_sampling_loop_over_the_schedulers_has_no_graph_break(ge
         got = compiled(batched, t, got, w, noise)
         want = eager(batched, t, want, w, noise)
         assert torch.equal(got, want)
-    assert counter.frame_count == (1 if name == "DDIMScheduler" else steps)
+    # DDIM: one graph. σ-space: the first step (step_index None), the second (step_index 1, specialised), then
+    # one graph with step_index symbolic for the rest (DPM-Solver: one more where its order changes)
+    assert counter.frame_count == 1 if name == "DDIMScheduler" else counter.frame_count <= 4
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # inside diffusers
@@ -822,8 +825,9 @@ def test_first_scheduler_step_breaks_only_in_diffusers_timestep_lookup(gen, name
     x = rand(gen, 2, 3, 8, 8)
     args = (rand(gen, 4, 3, 8, 8), scheduler.timesteps[0], x, w, rand(gen, 2, 3, 8, 8))
     explanation = torch._dynamo.explain(step)(*args)
-    assert explanation.graph_break_count == 2, [str(b.reason) for b in explanation.break_reasons]
+    # (explain counts the break once per frame it unwinds, so the count depends on the nesting: the pin is where)
+    assert explanation.graph_break_count >= 1
     for reason in explanation.break_reasons:
-        assert any(frame.name in ("index_for_timestep", "_init_step_index") for frame in reason.user_stack), reason
+        assert reason.user_stack[-1].name == "index_for_timestep", reason
     assert scheduler.step_index == 1
     _explain(step, rand(gen, 4, 3, 8, 8), scheduler.timesteps[1], x, w, rand(gen, 2, 3, 8, 8))
