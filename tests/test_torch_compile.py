@@ -747,6 +747,14 @@ def test_diffusers_unet_with_a_text_mask_compiles_without_graph_breaks(gen):
     want = run(x, t, text, text_mask)
     _assert_close(torch.compile(run, backend="aot_eager", fullgraph=True)(x, t, text, text_mask), want, want)
 
+    class Run(torch.nn.Module):
+        def forward(self, x, t, text, text_mask):
+            return run(x, t, text, text_mask)
+
+    exported = torch.export.export(Run(), (x, t, text, text_mask))
+    assert sorted(n for n in _export_targets(exported) if n.startswith("diffrt.")) == sorted(targets)
+    _assert_close(exported.module()(x, t, text, text_mask), want, want)
+
 
 # ---------------------------------------------------------------------------------------------
 # The drop-in diffusers schedulers: a compiled guided sampling loop

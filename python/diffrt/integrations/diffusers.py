@@ -12,7 +12,10 @@ Masks: diffusers hands the processor an additive bias (UNets turn ``encoder_atte
 key either at the row's maximum bias or at least 10⁴ below it (its weight e^(−10⁴) is exactly 0 in float32),
 or constant over the row (softmax is shift-invariant) — it becomes the kernel's boolean key_padding_mask,
 with identical results. Any other mask (per-query or per-head masks, soft biases) has no kernel
-equivalent and runs through torch's SDPA exactly as ``AttnProcessor2_0`` would.
+equivalent and runs through torch's SDPA exactly as ``AttnProcessor2_0`` would. Under torch.compile / export
+that choice depends on values the trace does not have: a mask goes to the ``diffrt::diffusers_attention``
+custom op, which makes the same choice when the graph runs (no graph break; its backward too). A mask that
+itself requires grad keeps the eager path (SDPA's mask gradient; the checks then break the graph).
 
 diffusers itself is never imported here: the processor only calls the ``Attention`` module it is given.
 """

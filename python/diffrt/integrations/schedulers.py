@@ -26,6 +26,15 @@ pipeline loop the guidance costs its own pass. A custom loop can fuse it into th
 ``DDIMScheduler.step(model_output, t, sample, guidance_scale=w, guidance_rescale=φ)`` with the batched
 ``[uncond; cond]`` model output (2N, ...) runs diffrt's guided DDIM kernel, which reads both halves once
 and writes x_prev once. The σ-space kernels take an already combined output.
+
+torch.compile: ``step`` with a tensor timestep traces without a graph break. DDIM reads ᾱ_t and ᾱ_prev by
+indexing with the timestep tensor inside the graph (diffusers' own DDIM step breaks the graph at every step on
+``prev_timestep >= 0``), so one graph serves the whole loop. The σ-space schedulers read σ at diffusers'
+step_index, a Python int: torch.compile specialises on it and, for a scheduler reached through a local or a
+closure, makes it symbolic after one recompile (a global scheduler's int stays a constant: one graph per
+step, as with diffusers' schedulers). Their first step finds its index with diffusers' ``index_for_timestep``
+(``nonzero().item()``), a graph break once per run unless ``set_begin_index(0)`` was called. The values
+(ᾱ, σ) stay tensors under compile and the ops check them when the graph runs.
 """
 
 from __future__ import annotations
@@ -239,7 +248,7 @@ class DDIMScheduler(_FusedScheduler):
         return self._output(prev_sample=prev, pred_original_sample=x0)
 
     def _traced_alphas(self, timestep: torch.Tensor, stride: int):
-        """ᾱ_t and ᾱ_prev as float64 0-d tensors, read without leaving the graph (int(timestep) would read the
+        """ᾱ_t and ᾱ_prev as one-element float64 tensors, read without leaving the graph (int(timestep) would read the
         value back to the host and break it): the op checks their values when it runs."""
         inner = self._inner
         if timestep.numel() != 1:

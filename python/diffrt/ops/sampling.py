@@ -498,7 +498,8 @@ def cfg_combine(
     with optional guidance rescale φ (Lin et al. 2023). ``guidance_scale`` is a real number or a 1-D
     tensor of N per-sample weights. The rescale std is computed stably (per-chunk two-pass, merged
     in a fixed order: accurate at any |mean|/std, the same bits for any thread count). Non-finite
-    inputs, empty inputs and autograd behave as in :func:`ddim_step`."""
+    inputs, empty inputs and autograd behave as in :func:`ddim_step`. Under torch.compile / export a
+    tensor of w is a graph input whose values the custom op checks when it runs (no graph break)."""
     _checks.tensor("model_output", model_output)
     if model_output.dim() < 1 or model_output.shape[0] % 2:
         raise ValueError(
