@@ -109,10 +109,14 @@ OPCHECK_CASES = {
     # x̂0 = model_output: in float64 the reference returns that input itself, which the op must copy
     "ddim_step_x0 sample": lambda gen, dtype: (*_ddim_args(gen, dtype)[:8], "sample", "none", 0.0, 0.0, math.inf,
                                                False, None),
-    "cfg_combine": lambda gen, dtype: (_grad(rand(gen, 4, 3, 4, 5, dtype=dtype)), [7.5, 2.0], 0.5, None),
+    "cfg_combine": lambda gen, dtype: (_grad(rand(gen, 4, 3, 4, 5, dtype=dtype)),
+                                       torch.tensor([7.5, 2.0], dtype=torch.float64), 0.5, None),
     "mask_blend": lambda gen, dtype: (_grad(torch.rand(2, 1, 4, 5, generator=gen).to(dtype)),
                                       _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)),
                                       _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)), None),
+    "mask_blend check_range": lambda gen, dtype: (_grad(torch.rand(1, 1, 4, 5, generator=gen).to(dtype)),
+                                                  _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)),
+                                                  _grad(rand(gen, 2, 3, 4, 5, dtype=dtype)), None, True),
     "diffedit_mask": lambda gen, dtype: (_grad(rand(gen, 2, 3, 4, 6, 5, dtype=dtype)),
                                          _grad(rand(gen, 2, 3, 4, 6, 5, dtype=dtype)), 3.0, None, None),
     "diffedit_mask thresholded": lambda gen, dtype: (rand(gen, 3, 4, 6, 5, dtype=dtype),
@@ -592,3 +596,246 @@ def test_compiled_scheduler_step_serves_every_step_without_recompiling(gen, name
             compiled(x, m, one, one * 0.5, m, two)
     with pytest.raises(ValueError, match="sigma must lie in"):
         compiled(x, m, -one, one, *args[4:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-dependent checks outside the ops: made when the graph runs, not when it is traced
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_cfg_combine_with_a_tensor_of_weights_compiles_without_graph_break(gen, per_sample):
+    """w as a tensor is a graph input: no read-back at trace time, one graph for every w, the values
+    checked when the op runs (eager checks them before it runs)."""
+    from torch._dynamo.testing import CompileCounter
+
+    m2 = rand(gen, 4, 3, 4, 4)
+
+    def guided(m2, w):
+        return ops.cfg_combine(m2, w, guidance_rescale=0.5)
+
+    def weights(w):
+        return torch.tensor([w, w + 1.5] if per_sample else w)
+
+    explanation = _explain(guided, m2, weights(4.0))
+    assert _diffrt_targets(explanation.graphs[0]) == ["diffrt.cfg_combine.default"]
+    counter = CompileCounter()
+    compiled = torch.compile(guided, backend=counter, fullgraph=True)
+    for w in (2.0, 4.0, 7.5):
+        assert torch.equal(compiled(m2, weights(w)), guided(m2, weights(w)))
+    assert counter.frame_count == 1
+    for fn in (compiled, guided):
+        with pytest.raises(ValueError, match="guidance_scale must be finite"):
+            fn(m2, weights(math.inf))
+    with pytest.raises(ValueError, match="guidance_scale must be a number or a 1-D tensor of 2 per-sample values"):
+        torch.compile(guided, backend="eager")(m2, torch.tensor([1.0, 2.0, 3.0]))
+
+
+@pytest.mark.parametrize("shared_mask", [True, False])
+def test_mask_blend_check_range_compiles_without_graph_break(gen, shared_mask):
+    """check_range=True under compile: the custom op checks the range when it runs (ValueError, as eager)."""
+    from torch._dynamo.testing import CompileCounter
+
+    a, b = rand(gen, 2, 3, 5, 6), rand(gen, 2, 3, 5, 6)
+    mask = torch.rand(1 if shared_mask else 2, 1, 5, 6, generator=gen)
+
+    def blend(mask, a, b):
+        return ops.mask_blend(mask, a, b, check_range=True)
+
+    explanation = _explain(blend, mask, a, b)
+    assert _diffrt_targets(explanation.graphs[0]) == ["diffrt.mask_blend.default"]
+    counter = CompileCounter()
+    compiled = torch.compile(blend, backend=counter, fullgraph=True)
+    assert torch.equal(compiled(mask, a, b), blend(mask, a, b))
+    binary = (mask > 0.5).float()
+    assert torch.equal(compiled(binary, a, b), blend(binary, a, b))
+    for bad, value in ((1.25, "max 1.25"), (-0.5, "min -0.5"), (math.nan, "nan")):
+        wrong = mask.clone()
+        wrong[0, 0, 1, 2] = bad
+        for fn in (blend, compiled):
+            with pytest.raises(ValueError, match=f"mask values must lie in \\[0, 1\\].*{value}"):
+                fn(wrong, a, b)
+    assert counter.frame_count == 1
+    # the check is made once, where it is cheapest: eagerly before the kernel, and the op then skips it
+    leaves = [t.clone().requires_grad_() for t in (mask, a, b)]
+    want = torch.autograd.grad(blend(*leaves).square().sum(), leaves)
+    leaves = [t.clone().requires_grad_() for t in (mask, a, b)]
+    got = torch.autograd.grad(torch.compile(blend, backend="aot_eager", fullgraph=True)(*leaves).square().sum(),
+                              leaves)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def _diffusers_masks(gen, batch, heads, lq, lk):
+    """diffusers' prepared masks (batch, heads, 1 or Lq, Lk): key-padding masks (fused kernel) and others (SDPA)."""
+    padding = torch.ones(batch, lk, dtype=torch.bool)
+    padding[0, lk // 2:] = False
+    bias = torch.where(padding, 0.0, -10000.0)[:, None, None].expand(batch, heads, 1, lk)
+    return {
+        "additive key padding": bias.contiguous(),
+        "bool key padding": padding[:, None, None].expand(batch, heads, 1, lk).contiguous(),
+        "soft bias": torch.rand(batch, heads, 1, lk, generator=gen),
+        "per query": torch.where(torch.rand(batch, heads, lq, lk, generator=gen) < 0.7, 0.0, -10000.0),
+        "bool row of all False": torch.zeros(batch, heads, 1, lk, dtype=torch.bool),
+    }
+
+
+class _Attn(torch.nn.Module):
+    """The parts of diffusers' Attention the processor's attention step reads."""
+
+    heads, scale = 2, 8**-0.5
+
+
+@pytest.mark.parametrize("kind", ["additive key padding", "bool key padding", "soft bias", "per query",
+                                  "bool row of all False"])
+def test_diffusers_processor_mask_detection_compiles_without_graph_break(gen, kind):
+    """The kernel-or-SDPA choice of DiffrtAttnProcessor depends on the mask's values: under compile the
+    diffusers_attention op makes it when it runs — one node, no break, eager's results and gradients."""
+    pytest.importorskip("diffusers")
+    from diffrt.integrations.diffusers import DiffrtAttnProcessor
+
+    processor, attn = DiffrtAttnProcessor(), _Attn()
+    q, k, v = rand(gen, 2, 2, 5, 8), rand(gen, 2, 2, 7, 8), rand(gen, 2, 2, 7, 8)
+    mask = _diffusers_masks(gen, 2, 2, 5, 7)[kind]
+
+    def attend(q, k, v, mask):
+        return processor._attend(attn, q, k, v, mask, 2)
+
+    explanation = _explain(attend, q, k, v, mask)
+    assert _diffrt_targets(explanation.graphs[0]) == ["diffrt.diffusers_attention.default"]
+    want = attend(q, k, v, mask)
+    got = torch.compile(attend, backend="aot_eager", fullgraph=True)(q, k, v, mask)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)  # the same kernel on the same inputs
+    grads = {}
+    for name, fn in (("eager", attend), ("compiled", torch.compile(attend, backend="aot_eager", fullgraph=True))):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        grads[name] = torch.autograd.grad(fn(*leaves, mask).nan_to_num().square().sum(), leaves)
+    for g, w in zip(grads["compiled"], grads["eager"]):
+        torch.testing.assert_close(g.nan_to_num(), w.nan_to_num(), rtol=0, atol=256 * EPS32 * max(1.0, w.abs().max()))
+
+
+@pytest.mark.parametrize("kind", ["additive key padding", "soft bias"])
+def test_diffusers_attention_ops_pass_opcheck(gen, kind):
+    pytest.importorskip("diffusers")
+    import diffrt.integrations.diffusers  # noqa: F401 - registers the ops
+
+    q, k, v = (_grad(rand(gen, 2, 2, n, 8)) for n in (5, 7, 7))
+    mask = _diffusers_masks(gen, 2, 2, 5, 7)[kind]
+    torch.library.opcheck(torch.ops.diffrt.diffusers_attention.default, (q, k, v, mask, 0.3, None))
+    dout = rand(gen, 2, 2, 5, 8)
+    args = (q.detach(), k.detach(), v.detach(), mask, dout, 0.3, None)
+    torch.library.opcheck(torch.ops.diffrt.diffusers_attention_backward.default, args)
+
+
+@torch.no_grad()
+def test_diffusers_unet_with_a_text_mask_compiles_without_graph_breaks(gen):
+    """encoder_attention_mask: the cross-attention layers take diffusers' 0 / −10000 bias; one graph, each
+    attention one node."""
+    unet = _diffusers_unet()
+    x, t, text = rand(gen, 2, 4, 8, 8), torch.tensor([10, 500]), rand(gen, 2, 7, 16)
+    text_mask = torch.ones(2, 7)
+    text_mask[0, 4:] = 0
+
+    def run(x, t, text, text_mask):
+        return unet(x, t, encoder_hidden_states=text, encoder_attention_mask=text_mask, return_dict=False)[0]
+
+    explanation = _explain(run, x, t, text, text_mask)
+    targets = _diffrt_targets(explanation.graphs[0])
+    cross = [name for name in unet.attn_processors if "attn2" in name]
+    assert sorted(targets) == sorted(["diffrt.diffusers_attention.default"] * len(cross)
+                                     + ["diffrt.attention.default"] * (len(unet.attn_processors) - len(cross)))
+    want = run(x, t, text, text_mask)
+    _assert_close(torch.compile(run, backend="aot_eager", fullgraph=True)(x, t, text, text_mask), want, want)
+
+    class Run(torch.nn.Module):
+        def forward(self, x, t, text, text_mask):
+            return run(x, t, text, text_mask)
+
+    exported = torch.export.export(Run(), (x, t, text, text_mask))
+    assert sorted(n for n in _export_targets(exported) if n.startswith("diffrt.")) == sorted(targets)
+    _assert_close(exported.module()(x, t, text, text_mask), want, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# The drop-in diffusers schedulers: a compiled guided sampling loop
+# ---------------------------------------------------------------------------------------------
+
+SCHEDULERS = ["DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+              "DPMSolverMultistepScheduler"]
+
+
+def _guided_step(scheduler, name):
+    """One step of a guided sampling loop after the model: the [uncond; cond] output and per-sample weights
+    in, the scheduler's step out (DDIM fuses the guidance into its step)."""
+
+    def step(batched, t, x, w, noise):
+        if name == "DDIMScheduler":
+            return scheduler.step(batched, t, x, guidance_scale=w).prev_sample
+        guided = ops.cfg_combine(batched, w)
+        if name == "EulerAncestralDiscreteScheduler":
+            return scheduler.step(guided, t, x, noise=noise).prev_sample
+        return scheduler.step(guided, t, x).prev_sample
+
+    return step
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # inside diffusers
+@pytest.mark.parametrize("name", SCHEDULERS)
+@torch.no_grad()
+def test_compiled_guided_sampling_loop_over_the_schedulers_has_no_graph_break(gen, name):
+    """fullgraph=True: every step of the loop is one graph (a break would raise), with the eager scheduler's
+    results bit for bit. DDIM reads ᾱ with the timestep tensor: one graph serves the whole loop. The σ-space
+    schedulers index σ with diffusers' step_index, a Python int: torch.compile specialises on it once, then
+    makes it symbolic (it would stay specialised, a graph per step, were the scheduler a global: dynamo takes
+    globals' ints as constants — as for diffusers' own schedulers). set_begin_index(0) spares the first step
+    diffusers' timestep lookup (see the next test)."""
+    pytest.importorskip("diffusers")
+    from torch._dynamo.testing import CompileCounter
+
+    from diffrt.integrations import schedulers
+
+    compiled_scheduler, eager_scheduler = (getattr(schedulers, name)() for _ in range(2))
+    steps = 10  # more than torch._dynamo's recompile limit (8): with fullgraph=True, a graph per step would fail
+    for s in (compiled_scheduler, eager_scheduler):
+        s.set_timesteps(steps)
+        if name != "DDIMScheduler":
+            s.set_begin_index(0)
+    counter = CompileCounter()
+    compiled = torch.compile(_guided_step(compiled_scheduler, name), backend=counter, fullgraph=True)
+    eager = _guided_step(eager_scheduler, name)
+    x = rand(gen, 2, 3, 8, 8) * float(eager_scheduler.init_noise_sigma)
+    got = want = x
+    for t in eager_scheduler.timesteps:
+        batched, noise = rand(gen, 4, 3, 8, 8), rand(gen, 2, 3, 8, 8)
+        w = torch.rand(2, generator=gen, dtype=torch.float64) * 6 + 1
+        got = compiled(batched, t, got, w, noise)
+        want = eager(batched, t, want, w, noise)
+        assert torch.equal(got, want)
+    # DDIM: one graph. σ-space: the first step (step_index None), the second (step_index 1, specialised), then
+    # one graph with step_index symbolic for the rest (DPM-Solver: one more where its order changes)
+    assert counter.frame_count == 1 if name == "DDIMScheduler" else counter.frame_count <= 4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # inside diffusers
+@pytest.mark.parametrize("name", SCHEDULERS[1:])
+@torch.no_grad()
+def test_first_scheduler_step_breaks_only_in_diffusers_timestep_lookup(gen, name):
+    """Without a begin index, the first step finds its index in diffusers' own code (index_for_timestep:
+    nonzero() and .item() of the timestep's position, which no graph can hold): that is the only break,
+    once per run, as with diffusers' schedulers; the steps after it have none."""
+    pytest.importorskip("diffusers")
+    from diffrt.integrations import schedulers
+
+    scheduler = getattr(schedulers, name)()
+    scheduler.set_timesteps(4)
+    step = _guided_step(scheduler, name)
+    w = torch.tensor([3.0, 5.0], dtype=torch.float64)
+    x = rand(gen, 2, 3, 8, 8)
+    args = (rand(gen, 4, 3, 8, 8), scheduler.timesteps[0], x, w, rand(gen, 2, 3, 8, 8))
+    explanation = torch._dynamo.explain(step)(*args)
+    # (explain counts the break once per frame it unwinds, so the count depends on the nesting: the pin is where)
+    assert explanation.graph_break_count >= 1
+    for reason in explanation.break_reasons:
+        assert reason.user_stack[-1].name == "index_for_timestep", reason
+    assert scheduler.step_index == 1
+    _explain(step, rand(gen, 4, 3, 8, 8), scheduler.timesteps[1], x, w, rand(gen, 2, 3, 8, 8))

@@ -12,18 +12,23 @@ Masks: diffusers hands the processor an additive bias (UNets turn ``encoder_atte
 key either at the row's maximum bias or at least 10⁴ below it (its weight e^(−10⁴) is exactly 0 in float32),
 or constant over the row (softmax is shift-invariant) — it becomes the kernel's boolean key_padding_mask,
 with identical results. Any other mask (per-query or per-head masks, soft biases) has no kernel
-equivalent and runs through torch's SDPA exactly as ``AttnProcessor2_0`` would.
+equivalent and runs through torch's SDPA exactly as ``AttnProcessor2_0`` would. Under torch.compile / export
+that choice depends on values the trace does not have: a mask goes to the ``diffrt::diffusers_attention``
+custom op, which makes the same choice when the graph runs (no graph break; its backward too). A mask that
+itself requires grad keeps the eager path (SDPA's mask gradient; the checks then break the graph).
 
 diffusers itself is never imported here: the processor only calls the ``Attention`` module it is given.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ..ops._autograd import needs_grad, tracing
 from ..ops.attention import attention
 
 from .diffusers_models import (  # noqa: E402
@@ -65,6 +70,82 @@ def key_padding_from_attention_mask(mask: torch.Tensor, batch: int, heads: int) 
     if not bool((keep | far).all()) or not bool(torch.isfinite(top).all()):
         return None
     return keep
+
+
+def _attend_with_mask(q, k, v, mask, scale: float, backend: Optional[str]) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + mask)·v: the fused kernel when the mask is a key-padding mask, else SDPA."""
+    key_padding_mask = key_padding_from_attention_mask(mask, q.shape[0], q.shape[1])
+    if key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale)
+    return attention(q, k, v, key_padding_mask=key_padding_mask, scale=scale, backend=backend)
+
+
+def _masked_attention_grads(q, k, v, mask, dout, scale: float):
+    """The backward of out = P·v, P = softmax(S), S = q·kᵀ·scale + mask (a bool mask adds −∞ where False),
+    written out (no autograd inside an op): ∂v = Pᵀ·∂out, ∂P = ∂out·vᵀ, ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P)),
+    ∂q = ∂S·k·scale, ∂k = ∂Sᵀ·q·scale; in float32 (float64 for float64 inputs)."""
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q_, k_, v_, g = (t.to(dtype) for t in (q, k, v, dout))
+    scores = q_ @ k_.transpose(-1, -2) * scale
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, -math.inf)
+    else:
+        scores = scores + mask.to(dtype)
+    p = scores.softmax(dim=-1)
+    dv = p.transpose(-1, -2) @ g
+    dp = g @ v_.transpose(-1, -2)
+    ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True)) * scale
+    return (ds @ k_).to(q.dtype), (ds.transpose(-1, -2) @ q_).to(k.dtype), dv.to(v.dtype)
+
+
+# Under torch.compile / export the choice between the fused kernel and SDPA depends on the mask's values,
+# which exist only when the graph runs: these two custom ops make it then (the Python checks would break the
+# graph at every attention layer). Outputs are contiguous, as their fake implementations say.
+
+
+@torch.library.custom_op("diffrt::diffusers_attention", mutates_args=())
+def _diffusers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+                         backend: Optional[str]) -> torch.Tensor:
+    return _attend_with_mask(q, k, v, mask, scale, backend).contiguous()
+
+
+@_diffusers_attention.register_fake
+def _(q, k, v, mask, scale, backend):
+    return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("diffrt::diffusers_attention_backward", mutates_args=())
+def _diffusers_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                                  dout: torch.Tensor, scale: float,
+                                  backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """∂/∂q, ∂/∂k, ∂/∂v of the path the forward took: the fused kernel's backward, or SDPA's."""
+    key_padding_mask = key_padding_from_attention_mask(mask, q.shape[0], q.shape[1])
+    if key_padding_mask is None:
+        grads = _masked_attention_grads(q, k, v, mask, dout, scale)
+    else:
+        out, lse = torch.ops.diffrt.attention_forward.default(q, k, v, key_padding_mask, scale, backend)
+        grads = torch.ops.diffrt.attention_backward.default(q, k, v, out, dout, lse, key_padding_mask, scale, backend)
+    return tuple(g.contiguous() for g in grads)
+
+
+@_diffusers_attention_backward.register_fake
+def _(q, k, v, mask, dout, scale, backend):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _diffusers_attention_setup(ctx, inputs, output):
+    q, k, v, mask, scale, backend = inputs
+    ctx.save_for_backward(q, k, v, mask)
+    ctx.params = (scale, backend)
+
+
+def _diffusers_attention_grad(ctx, dout):
+    q, k, v, mask = ctx.saved_tensors
+    dq, dk, dv = torch.ops.diffrt.diffusers_attention_backward.default(q, k, v, mask, dout, *ctx.params)
+    return dq, dk, dv, None, None, None  # no mask gradient: a mask that requires grad does not come here
+
+
+_diffusers_attention.register_autograd(_diffusers_attention_grad, setup_context=_diffusers_attention_setup)
 
 
 class DiffrtAttnProcessor:
@@ -138,13 +219,13 @@ class DiffrtAttnProcessor:
 
     def _attend(self, attn, query, key, value, attention_mask, batch_size):
         """softmax(q·kᵀ·scale + mask)·v on (B, H, L, d) views: the fused kernel, or SDPA for masks it cannot take."""
-        key_padding_mask = None
-        if attention_mask is not None:
-            key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, attn.heads)
-        if attention_mask is not None and key_padding_mask is None:
-            return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
-                                                  is_causal=False, scale=attn.scale)
-        return attention(query, key, value, key_padding_mask=key_padding_mask, scale=attn.scale, backend=self.backend)
+        if attention_mask is None:
+            return attention(query, key, value, scale=attn.scale, backend=self.backend)
+        if tracing() and not needs_grad(attention_mask):  # decided when the graph runs (see diffusers_attention)
+            return torch.ops.diffrt.diffusers_attention.default(query, key, value, attention_mask, attn.scale,
+                                                                self.backend)
+        # eager, or a mask that wants a gradient (SDPA's; under torch.compile the mask checks break the graph)
+        return _attend_with_mask(query, key, value, attention_mask, attn.scale, self.backend)
 
     def _added_kv(self, attn, hidden_states, encoder_hidden_states, attention_mask):
         """diffusers' AttnAddedKVProcessor(2_0) (UnCLIP / Kandinsky "simple cross-attention" blocks): the text's

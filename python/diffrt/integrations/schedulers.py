@@ -26,6 +26,15 @@ pipeline loop the guidance costs its own pass. A custom loop can fuse it into th
 ``DDIMScheduler.step(model_output, t, sample, guidance_scale=w, guidance_rescale=φ)`` with the batched
 ``[uncond; cond]`` model output (2N, ...) runs diffrt's guided DDIM kernel, which reads both halves once
 and writes x_prev once. The σ-space kernels take an already combined output.
+
+torch.compile: ``step`` with a tensor timestep traces without a graph break. DDIM reads ᾱ_t and ᾱ_prev by
+indexing with the timestep tensor inside the graph (diffusers' own DDIM step breaks the graph at every step on
+``prev_timestep >= 0``), so one graph serves the whole loop. The σ-space schedulers read σ at diffusers'
+step_index, a Python int: torch.compile specialises on it and, for a scheduler reached through a local or a
+closure, makes it symbolic after one recompile (a global scheduler's int stays a constant: one graph per
+step, as with diffusers' schedulers). Their first step finds its index with diffusers' ``index_for_timestep``
+(``nonzero().item()``), a graph break once per run unless ``set_begin_index(0)`` was called. The values
+(ᾱ, σ) stay tensors under compile and the ops check them when the graph runs.
 """
 
 from __future__ import annotations
@@ -64,6 +73,8 @@ class _FusedScheduler:
     def _bind(self, inner) -> None:
         self._check_config(inner.config)
         self._inner = inner
+        # looked up once: torch.compile does not trace importlib, so a per-step import would break the graph
+        self._diffrt_output_type = _diffusers(*self._diffusers_output)
         self._reset()
 
     @classmethod
@@ -162,7 +173,7 @@ class _FusedScheduler:
         """Refuses options whose step has no fused kernel."""
 
     def _output(self, **fields):
-        return _diffusers(*self._diffusers_output)(**fields)
+        return self._diffrt_output_type(**fields)
 
     def _current_step_index(self, timestep) -> int:
         inner = self._inner
@@ -172,6 +183,14 @@ class _FusedScheduler:
 
     def _advance(self) -> None:
         self._inner._step_index += 1
+
+    def _sigmas(self, *indices: int):
+        """σ at the given step indices: Python floats, or — under torch.compile — float64 0-d tensors that stay in
+        the graph (float() would read the value back to the host and break it); the op checks them when it runs."""
+        sigmas = self._inner.sigmas
+        if torch.compiler.is_compiling():
+            return tuple(sigmas[i].to(torch.float64) for i in indices)
+        return tuple(float(sigmas[i]) for i in indices)
 
 
 def _common_dtype(model_output: torch.Tensor, sample: torch.Tensor):
@@ -199,10 +218,13 @@ class DDIMScheduler(_FusedScheduler):
         inner, cfg = self._inner, self._inner.config
         if inner.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps before step")
-        t = int(timestep)
-        prev_t = t - cfg.num_train_timesteps // inner.num_inference_steps
-        alpha_t = float(inner.alphas_cumprod[t])
-        alpha_prev = float(inner.alphas_cumprod[prev_t]) if prev_t >= 0 else float(inner.final_alpha_cumprod)
+        stride = cfg.num_train_timesteps // inner.num_inference_steps
+        if isinstance(timestep, torch.Tensor) and torch.compiler.is_compiling():
+            alpha_t, alpha_prev = self._traced_alphas(timestep, stride)
+        else:
+            t = int(timestep)
+            alpha_t = float(inner.alphas_cumprod[t])
+            alpha_prev = float(inner.alphas_cumprod[t - stride]) if t >= stride else float(inner.final_alpha_cumprod)
         out_dtype = model_output.dtype
         model_output, sample = _common_dtype(model_output, sample)
         noise = None
@@ -224,6 +246,19 @@ class DDIMScheduler(_FusedScheduler):
         if not return_dict:
             return prev, x0
         return self._output(prev_sample=prev, pred_original_sample=x0)
+
+    def _traced_alphas(self, timestep: torch.Tensor, stride: int):
+        """ᾱ_t and ᾱ_prev as one-element float64 tensors, read without leaving the graph (int(timestep) would read the
+        value back to the host and break it): the op checks their values when it runs."""
+        inner = self._inner
+        if timestep.numel() != 1:
+            raise ValueError(f"timestep must be a single timestep, got a tensor of shape {tuple(timestep.shape)}")
+        table = inner.alphas_cumprod
+        t = timestep.reshape(1).to(device=table.device, dtype=torch.long)  # 1-D: a 0-d index would be read back
+        prev_t = t - stride
+        final = torch.as_tensor(inner.final_alpha_cumprod, dtype=table.dtype, device=table.device)
+        alpha_prev = torch.where(prev_t >= 0, table.index_select(0, prev_t.clamp(min=0)), final)
+        return table.index_select(0, t).to(torch.float64), alpha_prev.to(torch.float64)
 
 
 class DPMSolverMultistepScheduler(_FusedScheduler):
@@ -263,8 +298,7 @@ class DPMSolverMultistepScheduler(_FusedScheduler):
         lower_order_final = i == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15)
                                             or cfg.final_sigmas_type == "zero")
         second_order = cfg.solver_order == 2 and self._diffrt_lower_order_nums >= 1 and not lower_order_final
-        sigmas = inner.sigmas
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        sigma, sigma_next = self._sigmas(i, i + 1)
         out_dtype = model_output.dtype
         model_output, sample = _common_dtype(model_output, sample)
         prediction = cfg.prediction_type
@@ -276,7 +310,7 @@ class DPMSolverMultistepScheduler(_FusedScheduler):
             prediction = "sample"
         last = {}
         if second_order:
-            last = dict(x0_last=self._diffrt_x0_last.to(sample.dtype), sigma_last=float(sigmas[i - 1]))
+            last = dict(x0_last=self._diffrt_x0_last.to(sample.dtype), sigma_last=self._sigmas(i - 1)[0])
         prev, x0 = dpm_solver_2m_step(sample, model_output, sigma, sigma_next, prediction_type=prediction,
                                       solver_type=cfg.solver_type, return_x0=True, **last)
         self._diffrt_x0_last = x0
@@ -307,8 +341,8 @@ class EulerDiscreteScheduler(_FusedScheduler):
             raise ValueError("pass one of scheduler.timesteps as timestep, not an integer index")
         inner = self._inner
         i = self._current_step_index(timestep)
-        sigma, sigma_next = float(inner.sigmas[i]), float(inner.sigmas[i + 1])
-        if s_churn > 0 and s_tmin <= sigma <= s_tmax:
+        sigma, sigma_next = self._sigmas(i, i + 1)
+        if s_churn > 0 and s_tmin <= float(sigma) <= s_tmax:
             raise NotImplementedError("EulerDiscreteScheduler.step: s_churn > 0 (the stochastic Euler step) has no "
                                       "diffrt kernel; use diffusers' scheduler for it")
         prediction = inner.config.prediction_type
@@ -346,7 +380,7 @@ class EulerAncestralDiscreteScheduler(_FusedScheduler):
             raise ValueError("pass either generator or noise, not both")
         inner = self._inner
         i = self._current_step_index(timestep)
-        sigma, sigma_next = float(inner.sigmas[i]), float(inner.sigmas[i + 1])
+        sigma, sigma_next = self._sigmas(i, i + 1)
         out_dtype = model_output.dtype
         if noise is None:
             noise = _randn(model_output.shape, generator, model_output.device, out_dtype)

@@ -43,13 +43,6 @@ class OpSpec:
     setup_context: Optional[Callable] = None
 
 
-def _scalar(values: Sequence[float]):
-    """Validated per-sample values as the references take them: one number when all agree, else the list
-    (no tensor: a tensor's values would be read back for validation, which tracing cannot)."""
-    first = values[0] if len(values) else 1.0
-    return first if all(v == first for v in values) else list(values)
-
-
 def _fresh(out: torch.Tensor, *inputs, memory_format=torch.contiguous_format) -> torch.Tensor:
     """A custom op's output may be neither an input nor a view: the references return an input itself
     where the math is the identity (e.g. x̂0 = model_output for x0-prediction in float64). Its layout is
@@ -155,7 +148,8 @@ def _ddim_backward(return_x0):
 
 def _cfg_run(model_output, guidance, rescale, backend):
     impl = dispatch("cfg_combine", _sampling._CFG_IMPLS, model_output.device, model_output.dtype, backend)
-    return _fresh(impl(model_output, list(guidance), rescale), model_output)
+    w = _checks.per_sample("guidance_scale", guidance, model_output.shape[0] // 2)
+    return _fresh(impl(model_output, w, rescale), model_output)
 
 
 def _cfg_fake(model_output, guidance, rescale, backend):
@@ -163,14 +157,15 @@ def _cfg_fake(model_output, guidance, rescale, backend):
 
 
 def _cfg_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.params = inputs[1:3]
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.rescale = inputs[2]
 
 
 def _cfg_backward(ctx, grad):
-    (model_output,) = ctx.saved_tensors
-    guidance, rescale = ctx.params
-    (grad_m,) = _vjp(lambda m: _sampling.cfg_combine_ref(m, _scalar(guidance), guidance_rescale=rescale),
+    model_output, guidance = ctx.saved_tensors
+    rescale = ctx.rescale
+    checked = _sampling.Checked(guidance)  # values the forward has checked
+    (grad_m,) = _vjp(lambda m: _sampling.cfg_combine_ref(m, checked, guidance_rescale=rescale),
                      (model_output,), (grad,), ctx.needs_input_grad[:1])
     return grad_m, None, None, None
 
@@ -180,24 +175,26 @@ def _cfg_backward(ctx, grad):
 # ---------------------------------------------------------------------------------------------
 
 
-def _blend_run(mask, a, b, backend):
+def _blend_run(mask, a, b, backend, check_range=False):
     impl = dispatch("mask_blend", _masks._BLEND_IMPLS, a.device, a.dtype, backend)
+    if check_range:  # the entry point defers the check here when traced: the mask's values exist only now
+        _masks.check_mask_range(mask)
     return _fresh(impl(mask, a, b), mask, a, b)
 
 
-def _blend_fake(mask, a, b, backend):
+def _blend_fake(mask, a, b, backend, check_range=False):
     return a.new_empty(a.shape)
 
 
 def _blend_setup(ctx, inputs, output):
-    mask, a, b, _ = inputs
+    mask, a, b = inputs[:3]
     ctx.save_for_backward(mask, a, b)
 
 
 def _blend_backward(ctx, grad):
     mask, a, b = ctx.saved_tensors
     grad_mask, grad_a, grad_b = _masks.mask_blend_grads(mask, a, b, grad, ctx.needs_input_grad[:3])
-    return grad_mask, grad_a, grad_b, None
+    return grad_mask, grad_a, grad_b, None, None
 
 
 def _diffedit_run(eps_query, eps_ref, clamp_ratio, threshold, backend):
@@ -522,9 +519,9 @@ SPECS = (
            _ddim_backward(False), _ddim_setup),
     OpSpec("ddim_step_x0", _DDIM_SCHEMA_ARGS + " -> (Tensor, Tensor)", _ddim_run(True), _ddim_fake(True),
            _ddim_backward(True), _ddim_setup),
-    OpSpec("cfg_combine", "(Tensor model_output, float[] guidance, float guidance_rescale, str? backend) -> Tensor",
+    OpSpec("cfg_combine", "(Tensor model_output, Tensor guidance, float guidance_rescale, str? backend) -> Tensor",
            _cfg_run, _cfg_fake, _cfg_backward, _cfg_setup),
-    OpSpec("mask_blend", "(Tensor mask, Tensor a, Tensor b, str? backend) -> Tensor",
+    OpSpec("mask_blend", "(Tensor mask, Tensor a, Tensor b, str? backend, bool check_range=False) -> Tensor",
            _blend_run, _blend_fake, _blend_backward, _blend_setup),
     OpSpec("diffedit_mask", "(Tensor eps_query, Tensor eps_ref, float clamp_ratio, float? threshold, str? backend) -> Tensor",
            _diffedit_run, _diffedit_fake, _diffedit_backward, _diffedit_setup),

@@ -8,7 +8,7 @@ import torch
 
 from .. import _C
 from . import _alloc, _checks, _launch
-from ._autograd import direct
+from ._autograd import direct, tracing
 from ._backend import dispatch
 from ._codes import DTYPES, math_dtype
 
@@ -101,6 +101,15 @@ def mask_blend_grads(mask, a, b, grad, needs):
     return grad_mask, grad_a, grad_b
 
 
+def check_mask_range(mask: torch.Tensor) -> None:
+    """Raises unless every value of a floating mask lies in [0, 1] (a NaN does not)."""
+    if mask.numel() == 0:
+        return
+    lo, hi = torch.aminmax(mask)
+    if not (lo >= 0 and hi <= 1):  # also catches NaN
+        raise ValueError(f"mask values must lie in [0, 1], got min {lo.item()} max {hi.item()}")
+
+
 def mask_blend(
     mask: torch.Tensor,
     a: torch.Tensor,
@@ -120,7 +129,8 @@ def mask_blend(
     Args:
         mask: (N or 1, 1, H, W), floating or bool, 1 selects ``a``; broadcast over channels and batch.
         a, b: (N, C, H, W), same shape, dtype and device.
-        check_range: verify 0 ≤ mask ≤ 1 (one extra read of the mask).
+        check_range: verify 0 ≤ mask ≤ 1 (one extra read of the mask), raising ValueError otherwise; under
+            torch.compile / export the custom op runs the check when the graph runs (no graph break).
     """
     _checks.tensor("a", a, ndim=(4,))
     _checks.tensor("b", b)
@@ -137,14 +147,16 @@ def mask_blend(
             f"mask must have shape ({a.shape[0]} or 1, 1, {a.shape[2]}, {a.shape[3]}) to blend a of shape "
             f"{tuple(a.shape)}, got {tuple(mask.shape)}"
         )
-    if check_range and mask.is_floating_point():
-        lo, hi = torch.aminmax(mask)
-        if not (lo >= 0 and hi <= 1):  # also catches NaN
-            raise ValueError(f"mask values must lie in [0, 1], got min {lo.item()} max {hi.item()}")
+    check_range = bool(check_range) and mask.is_floating_point()
+    if check_range and not tracing():
+        check_mask_range(mask)
+        check_range = False
+    # traced (torch.compile, export): the values exist only when the graph runs, so the custom op checks them
+    # then (a check here would read them back at trace time and break the graph)
     impl = dispatch("mask_blend", _BLEND_IMPLS, a.device, a.dtype, backend)
-    if direct(mask, a, b):
+    if not check_range and direct(mask, a, b):
         return impl(mask, a, b)
-    return torch.ops.diffrt.mask_blend.default(mask, a, b, backend)
+    return torch.ops.diffrt.mask_blend.default(mask, a, b, backend, check_range)
 
 
 _DIFFEDIT_MASK = _launch.kernel("diffedit_mask")

@@ -498,19 +498,24 @@ def cfg_combine(
     with optional guidance rescale φ (Lin et al. 2023). ``guidance_scale`` is a real number or a 1-D
     tensor of N per-sample weights. The rescale std is computed stably (per-chunk two-pass, merged
     in a fixed order: accurate at any |mean|/std, the same bits for any thread count). Non-finite
-    inputs, empty inputs and autograd behave as in :func:`ddim_step`."""
+    inputs, empty inputs and autograd behave as in :func:`ddim_step`. Under torch.compile / export a
+    tensor of w is a graph input whose values the custom op checks when it runs (no graph break)."""
     _checks.tensor("model_output", model_output)
     if model_output.dim() < 1 or model_output.shape[0] % 2:
         raise ValueError(
             f"model_output must hold the batched [uncond; cond] outputs (an even batch), "
             f"got shape {tuple(model_output.shape)}"
         )
-    guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, model_output.shape[0] // 2)
+    n = model_output.shape[0] // 2
+    # Traced with a tensor of w: its values are not on the host at trace time; the custom op checks them
+    # when it runs (no graph break, and one graph for every value of w).
+    defer = tracing() and isinstance(guidance_scale, torch.Tensor) and not needs_grad(guidance_scale)
+    guidance, rescale = _check_guidance(guidance_scale, guidance_rescale, n, defer)
     impl = dispatch("cfg_combine", _CFG_IMPLS, model_output.device, model_output.dtype, backend)
     if not needs_grad(guidance_scale):  # the custom op differentiates model_output
-        if direct(model_output):
+        if not defer and direct(model_output):
             return impl(model_output, guidance, rescale)
-        return torch.ops.diffrt.cfg_combine.default(model_output, guidance, rescale, backend)
+        return torch.ops.diffrt.cfg_combine.default(model_output, op_scalars(guidance, n), rescale, backend)
     return with_reference_gradients(
         lambda: impl(model_output, guidance, rescale),
         lambda model_output, guidance_scale: cfg_combine_ref(model_output, guidance_scale, guidance_rescale=rescale),
