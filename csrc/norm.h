@@ -70,13 +70,18 @@ struct TimestepEmbeddingArgs {
   int num_threads;
 };
 
+// freq_j of timestep_embedding's formula above, j < ⌊dim/2⌋.
+DIFFRT_HD double timestep_frequency(const TimestepEmbeddingArgs& a, int64_t j) {
+  return exp(-log(a.max_period) * double(j) / (double(a.dim / 2) - a.downscale_freq_shift));
+}
+
 // Column c of the embedding of timestep t (timestep_embedding's formula above).
 DIFFRT_HD double timestep_embedding_element(const TimestepEmbeddingArgs& a, double t, int64_t c) {
   const int64_t half = a.dim / 2;
   if (c >= 2 * half) return 0.0;  // the padding column of an odd dim
   const int64_t j = c < half ? c : c - half;
   const bool first_half = c < half;
-  const double arg = a.scale * t * exp(-log(a.max_period) * double(j) / (double(half) - a.downscale_freq_shift));
+  const double arg = a.scale * t * timestep_frequency(a, j);
   return (first_half != a.flip_sin_to_cos) ? sin(arg) : cos(arg);
 }
 

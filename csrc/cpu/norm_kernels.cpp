@@ -65,9 +65,16 @@ inline vf loadv(const float* p) {
   return v;
 }
 inline vf loadv(const bf16* p) {  // bfloat16 is the top half of a float32
-  vh h;
+  // vpmovzxwd from memory (one shuffle µop; GCC's generic widening splits it into halves and re-inserts)
+#if DIFFRT_NORM_LANES == 16
+  __m256i h;
   std::memcpy(&h, p, sizeof h);
-  const vu u = __builtin_convertvector(h, vu) << 16;
+  const __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+#else
+  __m128i h;
+  std::memcpy(&h, p, sizeof h);
+  const __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+#endif
   vf v;
   std::memcpy(&v, &u, sizeof v);
   return v;
@@ -594,10 +601,20 @@ template <typename W>
 void timestep_mlp_typed(const TimestepMlpArgs& a) {
   const int64_t B = a.batch, K = a.in_dim, H = a.hidden_dim, O = a.out_dim;
   if (B <= 0 || O <= 0) return;
-  std::vector<float> emb(B * K), hidden(B * H);
+  // The sinusoid, timestep_embedding_element's math with each freq_j computed once and one sin, cos pair per
+  // phase (B·K/2 of them; an odd in_dim's last column stays 0).
+  std::vector<float> emb(B * K, 0.f), hidden(B * H);
   const TimestepEmbeddingArgs sinusoid = mlp_sinusoid(a);
+  const int64_t half = K / 2;
+  std::vector<double> freq(half);
+  for (int64_t j = 0; j < half; ++j) freq[j] = timestep_frequency(sinusoid, j);
   for (int64_t n = 0; n < B; ++n)
-    for (int64_t c = 0; c < K; ++c) emb[n * K + c] = float(timestep_embedding_element(sinusoid, a.timesteps[n], c));
+    for (int64_t j = 0; j < half; ++j) {
+      const double arg = a.scale * a.timesteps[n] * freq[j];
+      const float s = float(std::sin(arg)), c = float(std::cos(arg));
+      emb[n * K + j] = a.flip_sin_to_cos ? c : s;
+      emb[n * K + half + j] = a.flip_sin_to_cos ? s : c;
+    }
   // One layer: blocks of kMlpRowsPerItem output features shared out (a fork per layer: layer 2 needs all of h).
   auto layer = [&](const void* w, const void* bias, int64_t rows, int64_t k, const float* x, auto&& store) {
     const int64_t items = (rows + kMlpRowsPerItem - 1) / kMlpRowsPerItem;

@@ -240,10 +240,10 @@ _TIMESTEP_MLP = _launch.kernel("timestep_mlp")
 
 
 def _timestep_mlp_compiled(timesteps, weight_1, bias_1, weight_2, bias_2, flip, shift, scale, max_period):
-    t64 = timesteps.detach().to(torch.float64).contiguous()
-    w1, w2 = weight_1.detach().contiguous(), weight_2.detach().contiguous()  # alive until the kernel has run
-    b1 = None if bias_1 is None else bias_1.detach().contiguous()
-    b2 = None if bias_2 is None else bias_2.detach().contiguous()
+    t64 = timesteps.to(torch.float64).contiguous()
+    w1, w2 = weight_1.contiguous(), weight_2.contiguous()  # alive until the kernel has run
+    b1 = None if bias_1 is None else bias_1.contiguous()
+    b2 = None if bias_2 is None else bias_2.contiguous()
     out = _alloc.empty((t64.shape[0], w2.shape[0]), dtype=w1.dtype, device=w1.device)
     args = _C.TimestepMlpArgs()
     args.dtype = DTYPES[w1.dtype]
