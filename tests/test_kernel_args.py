@@ -71,7 +71,8 @@ def test_every_struct_member_is_a_field():
     members = _struct_members()
     assert set(members) == {"DdimStepArgs", "CfgCombineArgs", "MaskBlendArgs", "DiffEditMaskArgs", "EulerStepArgs",
                             "DpmSolver2mStepArgs", "AttentionForwardArgs", "AttentionBackwardArgs", "DownsampleCondArgs",
-                            "GroupNormArgs", "LayerNormArgs", "GegluArgs", "TimestepEmbeddingArgs"}
+                            "GroupNormArgs", "LayerNormArgs", "GegluArgs", "TimestepEmbeddingArgs",
+                            "TimestepMlpArgs"}
     for name, names in members.items():
         settable = list(getattr(_C, name).fields)
         launch_or_derived = {"num_threads", "out_height", "out_width"}
