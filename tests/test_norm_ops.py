@@ -402,7 +402,8 @@ def _mlp_call(t=None, w1=None, b1=None, w2=None, b2=None, **kwargs):
 
 @pytest.mark.parametrize("call, error, match", [
     (_mlp_call(t=torch.zeros(2, 1)), ValueError, r"timesteps must be a 1-D tensor"),
-    (_mlp_call(t=torch.zeros(2, requires_grad=True)), ValueError, r"timesteps has no gradient in diffrt.ops.timestep_mlp"),
+    (_mlp_call(t=torch.zeros(2, requires_grad=True)), ValueError,
+     r"timesteps has no gradient in diffrt.ops.timestep_mlp"),
     (_mlp_call(w1=torch.zeros(16)), ValueError, r"weight_1 must have 2 dimensions"),
     (_mlp_call(w1=torch.zeros(16, 8, dtype=torch.int32)), TypeError, r"weight_1 must be a floating-point tensor"),
     (_mlp_call(w1=torch.zeros(0, 8)), ValueError, r"weight_1 and weight_2 must be non-empty"),

@@ -1,5 +1,5 @@
-// CPU kernels of group_norm (+ SiLU), layer_norm, geglu, timestep_embedding and timestep_mlp (csrc/norm.h). Compiled once per ISA
-// (DIFFRT_ISA = scalar, avx2, avx512, avx512_bf16).
+// CPU kernels of group_norm (+ SiLU), layer_norm, geglu, timestep_embedding and timestep_mlp (csrc/norm.h).
+// Compiled once per ISA (DIFFRT_ISA = scalar, avx2, avx512, avx512_bf16).
 //
 // Memory traffic (s = bytes per element):
 //   group_norm  read x, write y: 2·s per element when a group fits in L2 (NCHW, ≥ 8 groups: each group is

@@ -1,11 +1,13 @@
-// CUDA kernels of group_norm (+ SiLU), layer_norm, geglu, timestep_embedding and timestep_mlp (csrc/norm.h, whose per-element math and
-// NormMoments merge they share with the CPU kernels). Storage float32, bfloat16 or float16; math float32.
+// CUDA kernels of group_norm (+ SiLU), layer_norm, geglu, timestep_embedding and timestep_mlp (csrc/norm.h, whose
+// per-element math and NormMoments merge they share with the CPU kernels). Storage float32, bfloat16 or float16;
+// math float32.
 //
 // Geometry: group_norm and layer_norm run one block per (sample, group) or row (blockIdx.y, looping when
 // there are more than the grid holds). Each thread keeps Welford moments of its strided elements
 // (stable for any mean), the block merges them by Chan's formula in a fixed tree order (deterministic),
 // then the same block normalises the elements: x is read twice (the second time mostly from L2) and y
-// written once. geglu is elementwise over (row, element) with a 2-D grid.
+// written once. geglu is elementwise over (row, element) with a 2-D grid. timestep_mlp: one warp per output
+// feature of each layer (see mlp_linear_kernel).
 #include <cstdint>
 #include <stdexcept>
 

@@ -1,7 +1,8 @@
 // Check harness of the CUDA norm kernels: each host entry point of csrc/cuda/norm_kernels.cu (included,
 // not copied) runs on small shapes — odd sizes, groups of one channel and of all channels, NCHW and
 // channels-last, rows shorter and longer than a block, several rows per block (DIFFRT_CUDA_MAX_ROW_BLOCKS),
-// large means, timestep embeddings of odd width, the timestep MLP, float32 / bfloat16 / float16 — against double-precision references written out below.
+// large means, timestep embeddings of odd width, the timestep MLP, float32 / bfloat16 / float16 — against
+// double-precision references written out below.
 // Outputs start as NaN, so an element no thread writes fails.
 //   g++ -std=c++17 -O1 -DDIFFRT_CUDA_SIM -Icsrc -Itests/cuda_sim tests/cuda_sim/sim_norm.cpp -o sim_norm
 //   nvcc -std=c++17 -O3 -arch=native -Icsrc -x cu tests/cuda_sim/sim_norm.cpp -o cuda_norm_check
