@@ -1,6 +1,7 @@
 """Normalisation and activation ops of an SD-like UNet body against torch's eager equivalents:
 F.group_norm + F.silu (diffusers' ResnetBlock2D norm → nonlinearity), F.layer_norm (its transformer
-blocks) and diffusers' GEGLU after its projection (chunk, F.gelu, multiply); and a whole ResnetBlock2D as
+blocks), diffusers' GEGLU after its projection (chunk, F.gelu, multiply) and diffusers' Timesteps +
+TimestepEmbedding (sinusoid, F.linear, F.silu, F.linear) against timestep_mlp; and a whole ResnetBlock2D as
 accelerate(pipe) runs it (norm → SiLU fused) against diffusers' block, eager and with only its GroupNorms
 on diffrt (what the GroupNorm swap alone gives).
 
@@ -8,8 +9,11 @@ on diffrt (what the GroupNorm swap alone gives).
 
 Bytes diffrt moves per call (s bytes per element): group_norm reads x twice and writes y, 3·s per
 element; layer_norm reads and writes each row once, 2·s; geglu reads (…, 2·D) and writes (…, D), 3·s
-per output element.
+per output element; timestep_mlp reads both weight matrices once, s per weight (memory-bound at small
+batch: 2·batch flops per weight).
 """
+
+import math
 
 import pytest
 import torch
@@ -23,6 +27,8 @@ DTYPES = [torch.float32, torch.bfloat16]
 GROUP_SHAPES = [(2, 320, 64, 64), (2, 640, 32, 32)]
 LAYER_SHAPES = [(2, 4096, 320)]
 GEGLU_SHAPES = [(2, 4096, 2560)]
+# (batch, in_dim, hidden_dim, out_dim): SD 1.x/2.x's time embedding (320 → 1280 → 1280) and a mid-size UNet's
+MLP_SHAPES = [(2, 320, 1280, 1280), (2, 128, 512, 512)]
 
 
 def _name(dtype):
@@ -113,3 +119,31 @@ def bench_resnet_block(benchmark, threads, shape, impl):
 
     benchmark(fn)
     record(benchmark, "ResnetBlock2D (float32)", _case(shape, threads, torch.float32), impl)
+
+
+def _diffusers_timestep_mlp(t, w1, b1, w2, b2):
+    """diffusers' Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0) + TimestepEmbedding("silu") forward:
+    get_timestep_embedding in float32, cast to the weights' dtype, linear_1, SiLU, linear_2."""
+    half = w1.shape[1] // 2
+    exponent = -math.log(10000) * torch.arange(half, dtype=torch.float32) / half
+    arg = t[:, None].float() * torch.exp(exponent)[None, :]
+    emb = torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1).to(w1.dtype)
+    return F.linear(F.silu(F.linear(emb, w1, b1)), w2, b2)
+
+
+@pytest.mark.parametrize("impl", [OURS, "diffusers Timesteps + TimestepEmbedding (eager)"])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float16], ids=_name)
+@pytest.mark.parametrize("shape", MLP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def bench_timestep_mlp(benchmark, threads, shape, dtype, impl):
+    batch, in_dim, hidden_dim, out_dim = shape
+    t = torch.tensor([981.0, 1.0][:batch] + [500.0] * (batch - 2))
+    w1, b1 = _randn((hidden_dim, in_dim), dtype, 1) * in_dim ** -0.5, _randn((hidden_dim,), dtype, 2)
+    w2, b2 = _randn((out_dim, hidden_dim), dtype, 3) * hidden_dim ** -0.5, _randn((out_dim,), dtype, 4)
+    if impl == OURS:
+        fn = lambda: ops.timestep_mlp(t, w1, b1, w2, b2, flip_sin_to_cos=True, downscale_freq_shift=0.0)  # noqa: E731
+    else:
+        fn = lambda: _diffusers_timestep_mlp(t, w1, b1, w2, b2)  # noqa: E731
+    benchmark(fn)
+    weights = hidden_dim * in_dim + out_dim * hidden_dim
+    record(benchmark, f"timestep_mlp ({_name(dtype)})", _case(shape, threads, dtype), impl,
+           bytes_moved=weights * w1.element_size(), triad_numel=weights // 3, dtype=dtype)

@@ -1,5 +1,5 @@
-// Normalisation and activation kernels of a UNet body: GroupNorm (+ SiLU), LayerNorm, GEGLU and the
-// sinusoidal timestep embedding.
+// Normalisation and activation kernels of a UNet body: GroupNorm (+ SiLU), LayerNorm, GEGLU, the
+// sinusoidal timestep embedding and the timestep-embedding MLP.
 // The argument structs (plain pointers, sizes and scalars), the per-element math shared by the CPU
 // and CUDA kernels, and the CPU kernel table (one per ISA; cpu/norm_dispatch.cpp picks the active one).
 //
@@ -70,14 +70,54 @@ struct TimestepEmbeddingArgs {
   int num_threads;
 };
 
+// freq_j of timestep_embedding's formula above, j < ⌊dim/2⌋.
+DIFFRT_HD double timestep_frequency(const TimestepEmbeddingArgs& a, int64_t j) {
+  return exp(-log(a.max_period) * double(j) / (double(a.dim / 2) - a.downscale_freq_shift));
+}
+
 // Column c of the embedding of timestep t (timestep_embedding's formula above).
 DIFFRT_HD double timestep_embedding_element(const TimestepEmbeddingArgs& a, double t, int64_t c) {
   const int64_t half = a.dim / 2;
   if (c >= 2 * half) return 0.0;  // the padding column of an odd dim
   const int64_t j = c < half ? c : c - half;
   const bool first_half = c < half;
-  const double arg = a.scale * t * exp(-log(a.max_period) * double(j) / (double(half) - a.downscale_freq_shift));
+  const double arg = a.scale * t * timestep_frequency(a, j);
   return (first_half != a.flip_sin_to_cos) ? sin(arg) : cos(arg);
+}
+
+// diffusers' Timesteps + TimestepEmbedding (act_fn "silu", no cond_proj, no post_act) in one call:
+//   e = timestep_embedding(t) (in_dim wide),  h = SiLU(W1·e + b1) (hidden_dim),  out = W2·h + b2 (out_dim).
+// W1 (hidden_dim, in_dim), W2 (out_dim, hidden_dim) and the biases are nn.Linear's, stored as dtype and read
+// converted on load; e and h stay float32 (never rounded to dtype), every dot product accumulates in float32;
+// out is rounded to dtype once. Bytes moved: the two weight matrices, read once per call (memory-bound).
+struct TimestepMlpArgs {
+  DType dtype;              // of weight_1, bias_1, weight_2, bias_2 and out (float16 on the CPU too)
+  int64_t batch, in_dim, hidden_dim, out_dim;
+  const double* timesteps;  // (batch,)
+  const void* weight_1;     // (hidden_dim, in_dim)
+  const void* bias_1;       // (hidden_dim,) or nullptr (0)
+  const void* weight_2;     // (out_dim, hidden_dim)
+  const void* bias_2;       // (out_dim,) or nullptr (0)
+  void* out;                // (batch, out_dim)
+  bool flip_sin_to_cos;     // the sinusoid's parameters, as in TimestepEmbeddingArgs
+  double downscale_freq_shift;
+  double scale;
+  double max_period;
+  int num_threads;
+};
+
+// The sinusoid of a TimestepMlpArgs as the TimestepEmbeddingArgs that timestep_embedding_element reads.
+DIFFRT_HD TimestepEmbeddingArgs mlp_sinusoid(const TimestepMlpArgs& a) {
+  TimestepEmbeddingArgs e{};
+  e.dtype = DType::f32;
+  e.batch = a.batch;
+  e.dim = a.in_dim;
+  e.timesteps = a.timesteps;
+  e.flip_sin_to_cos = a.flip_sin_to_cos;
+  e.downscale_freq_shift = a.downscale_freq_shift;
+  e.scale = a.scale;
+  e.max_period = a.max_period;
+  return e;
 }
 
 // ---- per-element math (host and device) ---------------------------------------------------------
@@ -118,6 +158,7 @@ struct NormKernels {
   void (*layer_norm)(const LayerNormArgs&);
   void (*geglu)(const GegluArgs&);
   void (*timestep_embedding)(const TimestepEmbeddingArgs&);
+  void (*timestep_mlp)(const TimestepMlpArgs&);
 };
 
 namespace scalar { extern const NormKernels norm_kernels; }
@@ -137,5 +178,6 @@ void group_norm(const GroupNormArgs& a, int device, cudaStream_t stream);
 void layer_norm(const LayerNormArgs& a, int device, cudaStream_t stream);
 void geglu(const GegluArgs& a, int device, cudaStream_t stream);
 void timestep_embedding(const TimestepEmbeddingArgs& a, int device, cudaStream_t stream);
+void timestep_mlp(const TimestepMlpArgs& a, int device, cudaStream_t stream);
 }  // namespace cuda
 }  // namespace diffrt

@@ -76,8 +76,9 @@ def test_cuda_attention_matches_reference_under_host_simulation(tmp_path):
 @pytest.mark.parametrize("row_blocks", ["default", "2"])
 def test_cuda_norm_kernels_match_reference_under_host_simulation(tmp_path, row_blocks):
     """csrc/cuda/norm_kernels.cu (tests/cuda_sim/sim_norm.cpp): group_norm NCHW / channels-last with and without
-    SiLU and affine, groups of 1 and C, large means, layer_norm, geglu, timestep_embedding, float32 / bfloat16 /
-    float16, against double-precision references; with 2 row blocks each block also loops over several rows."""
+    SiLU and affine, groups of 1 and C, large means, layer_norm, geglu, timestep_embedding, timestep_mlp,
+    float32 / bfloat16 / float16, against double-precision references; with 2 row blocks each block also loops
+    over several rows."""
     defines = [] if row_blocks == "default" else [f"-DDIFFRT_CUDA_MAX_ROW_BLOCKS={row_blocks}"]
     binary = _build("sim_norm.cpp", tmp_path / "sim_norm", *defines)
     for schedule in SCHEDULES:

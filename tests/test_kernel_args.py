@@ -71,7 +71,8 @@ def test_every_struct_member_is_a_field():
     members = _struct_members()
     assert set(members) == {"DdimStepArgs", "CfgCombineArgs", "MaskBlendArgs", "DiffEditMaskArgs", "EulerStepArgs",
                             "DpmSolver2mStepArgs", "AttentionForwardArgs", "AttentionBackwardArgs", "DownsampleCondArgs",
-                            "GroupNormArgs", "LayerNormArgs", "GegluArgs", "TimestepEmbeddingArgs"}
+                            "GroupNormArgs", "LayerNormArgs", "GegluArgs", "TimestepEmbeddingArgs",
+                            "TimestepMlpArgs"}
     for name, names in members.items():
         settable = list(getattr(_C, name).fields)
         launch_or_derived = {"num_threads", "out_height", "out_width"}
@@ -326,3 +327,16 @@ def test_stub_describes_the_module():
     assert declared - public - {"Strides"} == (set() if _C.build_info()["cuda"] else cuda_only)
     for name, fields in classes.items():
         assert fields == list(getattr(_C, name).fields), name
+
+
+def test_timestep_mlp_fields(echoed):
+    t = torch.tensor([3.0, 5.0, 7.0], dtype=torch.float64)  # float64: the kernel reads this very tensor
+    w1, b1 = torch.randn(5, 9, dtype=torch.float16), torch.randn(5, dtype=torch.float16)
+    w2, b2 = torch.randn(4, 5, dtype=torch.float16), torch.randn(4, dtype=torch.float16)
+    out = ops.timestep_mlp(t, w1, b1, w2, b2, flip_sin_to_cos=True, downscale_freq_shift=0.25, scale=1.5,
+                           max_period=100.0)
+    _check(_only(echoed, "timestep_mlp"), dict(
+        dtype=_C.DType.float16, batch=3, in_dim=9, hidden_dim=5, out_dim=4, timesteps=t.data_ptr(),
+        weight_1=w1.data_ptr(), bias_1=b1.data_ptr(), weight_2=w2.data_ptr(), bias_2=b2.data_ptr(),
+        out=out.data_ptr(), flip_sin_to_cos=True, downscale_freq_shift=0.25, scale=1.5, max_period=100.0,
+        num_threads=THREADS))

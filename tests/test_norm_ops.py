@@ -1,5 +1,5 @@
-"""group_norm (+ SiLU), layer_norm and geglu against their float64 references, torch's own ops and diffusers'
-GEGLU module, on every CPU kernel table this machine runs."""
+"""group_norm (+ SiLU), layer_norm, geglu, timestep_embedding and timestep_mlp against their float64 references,
+torch's own ops and diffusers' modules, on every CPU kernel table this machine runs."""
 
 import math
 
@@ -302,6 +302,136 @@ def test_timestep_embedding_validation_names_the_argument(call, error, match):
         call()
 
 
+# ---- timestep_mlp -------------------------------------------------------------------------------------------
+
+MLP_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _mlp_weights(gen, in_dim, hidden_dim, out_dim, dtype, biases=True):
+    """nn.Linear-sized weights (std 1/√fan_in) and biases rounded to dtype, as (w1, b1, w2, b2)."""
+    w1 = rand(gen, hidden_dim, in_dim, dtype=dtype, scale=in_dim ** -0.5)
+    w2 = rand(gen, out_dim, hidden_dim, dtype=dtype, scale=hidden_dim ** -0.5)
+    b1 = rand(gen, hidden_dim, dtype=dtype, scale=0.5) if biases else None
+    b2 = rand(gen, out_dim, dtype=dtype, scale=0.5) if biases else None
+    return w1, b1, w2, b2
+
+
+def _double(*tensors):
+    return [None if t is None else t.double() for t in tensors]
+
+
+def _mlp_scale(t, w1, b1, w2, b2, **sinusoid):
+    """The largest out-element of the chain on absolute values, |W2|·(|W1|·|e| + |b1|) + |b2|: it bounds the
+    float32 rounding of both layers' sums (an error in h reaches out through |W2|; SiLU's slope is ≤ 1.1)."""
+    e = ops.timestep_embedding_ref(t, w1.shape[1], dtype=torch.float64, **sinusoid).abs()
+    h = e @ w1.double().abs().T + (0 if b1 is None else b1.double().abs())
+    return (h @ w2.double().abs().T + (0 if b2 is None else b2.double().abs())).max().item()
+
+
+@pytest.mark.parametrize("dtype", MLP_DTYPES)
+@pytest.mark.parametrize("batch", [1, 2, 5])
+@pytest.mark.parametrize("dims", [(32, 128, 128), (320, 1280, 1280), (33, 67, 21)], ids=lambda d: "x".join(map(str, d)))
+def test_timestep_mlp_matches_reference(isa, gen, dtype, batch, dims):
+    t = torch.rand(batch, generator=gen, dtype=torch.float64) * 1000
+    w1, b1, w2, b2 = _mlp_weights(gen, *dims, dtype)
+    sinusoid = dict(flip_sin_to_cos=batch != 2, downscale_freq_shift=0.0 if batch == 2 else 1.0)
+    out = ops.timestep_mlp(t, w1, b1, w2, b2, **sinusoid)
+    ref = ops.timestep_mlp_ref(t, *_double(w1, b1, w2, b2), **sinusoid)
+    assert out.shape == (batch, dims[2]) and out.dtype == dtype
+    assert_close_to_ref(out, ref, dtype=dtype, scale=_mlp_scale(t, w1, b1, w2, b2, **sinusoid))
+
+
+@pytest.mark.parametrize("dtype", MLP_DTYPES)
+def test_timestep_mlp_without_biases_and_with_every_sinusoid_option(isa, gen, dtype):
+    t = torch.tensor([0.0, 999.0, 1.5])
+    w1, _, w2, _ = _mlp_weights(gen, 9, 40, 17, dtype, biases=False)  # odd in_dim: the zero column
+    _, b1, _, b2 = _mlp_weights(gen, 9, 40, 17, dtype)
+    sinusoid = dict(flip_sin_to_cos=True, downscale_freq_shift=0.5, scale=3.0, max_period=500.0)
+    for biases in [(None, None), (b1, None), (None, b2)]:
+        out = ops.timestep_mlp(t, w1, biases[0], w2, biases[1], **sinusoid)
+        ref = ops.timestep_mlp_ref(t, *_double(w1, biases[0], w2, biases[1]), **sinusoid)
+        assert_close_to_ref(out, ref, dtype=dtype, scale=_mlp_scale(t, w1, biases[0], w2, biases[1], **sinusoid))
+
+
+def test_timestep_mlp_matches_diffusers_modules(isa, gen):
+    """diffusers' Timesteps + TimestepEmbedding (float32 phases, rounded e and h): ours is as close to the float64
+    truth, up to float32 arithmetic."""
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    proj = embeddings.Timesteps(320, flip_sin_to_cos=True, downscale_freq_shift=0)
+    mlp = embeddings.TimestepEmbedding(320, 1280)
+    t = torch.randint(0, 1000, (2,), generator=gen)
+    with torch.no_grad():
+        theirs = mlp(proj(t))
+    lin1, lin2 = mlp.linear_1, mlp.linear_2
+    args = (lin1.weight, lin1.bias, lin2.weight, lin2.bias)
+    sinusoid = dict(flip_sin_to_cos=proj.flip_sin_to_cos, downscale_freq_shift=proj.downscale_freq_shift,
+                    scale=proj.scale)
+    with torch.no_grad():
+        ours = ops.timestep_mlp(t, *args, **sinusoid)
+    truth = ops.timestep_mlp_ref(t, *_double(*args), **sinusoid)
+    scale = _mlp_scale(t, *[a.detach() for a in args], **sinusoid)
+    their_err = (theirs.double() - truth).abs().max().item()
+    assert_close_to_ref(ours, truth, dtype=torch.float32, scale=scale)
+    assert_close_to_ref(ours, theirs, dtype=torch.float32, scale=scale, slack=their_err)
+
+
+def test_timestep_mlp_weight_gradients_are_the_references(gen):
+    t = torch.tensor([10.0, 500.0])
+    w1, b1, w2, b2 = (p.requires_grad_() for p in _mlp_weights(gen, 16, 24, 8, torch.float32))
+    out = ops.timestep_mlp(t, w1, b1, w2, b2, flip_sin_to_cos=True)
+    grad = rand(gen, *out.shape)
+    got = torch.autograd.grad(out, (w1, b1, w2, b2), grad)
+    leaves = [p.detach().double().requires_grad_() for p in (w1, b1, w2, b2)]
+    want = torch.autograd.grad(ops.timestep_mlp_ref(t, *leaves, flip_sin_to_cos=True), leaves, grad.double())
+    for g, w in zip(got, want):
+        assert_close_to_ref(g, w, dtype=torch.float32, scale=w.abs().max().item() + 1.0)
+
+
+def test_timestep_mlp_on_an_empty_batch(isa, gen):
+    w1, b1, w2, b2 = _mlp_weights(gen, 8, 16, 4, torch.float32)
+    assert ops.timestep_mlp(torch.zeros(0), w1, b1, w2, b2).shape == (0, 4)
+
+
+def _mlp_call(t=None, w1=None, b1=None, w2=None, b2=None, **kwargs):
+    gen = torch.Generator().manual_seed(0)
+    d1, d2, d3, d4 = _mlp_weights(gen, 8, 16, 4, torch.float32)
+    return lambda: ops.timestep_mlp(torch.zeros(2) if t is None else t, d1 if w1 is None else w1,
+                                    d2 if b1 is None else b1, d3 if w2 is None else w2, d4 if b2 is None else b2,
+                                    **kwargs)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (_mlp_call(t=torch.zeros(2, 1)), ValueError, r"timesteps must be a 1-D tensor"),
+    (_mlp_call(t=torch.zeros(2, requires_grad=True)), ValueError,
+     r"timesteps has no gradient in diffrt.ops.timestep_mlp"),
+    (_mlp_call(w1=torch.zeros(16)), ValueError, r"weight_1 must have 2 dimensions"),
+    (_mlp_call(w1=torch.zeros(16, 8, dtype=torch.int32)), TypeError, r"weight_1 must be a floating-point tensor"),
+    (_mlp_call(w1=torch.zeros(0, 8)), ValueError, r"weight_1 and weight_2 must be non-empty"),
+    (_mlp_call(w2=torch.zeros(4, 15)), ValueError, r"weight_2 must have shape \(out_dim, 16\)"),
+    (_mlp_call(w2=torch.zeros(4, 16, dtype=torch.bfloat16)), TypeError, r"weight_2 has dtype torch.bfloat16"),
+    (_mlp_call(b1=torch.zeros(15)), ValueError, r"bias_1 must have shape \(16,\)"),
+    (_mlp_call(b2=torch.zeros(4, 1)), ValueError, r"bias_2 must have 1 dimensions"),
+    (_mlp_call(b2=torch.zeros(4, dtype=torch.float64)), TypeError, r"bias_2 has dtype torch.float64"),
+    (_mlp_call(t=torch.zeros(2, device="meta")), ValueError, r"timesteps is on meta but weight_1 is on cpu"),
+    (_mlp_call(downscale_freq_shift=4.0), ValueError, r"downscale_freq_shift must differ from dim // 2 = 4"),
+    (_mlp_call(flip_sin_to_cos=1), TypeError, r"flip_sin_to_cos must be a bool"),
+    (_mlp_call(max_period=-1.0), ValueError, r"max_period must be > 0"),
+    (_mlp_call(scale=math.nan), ValueError, r"scale must be finite"),
+    (_mlp_call(backend="cuda"), ops.UnsupportedBackendError, r"timestep_mlp: backend 'cuda' cannot run"),
+])
+def test_timestep_mlp_validation_names_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_timestep_mlp_args_refuse_empty_dims():
+    args = _C.TimestepMlpArgs(dtype=_C.DType.float32, batch=1, in_dim=4, hidden_dim=0, out_dim=3, timesteps=8,
+                              weight_1=8, weight_2=8, out=8, flip_sin_to_cos=False, downscale_freq_shift=1.0,
+                              scale=1.0, max_period=1e4)
+    with pytest.raises(ValueError, match=r"TimestepMlpArgs.in_dim, hidden_dim and out_dim must be >= 1, got 4, 0, 3"):
+        _C.timestep_mlp(args, 1)
+
+
 # ---- on a GPU (skipped without one; tests/cuda_sim/sim_norm.cpp runs the same kernels on the host) ----------
 
 
@@ -333,3 +463,13 @@ def test_cuda_layer_norm_geglu_and_timestep_embedding_match_references(gen, dtyp
     emb = ops.timestep_embedding(t.cuda(), 321, True, 0.0, dtype=dtype, backend="cuda")
     assert_close_to_ref(emb.cpu(), ops.timestep_embedding_ref(t, 321, True, 0.0, dtype=torch.float64), dtype=dtype,
                         scale=1.0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", MLP_DTYPES)
+def test_cuda_timestep_mlp_matches_reference(gen, dtype):
+    t = torch.tensor([0.0, 17.5, 999.0])
+    w1, b1, w2, b2 = _mlp_weights(gen, 320, 1280, 1280, dtype)
+    out = ops.timestep_mlp(t.cuda(), w1.cuda(), b1.cuda(), w2.cuda(), b2.cuda(), flip_sin_to_cos=True, backend="cuda")
+    ref = ops.timestep_mlp_ref(t, *_double(w1, b1, w2, b2), flip_sin_to_cos=True)
+    assert_close_to_ref(out.cpu(), ref, dtype=dtype, scale=_mlp_scale(t, w1, b1, w2, b2, flip_sin_to_cos=True))

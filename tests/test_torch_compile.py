@@ -152,6 +152,13 @@ OPCHECK_CASES = {
                                               10000.0, dtype, None),
     "timestep_embedding flipped": lambda gen, dtype: (torch.rand(3, generator=gen, dtype=torch.float64) * 999, 16,
                                                       True, 0.0, 2.0, 1000.0, dtype, None),
+    "timestep_mlp": lambda gen, dtype: (torch.randint(0, 1000, (3,), generator=gen),
+                                        _grad(rand(gen, 8, 5, dtype=dtype)), _grad(rand(gen, 8, dtype=dtype)), _grad(rand(gen, 6, 8, dtype=dtype)),
+                                        _grad(rand(gen, 6, dtype=dtype)), True, 0.0, 1.0, 10000.0, None),
+    "timestep_mlp no biases": lambda gen, dtype: (torch.rand(2, generator=gen, dtype=torch.float64) * 999,
+                                                  _grad(rand(gen, 7, 4, dtype=dtype)), None,
+                                                  _grad(rand(gen, 3, 7, dtype=dtype)), None, False, 1.0, 2.0, 1000.0,
+                                                  None),
 }
 
 
@@ -191,8 +198,10 @@ def _every_op(x, m2, q, k, v, key_mask, mask, image, cond_mask, weight, bias, bu
     layer = ops.layer_norm(q, weight[0, 0, 0].repeat(4), None)
     gated = ops.geglu(q)
     embedded = ops.timestep_embedding(t, 12, flip_sin_to_cos=True)
+    square = weight.reshape(16, 16)
+    mlp = ops.timestep_mlp(t, square, bias.repeat(4), square.flip(0), None, flip_sin_to_cos=True)
     return (x_prev, x0, guided, blended, soft, binary, attended, cond, euler, ancestral, euler_x0, dpm, dpm2, normed,
-            layer, gated, embedded)
+            layer, gated, embedded, mlp)
 
 
 EVERY_OP_NODES = ["diffrt.ddim_step.default", "diffrt.ddim_step_x0.default", "diffrt.cfg_combine.default",
@@ -200,7 +209,7 @@ EVERY_OP_NODES = ["diffrt.ddim_step.default", "diffrt.ddim_step_x0.default", "di
                   "diffrt.attention.default", "diffrt.downsample_cond.default", "diffrt.euler_step.default",
                   "diffrt.euler_step_x0.default", "diffrt.dpm_solver_2m_step_x0.default",
                   "diffrt.dpm_solver_2m_step.default", "diffrt.group_norm.default", "diffrt.layer_norm.default",
-                  "diffrt.geglu.default", "diffrt.timestep_embedding.default"]
+                  "diffrt.geglu.default", "diffrt.timestep_embedding.default", "diffrt.timestep_mlp.default"]
 
 
 def _every_op_inputs(gen):

@@ -358,10 +358,44 @@ struct Spec<TimestepEmbeddingArgs> {
   static void complete(S& a, Device device) { check_dtype("timestep_embedding", a.dtype, device); }
 };
 
+template <>
+struct Spec<TimestepMlpArgs> {
+  using S = TimestepMlpArgs;
+  static constexpr const char* name = "TimestepMlpArgs";
+  static std::vector<Field<S>> fields() {
+    return {DIFFRT_FIELD(S, dtype, required),
+            DIFFRT_FIELD(S, batch, required),
+            DIFFRT_FIELD(S, in_dim, required),
+            DIFFRT_FIELD(S, hidden_dim, required),
+            DIFFRT_FIELD(S, out_dim, required),
+            DIFFRT_FIELD(S, timesteps, required),
+            DIFFRT_FIELD(S, weight_1, required),
+            DIFFRT_FIELD(S, bias_1, optional),
+            DIFFRT_FIELD(S, weight_2, required),
+            DIFFRT_FIELD(S, bias_2, optional),
+            DIFFRT_FIELD(S, out, required),
+            DIFFRT_FIELD(S, flip_sin_to_cos, required),
+            DIFFRT_FIELD(S, downscale_freq_shift, required),
+            DIFFRT_FIELD(S, scale, required),
+            DIFFRT_FIELD(S, max_period, required),
+            DIFFRT_FIELD(S, num_threads, launch)};
+  }
+  // The weights are only read (converted on load): float16 is accepted on the CPU too.
+  static void complete(S& a, Device) {
+    if (a.dtype != DType::f32 && a.dtype != DType::bf16 && a.dtype != DType::f16)
+      throw std::invalid_argument("timestep_mlp: the kernels do not take dtype code " + std::to_string(int(a.dtype)));
+    if (a.in_dim < 1 || a.hidden_dim < 1 || a.out_dim < 1)
+      throw std::invalid_argument("TimestepMlpArgs.in_dim, hidden_dim and out_dim must be >= 1, got " +
+                                  std::to_string(a.in_dim) + ", " + std::to_string(a.hidden_dim) + ", " +
+                                  std::to_string(a.out_dim));
+  }
+};
+
 void cpu_group_norm(const GroupNormArgs& a) { cpu::norm_kernels().group_norm(a); }
 void cpu_layer_norm(const LayerNormArgs& a) { cpu::norm_kernels().layer_norm(a); }
 void cpu_geglu(const GegluArgs& a) { cpu::norm_kernels().geglu(a); }
 void cpu_timestep_embedding(const TimestepEmbeddingArgs& a) { cpu::norm_kernels().timestep_embedding(a); }
+void cpu_timestep_mlp(const TimestepMlpArgs& a) { cpu::norm_kernels().timestep_mlp(a); }
 
 // ---- end of the normalisation block ---------------------------------------------------------------------
 
@@ -476,7 +510,7 @@ void bind_kernels(py::module_& m) {
       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
           &echo_any<DdimStepArgs, CfgCombineArgs, MaskBlendArgs, DiffEditMaskArgs, EulerStepArgs,
                     DpmSolver2mStepArgs, AttentionForwardArgs, AttentionBackwardArgs, DownsampleCondArgs,
-                    GroupNormArgs, LayerNormArgs, GegluArgs, TimestepEmbeddingArgs>)),
+                    GroupNormArgs, LayerNormArgs, GegluArgs, TimestepEmbeddingArgs, TimestepMlpArgs>)),
       METH_FASTCALL,
       "echo(args, num_threads) -> dict: every field of the struct the CPU kernel would receive for args "
       "(per-sample arrays as lists), without running it. Tests use it to check each field reaches its slot."};
@@ -494,12 +528,16 @@ void bind_norm_kernels(py::module_& m) {
   def_cpu_kernel<GegluArgs, cpu_geglu>(m, "geglu", "GEGLU (a·gelu(g) of [a | g]) on the CPU.");
   def_cpu_kernel<TimestepEmbeddingArgs, cpu_timestep_embedding>(m, "timestep_embedding",
                                                                 "Sinusoidal timestep features on the CPU.");
+  bind_args<TimestepMlpArgs>(m, "Arguments of timestep_mlp (csrc/norm.h TimestepMlpArgs).");
+  def_cpu_kernel<TimestepMlpArgs, cpu_timestep_mlp>(
+      m, "timestep_mlp", "Sinusoid → Linear → SiLU → Linear (diffusers' Timesteps + TimestepEmbedding) on the CPU.");
 #if defined(DIFFRT_WITH_CUDA)
   def_cuda_kernel<GroupNormArgs, cuda::group_norm>(m, "cuda_group_norm", "group_norm on CUDA tensors.");
   def_cuda_kernel<LayerNormArgs, cuda::layer_norm>(m, "cuda_layer_norm", "layer_norm on CUDA tensors.");
   def_cuda_kernel<GegluArgs, cuda::geglu>(m, "cuda_geglu", "geglu on CUDA tensors.");
   def_cuda_kernel<TimestepEmbeddingArgs, cuda::timestep_embedding>(m, "cuda_timestep_embedding",
                                                                    "timestep_embedding on CUDA tensors.");
+  def_cuda_kernel<TimestepMlpArgs, cuda::timestep_mlp>(m, "cuda_timestep_mlp", "timestep_mlp on CUDA tensors.");
 #endif
 }
 

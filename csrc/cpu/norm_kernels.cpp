@@ -1,11 +1,12 @@
-// CPU kernels of group_norm (+ SiLU), layer_norm, geglu and timestep_embedding (csrc/norm.h). Compiled once per ISA
-// (DIFFRT_ISA = scalar, avx2, avx512, avx512_bf16).
+// CPU kernels of group_norm (+ SiLU), layer_norm, geglu, timestep_embedding and timestep_mlp (csrc/norm.h).
+// Compiled once per ISA (DIFFRT_ISA = scalar, avx2, avx512, avx512_bf16).
 //
 // Memory traffic (s = bytes per element):
 //   group_norm  read x, write y: 2·s per element when a group fits in L2 (NCHW, ≥ 8 groups: each group is
 //               normalised right after its statistics); otherwise x is read twice: 3·s
 //   layer_norm  each row is read from memory once (it stays in L1 for the second sweep), write y: 2·s
 //   geglu       read [a | g] once, write y: 3·s per output element
+//   timestep_mlp  read W1 and W2 once (s per weight); the float32 e and h (batch × dim) stay in cache
 //
 // Statistics are numerically stable for any mean: each chunk of kChunk elements (L1-resident) is read
 // twice, once for its mean m̃ and once for Σd, Σd² of d = v − m̃ (of the order of the std, so float
@@ -64,12 +65,30 @@ inline vf loadv(const float* p) {
   return v;
 }
 inline vf loadv(const bf16* p) {  // bfloat16 is the top half of a float32
-  vh h;
+  // vpmovzxwd from memory (one shuffle µop; GCC's generic widening splits it into halves and re-inserts)
+#if DIFFRT_NORM_LANES == 16
+  __m256i h;
   std::memcpy(&h, p, sizeof h);
-  const vu u = __builtin_convertvector(h, vu) << 16;
+  const __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+#else
+  __m128i h;
+  std::memcpy(&h, p, sizeof h);
+  const __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+#endif
   vf v;
   std::memcpy(&v, &u, sizeof v);
   return v;
+}
+inline vf loadv(const f16* p) {  // the F16C / AVX-512F conversion instruction (exact)
+#if DIFFRT_NORM_LANES == 16
+  __m256i h;
+  std::memcpy(&h, p, sizeof h);
+  return _mm512_cvtph_ps(h);
+#else
+  __m128i h;
+  std::memcpy(&h, p, sizeof h);
+  return _mm256_cvtph_ps(h);
+#endif
 }
 inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline void storev(bf16* p, vf v) {  // to_bf16 (common.h) lane by lane: round to nearest even, NaN stays quiet
@@ -519,6 +538,109 @@ void timestep_embedding_typed(const TimestepEmbeddingArgs& a) {
       y[n * a.dim + c] = store_as<T>(float(timestep_embedding_element(a, a.timesteps[n], c)));
 }
 
+// ---- timestep_mlp ----------------------------------------------------------------------------------------------
+
+// Register tile of the two matrix-vector layers: kMlpRows weight rows × kMlpBatch batch rows, as many
+// independent float32 accumulator chains (8 vectors: within AVX2's 16 registers with the 4 + 2 operands).
+constexpr int kMlpRows = 4, kMlpBatch = 2;
+constexpr int64_t kMlpRowsPerItem = 16;  // output features per unit of parallel work
+
+// out[r][b] = Σ_k w[r·K + k]·x[b·K + k] for r < R, b < NB (float32 sums; w converted on load).
+template <int R, int NB, typename W>
+void dot_tile(const W* w, const float* x, int64_t K, float out[kMlpRows][kMlpBatch]) {
+#if DIFFRT_NORM_LANES > 0
+  vf acc[R][NB] = {};
+  const int64_t body = K / kLanes * kLanes;
+  auto step = [&](int64_t k, int64_t n) {  // n < kLanes: the padded tail
+    vf xv[NB];
+    for (int b = 0; b < NB; ++b) xv[b] = n == kLanes ? loadv(x + b * K + k) : load_partial(x + b * K + k, n);
+    for (int r = 0; r < R; ++r) {
+      const vf wv = n == kLanes ? loadv(w + r * K + k) : load_partial(w + r * K + k, n);
+      for (int b = 0; b < NB; ++b) acc[r][b] += wv * xv[b];
+    }
+  };
+  for (int64_t k = 0; k < body; k += kLanes) step(k, kLanes);
+  if (body < K) step(body, K - body);
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) out[r][b] = float(lane_sum(acc[r][b]));
+#else
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) {
+      float sum = 0.f;
+      for (int64_t k = 0; k < K; ++k) sum += load(w[r * K + k]) * x[b * K + k];
+      out[r][b] = sum;
+    }
+#endif
+}
+
+// store(n, j, Σ_k w[j, k]·x[n, k] + bias[j]) for the rows j in [j0, j1) of w (rows × K) and every batch row n of
+// x (batch × K, float32). Each group of kMlpRows weight rows (≤ 4·K elements: L1-resident) is read from memory
+// once and meets every batch row before the next group.
+template <typename W, typename Store>
+void linear_rows(const W* w, const W* bias, const float* x, int64_t batch, int64_t K, int64_t j0, int64_t j1,
+                 Store&& store) {
+  float tile[kMlpRows][kMlpBatch];
+  auto run = [&](auto rows_tag, int64_t j) {
+    constexpr int R = decltype(rows_tag)::value;
+    for (int64_t n = 0; n < batch; n += kMlpBatch) {
+      const int nb = int(std::min<int64_t>(kMlpBatch, batch - n));
+      if (nb == kMlpBatch)
+        dot_tile<R, kMlpBatch>(w + j * K, x + n * K, K, tile);
+      else
+        dot_tile<R, 1>(w + j * K, x + n * K, K, tile);
+      for (int r = 0; r < R; ++r)
+        for (int b = 0; b < nb; ++b) store(n + b, j + r, tile[r][b] + (bias ? load(bias[j + r]) : 0.f));
+    }
+  };
+  int64_t j = j0;
+  for (; j + kMlpRows <= j1; j += kMlpRows) run(std::integral_constant<int, kMlpRows>{}, j);
+  for (; j < j1; ++j) run(std::integral_constant<int, 1>{}, j);
+}
+
+template <typename W>
+void timestep_mlp_typed(const TimestepMlpArgs& a) {
+  const int64_t B = a.batch, K = a.in_dim, H = a.hidden_dim, O = a.out_dim;
+  if (B <= 0 || O <= 0) return;
+  // The sinusoid, timestep_embedding_element's math with each freq_j computed once and one sin, cos pair per
+  // phase (B·K/2 of them; an odd in_dim's last column stays 0).
+  std::vector<float> emb(B * K, 0.f), hidden(B * H);
+  const TimestepEmbeddingArgs sinusoid = mlp_sinusoid(a);
+  const int64_t half = K / 2;
+  std::vector<double> freq(half);
+  for (int64_t j = 0; j < half; ++j) freq[j] = timestep_frequency(sinusoid, j);
+  for (int64_t n = 0; n < B; ++n)
+    for (int64_t j = 0; j < half; ++j) {
+      const double arg = a.scale * a.timesteps[n] * freq[j];
+      const float s = float(std::sin(arg)), c = float(std::cos(arg));
+      emb[n * K + j] = a.flip_sin_to_cos ? c : s;
+      emb[n * K + half + j] = a.flip_sin_to_cos ? s : c;
+    }
+  // One layer: blocks of kMlpRowsPerItem output features shared out (a fork per layer: layer 2 needs all of h).
+  auto layer = [&](const void* w, const void* bias, int64_t rows, int64_t k, const float* x, auto&& store) {
+    const int64_t items = (rows + kMlpRowsPerItem - 1) / kMlpRowsPerItem;
+    const int nt = rows * k < kMinParallelElements ? 1 : a.num_threads;
+    parallel_for(items, nt, [&](int64_t i) {
+      linear_rows(in<W>(w), in<W>(bias), x, B, k, i * kMlpRowsPerItem, std::min(rows, (i + 1) * kMlpRowsPerItem),
+                  store);
+    });
+  };
+  float* h = hidden.data();
+  layer(a.weight_1, a.bias_1, H, K, emb.data(), [&](int64_t n, int64_t j, float v) { h[n * H + j] = silu_element(v); });
+  W* y = out_ptr<W>(a.out);
+  layer(a.weight_2, a.bias_2, O, H, h, [&](int64_t n, int64_t j, float v) { y[n * O + j] = store_as<W>(v); });
+}
+
+// The weights may be float16 here too: they are only read, converted on load (the kernel stores out as float16
+// with the scalar rounding of common.h).
+void timestep_mlp(const TimestepMlpArgs& a) {
+  switch (a.dtype) {
+    case DType::f32: return timestep_mlp_typed<float>(a);
+    case DType::bf16: return timestep_mlp_typed<bf16>(a);
+    case DType::f16: return timestep_mlp_typed<f16>(a);
+  }
+  throw std::invalid_argument("timestep_mlp: the CPU kernel reads float32, bfloat16 or float16 weights");
+}
+
 template <typename Args, void (*F32)(const Args&), void (*BF16)(const Args&)>
 void for_dtype(const Args& a) {
   switch (a.dtype) {
@@ -535,6 +657,7 @@ extern const NormKernels norm_kernels = {
     for_dtype<LayerNormArgs, layer_norm_typed<float>, layer_norm_typed<bf16>>,
     for_dtype<GegluArgs, geglu_typed<float>, geglu_typed<bf16>>,
     for_dtype<TimestepEmbeddingArgs, timestep_embedding_typed<float>, timestep_embedding_typed<bf16>>,
+    timestep_mlp,
 };
 
 }  // namespace diffrt::cpu::DIFFRT_ISA

@@ -1,11 +1,13 @@
-// CUDA kernels of group_norm (+ SiLU), layer_norm, geglu and timestep_embedding (csrc/norm.h, whose per-element math and
-// NormMoments merge they share with the CPU kernels). Storage float32, bfloat16 or float16; math float32.
+// CUDA kernels of group_norm (+ SiLU), layer_norm, geglu, timestep_embedding and timestep_mlp (csrc/norm.h, whose
+// per-element math and NormMoments merge they share with the CPU kernels). Storage float32, bfloat16 or float16;
+// math float32.
 //
 // Geometry: group_norm and layer_norm run one block per (sample, group) or row (blockIdx.y, looping when
 // there are more than the grid holds). Each thread keeps Welford moments of its strided elements
 // (stable for any mean), the block merges them by Chan's formula in a fixed tree order (deterministic),
 // then the same block normalises the elements: x is read twice (the second time mostly from L2) and y
-// written once. geglu is elementwise over (row, element) with a 2-D grid.
+// written once. geglu is elementwise over (row, element) with a 2-D grid. timestep_mlp: one warp per output
+// feature of each layer (see mlp_linear_kernel).
 #include <cstdint>
 #include <stdexcept>
 
@@ -130,6 +132,42 @@ timestep_embedding_kernel(TimestepEmbeddingArgs a) {
   }
 }
 
+// timestep_mlp's sinusoid into float32 scratch (batch × in_dim), grid-stride.
+__global__ void __launch_bounds__(kThreads)
+mlp_sinusoid_kernel(TimestepEmbeddingArgs e, float* emb) {
+  const int64_t total = e.batch * e.dim;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i / e.dim;
+    emb[i] = float(timestep_embedding_element(e, e.timesteps[n], i - n * e.dim));
+  }
+}
+
+constexpr int kWarp = 32, kWarpsPerBlock = kThreads / kWarp;
+
+// y[n, j] = act(Σ_k w[j, k]·x[n, k] + bias[j]) for every batch row n: one warp per output feature j (its lanes
+// stride over k, so a warp reads its weight row coalesced, once per batch row — later rows from L1/L2), the lane
+// sums merged by a fixed xor-shuffle tree. Every lane of a warp shares j, so the shuffles see the whole warp.
+template <typename W, bool kSilu, typename Out>
+__global__ void __launch_bounds__(kThreads)
+mlp_linear_kernel(const W* w, const W* bias, const float* x, Out* y, int64_t batch, int64_t K, int64_t rows) {
+  const int lane = int(threadIdx.x % kWarp);
+  const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t j = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp; j < rows; j += warps) {
+    const W* row = w + j * K;
+    const float b = bias ? load(bias[j]) : 0.f;
+    for (int64_t n = 0; n < batch; ++n) {
+      float sum = 0.f;
+      for (int64_t k = lane; k < K; k += kWarp) sum += load(row[k]) * x[n * K + k];
+      for (int s = kWarp / 2; s > 0; s /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, s);
+      if (lane == 0) {
+        float v = sum + b;
+        if constexpr (kSilu) v = silu_element(v);
+        y[n * rows + j] = store_as<Out>(v);
+      }
+    }
+  }
+}
+
 template <typename F>
 void with_dtype(DType dtype, F&& fn) {
   switch (dtype) {
@@ -194,6 +232,39 @@ void timestep_embedding(const TimestepEmbeddingArgs& a, int device, cudaStream_t
   with_dtype(a.dtype, [&](auto tag) {
     launch("timestep_embedding", timestep_embedding_kernel<decltype(tag)>, dim3(unsigned(blocks)), dim3(kThreads),
            stream, a);
+  });
+}
+
+}  // namespace diffrt::cuda
+
+namespace diffrt::cuda {
+
+// Three launches on one stream: the sinusoid, W1 + b1 → SiLU into float32 scratch h, then W2 + b2 into out.
+// a.timesteps must be device memory (diffrt.ops passes a float64 tensor on the weights' device).
+void timestep_mlp(const TimestepMlpArgs& a, int device, cudaStream_t stream) {
+  if (a.batch <= 0 || a.out_dim <= 0) return;
+  const char* op = "timestep_mlp";
+  DeviceGuard guard(device, op);
+  const int64_t B = a.batch, K = a.in_dim, H = a.hidden_dim, O = a.out_dim;
+  Workspace ws(Workspace::aligned(size_t(B * K) * sizeof(float)) + Workspace::aligned(size_t(B * H) * sizeof(float)),
+               stream, op);
+  float* emb = ws.take<float>(size_t(B * K));
+  float* hidden = ws.take<float>(size_t(B * H));
+  auto capped = [](int64_t blocks) { return dim3(unsigned(blocks < kMaxBlocksPerRow ? blocks : kMaxBlocksPerRow)); };
+  launch(op, mlp_sinusoid_kernel, capped((B * K + kThreads - 1) / kThreads), dim3(kThreads), stream, mlp_sinusoid(a),
+         emb);
+  with_dtype(a.dtype, [&](auto tag) {
+    using W = decltype(tag);
+    const W* w1 = in<W>(a.weight_1);
+    const W* b1 = in<W>(a.bias_1);
+    const W* w2 = in<W>(a.weight_2);
+    const W* b2 = in<W>(a.bias_2);
+    const float* e = emb;
+    const float* h = hidden;
+    launch(op, mlp_linear_kernel<W, true, float>, capped((H + kWarpsPerBlock - 1) / kWarpsPerBlock), dim3(kThreads),
+           stream, w1, b1, e, hidden, B, K, H);
+    launch(op, mlp_linear_kernel<W, false, W>, capped((O + kWarpsPerBlock - 1) / kWarpsPerBlock), dim3(kThreads),
+           stream, w2, b2, h, out_ptr<W>(a.out), B, H, O);
   });
 }
 

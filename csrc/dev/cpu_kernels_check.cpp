@@ -53,17 +53,17 @@ std::vector<T> random_tensor(int64_t n, double scale = 1.0) {
 
 template <typename T>
 constexpr double eps() {
-  return std::is_same_v<T, bf16> ? 0.0078125 : 1.1920929e-07;
+  return std::is_same_v<T, bf16> ? 0.0078125 : std::is_same_v<T, f16> ? 0.0009765625 : 1.1920929e-07;
 }
 
 template <typename T>
 constexpr DType dtype_of() {
-  return std::is_same_v<T, bf16> ? DType::bf16 : DType::f32;
+  return std::is_same_v<T, bf16> ? DType::bf16 : std::is_same_v<T, f16> ? DType::f16 : DType::f32;
 }
 
 template <typename T>
 const char* name_of() {
-  return std::is_same_v<T, bf16> ? "bf16 " : "f32  ";
+  return std::is_same_v<T, bf16> ? "bf16 " : std::is_same_v<T, f16> ? "f16  " : "f32  ";
 }
 
 int failures = 0;
@@ -406,6 +406,32 @@ void check_timestep_embedding(int64_t batch, int64_t dim, bool flip, double shif
   report_speed([&] { cpu::norm_kernels().timestep_embedding(a); }, double(sizeof(T)) * batch * dim);
 }
 
+// Weights of dtype T (float16 too: the CPU kernel reads them converted on load), with and without biases;
+// in_dim, hidden_dim and out_dim off the vector widths cover the partial vectors and the row-tile remainders.
+template <typename T>
+void check_timestep_mlp(int64_t batch, int64_t in_dim, int64_t hidden_dim, int64_t out_dim, bool biases, bool flip) {
+  std::vector<double> t(batch);
+  for (int64_t n = 0; n < batch; ++n) t[n] = double((n * 379) % 1000) + 0.25 * double(n % 3);
+  // nn.Linear's initialisation scale U(±1/√fan_in), here normal: activations of order 1
+  auto w1 = random_tensor<T>(hidden_dim * in_dim, 1.0 / std::sqrt(double(in_dim)));
+  auto b1 = random_tensor<T>(hidden_dim, 0.5);
+  auto w2 = random_tensor<T>(out_dim * hidden_dim, 1.0 / std::sqrt(double(hidden_dim)));
+  auto b2 = random_tensor<T>(out_dim, 0.5);
+  std::vector<T> out(batch * out_dim, store_as<T>(NAN));
+  TimestepMlpArgs a{dtype_of<T>(), batch, in_dim, hidden_dim, out_dim, t.data(), w1.data(),
+                    biases ? b1.data() : nullptr, w2.data(), biases ? b2.data() : nullptr, out.data(), flip,
+                    flip ? 0.0 : 1.0, 1.0, 10000.0, kThreads};
+  double scale;
+  const std::vector<double> ref = reference::timestep_mlp<T>(a, scale);
+  cpu::norm_kernels().timestep_mlp(a);
+  char name[120];
+  std::snprintf(name, sizeof name, "timestep_mlp %s%lldx%lld>%lld>%lld%s%s", name_of<T>(), (long long)batch,
+                (long long)in_dim, (long long)hidden_dim, (long long)out_dim, biases ? " bias" : "", flip ? " flip" : "");
+  compare(name, out.data(), ref, scale);
+  report_speed([&] { cpu::norm_kernels().timestep_mlp(a); },
+               double(sizeof(T)) * (hidden_dim * in_dim + out_dim * hidden_dim));
+}
+
 // ---- downsample_cond -------------------------------------------------------------------------------
 
 // The strided conv over [image | mask] into channels [offset, offset + C) of a wider buffer whose other
@@ -545,6 +571,11 @@ void check_norm_kernels() {
     check_timestep_embedding<float>(batch, dim, true, 0.0);
     check_timestep_embedding<bf16>(batch, dim, false, dim > 3 ? 1.0 : 0.0);  // shift < ⌊dim/2⌋
   }
+  check_timestep_mlp<float>(2, 320, 1280, 1280, true, true);  // SD's time_embedding; enough rows for every thread
+  check_timestep_mlp<bf16>(5, 33, 67, 21, true, false);        // tails and row remainders; odd batch
+  check_timestep_mlp<f16>(1, 128, 512, 512, true, true);
+  check_timestep_mlp<float>(3, 7, 5, 3, false, false);         // no biases; dims below one vector
+  check_timestep_mlp<f16>(2, 1, 9, 2, false, true);            // in_dim 1: the sinusoid's zero column only
 }
 
 void check_downsample_kernels() {

@@ -105,4 +105,39 @@ inline std::vector<double> timestep_embedding(const TimestepEmbeddingArgs& a) {
   return ref;
 }
 
+// timestep_mlp: the sinusoid above, then out = W2·SiLU(W1·e + b1) + b2 in double. scale is the largest
+// out-element of the same chain on absolute values, |W2|·(|W1|·|e| + |b1|) + |b2|: it bounds the float32
+// rounding of both layers' sums (an error in h reaches out through |W2|, SiLU's slope being ≤ 1.1).
+template <typename W>
+std::vector<double> timestep_mlp(const TimestepMlpArgs& a, double& scale) {
+  const int64_t B = a.batch, K = a.in_dim, H = a.hidden_dim, O = a.out_dim;
+  TimestepEmbeddingArgs e = mlp_sinusoid(a);
+  const std::vector<double> emb = timestep_embedding(e);
+  const W *w1 = static_cast<const W*>(a.weight_1), *b1 = static_cast<const W*>(a.bias_1);
+  const W *w2 = static_cast<const W*>(a.weight_2), *b2 = static_cast<const W*>(a.bias_2);
+  std::vector<double> ref(B * O), h(H), h_abs(H);
+  scale = 1.0;
+  for (int64_t n = 0; n < B; ++n) {
+    for (int64_t j = 0; j < H; ++j) {
+      double v = b1 ? double(load(b1[j])) : 0.0, v_abs = std::fabs(v);
+      for (int64_t k = 0; k < K; ++k) {
+        v += double(load(w1[j * K + k])) * emb[n * K + k];
+        v_abs += std::fabs(double(load(w1[j * K + k])) * emb[n * K + k]);
+      }
+      h[j] = v / (1.0 + std::exp(-v));
+      h_abs[j] = v_abs;
+    }
+    for (int64_t j = 0; j < O; ++j) {
+      double v = b2 ? double(load(b2[j])) : 0.0, v_abs = std::fabs(v);
+      for (int64_t k = 0; k < H; ++k) {
+        v += double(load(w2[j * H + k])) * h[k];
+        v_abs += std::fabs(double(load(w2[j * H + k]))) * h_abs[k];
+      }
+      ref[n * O + j] = v;
+      scale = std::max(scale, v_abs);
+    }
+  }
+  return ref;
+}
+
 }  // namespace diffrt::reference

@@ -1,7 +1,8 @@
 // Check harness of the CUDA norm kernels: each host entry point of csrc/cuda/norm_kernels.cu (included,
 // not copied) runs on small shapes — odd sizes, groups of one channel and of all channels, NCHW and
 // channels-last, rows shorter and longer than a block, several rows per block (DIFFRT_CUDA_MAX_ROW_BLOCKS),
-// large means, timestep embeddings of odd width, float32 / bfloat16 / float16 — against double-precision references written out below.
+// large means, timestep embeddings of odd width, the timestep MLP, float32 / bfloat16 / float16 — against
+// double-precision references written out below.
 // Outputs start as NaN, so an element no thread writes fails.
 //   g++ -std=c++17 -O1 -DDIFFRT_CUDA_SIM -Icsrc -Itests/cuda_sim tests/cuda_sim/sim_norm.cpp -o sim_norm
 //   nvcc -std=c++17 -O3 -arch=native -Icsrc -x cu tests/cuda_sim/sim_norm.cpp -o cuda_norm_check
@@ -142,6 +143,38 @@ void check_timestep_embedding(int64_t batch, int64_t dim, bool flip, double shif
   compare(name, out, ref, 1.0);
 }
 
+// Weights of dtype T; dims off the warp width and more output rows than one block's warps, with and
+// without biases.
+template <typename T>
+void check_timestep_mlp(int64_t batch, int64_t in_dim, int64_t hidden_dim, int64_t out_dim, bool biases) {
+  std::vector<double> t(batch);
+  for (int64_t n = 0; n < batch; ++n) t[n] = double((n * 379) % 1000) + 0.25 * double(n % 3);
+  std::vector<T> w1 = random_tensor<T>(hidden_dim * in_dim, 1.0 / std::sqrt(double(in_dim)));
+  std::vector<T> b1 = random_tensor<T>(hidden_dim, 0.5);
+  std::vector<T> w2 = random_tensor<T>(out_dim * hidden_dim, 1.0 / std::sqrt(double(hidden_dim)));
+  std::vector<T> b2 = random_tensor<T>(out_dim, 0.5);
+  std::vector<T> out(batch * out_dim, store_as<T>(NAN));
+  Mirror<double> td(t);
+  Mirror<T> w1d(w1), b1d(b1), w2d(w2), b2d(b2), od(out);
+  TimestepMlpArgs a{};
+  a.dtype = dtype_of<T>();
+  a.batch = batch; a.in_dim = in_dim; a.hidden_dim = hidden_dim; a.out_dim = out_dim; a.timesteps = td.dev();
+  a.weight_1 = w1d.dev(); a.bias_1 = biases ? b1d.dev() : nullptr; a.weight_2 = w2d.dev();
+  a.bias_2 = biases ? b2d.dev() : nullptr; a.out = od.dev();
+  a.flip_sin_to_cos = true; a.downscale_freq_shift = 0.0; a.scale = 1.0; a.max_period = 10000.0;
+  TimestepMlpArgs host = a;
+  host.timesteps = t.data(); host.weight_1 = w1.data(); host.bias_1 = biases ? b1.data() : nullptr;
+  host.weight_2 = w2.data(); host.bias_2 = biases ? b2.data() : nullptr;
+  double scale;
+  const std::vector<double> ref = reference::timestep_mlp<T>(host, scale);
+  cuda::timestep_mlp(a, 0, nullptr);
+  od.fetch();
+  char name[120];
+  std::snprintf(name, sizeof name, "timestep_mlp %s batch=%lld %lld>%lld>%lld%s", name_of<T>(), (long long)batch,
+                (long long)in_dim, (long long)hidden_dim, (long long)out_dim, biases ? " bias" : "");
+  compare(name, out, ref, scale);
+}
+
 template <typename T>
 void run_for_dtype() {
   for (bool channels_last : {false, true})
@@ -159,6 +192,8 @@ void run_for_dtype() {
   check_geglu<T>(5, 300);
   check_timestep_embedding<T>(3, 321, false, 1.0);
   check_timestep_embedding<T>(300, 8, true, 0.0);  // more elements than one block
+  check_timestep_mlp<T>(2, 40, 70, 19, true);
+  check_timestep_mlp<T>(3, 7, 5, 9, false);  // dims below the warp width, no biases
 }
 
 int run_checks() {

@@ -25,6 +25,8 @@ from .norm import (
     layer_norm_ref,
     timestep_embedding,
     timestep_embedding_ref,
+    timestep_mlp,
+    timestep_mlp_ref,
 )
 from .sampling import (
     cfg_combine,
@@ -72,4 +74,6 @@ __all__ = [
     "layer_norm_ref",
     "timestep_embedding",
     "timestep_embedding_ref",
+    "timestep_mlp",
+    "timestep_mlp_ref",
 ]

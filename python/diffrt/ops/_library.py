@@ -425,7 +425,7 @@ def _step_fake(return_x0):
 
 
 # ---------------------------------------------------------------------------------------------
-# group_norm, layer_norm, geglu (autograd: the references' VJPs), timestep_embedding (no gradient)
+# group_norm, layer_norm, geglu, timestep_mlp (autograd: the references' VJPs), timestep_embedding (no gradient)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -514,6 +514,36 @@ def _timestep_embedding_fake(timesteps, dim, flip_sin_to_cos, downscale_freq_shi
     return timesteps.new_empty((timesteps.shape[0], dim), dtype=dtype)
 
 
+def _timestep_mlp_run(timesteps, weight_1, bias_1, weight_2, bias_2, flip_sin_to_cos, downscale_freq_shift, scale,
+                      max_period, backend):
+    impl = _norm.timestep_mlp_impl(weight_1.device, weight_1.dtype, backend)
+    out = impl(timesteps, weight_1, bias_1, weight_2, bias_2, flip_sin_to_cos, downscale_freq_shift, scale, max_period)
+    return _fresh(out, timesteps, weight_1, bias_1, weight_2, bias_2)
+
+
+def _timestep_mlp_fake(timesteps, weight_1, bias_1, weight_2, bias_2, flip_sin_to_cos, downscale_freq_shift, scale,
+                       max_period, backend):
+    return weight_1.new_empty((timesteps.shape[0], weight_2.shape[0]))
+
+
+def _timestep_mlp_setup(ctx, inputs, output):
+    timesteps, weight_1, bias_1, weight_2, bias_2, *params = inputs
+    ctx.save_for_backward(timesteps, weight_1, bias_1, weight_2, bias_2)
+    ctx.params = params[:4]  # flip_sin_to_cos, downscale_freq_shift, scale, max_period
+
+
+def _timestep_mlp_backward(ctx, grad):
+    timesteps, weight_1, bias_1, weight_2, bias_2 = ctx.saved_tensors
+    flip, shift, scale, max_period = ctx.params
+
+    def reference(w1, b1, w2, b2):
+        return _norm.timestep_mlp_ref(timesteps, w1, b1, w2, b2, flip_sin_to_cos=flip, downscale_freq_shift=shift,
+                                      scale=scale, max_period=max_period)
+
+    grads = _vjp(reference, (weight_1, bias_1, weight_2, bias_2), (grad,), ctx.needs_input_grad[1:5])
+    return (None, *grads, None, None, None, None, None)
+
+
 SPECS = (
     OpSpec("ddim_step", _DDIM_SCHEMA_ARGS + " -> Tensor", _ddim_run(False), _ddim_fake(False),
            _ddim_backward(False), _ddim_setup),
@@ -555,6 +585,10 @@ SPECS = (
            "(Tensor timesteps, int dim, bool flip_sin_to_cos, float downscale_freq_shift, float scale, "
            "float max_period, ScalarType dtype, str? backend) -> Tensor",
            _timestep_embedding_run, _timestep_embedding_fake),
+    OpSpec("timestep_mlp",
+           "(Tensor timesteps, Tensor weight_1, Tensor? bias_1, Tensor weight_2, Tensor? bias_2, bool flip_sin_to_cos, "
+           "float downscale_freq_shift, float scale, float max_period, str? backend) -> Tensor",
+           _timestep_mlp_run, _timestep_mlp_fake, _timestep_mlp_backward, _timestep_mlp_setup),
 )
 
 

@@ -1,8 +1,10 @@
-"""Normalisation and activation ops of a UNet body: GroupNorm (+ SiLU), LayerNorm and diffusers' GEGLU.
+"""Normalisation and activation ops of a UNet body: GroupNorm (+ SiLU), LayerNorm, diffusers' GEGLU, the
+sinusoidal timestep embedding and the timestep-embedding MLP.
 
     group_norm  y = act((x − μ_g)/√(σ²_g + eps)·γ_c + β_c)   μ_g, σ²_g over (C/G channels × H·W) per sample
     layer_norm  y = (x − μ)/√(σ² + eps)·γ + β                 over the last dim
     geglu       y = a·gelu(g),  [a, g] = x.chunk(2, dim=-1),   gelu(v) = v/2·(1 + erf(v/√2))
+    timestep_mlp  y = W2·SiLU(W1·sinusoid(t) + b1) + b2       diffusers' Timesteps + TimestepEmbedding
 
 σ² is the biased variance (as torch's norms). Bytes moved (s bytes per element): group_norm reads x twice
 and writes y (3·s per element), layer_norm reads each row once and writes it (2·s), geglu reads [a | g]
@@ -27,7 +29,7 @@ from ._backend import dispatch
 from ._codes import DTYPES, math_dtype
 
 __all__ = ["geglu", "geglu_ref", "group_norm", "group_norm_ref", "layer_norm", "layer_norm_ref", "timestep_embedding",
-           "timestep_embedding_ref"]
+           "timestep_embedding_ref", "timestep_mlp", "timestep_mlp_ref"]
 
 ACTIVATIONS = (None, "silu")
 
@@ -95,6 +97,23 @@ def timestep_embedding_ref(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: b
     if dim % 2:
         parts.append(torch.zeros_like(arg[:, :1]))
     return torch.cat(parts, dim=-1).to(dtype)
+
+
+def timestep_mlp_ref(timesteps: torch.Tensor, weight_1: torch.Tensor, bias_1: Optional[torch.Tensor],
+                     weight_2: torch.Tensor, bias_2: Optional[torch.Tensor], *, flip_sin_to_cos: bool = False,
+                     downscale_freq_shift: float = 1.0, scale: float = 1.0,
+                     max_period: float = 10000.0) -> torch.Tensor:
+    """diffusers' Timesteps(in_dim, flip_sin_to_cos, downscale_freq_shift, scale) + TimestepEmbedding(act_fn="silu"):
+    e = timestep_embedding(t, in_dim), h = SiLU(e·W1ᵀ + b1), out = h·W2ᵀ + b2, with in_dim = W1.shape[1]. In
+    float32 at least (float64 when given float64 weights) without rounding e or h; out has the weights' dtype."""
+    dtype = weight_1.dtype
+    math_t = math_dtype(dtype)
+    e = timestep_embedding_ref(timesteps, weight_1.shape[1], flip_sin_to_cos, downscale_freq_shift, scale, max_period,
+                               dtype=math_t)
+    h = torch.nn.functional.silu(torch.nn.functional.linear(
+        e, weight_1.to(math_t), None if bias_1 is None else bias_1.to(math_t)))
+    out = torch.nn.functional.linear(h, weight_2.to(math_t), None if bias_2 is None else bias_2.to(math_t))
+    return out.to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +236,51 @@ _TIMESTEP_EMBEDDING_IMPLS = {"cuda": _timestep_embedding_compiled, "cpu": _times
                              "torch": _timestep_embedding_torch}
 
 
+_TIMESTEP_MLP = _launch.kernel("timestep_mlp")
+
+
+def _timestep_mlp_compiled(timesteps, weight_1, bias_1, weight_2, bias_2, flip, shift, scale, max_period):
+    t64 = timesteps.to(torch.float64).contiguous()
+    w1, w2 = weight_1.contiguous(), weight_2.contiguous()  # alive until the kernel has run
+    b1 = None if bias_1 is None else bias_1.contiguous()
+    b2 = None if bias_2 is None else bias_2.contiguous()
+    out = _alloc.empty((t64.shape[0], w2.shape[0]), dtype=w1.dtype, device=w1.device)
+    args = _C.TimestepMlpArgs()
+    args.dtype = DTYPES[w1.dtype]
+    args.batch = t64.shape[0]
+    args.in_dim = w1.shape[1]
+    args.hidden_dim = w1.shape[0]
+    args.out_dim = w2.shape[0]
+    args.timesteps = t64.data_ptr()
+    args.weight_1 = w1.data_ptr()
+    args.bias_1 = 0 if b1 is None else b1.data_ptr()
+    args.weight_2 = w2.data_ptr()
+    args.bias_2 = 0 if b2 is None else b2.data_ptr()
+    args.out = out.data_ptr()
+    args.flip_sin_to_cos = flip
+    args.downscale_freq_shift = shift
+    args.scale = scale
+    args.max_period = max_period
+    _launch.run(_TIMESTEP_MLP, args, out)
+    return out
+
+
+def _timestep_mlp_torch(timesteps, weight_1, bias_1, weight_2, bias_2, flip, shift, scale, max_period):
+    return timestep_mlp_ref(timesteps, weight_1, bias_1, weight_2, bias_2, flip_sin_to_cos=flip,
+                            downscale_freq_shift=shift, scale=scale, max_period=max_period)
+
+
+_TIMESTEP_MLP_IMPLS = {"cuda": _timestep_mlp_compiled, "cpu": _timestep_mlp_compiled, "torch": _timestep_mlp_torch}
+
+
+def timestep_mlp_impl(device: torch.device, dtype: torch.dtype, backend: Optional[str]):
+    """The timestep_mlp implementation for weights of ``dtype`` on ``device``. The CPU kernel only reads its
+    weights (converted on load) and rounds out with the scalar float16 conversion, so it takes float16 besides
+    the cpu backend's float32 / bfloat16 storage: float16 CPU weights are dispatched as the float32 kind."""
+    kind = torch.float32 if dtype == torch.float16 and device.type == "cpu" else dtype
+    return dispatch("timestep_mlp", _TIMESTEP_MLP_IMPLS, device, kind, backend)
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +376,33 @@ def geglu(x: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     return torch.ops.diffrt.geglu.default(x, backend)
 
 
+def _check_timesteps(timesteps, op: str) -> None:
+    if not isinstance(timesteps, torch.Tensor):
+        raise TypeError(f"timesteps must be a torch.Tensor, got {type(timesteps).__name__}")
+    if timesteps.dim() != 1:
+        raise ValueError(f"timesteps must be a 1-D tensor (one per sample), got shape {tuple(timesteps.shape)}")
+    if timesteps.dtype == torch.bool or timesteps.is_complex():
+        raise TypeError(f"timesteps must be real, got dtype {timesteps.dtype}")
+    if needs_grad(timesteps):
+        raise ValueError(f"timesteps has no gradient in diffrt.ops.{op}: pass timesteps.detach() "
+                         "instead of dropping its gradient silently")
+
+
+def _sinusoid_params(dim: int, flip_sin_to_cos, downscale_freq_shift, scale, max_period):
+    """The validated (downscale_freq_shift, scale, max_period) of a sinusoid of width dim."""
+    if not isinstance(flip_sin_to_cos, bool):
+        raise TypeError(f"flip_sin_to_cos must be a bool, got {type(flip_sin_to_cos).__name__}")
+    shift = _checks.finite("downscale_freq_shift", downscale_freq_shift)
+    if dim // 2 >= 1 and dim // 2 == shift:
+        raise ValueError(f"downscale_freq_shift must differ from dim // 2 = {dim // 2} (the frequencies divide by "
+                         f"their difference), got {shift}")
+    scale = _checks.finite("scale", scale)
+    max_period = _checks.finite("max_period", max_period)
+    if max_period <= 0:
+        raise ValueError(f"max_period must be > 0, got {max_period}")
+    return shift, scale, max_period
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = False,
                        downscale_freq_shift: float = 1.0, scale: float = 1.0, max_period: float = 10000.0, *,
                        dtype: torch.dtype = torch.float32, backend: Optional[str] = None) -> torch.Tensor:
@@ -324,27 +415,10 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool 
         dim: embedding width ≥ 1 (odd: a zero column is appended, as diffusers does).
         downscale_freq_shift: must differ from dim // 2 (diffusers divides by their difference: NaN there).
     """
-    if not isinstance(timesteps, torch.Tensor):
-        raise TypeError(f"timesteps must be a torch.Tensor, got {type(timesteps).__name__}")
-    if timesteps.dim() != 1:
-        raise ValueError(f"timesteps must be a 1-D tensor (one per sample), got shape {tuple(timesteps.shape)}")
-    if timesteps.dtype == torch.bool or timesteps.is_complex():
-        raise TypeError(f"timesteps must be real, got dtype {timesteps.dtype}")
-    if needs_grad(timesteps):
-        raise ValueError("timesteps has no gradient in diffrt.ops.timestep_embedding: pass timesteps.detach() "
-                         "instead of dropping its gradient silently")
+    _check_timesteps(timesteps, "timestep_embedding")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be an int >= 1, got {dim!r}")
-    if not isinstance(flip_sin_to_cos, bool):
-        raise TypeError(f"flip_sin_to_cos must be a bool, got {type(flip_sin_to_cos).__name__}")
-    shift = _checks.finite("downscale_freq_shift", downscale_freq_shift)
-    if dim // 2 >= 1 and dim // 2 == shift:
-        raise ValueError(f"downscale_freq_shift must differ from dim // 2 = {dim // 2} (the frequencies divide by "
-                         f"their difference), got {shift}")
-    scale = _checks.finite("scale", scale)
-    max_period = _checks.finite("max_period", max_period)
-    if max_period <= 0:
-        raise ValueError(f"max_period must be > 0, got {max_period}")
+    shift, scale, max_period = _sinusoid_params(dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     impl = dispatch("timestep_embedding", _TIMESTEP_EMBEDDING_IMPLS, timesteps.device, dtype, backend)
@@ -352,3 +426,59 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool 
         return impl(timesteps, dim, flip_sin_to_cos, shift, scale, max_period, dtype)
     return torch.ops.diffrt.timestep_embedding.default(timesteps, dim, flip_sin_to_cos, shift, scale, max_period,
                                                        dtype, backend)
+
+
+def timestep_mlp(timesteps: torch.Tensor, weight_1: torch.Tensor, bias_1: Optional[torch.Tensor],
+                 weight_2: torch.Tensor, bias_2: Optional[torch.Tensor], *, flip_sin_to_cos: bool = False,
+                 downscale_freq_shift: float = 1.0, scale: float = 1.0, max_period: float = 10000.0,
+                 backend: Optional[str] = None) -> torch.Tensor:
+    """diffusers' ``Timesteps`` + ``TimestepEmbedding`` (act_fn "silu", no cond_proj, no post_act) in one call:
+    e = timestep_embedding(t, in_dim, ...), h = SiLU(e·W1ᵀ + b1), out = h·W2ᵀ + b2 → (N, out_dim) of the
+    weights' dtype. For a module pair ``time_proj``, ``time_embedding``::
+
+        timestep_mlp(t, time_embedding.linear_1.weight, time_embedding.linear_1.bias,
+                     time_embedding.linear_2.weight, time_embedding.linear_2.bias,
+                     flip_sin_to_cos=time_proj.flip_sin_to_cos,
+                     downscale_freq_shift=time_proj.downscale_freq_shift, scale=time_proj.scale)
+
+    e and h stay float32 (diffusers rounds e to the weights' dtype and h after each layer), every dot product
+    sums in float32 and out is rounded once; the sinusoid is computed in float64 (see timestep_embedding).
+
+    Args:
+        timesteps: 1-D tensor of N (possibly fractional) timesteps, any real dtype, on the weights' device.
+        weight_1, bias_1: linear_1's (hidden_dim, in_dim) weight and (hidden_dim,) bias or None;
+            in_dim is the sinusoid's width (Timesteps.num_channels).
+        weight_2, bias_2: linear_2's (out_dim, hidden_dim) weight and (out_dim,) bias or None.
+            All four share one floating dtype (float32, bfloat16 or float16 run compiled; any other the
+            reference) and device.
+        flip_sin_to_cos, downscale_freq_shift, scale, max_period: the sinusoid's (timestep_embedding's).
+
+    Autograd: the weights' gradients are the reference's (recomputed in float32, or float64); timesteps has none.
+    """
+    _check_timesteps(timesteps, "timestep_mlp")
+    _checks.tensor("weight_1", weight_1, ndim=(2,))
+    _checks.tensor("weight_2", weight_2, ndim=(2,))
+    hidden_dim, in_dim = weight_1.shape
+    if min(in_dim, hidden_dim, weight_2.shape[0]) < 1:
+        raise ValueError(f"weight_1 and weight_2 must be non-empty, got shapes {tuple(weight_1.shape)} and "
+                         f"{tuple(weight_2.shape)}")
+    if weight_2.shape[1] != hidden_dim:
+        raise ValueError(f"weight_2 must have shape (out_dim, {hidden_dim}) (it reads linear_1's {hidden_dim} "
+                         f"outputs), got {tuple(weight_2.shape)}")
+    _checks.same_device_dtype("weight_2", weight_2, "weight_1", weight_1)
+    for name, bias, size in (("bias_1", bias_1, hidden_dim), ("bias_2", bias_2, weight_2.shape[0])):
+        if bias is None:
+            continue
+        _checks.tensor(name, bias, ndim=(1,))
+        if bias.shape[0] != size:
+            raise ValueError(f"{name} must have shape ({size},), got {tuple(bias.shape)}")
+        _checks.same_device_dtype(name, bias, "weight_1", weight_1)
+    if timesteps.device != weight_1.device:
+        raise ValueError(f"timesteps is on {timesteps.device} but weight_1 is on {weight_1.device}; put them on "
+                         "one device")
+    shift, scale, max_period = _sinusoid_params(in_dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period)
+    impl = timestep_mlp_impl(weight_1.device, weight_1.dtype, backend)
+    if direct(timesteps, weight_1, bias_1, weight_2, bias_2):
+        return impl(timesteps, weight_1, bias_1, weight_2, bias_2, flip_sin_to_cos, shift, scale, max_period)
+    return torch.ops.diffrt.timestep_mlp.default(timesteps, weight_1, bias_1, weight_2, bias_2, flip_sin_to_cos, shift,
+                                                 scale, max_period, backend)
