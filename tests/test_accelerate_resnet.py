@@ -113,6 +113,7 @@ def test_accelerated_unet_matches_float64_reference_and_undo_is_exact(name, chan
     assert all(type(unet.get_submodule(n)).__name__ == "DiffrtResnetBlock2D" for n in blocks)
     assert all(isinstance(unet.get_submodule(n), ResnetBlock2D) for n in blocks)  # isinstance checks still hold
     assert type(unet.time_proj).__name__ == "DiffrtTimesteps"
+    assert type(unet.time_embedding).__name__ == "DiffrtTimestepEmbedding" and "unet.time_embedding" in report.modules_swapped
     if name == "resnet_updown":  # the resnets with up/down sampling inside are among those swapped
         assert any(blocks[n].down for n in blocks) and any(blocks[n].up for n in blocks)
     calls = count_fused_calls(monkeypatch)
@@ -159,7 +160,9 @@ def test_blocks_with_another_activation_are_left_and_reported():
     pipe = Pipe(unet)
     accelerate(pipe)
     report = pipe._diffrt_report
-    assert set(report.modules_left) == {f"unet.{n}" for n in blocks}
+    # the time embedding's activation is the UNet's act_fn too: it is left with the blocks
+    assert set(report.modules_left) == {f"unet.{n}" for n in blocks} | {"unet.time_embedding"}
+    assert "activation other than SiLU" in report.modules_left.pop("unet.time_embedding")
     assert all("declined this ResnetBlock2D" in why for why in report.modules_left.values())
     assert all(f"left unet.{n}" in str(report) for n in blocks)
     assert all(type(unet.get_submodule(n)) is ResnetBlock2D for n in blocks)

@@ -13,7 +13,7 @@ the same object, still called the diffusers way (``pipe(prompt, ...)``):
 * modules: every submodule of the UNet and VAE whose exact type is a key of :data:`MODULE_SWAPS` is
   replaced by what the table's factory builds from it: GroupNorm, LayerNorm and diffusers' GEGLU run on
   diffrt's fused kernels, diffusers' ResnetBlock2D runs each norm → SiLU as one fused GroupNorm+SiLU, and
-  its Timesteps takes the sinusoidal features from diffrt's kernel
+  the UNet's time_proj + time_embedding (sinusoid → Linear → SiLU → Linear) run as one fused timestep_mlp call
   (:mod:`diffrt.integrations.diffusers_norms`; not with backend "openvino").
 * dtype: every ``nn.Module`` component's floating-point weights are cast once to ``dtype``; bfloat16 for a
   pipeline on a CPU without fast bfloat16 arithmetic (:func:`diffrt.precision.cpu_bf16_support`) is float32
@@ -208,6 +208,8 @@ def accelerate(pipe: Any, *, dtype: Optional[torch.dtype] = None, compile: bool 
                 report.modules_left["unet.*"] = "backend='openvino' runs the whole UNet (it fuses norms itself)"
             else:
                 _swap_modules(name, model, report, changes)
+                if name == "unet":
+                    _fuse_time_embedding(model, report, changes)
             if backend == "openvino" and name == "unet":
                 report.attention_left["unet.*"] = ("backend='openvino' runs the whole UNet, attention included, "
                                                    "on OpenVINO (converted with the UNet's own processors)")
@@ -305,6 +307,17 @@ def _swap_modules(model_name: str, model: torch.nn.Module, report: AccelerationR
             setattr(parent, child_name, new)
             changes.add(lambda parent=parent, child_name=child_name, child=child: setattr(parent, child_name, child))
             report.modules_swapped.append(where)
+
+
+def _fuse_time_embedding(unet: torch.nn.Module, report: AccelerationReport, changes: _Undo) -> None:
+    from .diffusers_norms import fuse_time_embedding
+
+    restore, why = fuse_time_embedding(unet)
+    if restore is None:
+        report.modules_left["unet.time_embedding"] = why
+        return
+    changes.add(restore)
+    report.modules_swapped.append("unet.time_embedding")
 
 
 def _attention_modules(model: torch.nn.Module):

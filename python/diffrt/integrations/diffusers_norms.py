@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..ops.norm import geglu, group_norm, layer_norm, timestep_embedding
+from ..ops.norm import geglu, group_norm, layer_norm, timestep_embedding, timestep_mlp
 
 __all__ = ["DiffrtGroupNorm", "DiffrtLayerNorm", "diffrt_geglu", "diffrt_resnet_block", "diffrt_timesteps"]
 
@@ -209,3 +209,82 @@ def diffrt_timesteps(module: nn.Module) -> Optional[nn.Module]:
     if dim // 2 >= 1 and dim // 2 == module.downscale_freq_shift:
         return None
     return _adopt(cls, module)
+
+
+@functools.lru_cache(maxsize=None)
+def _time_embedding_class() -> type:
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    class DiffrtTimestepEmbedding(TimestepEmbedding):
+        """Given the (N,) timesteps (what the UNet's get_time_embed returns under :func:`fuse_time_embedding`):
+        the sinusoid of the UNet's time_proj, linear_1, SiLU and linear_2 as one ``timestep_mlp`` call, e and h
+        kept in float32. Given (N, C) features: diffusers' forward."""
+
+        sinusoid: Tuple[bool, float, float]  # (flip_sin_to_cos, downscale_freq_shift, scale) of the time_proj
+
+        def forward(self, sample: torch.Tensor, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
+            if sample.dim() != 1:
+                return super().forward(sample, condition)
+            if condition is not None:
+                raise ValueError("timestep_cond needs a UNet built with time_cond_proj_dim (a TimestepEmbedding "
+                                 "with cond_proj); this one has none")
+            flip, shift, scale = self.sinusoid
+            return timestep_mlp(sample, self.linear_1.weight, self.linear_1.bias, self.linear_2.weight,
+                                self.linear_2.bias, flip_sin_to_cos=flip, downscale_freq_shift=shift, scale=scale)
+
+    return DiffrtTimestepEmbedding
+
+
+def _time_embedding_refusal(unet: nn.Module) -> Optional[str]:
+    """Why the UNet's time_proj + time_embedding cannot run as one timestep_mlp call (None: it can)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.embeddings import Timesteps
+
+    embedding, proj = getattr(unet, "time_embedding", None), getattr(unet, "time_proj", None)
+    if type(embedding) is not _time_embedding_class().__bases__[0]:
+        return f"time_embedding is a {type(embedding).__name__}, not diffusers' TimestepEmbedding"
+    if type(proj) is not _timesteps_class() and (type(proj) is not Timesteps or diffrt_timesteps(proj) is None):
+        return "time_proj is not a diffusers Timesteps that diffrt_timesteps takes"
+    if embedding.cond_proj is not None or embedding.post_act is not None or type(embedding.act) is not nn.SiLU:
+        return "time_embedding has a cond_proj, a post_act or an activation other than SiLU"
+    parts = (embedding, embedding.linear_1, embedding.act, embedding.linear_2)
+    if any(type(m) is not nn.Linear for m in parts[1::2]) or any(_has_hooks(m) for m in parts):
+        return "time_embedding's linear layers are not plain nn.Linear, or it has hooks"
+    if embedding.linear_1.in_features != proj.num_channels:
+        return "time_embedding's linear_1 does not take time_proj's features"
+    if "get_time_embed" in vars(unet) or type(unet).get_time_embed is not UNet2DConditionModel.get_time_embed:
+        return "the UNet's get_time_embed is not diffusers' own"
+    return None
+
+
+def fuse_time_embedding(unet: nn.Module) -> Tuple[Optional[Callable[[], None]], Optional[str]]:
+    """Run a diffusers UNet2DConditionModel's time_proj + time_embedding (sinusoid, Linear, SiLU, Linear) as one
+    ``diffrt.ops.timestep_mlp`` call: time_embedding becomes a DiffrtTimestepEmbedding (same parameters) and the
+    UNet's get_time_embed returns the (N,) timesteps instead of their features. Returns (undo, None), or
+    (None, why) with the UNet left as it was. time_proj stays in place for anything else that calls it."""
+    why = _time_embedding_refusal(unet)
+    if why is not None:
+        return None, why
+    original = unet.time_embedding
+    fused = _adopt(_time_embedding_class(), original)
+    proj = unet.time_proj
+    fused.sinusoid = (bool(proj.flip_sin_to_cos), float(proj.downscale_freq_shift), float(proj.scale))
+
+    def get_time_embed(sample: torch.Tensor, timestep) -> torch.Tensor:
+        # diffusers' get_time_embed up to time_proj: the timestep as a 1-D tensor broadcast to the batch
+        timesteps = timestep
+        if not torch.is_tensor(timesteps):
+            dtype = torch.float64 if isinstance(timestep, float) else torch.int64
+            timesteps = torch.tensor([timesteps], dtype=dtype, device=sample.device)
+        elif timesteps.dim() == 0:
+            timesteps = timesteps[None].to(sample.device)
+        return timesteps.expand(sample.shape[0])
+
+    unet.time_embedding = fused
+    unet.get_time_embed = get_time_embed  # an instance attribute: it shadows the class's method
+
+    def undo() -> None:
+        unet.time_embedding = original
+        del unet.get_time_embed
+
+    return undo, None
