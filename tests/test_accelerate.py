@@ -449,6 +449,17 @@ def _openvino_backend_checks() -> None:
     accelerate(again, backend="openvino")
     assert_close_to_ref(run(again), want, dtype=torch.float32, scale=OV_SCALE)
     assert again.unet.forward.runner.conversions == 0
+    # OpenVINO runs on torch's thread count, compiled anew (not converted) when it changes
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert_close_to_ref(run(again), want, dtype=torch.float32, scale=OV_SCALE)
+        compiled = again.unet.forward.runner._compiled
+        assert sorted(t for _, t in compiled) == [1, 2] and again.unet.forward.runner.conversions == 0
+        assert [c.get_property("INFERENCE_NUM_THREADS") for (_, t), c in sorted(compiled.items(), key=lambda kv: kv[0][1])] == [1, 2]
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")

@@ -23,7 +23,8 @@ the same object, still called the diffusers way (``pipe(prompt, ...)``):
   UNet; inside the compiled graph each diffrt op is one ``torch.ops.diffrt`` node running its kernel) or
   "openvino" (the UNet converted once per input signature with ``openvino.convert_model`` and run by
   OpenVINO's CPU plugin in float32, with the UNet's own attention processors; the weights are hashed at the
-  first call and converted models are cached on disk, see :func:`openvino_cache_dir` — after changing the
+  first call and converted models are cached on disk, see :func:`openvino_cache_dir`; OpenVINO runs on
+  ``torch.get_num_threads()`` threads, as diffrt's kernels do — after changing the
   weights, undo and accelerate again). ``compile=True`` is ``backend="compile"``.
 
 The pipeline's config names the fused scheduler class while accelerated: ``undo`` before ``save_pretrained``.
@@ -460,7 +461,8 @@ class _OpenVINORunner:
         self.owner, self.fn = owner, fn
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._digest: Optional[str] = None
-        self._compiled: Dict[str, Any] = {}
+        self._models: Dict[str, Any] = {}  # converted (or read) ov.Model per input signature
+        self._compiled: Dict[tuple, Any] = {}  # (signature, thread count) -> compiled model
         self.conversions = 0  # models converted from torch (not read from the disk cache)
 
     def key(self, tensors: List[torch.Tensor], template: list, spec) -> str:
@@ -480,9 +482,15 @@ class _OpenVINORunner:
             if t.device.type != "cpu":
                 raise ValueError(f"backend='openvino' runs on the CPU; got an input on {t.device}")
         key = self.key(tensors, template, spec)
-        compiled = self._compiled.get(key)
+        # compiled per thread count: OpenVINO runs on torch.get_num_threads() threads, as diffrt's kernels do
+        threads = torch.get_num_threads()
+        compiled = self._compiled.get((key, threads))
         if compiled is None:
-            compiled = self._compiled[key] = self._load(key, tensors, template, positions, spec)
+            model = self._models.get(key)
+            if model is None:
+                model = self._models[key] = self._load(key, tensors, template, positions, spec)
+            config = {**OPENVINO_CPU_CONFIG, "INFERENCE_NUM_THREADS": threads}
+            compiled = self._compiled[(key, threads)] = self.ov.Core().compile_model(model, "CPU", config)
         out = compiled([t.detach().numpy() for t in tensors])[compiled.output(0)]
         return torch.from_numpy(out.copy())
 
@@ -508,7 +516,7 @@ class _OpenVINORunner:
                 staging.rename(folder)
             except OSError:  # another process cached the same model first
                 shutil.rmtree(staging, ignore_errors=True)
-        return ov.Core().compile_model(model, "CPU", OPENVINO_CPU_CONFIG)
+        return model
 
 
 _OV_TYPES: Dict[torch.dtype, str] = {
