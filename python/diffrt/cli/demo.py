@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from ..data import ProceduralDataset
 from ..images import contact_sheet
-from ..pipelines import DiffEditPipeline, ImagicPipeline
+from ..pipelines import DiffEditPipeline
 from .files import write_images
-from .generate import cascade_pipeline, prepare, seed_generator, text_to_image_model, unclip_pipeline
+from .generate import cascade_pipeline, fitted_imagic, prepare, seed_generator, text_to_image_model, unclip_pipeline
 from .options import add_sampling_options, add_threshold_option, int_at_least
 
 PROMPT = "a large red solid circle in the middle on a plain blue background"  # the world's Full-caption wording
@@ -59,10 +59,8 @@ def demo(args) -> List[Path]:
     edited = edit(small, source, "a blue square", generator=g, output_type="pt", progress=not quiet)
     written += stage(f"diffedit: {source} -> a blue square (input, its automatic mask, the edit)", edited.images,
                      inputs=torch.cat([small, _overlay(small, edited.mask)]))
-    imagic = ImagicPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
     target = "a green " + source.split()[-1]
-    imagic.fit(small, target, embedding_steps=args.embedding_steps,
-               finetune_steps=args.finetune_steps, generator=seed_generator(args), progress=not quiet)
+    imagic = fitted_imagic(bundle, args, small, target)
     written += stage(f"imagic: input, then '{target}' at eta 0, 0.5, 1",
                      imagic([0.0, 0.5, 1.0], generator=g, output_type="pt", progress=not quiet).images, inputs=small)
     if bundle.has("prior") and bundle.has("decoder"):

@@ -25,9 +25,55 @@ def _prompt(name: str, text: str) -> str:
 
 def prepare(args):
     """(model bundle, output folder) of an image command: --out is checked first, so a bad --out
-    fails before any model loads or samples."""
+    fails before any model loads or samples. With --backend compile or openvino the bundle's denoisers
+    run on that backend."""
     out = output_folder(args.out)
-    return load_bundle(args.model), out
+    bundle = load_bundle(args.model)
+    backend = getattr(args, "backend", "torch")
+    return (bundle if backend == "torch" else AcceleratedBundle(bundle, backend)), out
+
+
+class AcceleratedBundle:
+    """A model bundle whose denoisers (its UNets and the prior) run on ``backend`` ("compile" or "openvino",
+    :func:`diffrt.integrations.accelerate.accelerate_denoiser`); everything else is the bundle's own. Training
+    (Imagic's fine-tuning) uses ``plain``: neither backend trains."""
+
+    def __init__(self, bundle, backend: str):
+        self.plain, self.backend = bundle, backend
+        self._denoisers = {}
+
+    def __getattr__(self, name):
+        return getattr(self.plain, name)
+
+    def accelerated(self, model):
+        from ..integrations.accelerate import accelerate_denoiser
+
+        return accelerate_denoiser(model, backend=self.backend)
+
+    def unet(self, name: str):
+        if name not in self._denoisers:
+            self._denoisers[name] = self.accelerated(self.plain.unet(name))
+        return self._denoisers[name]
+
+    @property
+    def prior(self):
+        if "prior" not in self._denoisers:
+            self._denoisers["prior"] = self.accelerated(self.plain.prior)
+        return self._denoisers["prior"]
+
+
+def fitted_imagic(bundle, args, image: torch.Tensor, target: str) -> ImagicPipeline:
+    """Imagic on the base model, fitted to ``image`` and ``target`` (--embedding-steps, --finetune-steps) on
+    the plain model, its fine-tuned copy then run on --backend."""
+    plain = getattr(bundle, "plain", bundle)
+    model, encode = text_to_image_model(plain)
+    pipe = ImagicPipeline(model, plain.noise_schedule("base"), encode,
+                          num_steps=checked_steps(args, plain.noise_schedule("base")))
+    pipe.fit(image, target, embedding_steps=args.embedding_steps, finetune_steps=args.finetune_steps,
+             generator=seed_generator(args), progress=not args.quiet)
+    if plain is not bundle:
+        pipe.model = bundle.accelerated(pipe.model)
+    return pipe
 
 
 def checked_steps(args, noise_schedule) -> int:
@@ -114,12 +160,8 @@ def imagic(args) -> List[Path]:
     target = _prompt("target", args.target)
     bundle, out = prepare(args)
     picture = read_image(args.image)
-    model, encode = text_to_image_model(bundle)
-    pipe = ImagicPipeline(model, bundle.noise_schedule("base"), encode,
-                          num_steps=checked_steps(args, bundle.noise_schedule("base")))
-    image = from_pil(picture, size=model.config.image_size)
-    pipe.fit(image, target, embedding_steps=args.embedding_steps, finetune_steps=args.finetune_steps,
-             generator=seed_generator(args), progress=not args.quiet)
+    image = from_pil(picture, size=bundle.unet("base").config.image_size)
+    pipe = fitted_imagic(bundle, args, image, target)
     result = pipe(args.eta, guidance=args.guidance, generator=seed_generator(args), output_type="pt",
                   progress=not args.quiet)
     return write_images(result.images, out, "imagic")

@@ -10,6 +10,7 @@ from typing import Any
 from ..models.bundle import PARTS
 
 DEFAULT_OUT = "diffrt-out"
+BACKENDS = ("torch", "compile", "openvino")  # --backend: what runs the denoisers
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes any unsigned 64-bit seed
 MODEL_HELP = f"model folder ({', '.join(f'{part}/' for part in PARTS)}); default: the shipped weights"
 
@@ -73,3 +74,7 @@ def add_sampling_options(p: argparse.ArgumentParser, *, steps: int = 50, guidanc
     p.add_argument("--guidance", type=guidance_arg, default=guidance,
                    help=f"classifier-free guidance weight >= 0 (default {guidance})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="what runs the denoisers (the UNets and the prior): torch (eager, with diffrt's kernels; "
+                        "the default), compile (torch.compile, minutes of compiling first) or openvino "
+                        "(pip install 'diffrt[openvino]'; converted once per input shape and cached on disk)")

@@ -328,7 +328,9 @@ class UNet(nn.Module, SavableModel):
         side = c.cond_side
         if image.shape[-2:] != (side, side) or mask.shape[-2:] != (side, side):
             raise ValueError(f"image and mask must be {side}×{side}, got {tuple(image.shape[-2:])} and {tuple(mask.shape[-2:])}")
-        if torch.compiler.is_compiling():  # torch.compile cannot trace cat(out=<a slice>); the compiler fuses this cat
+        # torch.compile cannot trace cat(out=<a slice>) (the compiler fuses this cat), and a torch.jit trace (what
+        # OpenVINO converts) records the slice writes as ops its converter does not take
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return torch.cat([*parts, self.cond_conv(image, mask)], dim=1)
         # [x_t | low_res | cond]: the strided conv writes its channels straight into the buffer's slice.
         buf = x_t.new_empty(b, self.input_channels, h, w)
