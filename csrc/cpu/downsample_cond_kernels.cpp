@@ -236,25 +236,26 @@ inline void store_pixels(T* dst, __m256 v, int64_t count) {
 // acc has C_padded columns (a multiple of the vector width) and at least round_up(W', 16) rows.
 template <typename T>
 void store_row(const float* acc, int64_t C_padded, int64_t C, int64_t Wo, T* dst_row, int64_t channel_stride) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  // kTile × kTile blocks (pixels × channels) transposed in registers, stored as channel rows of pixels.
 #if defined(__AVX512F__)
-  for (int64_t c0 = 0; c0 < C; c0 += 16) {
-    for (int64_t ox0 = 0; ox0 < Wo; ox0 += 16) {
-      __m512 r[16];
+  constexpr int kTile = 16;
+  using Tile = __m512;
+  auto load_row = [](const float* p) { return _mm512_loadu_ps(p); };
+  auto transpose = [](Tile* r) { transpose16(r); };
+#else
+  constexpr int kTile = 8;
+  using Tile = __m256;
+  auto load_row = [](const float* p) { return _mm256_loadu_ps(p); };
+  auto transpose = [](Tile* r) { transpose8(r); };
+#endif
+  for (int64_t c0 = 0; c0 < C; c0 += kTile) {
+    for (int64_t ox0 = 0; ox0 < Wo; ox0 += kTile) {
+      Tile r[kTile];
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(acc + (ox0 + i) * C_padded + c0);
-      transpose16(r);
-      const int64_t channels = std::min<int64_t>(16, C - c0), pixels = std::min<int64_t>(16, Wo - ox0);
-      for (int64_t j = 0; j < channels; ++j) store_pixels<T>(dst_row + (c0 + j) * channel_stride + ox0, r[j], pixels);
-    }
-  }
-#elif defined(__AVX2__)
-  for (int64_t c0 = 0; c0 < C; c0 += 8) {
-    for (int64_t ox0 = 0; ox0 < Wo; ox0 += 8) {
-      __m256 r[8];
-#pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(acc + (ox0 + i) * C_padded + c0);
-      transpose8(r);
-      const int64_t channels = std::min<int64_t>(8, C - c0), pixels = std::min<int64_t>(8, Wo - ox0);
+      for (int i = 0; i < kTile; ++i) r[i] = load_row(acc + (ox0 + i) * C_padded + c0);
+      transpose(r);
+      const int64_t channels = std::min<int64_t>(kTile, C - c0), pixels = std::min<int64_t>(kTile, Wo - ox0);
       for (int64_t j = 0; j < channels; ++j) store_pixels<T>(dst_row + (c0 + j) * channel_stride + ox0, r[j], pixels);
     }
   }

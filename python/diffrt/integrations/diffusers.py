@@ -28,7 +28,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..ops._autograd import needs_grad, tracing
 from ..ops.attention import attention
 
 from .diffusers_models import (  # noqa: E402
@@ -221,7 +220,10 @@ class DiffrtAttnProcessor:
         """softmax(q·kᵀ·scale + mask)·v on (B, H, L, d) views: the fused kernel, or SDPA for masks it cannot take."""
         if attention_mask is None:
             return attention(query, key, value, scale=attn.scale, backend=self.backend)
-        if tracing() and not needs_grad(attention_mask):  # decided when the graph runs (see diffusers_attention)
+        # traced (torch.compile, export, a FakeTensorMode) with a mask that needs no gradient: the choice is made
+        # when the graph runs (see diffusers_attention)
+        traced = torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+        if traced and not (torch.is_grad_enabled() and attention_mask.requires_grad):
             return torch.ops.diffrt.diffusers_attention.default(query, key, value, attention_mask, attn.scale,
                                                                 self.backend)
         # eager, or a mask that wants a gradient (SDPA's; under torch.compile the mask checks break the graph)
