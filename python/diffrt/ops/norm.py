@@ -211,6 +211,14 @@ _GEGLU_IMPLS = {"cuda": _geglu_compiled, "cpu": _geglu_compiled, "torch": geglu_
 _TIMESTEP_EMBEDDING = _launch.kernel("timestep_embedding")
 
 
+def _set_sinusoid(args, flip, shift, scale, max_period) -> None:
+    """The sinusoid fields TimestepEmbeddingArgs and TimestepMlpArgs share."""
+    args.flip_sin_to_cos = flip
+    args.downscale_freq_shift = shift
+    args.scale = scale
+    args.max_period = max_period
+
+
 def _timestep_embedding_compiled(timesteps, dim, flip, shift, scale, max_period, dtype):
     t64 = timesteps.detach().to(torch.float64).contiguous()
     out = _alloc.empty((t64.shape[0], dim), dtype=dtype, device=t64.device)
@@ -220,10 +228,7 @@ def _timestep_embedding_compiled(timesteps, dim, flip, shift, scale, max_period,
     args.dim = dim
     args.timesteps = t64.data_ptr()
     args.out = out.data_ptr()
-    args.flip_sin_to_cos = flip
-    args.downscale_freq_shift = shift
-    args.scale = scale
-    args.max_period = max_period
+    _set_sinusoid(args, flip, shift, scale, max_period)
     _launch.run(_TIMESTEP_EMBEDDING, args, out)
     return out
 
@@ -257,10 +262,7 @@ def _timestep_mlp_compiled(timesteps, weight_1, bias_1, weight_2, bias_2, flip, 
     args.weight_2 = w2.data_ptr()
     args.bias_2 = 0 if b2 is None else b2.data_ptr()
     args.out = out.data_ptr()
-    args.flip_sin_to_cos = flip
-    args.downscale_freq_shift = shift
-    args.scale = scale
-    args.max_period = max_period
+    _set_sinusoid(args, flip, shift, scale, max_period)
     _launch.run(_TIMESTEP_MLP, args, out)
     return out
 
