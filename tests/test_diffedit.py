@@ -70,6 +70,53 @@ def test_mask_options_and_batches():
     assert iou(smoothed, region_mask()) >= 0.9
 
 
+def test_max_normalisation_is_relative_to_the_peak():
+    """normalise="max": soft = map / max(map), a float64 recomputation from the same noise; the
+    mask keeps what lies within the threshold of the peak, and the region is still found."""
+    pipe = make_pipeline()
+    x = image(6)
+    seeded = lambda **kw: pipe.generate_mask(x, "a cat", "a dog", n=4,  # noqa: E731
+                                             generator=torch.Generator().manual_seed(2), **kw)
+    soft = seeded(normalise="max", threshold=None)
+    paper_soft = seeded(threshold=None, clamp_ratio=float(SIZE * SIZE))  # unclamped: map / sum
+    expected = paper_soft.double() / paper_soft.double().amax()
+    torch.testing.assert_close(soft.double(), expected, rtol=4 * torch.finfo(torch.float32).eps, atol=1e-6)
+    assert soft.max() == 1
+    mask = seeded(normalise="max", threshold=0.5)
+    assert torch.equal(mask, (soft > 0.5).float()) and iou(mask, region_mask()) >= 0.9
+    smoothed = seeded(normalise="max", smooth=1, threshold=None)
+    assert smoothed.max() == 1 and not torch.equal(smoothed, soft)
+
+
+def test_mask_strength_and_options_reach_the_mask():
+    """__call__'s mask_strength / mask_normalise / mask_smooth are generate_mask's strength /
+    normalise / smooth (same posterior draws: the mean posterior here)."""
+    pipe = make_pipeline()
+    x = image(7)
+    options = dict(mask_strength=0.2, mask_normalise="max", mask_smooth=1, threshold=0.6)
+    out = pipe(x, "a cat", "a dog", strength=0.6, guidance=None, output_type="pt", progress=False,
+               generator=torch.Generator().manual_seed(4), **options)
+    alone = pipe.generate_mask(x, "a cat", "a dog", strength=0.2, normalise="max", smooth=1, threshold=0.6,
+                               generator=torch.Generator().manual_seed(4))
+    assert torch.equal(out.mask, alone)
+    for kw, match in (({"mask_strength": 0.0}, "mask_strength"), ({"mask_strength": 1.5}, "mask_strength"),
+                      ({"mask_normalise": "median"}, "normalise"), ({"mask_smooth": -1}, "smooth"),
+                      ({"mask_smooth": 1.5}, "smooth")):
+        with pytest.raises(ValueError, match=match):
+            pipe(x, "a cat", "a dog", progress=False, **kw)
+    with pytest.raises(ValueError, match="dilate"):
+        pipe.generate_mask(x, "a cat", "a dog", dilate=-2)
+
+
+def test_mask_guidance_divides_out():
+    """Both guided estimates share the unconditional pass, so ε̃_q − ε̃_r = w·(ε_q − ε_r) and the
+    normalised mask is the unguided one (up to rounding)."""
+    pipe = make_pipeline()
+    seeded = lambda g: pipe.generate_mask(image(8), "a cat", "a dog", n=4, threshold=None, guidance=g,  # noqa: E731
+                                          generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(seeded(5.0), seeded(None), rtol=1e-5, atol=1e-6)
+
+
 def test_inversion_then_decoding_reconstructs_the_input():
     """Up to DDIM's first-order discretisation error (≈ 6% of the range at 40 steps for this model)."""
     pipe = make_pipeline()

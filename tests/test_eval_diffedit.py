@@ -13,6 +13,7 @@ import torch
 
 from diffrt import eval as ev
 from diffrt.cli import main
+from diffrt.cli.options import DIFFEDIT_MASK
 from diffrt.data.world import COLOUR_RGB, COLOURS, DIGITS, GLYPHS, LETTERS, SHAPES, render
 from diffrt.eval import diffedit as de
 from diffrt.eval import intervals as iv
@@ -215,6 +216,9 @@ def test_diffedit_cli_writes_the_report(tmp_path, bundle_dir, capsys):  # noqa: 
     report = json.loads((out / "diffedit.json").read_text())
     c = report["config"]
     assert c["items"] == 3 and c["steps"] == 2 and c["decode_steps"] == 1 and c["mask_n"] == 2 and c["strength"] == 0.5
+    assert {k: c[k] for k in ("mask_strength", "mask_normalise", "mask_smooth")} == {
+        k: DIFFEDIT_MASK[k] for k in ("mask_strength", "mask_normalise", "mask_smooth")}  # the CLI's own mask
+    assert c["mask_threshold"] == DIFFEDIT_MASK["threshold"]
     methods = (*de.METHODS, *de.REFERENCES)
     assert collections.Counter(r["method"] for r in report["records"]) == {m: 3 for m in methods}
     s = report["summary"]
@@ -244,11 +248,27 @@ def test_masks_do_not_depend_on_the_batch_size(bundle_dir):  # noqa: F811
     assert np.allclose(psnr[0], psnr[1], atol=1e-3)
     with pytest.raises(ValueError, match="strength must lie in"):
         de.run_diffedit(bundle, items=1, strength=0)
+    for kw, match in (({"mask_strength": 0}, "mask_strength"), ({"mask_threshold": 1.0}, "mask_threshold"),
+                      ({"mask_normalise": "median"}, "normalise"), ({"mask_smooth": -1}, "smooth")):
+        with pytest.raises(ValueError, match=match):
+            de.run_diffedit(bundle, items=1, **kw)
+
+
+def test_mask_options_reach_the_masks(bundle_dir):  # noqa: F811
+    """The recorded mask areas are those of generate_mask with the options given: a larger threshold
+    of the same map never grows a mask."""
+    bundle = Bundle(bundle_dir)
+    kwargs = dict(items=2, steps=2, mask_n=1, true_mask=False, examples=0, progress=False, mask_strength=0.2,
+                  mask_normalise="max", mask_smooth=1)
+    areas = [[r["mask_area"] for r in de.run_diffedit(bundle, mask_threshold=t, **kwargs)["records"]
+              if r["method"] == "diffedit"] for t in (0.2, 0.9)]
+    assert all(0 < big and small <= big for small, big in zip(areas[1], areas[0])), areas
 
 
 def test_diffedit_cli_fails_clearly(tmp_path, bundle_dir, capsys):  # noqa: F811
     args = ["eval", "diffedit", "--out", str(tmp_path / "x"), "--quiet"]
     for flag, value, expected in (("--strength", "0", "a number in (0, 1]"), ("--items", "0", "an integer >= 1"),
+                                  ("--mask-threshold", "1", "a number in [0, 1)"),
                                   ("--guidance", "nan", "a finite number >= 0"), ("--mask-n", "0", "an integer >= 1")):
         with pytest.raises(SystemExit):
             main(args + ["--model", str(bundle_dir), flag, value])

@@ -16,7 +16,7 @@ from ..images import contact_sheet
 from ..pipelines import DiffEditPipeline
 from .files import write_images
 from .generate import cascade_pipeline, fitted_imagic, prepare, seed_generator, text_to_image_model, unclip_pipeline
-from .options import add_sampling_options, add_threshold_option, int_at_least
+from .options import DIFFEDIT_MASK, add_sampling_options, add_threshold_option, int_at_least
 
 PROMPT = "a large red solid circle in the middle on a plain blue background"  # the world's Full-caption wording
 
@@ -56,7 +56,7 @@ def demo(args) -> List[Path]:
     small = F.interpolate(scene, size=(base.config.image_size,) * 2, mode="area")
     edit = DiffEditPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
     source = sample["captions"]["simple"]
-    edited = edit(small, source, "a blue square", generator=g, output_type="pt", progress=not quiet)
+    edited = edit(small, source, "a blue square", generator=g, output_type="pt", progress=not quiet, **DIFFEDIT_MASK)
     written += stage(f"diffedit: {source} -> a blue square (input, its automatic mask, the edit)", edited.images,
                      inputs=torch.cat([small, _overlay(small, edited.mask)]))
     target = "a green " + source.split()[-1]

@@ -16,7 +16,7 @@ from ..eval import (DEFAULT_ITEMS, DEFAULT_SEED, compare_editbench, diffedit, di
 from ..eval import imagic, imagic_report
 from .errors import CommandError
 from .files import load_bundle
-from .options import (MODEL_HELP, add_threshold_option, eta_arg, finite_arg, guidance_arg, int_at_least, seed_arg,
+from .options import (MODEL_HELP, add_mask_options, add_threshold_option, eta_arg, finite_arg, guidance_arg, int_at_least, seed_arg,
                       strength_arg)
 
 
@@ -98,7 +98,9 @@ def diffedit_command(args) -> List[Path]:
     bundle = load_bundle(args.model)
     _require_parts(bundle, args, ("clip", "base"), "the DiffEdit evaluation")
     result = diffedit.run_diffedit(bundle, items=args.items, steps=args.steps, strength=args.strength,
-                                   guidance=args.guidance, mask_n=args.mask_n, seed=args.seed,
+                                   guidance=args.guidance, mask_n=args.mask_n, mask_strength=args.mask_strength,
+                                   mask_threshold=args.mask_threshold, mask_normalise=args.mask_normalise,
+                                   mask_smooth=args.mask_smooth, seed=args.seed,
                                    batch_size=args.batch_size, bench_seed=args.bench_seed,
                                    true_mask=not args.no_true_mask, progress=not args.quiet)
     name = Path(args.model).resolve().name if args.model else "default"
@@ -203,6 +205,7 @@ def add_commands(sub) -> None:
     d.add_argument("--guidance", type=guidance_arg, default=3.0,
                    help="decoding classifier-free guidance weight (default 3, as diffrt diffedit)")
     d.add_argument("--mask-n", type=int_at_least(1), default=10, help="noise draws of DiffEdit's mask (default 10)")
+    add_mask_options(d)
     d.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (default 0)")
     d.add_argument("--bench-seed", type=seed_arg, default=diffedit.DEFAULT_BENCH_SEED,
                    help=f"seed of the benchmark's items (default {diffedit.DEFAULT_BENCH_SEED})")

@@ -14,7 +14,7 @@ from ..pipelines import DiffEditPipeline, ImagenEditorPipeline, ImagicPipeline, 
 from . import prompt_file
 from .errors import CommandError
 from .files import load_bundle, output_folder, read_image, write_images
-from .options import add_sampling_options, add_threshold_option, finite_arg, int_at_least, strength_arg
+from .options import add_mask_options, add_sampling_options, add_threshold_option, finite_arg, int_at_least, strength_arg
 
 
 def _prompt(name: str, text: str) -> str:
@@ -150,7 +150,9 @@ def diffedit(args) -> List[Path]:
                             num_steps=checked_steps(args, bundle.noise_schedule("base")))
     image = from_pil(picture, size=model.config.image_size)
     result = pipe(image, source, target, strength=args.strength, guidance=args.guidance,
-                  generator=seed_generator(args), output_type="pt", progress=not args.quiet)
+                  mask_strength=args.mask_strength, mask_normalise=args.mask_normalise, mask_smooth=args.mask_smooth,
+                  threshold=args.mask_threshold, generator=seed_generator(args), output_type="pt",
+                  progress=not args.quiet)
     overlay = image.clone()
     overlay[:, 0:1] = torch.where(result.mask.bool(), torch.ones_like(overlay[:, :1]), overlay[:, :1])  # mask in red
     return write_images(result.images, out, "diffedit") + write_images(overlay, out, "diffedit_mask")
@@ -229,6 +231,7 @@ def add_commands(sub) -> None:
     p.add_argument("--source", required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--strength", type=strength_arg, default=0.5, help="encoding ratio r in (0, 1] (default 0.5)")
+    add_mask_options(p)
     add_sampling_options(p)
     p.set_defaults(run=diffedit)
     p = sub.add_parser("imagic", help="edit an image towards a target text (optimise, fine-tune, interpolate)")

@@ -222,11 +222,15 @@ def sdedit(model, noise_schedule, image: torch.Tensor, schedule, *, cond, uncond
 
 @torch.no_grad()
 def run_diffedit(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, strength: float = 0.5,
-                 guidance: float = 3.0, mask_n: int = 10, seed: int = 0, batch_size: int = 16,
+                 guidance: float = 3.0, mask_n: int = 10, mask_strength: Optional[float] = None,
+                 mask_threshold: float = 0.5, mask_normalise: str = "mean", mask_smooth: int = 0,
+                 seed: int = 0, batch_size: int = 16,
                  bench_seed: int = DEFAULT_BENCH_SEED, true_mask: bool = True, examples: int = 8,
                  progress: bool = True) -> Dict[str, Any]:
     """Edit ``items`` items with DiffEdit (automatic mask from ``mask_n`` noise draws, unguided, at
-    ratio ``strength``), SDEdit at the same ratio and, with ``true_mask``, DiffEdit handed the true
+    ratio ``mask_strength`` (None: ``strength``), normalised by ``mask_normalise``, smoothed over
+    ``mask_smooth`` pixels and binarised at ``mask_threshold``: `DiffEditPipeline.generate_mask`; the
+    defaults are the paper's), SDEdit at the same ratio and, with ``true_mask``, DiffEdit handed the true
     region as its mask, and score each edit (`score_edit`).
 
     The bundle's base model runs as a text-to-image model (`Bundle.text_to_image_condition`: the
@@ -249,6 +253,13 @@ def run_diffedit(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, strengt
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise ValueError(f"strength must lie in (0, 1], got {strength!r}")
+    if mask_strength is None:
+        mask_strength = strength
+    elif isinstance(mask_strength, bool) or not isinstance(mask_strength, (int, float)) or not 0 < mask_strength <= 1:
+        raise ValueError(f"mask_strength must lie in (0, 1], got {mask_strength!r}")
+    if isinstance(mask_threshold, bool) or not isinstance(mask_threshold, (int, float)) \
+            or not 0 <= mask_threshold < 1:
+        raise ValueError(f"mask_threshold must lie in [0, 1), got {mask_threshold!r}")
     for part in ("clip", "base"):
         if not bundle.has(part):
             raise FileNotFoundError(f"{bundle.directory} has no '{part}' model, which the DiffEdit evaluation needs")
@@ -275,7 +286,8 @@ def run_diffedit(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, strengt
             truncated += sum(len(tokenizer.encode(p)) > tokenizer.max_length - 2 for p in (*source, *target))
             # one mask per item, from its own noise: the mask does not depend on the batch
             masks = torch.cat([pipe.generate_mask(it.image[None], it.source_prompts["full"], it.prompts["full"],
-                                                  n=mask_n, strength=strength,
+                                                  n=mask_n, strength=mask_strength, threshold=mask_threshold,
+                                                  normalise=mask_normalise, smooth=mask_smooth,
                                                   generator=seeded_generator(seed, it.index, MASK_KEY))
                                for it in batch]).float()
             edited = {"diffedit": pipe(images, source, target, mask=masks, strength=strength, guidance=guidance,
@@ -307,7 +319,9 @@ def run_diffedit(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, strengt
             bar.update(len(batch))
     bar.close()
     config = {"items": items, "bench_seed": bench_seed, "seed": seed, "steps": steps, "strength": strength,
-              "decode_steps": len(tail), "guidance": guidance, "mask_n": mask_n, "spacing": "trailing",
+              "decode_steps": len(tail), "guidance": guidance, "mask_n": mask_n, "mask_strength": mask_strength,
+              "mask_threshold": mask_threshold, "mask_normalise": mask_normalise, "mask_smooth": mask_smooth,
+              "spacing": "trailing",
               "batch_size": batch_size, "resolution": side, "true_mask": true_mask, "psnr_bar": PSNR_BAR,
               "silhouette_threshold": SILHOUETTE_THRESHOLD, "attributes": list(ATTRIBUTES),
               "prompts_truncated": truncated}

@@ -56,7 +56,8 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
              f"{c['items']} edits (benchmark seed {c['bench_seed']}; even items change an object's colour, odd items "
              f"its shape) at {c['resolution']} px; the base model as text-to-image, DDIM ({c['spacing']} spacing) "
              f"with {c['steps']} steps of which the last {c['decode_steps']} run (strength {c['strength']}), decoding "
-             f"guidance {c['guidance']}; DiffEdit's mask from {c['mask_n']} noise draws, unguided; sampling seed "
+             f"guidance {c['guidance']}; DiffEdit's mask from {c['mask_n']} noise draws at strength "
+             f"{c.get('mask_strength', c['strength'])}, unguided, {_mask_recipe(c)}; sampling seed "
              f"{c['seed']}.", "",
              "Each item is a scene of the world's sampler and the same scene with one attribute of one object "
              "changed; the source and target captions are the two scenes' Full captions. The true region is the "
@@ -162,6 +163,14 @@ def example_grid(result: Dict[str, Any], tile: int = 96):
             sheet.paste(image.resize((tile, tile), Image.NEAREST), (pad + k * (tile + pad), y))
         y += tile + pad
     return sheet
+
+
+def _mask_recipe(c: Dict[str, Any]) -> str:
+    smooth = c.get("mask_smooth", 0)
+    blur = f"box-blurred over radius {smooth}, " if smooth else ""
+    if c.get("mask_normalise", "mean") == "max":
+        return f"{blur}divided by its maximum and binarised at {c.get('mask_threshold', 0.5)}"
+    return f"{blur}clamped at 3× its mean, divided by that and binarised at {c.get('mask_threshold', 0.5)}"
 
 
 def write_diffedit_report(result: Dict[str, Any], out, name: str = "model", *, plots: bool = True) -> List[Path]:

@@ -35,6 +35,7 @@ class DiffEditOutput:
 
 
 POSTERIORS = ("mean", "sample")
+MASK_NORMALISATIONS = ("mean", "max")  # generate_mask's normalise
 
 
 # the models a call computes in float32 when they are bfloat16 on a CPU without fast bfloat16
@@ -118,30 +119,50 @@ class DiffEditPipeline:
     def generate_mask(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
                       target_prompt: Union[str, Sequence[str]], *, n: int = 10, strength: float = 0.5,
                       clamp_ratio: float = 3.0, threshold: Optional[float] = 0.5, smooth: int = 0, dilate: int = 0,
-                      guidance: Guidance = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                      normalise: str = "mean", guidance: Guidance = None,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The edit mask (B, 1, h, w) at the model's resolution: 1 where the two prompts disagree.
         With ``guidance`` both noise estimates are classifier-free guided (the batch becomes
         n draws × [uncond, reference, uncond, query], still one model call); it is a number or a
         1-D tensor of one weight per image (not a schedule: the mask is one model call at one
-        timestep). ``smooth`` box-blurs the soft map (radius in pixels) before thresholding;
-        ``dilate`` grows it."""
+        timestep). Guidance leaves the mask as it is, up to rounding: both estimates share the
+        unconditional pass, so ε̃_q − ε̃_r = w·(ε_q − ε_r) and the normalisation divides w out (a
+        weight of 0 gives an empty mask); it is accepted as diffusers' ``generate_mask`` accepts it.
+        A low ``strength`` (0.1–0.3) often places the mask better than the paper's 0.5: with little
+        noise the model sees where each object is. ``smooth`` box-blurs the soft map (radius in
+        pixels) before thresholding; ``dilate`` grows it. ``normalise`` maps the mean |ε_q − ε_r| to
+        [0, 1] before the threshold: "mean" (the paper's) clamps it at ``clamp_ratio`` × its mean and
+        divides by that bound, so the mask is the pixels above threshold·ratio × the mean — an area
+        that barely depends on the object's size; "max" divides the (smoothed) map by its maximum,
+        so the mask is the pixels within ``threshold`` of the strongest response and shrinks with a
+        small object (``clamp_ratio`` unused)."""
         self._check_n(n)
+        self._check_mask_shape(normalise, smooth, dilate)
         b = check_image("image", image).shape[0]
         src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
         tgt = prompt_list("target_prompt", target_prompt, b)
         weight = self._mask_weight("guidance", guidance, b, n)
         self._tail(strength)  # a bad strength fails before the encoder runs
         return self._mask(self._encode(image), src, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio,
-                          threshold=threshold, smooth=smooth, dilate=dilate, weight=weight, generator=generator)
+                          threshold=threshold, smooth=smooth, dilate=dilate, normalise=normalise, weight=weight,
+                          generator=generator)
 
     @staticmethod
     def _check_n(n: int) -> None:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
 
+    @staticmethod
+    def _check_mask_shape(normalise: str, smooth: int, dilate: int) -> None:
+        if normalise not in MASK_NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {MASK_NORMALISATIONS}, got {normalise!r}")
+        for name, value in (("smooth", smooth), ("dilate", dilate)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (a radius in pixels), got {value!r}")
+
     def _mask(self, encoded: Any, src: List[str], tgt: List[str], *, n: int, strength: float, clamp_ratio: float,
-              threshold: Optional[float], smooth: int, dilate: int, weight: Optional[Union[float, torch.Tensor]],
-              generator: Optional[torch.Generator]) -> torch.Tensor:
+              threshold: Optional[float], smooth: int, dilate: int, normalise: str,
+              weight: Optional[Union[float, torch.Tensor]], generator: Optional[torch.Generator]) -> torch.Tensor:
         """§3.2 on the encoded image: noise n copies to ratio ``strength``, predict ε under both prompts."""
         b = len(src)
         t = self._tail(strength).timesteps[0]
@@ -165,12 +186,18 @@ class DiffEditPipeline:
         else:
             eps_r, eps_q = out.chunk(2)
         eps_q, eps_r = (e.reshape(b, n, *e.shape[1:]) for e in (eps_q, eps_r))
-        if smooth == 0:
+        if smooth == 0 and normalise == "mean":
             mask = ops.diffedit_mask(eps_q, eps_r, clamp_ratio=clamp_ratio, threshold=threshold)
         else:
-            soft = ops.diffedit_mask(eps_q, eps_r, clamp_ratio=clamp_ratio, threshold=None)
-            soft = F.avg_pool2d(soft, 2 * smooth + 1, stride=1, padding=smooth, count_include_pad=False)
-            mask = soft if threshold is None else (soft > threshold).float()
+            # "max": a ratio of h·w never clamps (no pixel exceeds the map's sum), so soft = map / sum
+            ratio = clamp_ratio if normalise == "mean" else float(eps_q.shape[-1] * eps_q.shape[-2])
+            soft = ops.diffedit_mask(eps_q, eps_r, clamp_ratio=ratio, threshold=None)
+            if smooth:
+                soft = F.avg_pool2d(soft, 2 * smooth + 1, stride=1, padding=smooth, count_include_pad=False)
+            if normalise == "max":
+                peak = soft.amax(dim=(2, 3), keepdim=True)
+                soft = torch.where(peak > 0, soft / torch.where(peak > 0, peak, 1.0), soft)  # NaN stays NaN
+            mask = soft if threshold is None else torch.where(soft.isnan(), soft, (soft > threshold).float())
         if dilate:
             mask = F.max_pool2d(mask, 2 * dilate + 1, stride=1, padding=dilate)
         return mask
@@ -192,12 +219,14 @@ class DiffEditPipeline:
     def __call__(self, image: torch.Tensor, source_prompt: Union[str, Sequence[str]],
                  target_prompt: Union[str, Sequence[str]], *, mask: Optional[torch.Tensor] = None,
                  strength: float = 0.5, guidance: Guidance = 7.5, n: int = 10, clamp_ratio: float = 3.0,
-                 threshold: float = 0.5, mask_guidance: Guidance = None,
+                 threshold: float = 0.5, mask_strength: Optional[float] = None, mask_normalise: str = "mean",
+                 mask_smooth: int = 0, mask_guidance: Guidance = None,
                  generator: Optional[torch.Generator] = None, output_type: str = "pil",
                  callback: Optional[Callable[[dict], None]] = None, progress: bool = True) -> DiffEditOutput:
         """Edit ``image`` from ``source_prompt`` (may be '') to ``target_prompt`` (mask estimated unless
-        given; ``mask_guidance`` guides the mask's noise estimates, as ``guidance`` in
-        :meth:`generate_mask`). ``guidance`` guides the decoding: a number, a 1-D tensor of one weight
+        given, at the encoding ratio ``mask_strength``, by default ``strength``, as diffusers'
+        ``mask_encode_strength``; ``mask_normalise``, ``mask_smooth`` and ``mask_guidance`` are
+        :meth:`generate_mask`'s ``normalise``, ``smooth`` and ``guidance``). ``guidance`` guides the decoding: a number, a 1-D tensor of one weight
         per image, or a schedule (step, num_steps) -> w, as in :func:`ddim_sample`. The image is
         encoded once; with posterior="sample" the inversion and then the mask each draw their
         latents from ``generator`` (in that order, from the one posterior)."""
@@ -205,14 +234,22 @@ class DiffEditPipeline:
         b = check_image("image", image).shape[0]
         if mask is None:
             self._check_n(n)
+            self._check_mask_shape(mask_normalise, mask_smooth, 0)
             weight = self._mask_weight("mask_guidance", mask_guidance, b, n)
+            if mask_strength is None:
+                mask_strength = strength
+            elif isinstance(mask_strength, bool) or not isinstance(mask_strength, numbers.Real) \
+                    or not 0 < mask_strength <= 1:
+                raise ValueError(f"mask_strength must lie in (0, 1], got {mask_strength!r}")
+            self._tail(mask_strength)  # a ratio that keeps no step fails before the encoder runs
         encoded = self._encode(image)
         x0 = self._latents(encoded, generator)
         src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
         tgt = prompt_list("target_prompt", target_prompt, b)
         if mask is None:
-            mask = self._mask(encoded, src, tgt, n=n, strength=strength, clamp_ratio=clamp_ratio, threshold=threshold,
-                              smooth=0, dilate=0, weight=weight, generator=generator)
+            mask = self._mask(encoded, src, tgt, n=n, strength=mask_strength, clamp_ratio=clamp_ratio, threshold=threshold,
+                              smooth=mask_smooth, dilate=0, normalise=mask_normalise, weight=weight,
+                              generator=generator)
         elif mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != x0.shape[-2:]:
             raise ValueError(f"mask must have shape (B or 1, 1, {x0.shape[-2]}, {x0.shape[-1]}), got {tuple(mask.shape)}")
         mask = mask.to(x0.dtype)
