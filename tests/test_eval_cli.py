@@ -11,6 +11,7 @@ from diffrt import eval as ev
 from diffrt.eval import report as eval_report
 from diffrt.models.bundle import Bundle
 from diffrt.cli import main
+from diffrt.cli.options import DIFFEDIT_MASK
 
 from .test_cli_train import write_config  # the tiny model configs of the CLI tests
 
@@ -40,6 +41,9 @@ def test_editbench_cli_writes_the_report(tmp_path, bundle_dir, capsys):
     printed = capsys.readouterr().out
     report = json.loads((out / "editbench.json").read_text())
     assert report["name"] == "tiny" and report["config"]["items"] == 3 and report["config"]["steps"] == 2
+    c, m = report["config"], DIFFEDIT_MASK  # DiffEdit's IoU column uses the commands' mask
+    assert (c["diffedit_strength"], c["diffedit_normalise"], c["diffedit_smooth"], c["diffedit_threshold"]) == (
+        m["mask_strength"], m["mask_normalise"], m["mask_smooth"], m["threshold"])
     assert set(report["overall"]) == {"simple", "rich", "full", "all"}
     for key in ("by_mask_size", "by_attribute", "by_object_category", "by_scene"):
         assert set(report[key]) == {"simple", "rich", "full", "all"}

@@ -57,7 +57,9 @@ def editbench_command(args) -> List[Path]:
         raise CommandError(f"--compare name {name!r} is the evaluated model's name; pick another")
     options = dict(steps=args.steps, guidance=args.guidance, dynamic_threshold=args.dynamic_threshold, seed=args.seed,
                    bench_seed=args.bench_seed,
-                   use_sr=args.sr, diffedit_n=args.diffedit_n, batch_size=args.batch_size, progress=not args.quiet)
+                   use_sr=args.sr, diffedit_n=args.diffedit_n, diffedit_strength=args.mask_strength,
+                   diffedit_normalise=args.mask_normalise, diffedit_smooth=args.mask_smooth,
+                   diffedit_threshold=args.mask_threshold, batch_size=args.batch_size, progress=not args.quiet)
     last = bundle.unet("sr") if args.sr else bundle.unet("base")
     resolution = check_resolution(args.resolution if args.resolution is not None else last.config.image_size)
     items = editbench(args.items, resolution=resolution, seed=args.bench_seed)
@@ -166,6 +168,7 @@ def add_commands(sub) -> None:
     e.add_argument("--resolution", type=int, help="render items at this side (default: the model's output side)")
     e.add_argument("--sr", action="store_true", help="evaluate base + super-resolution instead of the base alone")
     e.add_argument("--diffedit-n", type=int, default=10, help="DiffEdit mask noise draws (0 skips DiffEdit IoU)")
+    add_mask_options(e)
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--compare", action="append", metavar="NAME=DIR",
                    help="also evaluate this base model (a bundle or a UNet folder, with the main bundle's CLIP) "

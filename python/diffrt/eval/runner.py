@@ -67,7 +67,8 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
                   bench_seed: int = DEFAULT_SEED, seed: int = 0, steps: int = 25, guidance=5.0,
                   dynamic_threshold: Optional[float] = None, resolution: Optional[int] = None,
                   use_sr: bool = False, diffedit_n: int = 10,
-                  diffedit_strength: float = 0.5, batch_size: int = 16, examples: int = 6,
+                  diffedit_strength: float = 0.5, diffedit_normalise: str = "mean", diffedit_smooth: int = 0,
+                  diffedit_threshold: float = 0.5, batch_size: int = 16, examples: int = 6,
                   progress: bool = True) -> EditBenchResult:
     """Run the benchmark: inpaint every item with each prompt type and score the results.
 
@@ -76,8 +77,9 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
     and text encoder. The base model inpaints at its own resolution (``use_sr`` runs the cascade's
     super-resolution stage too); the raw output is scored, not a composite, so that background
     PSNR measures what the model kept. DiffEdit's mask comes from the same base model used as
-    text-to-image (source = the source object's prompt, target = the edited one, same prompt type);
-    ``diffedit_n = 0`` skips it. Items are rendered at ``resolution`` (default: the output side) and
+    text-to-image (source = the source object's prompt, target = the edited one, same prompt type),
+    from ``diffedit_n`` noise draws at ``diffedit_strength`` with `DiffEditPipeline.generate_mask`'s
+    ``normalise``, ``smooth`` and ``threshold`` (the paper's by default); ``diffedit_n = 0`` skips it. Items are rendered at ``resolution`` (default: the output side) and
     resized to the model's input side when it differs.
     """
     steps = check_positive("steps", steps)
@@ -140,7 +142,8 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
                     side = unet.config.image_size
                     de_masks = diffedit.generate_mask(
                         _resize(images, side), [it.source_prompts[prompt_type] for it in batch], prompts,
-                        n=diffedit_n, strength=diffedit_strength, generator=seeded_generator(seed, 10 + k, start))
+                        n=diffedit_n, strength=diffedit_strength, normalise=diffedit_normalise, smooth=diffedit_smooth,
+                        threshold=diffedit_threshold, generator=seeded_generator(seed, 10 + k, start))
                     de_masks = _resize_mask(de_masks.float().cpu(), resolution)
                     ious = mask_iou(de_masks, torch.stack([it.edit_region for it in batch])).tolist()
                 for b, it in enumerate(batch):
@@ -164,7 +167,9 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
               "guidance": guidance if isinstance(guidance, (int, float)) else repr(guidance),
               "dynamic_threshold": dynamic_threshold,
               "resolution": resolution, "model_resolution": out_side, "super_resolution": use_sr,
-              "diffedit_n": diffedit_n, "diffedit_strength": diffedit_strength, "batch_size": batch_size,
+              "diffedit_n": diffedit_n, "diffedit_strength": diffedit_strength,
+              "diffedit_normalise": diffedit_normalise, "diffedit_smooth": diffedit_smooth,
+              "diffedit_threshold": diffedit_threshold, "batch_size": batch_size,
               "mask_size_bins": [SMALL_BELOW, LARGE_FROM], "silhouette_threshold": SILHOUETTE_THRESHOLD,
               "prompts_truncated": truncated}
     shown = [{"item": items[i], **images} for i, images in example_images.items()]

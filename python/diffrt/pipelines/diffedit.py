@@ -226,9 +226,9 @@ class DiffEditPipeline:
         """Edit ``image`` from ``source_prompt`` (may be '') to ``target_prompt`` (mask estimated unless
         given, at the encoding ratio ``mask_strength``, by default ``strength``, as diffusers'
         ``mask_encode_strength``; ``mask_normalise``, ``mask_smooth`` and ``mask_guidance`` are
-        :meth:`generate_mask`'s ``normalise``, ``smooth`` and ``guidance``). ``guidance`` guides the decoding: a number, a 1-D tensor of one weight
-        per image, or a schedule (step, num_steps) -> w, as in :func:`ddim_sample`. The image is
-        encoded once; with posterior="sample" the inversion and then the mask each draw their
+        :meth:`generate_mask`'s ``normalise``, ``smooth`` and ``guidance``). ``guidance`` guides the
+        decoding: a number, a 1-D tensor of one weight per image, or a schedule (step, num_steps) -> w,
+        as in :func:`ddim_sample`. The image is encoded once; with posterior="sample" the inversion and then the mask each draw their
         latents from ``generator`` (in that order, from the one posterior)."""
         guidance = check_guidance("guidance", guidance)
         b = check_image("image", image).shape[0]
