@@ -122,6 +122,38 @@ def test_variations(pipe):
     assert math.isfinite(float(out.image_embeds.sum()))
 
 
+def test_variations_keep_the_input_at_their_default_guidance(pipe):
+    """A decoder whose ε is exact for data N(0, 0.5²) plus a shift set by the image embedding, so
+    guidance changes it. The inversion is unguided, so at the default guidance (1) and η = 0 the
+    variations reconstruct the input (up to DDIM's discretisation error); decoded with guidance 3,
+    the same inverted noise lands elsewhere. η > 0 makes them differ from each other."""
+    from types import SimpleNamespace
+
+    from diffrt import FunctionDenoiser
+
+    schedule = NoiseSchedule.make()
+    ab = schedule.alphas_cumprod
+
+    def fn(x, t, cond):
+        a = ab[t].view(-1, 1, 1, 1).to(x.dtype)
+        eps = (1 - a).sqrt() * x / (0.25 * a + 1 - a)
+        return eps + 0.1 * cond["image_embed"].mean(dim=1).view(-1, 1, 1, 1)
+
+    decoder = FunctionDenoiser(fn, in_channels=3, out_channels=3)
+    decoder.config = SimpleNamespace(image_size=16)
+    toy = UnCLIPPipeline(None, decoder, pipe.text_encoder, lambda image: torch.ones(image.shape[0], 16),
+                         noise_schedule=schedule, num_steps=100)
+    x = (0.5 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(9))).clamp(-1, 1)
+    vary = lambda **kw: toy.variations(x, num_variations=2, output_type="pt", progress=False,  # noqa: E731
+                                       generator=torch.Generator().manual_seed(1), **kw).images
+    kept = vary(eta=0.0)
+    assert torch.equal(kept[0], kept[1]) and (kept[0] - x[0]).abs().max() < 0.1
+    assert (vary(eta=0.0, guidance=3.0)[0] - x[0]).abs().max() > 0.3
+    varied, strayed = vary(), vary(eta=1.0)  # the default η = 0.1, and the paper's 1
+    assert not torch.equal(varied[0], varied[1])
+    assert (varied - x).abs().mean() < 0.5 * (strayed - x).abs().mean()
+
+
 def test_prior_guidance_per_prompt_and_as_a_schedule(pipe):
     """A 1-D tensor holds one weight per prompt; each applies to all the prompt's candidates."""
     from diffrt import ConstantGuidance

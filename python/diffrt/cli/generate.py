@@ -14,7 +14,8 @@ from ..pipelines import DiffEditPipeline, ImagenEditorPipeline, ImagicPipeline, 
 from . import prompt_file
 from .errors import CommandError
 from .files import load_bundle, output_folder, read_image, write_images
-from .options import add_mask_options, add_sampling_options, add_threshold_option, finite_arg, int_at_least, strength_arg
+from .options import (add_mask_options, add_sampling_options, add_threshold_option, eta_arg, finite_arg, int_at_least,
+                      strength_arg)
 
 
 def _prompt(name: str, text: str) -> str:
@@ -186,7 +187,7 @@ def variations(args) -> List[Path]:
     picture = read_image(args.image)
     pipe = unclip_pipeline(bundle, args)
     result = pipe.variations(_clip_image(bundle, picture), num_variations=args.num_images, guidance=args.guidance,
-                             generator=seed_generator(args), output_type="pt", progress=not args.quiet)
+                             eta=args.eta, generator=seed_generator(args), output_type="pt", progress=not args.quiet)
     return write_images(result.images, out, "variations")
 
 
@@ -246,7 +247,10 @@ def add_commands(sub) -> None:
     p = sub.add_parser("variations", help="unCLIP variations of an image")
     p.add_argument("--image", required=True)
     p.add_argument("--num-images", type=int_at_least(1), default=4)
-    add_sampling_options(p)
+    p.add_argument("--eta", type=eta_arg, default=0.1,
+                   help="DDIM η: how far the variations stray from the input (default 0.1; 1 ignores the input's "
+                        "inverted noise on the shipped decoder's zero-terminal-SNR schedule)")
+    add_sampling_options(p, guidance=1.0)
     p.set_defaults(run=variations)
     p = sub.add_parser("interpolate", help="unCLIP interpolation between two images")
     p.add_argument("--image-a", required=True)

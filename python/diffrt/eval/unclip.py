@@ -178,13 +178,14 @@ def check_amounts(amounts: Sequence[float]) -> List[float]:
 
 @torch.no_grad()
 def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps: int = 25, guidance: float = 3.0,
-               eta: float = 1.0, amounts: Sequence[float] = DEFAULT_AMOUNTS, seed: int = 0, batch_size: int = 12,
+               eta: float = 0.1, variation_guidance: Optional[float] = 1.0, amounts: Sequence[float] = DEFAULT_AMOUNTS, seed: int = 0, batch_size: int = 12,
                bench_seed: int = DEFAULT_BENCH_SEED, examples: int = 6, progress: bool = True) -> Dict[str, Any]:
     """Variations, interpolations and text diffs of ``items`` inputs with the bundle's CLIP, prior-free
     decoder (the ``decoder`` part) and text encoder; see the module docstring for the measures.
 
     ``variations`` outputs per input and method (≥ 2 for diversity); ``steps`` DDIM steps of the decoder
-    with classifier-free guidance ``guidance``; ``eta`` the variations' DDIM η; ``amounts`` the text
+    with classifier-free guidance ``guidance`` (the variations' ``variation_guidance``, None: the
+    same; `UnCLIPPipeline.variations` says why its default is 1); ``eta`` the variations' DDIM η; ``amounts`` the text
     diff's θ values. Returns {"config", "summary" (`summarize`), "records", "examples" (not JSON)}."""
     items = check_positive("items", items)
     variations = check_positive("variations", variations)
@@ -193,7 +194,9 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
     seed = check_positive("seed", seed, allow_zero=True)
     bench_seed = check_positive("bench_seed", bench_seed, allow_zero=True)
     examples = check_positive("examples", examples, allow_zero=True)
-    for name, value in (("guidance", guidance), ("eta", eta)):
+    if variation_guidance is None:
+        variation_guidance = guidance
+    for name, value in (("guidance", guidance), ("variation_guidance", variation_guidance), ("eta", eta)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     amounts = check_amounts(amounts)
@@ -224,7 +227,8 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
             clip_images = to_clip(images)
             z = clip.encode_image(clip_images)
             var = pipe.variations(clip_images, num_variations=variations, eta=float(eta),
-                                  generator=seeded_generator(seed, start, VARIATION_KEY), **options).images
+                                  guidance=float(variation_guidance), output_type="pt", progress=False,
+                                  generator=seeded_generator(seed, start, VARIATION_KEY)).images
             g = seeded_generator(seed, start, EMBEDDING_KEY)
             noise = torch.randn((len(batch) * variations, decoder.in_channels, side, side), generator=g)
             fresh = pipe.decode(z.repeat_interleave(variations, 0), x_T=noise, guidance=float(guidance), progress=False)
@@ -278,7 +282,7 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
             bar.update(len(batch))
     bar.close()
     config = {"items": items, "bench_seed": bench_seed, "seed": seed, "variations": variations, "steps": steps,
-              "guidance": guidance, "eta": eta, "amounts": amounts, "interpolation_ts": list(INTERPOLATION_TS),
+              "guidance": guidance, "variation_guidance": variation_guidance, "eta": eta, "amounts": amounts, "interpolation_ts": list(INTERPOLATION_TS),
               "spacing": "trailing", "batch_size": step, "resolution": side, "clip_resolution": clip_side,
               "prompts_truncated": truncated}
     return {"config": config, "summary": summarize(records), "records": records, "examples": shown}
