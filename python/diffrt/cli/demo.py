@@ -5,6 +5,7 @@ the pipeline's inputs (images, masks) first and then its outputs."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import List
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ProceduralDataset
+from ..data.world import COLOUR_RGB, caption_full
 from ..images import contact_sheet
 from ..pipelines import DiffEditPipeline
 from .files import write_images
@@ -27,7 +29,8 @@ def demo(args) -> List[Path]:
     base = bundle.unet("base")
     last = bundle.unet("sr") if bundle.has("sr") else base
     side = last.config.cond_side
-    sample = ProceduralDataset(max(32, side), length=1, seed=args.seed)[0]
+    world = ProceduralDataset(max(32, side), length=1, seed=args.seed)
+    sample = world[0]
     scene = F.interpolate(sample["image"][None], size=(side, side), mode="area")
     mask = (F.interpolate(sample["mask"][None], size=(side, side), mode="area") > 0).float()
     rows = []  # (label, images)
@@ -55,8 +58,14 @@ def demo(args) -> List[Path]:
     model, encode = text_to_image_model(bundle)
     small = F.interpolate(scene, size=(base.config.image_size,) * 2, mode="area")
     edit = DiffEditPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
+    # DiffEdit's captions describe the whole image (§3.2): the scene's Full caption, and the same caption with
+    # the object made a blue square, so the two differ in that object's words alone
+    spec, target_object = world.scene(0), max(sample["target"], 0)
     source = sample["captions"]["simple"]
-    edited = edit(small, source, "a blue square", generator=g, output_type="pt", progress=not quiet, **DIFFEDIT_MASK)
+    as_square = [dataclasses.replace(o, colour="blue", rgb=COLOUR_RGB["blue"], shape="square")
+                 if i == target_object else o for i, o in enumerate(spec.objects)]
+    edited = edit(small, caption_full(spec), caption_full(dataclasses.replace(spec, objects=tuple(as_square))),
+                  generator=g, output_type="pt", progress=not quiet, **DIFFEDIT_MASK)
     written += stage(f"diffedit: {source} -> a blue square (input, its automatic mask, the edit)", edited.images,
                      inputs=torch.cat([small, _overlay(small, edited.mask)]))
     target = "a green " + source.split()[-1]

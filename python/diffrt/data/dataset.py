@@ -90,7 +90,7 @@ class ProceduralDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def _index(self, index: int) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"index must be an int, got {type(index).__name__}")
         index = int(index)
@@ -98,7 +98,14 @@ class ProceduralDataset(Dataset):
             index += self.length
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
-        return self._make(index)
+        return index
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        return self._make(self._index(index))
+
+    def scene(self, index: int):
+        """Sample ``index``'s scene description (`world.SceneSpec`), which its image renders."""
+        return self._make.scene(self._index(index))
 
 
 class ProceduralStream(IterableDataset):
