@@ -33,6 +33,18 @@ def test_same_seed_and_index_give_identical_samples():
         assert oa.box == ob.box
 
 
+def test_scene_is_what_the_sample_renders():
+    ds = data.ProceduralDataset(32, length=4, seed=3)
+    for i in (0, 3, -1):
+        spec, sample = ds.scene(i), ds[i]
+        assert world.caption_full(spec) == sample["captions"]["full"]
+        assert np.array_equal(world.render(spec, 32).image, sample["image"].numpy())
+    with pytest.raises(IndexError, match="out of range"):
+        ds.scene(4)
+    with pytest.raises(TypeError, match="index must be an int"):
+        ds.scene(1.0)
+
+
 def test_different_index_or_seed_give_different_samples():
     base = _rendered(7, 11, 64).image
     assert not np.array_equal(base, _rendered(7, 12, 64).image)
