@@ -113,7 +113,7 @@ def test_unclip_cli_writes_the_report(tmp_path, unclip_bundle, capsys):
     report = json.loads((out / "unclip.json").read_text())
     c, records, s = report["config"], report["records"], report["summary"]
     assert c["items"] == 3 and c["steps"] == 2 and c["amounts"] == [0.0, 0.5] and c["variations"] == 2
-    assert (c["guidance"], c["variation_guidance"], c["eta"]) == (3.0, 1.0, 0.1)  # the variations keep the input
+    assert (c["guidance"], c["inversion_guidance"], c["eta"]) == (3.0, 1.0, 0.1)  # the variations keep the input
     assert len(records["variations"]) == 3 * (2 * 2 + 1)  # two methods × two outputs, and the input itself
     assert len(records["interpolation"]) == 1 and len(records["text_diff"]) == 3 * 2
     assert s["variations"]["input"]["distance_to_input"]["value"] == 0.0
@@ -132,7 +132,7 @@ def test_unclip_cli_writes_the_report(tmp_path, unclip_bundle, capsys):
 def test_unclip_cli_fails_clearly(tmp_path, unclip_bundle, capsys):
     args = ["eval", "unclip", "--out", str(tmp_path / "x"), "--quiet", "--model", str(unclip_bundle)]
     for flag, value, expected in (("--items", "0", "an integer >= 1"), ("--eta", "-1", "a finite number >= 0"),
-                                  ("--variation-guidance", "nan", "a finite number >= 0"),
+                                  ("--inversion-guidance", "nan", "a finite number >= 0"),
                                   ("--amounts", "0,2", "comma-separated numbers in [0, 1]"),
                                   ("--batch-size", "1", "an integer >= 2")):
         with pytest.raises(SystemExit):

@@ -75,14 +75,22 @@ def test_interpolation_endpoints_equal_decoding_each_endpoint(pipe):
 
 
 def test_zero_text_diff_changes_nothing(pipe):
+    """θ = 0 decodes the input's own embedding from its DDIM inversion at η = 0: what a variation at
+    η = 0 gives; with noise="shared", from a fresh x_T of the generator."""
     image = torch.rand(1, 3, 16, 16) * 2 - 1
     out = pipe.text_diff(image, "a red circle", "a blue square", amounts=(0.0, 0.5), output_type="pt",
-                         generator=torch.Generator().manual_seed(2), progress=False)
+                         progress=False)
     torch.testing.assert_close(out.image_embeds[0], pipe.image_encoder(image)[0])
     assert not torch.allclose(out.image_embeds[1], out.image_embeds[0])
+    kept = pipe.variations(image, num_variations=1, eta=0.0, output_type="pt", progress=False).images
+    torch.testing.assert_close(out.images[:1], kept, rtol=1e-3, atol=1e-3)  # batch of 2 vs 1: rounding only
+    shared = pipe.text_diff(image, "a red circle", "a blue square", amounts=(0.0, 0.5), noise="shared", guidance=3.0,
+                            output_type="pt", generator=torch.Generator().manual_seed(2), progress=False)
     x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(out.images[:1], pipe.decode(out.image_embeds[:1], x_T=x_T, progress=False),
-                               rtol=1e-3, atol=1e-3)  # batch of 2 vs 1: float32 rounding only
+    torch.testing.assert_close(shared.images[:1], pipe.decode(out.image_embeds[:1], x_T=x_T, progress=False),
+                               rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="noise must be one of"):
+        pipe.text_diff(image, "a red circle", "a blue square", noise="fresh", progress=False)
 
 
 def test_batched_interpolation_and_text_diff_match_one_input_at_a_time(pipe):
@@ -98,13 +106,15 @@ def test_batched_interpolation_and_text_diff_match_one_input_at_a_time(pipe):
                             x_T=noise[i:i + 1].expand(2, -1, -1, -1).clone(), progress=False)
         torch.testing.assert_close(both.images[2 * i: 2 * i + 2], alone, rtol=1e-3, atol=1e-3)
     sources, targets = ["a red circle", "a blue square"], ["a blue square", "a red circle"]
-    diff = pipe.text_diff(images, sources, targets, amounts=(0.0, 0.5), output_type="pt",
-                          generator=torch.Generator().manual_seed(4), progress=False)
-    assert diff.images.shape == (4, 3, 16, 16)
+    diff = pipe.text_diff(images, sources, targets, amounts=(0.0, 0.5), output_type="pt", noise="shared",
+                          guidance=3.0, generator=torch.Generator().manual_seed(4), progress=False)
+    inverted = pipe.text_diff(images, sources, targets, amounts=(0.0, 0.5), output_type="pt", progress=False)
+    assert diff.images.shape == inverted.images.shape == (4, 3, 16, 16)
     for i in range(2):
         alone = pipe.text_diff(images[i:i + 1], sources[i], targets[i], amounts=(0.0, 0.5), output_type="pt",
                                progress=False)
         torch.testing.assert_close(diff.image_embeds[2 * i: 2 * i + 2], alone.image_embeds)
+        torch.testing.assert_close(inverted.images[2 * i: 2 * i + 2], alone.images, rtol=1e-3, atol=1e-3)
         torch.testing.assert_close(diff.images[2 * i: 2 * i + 2],
                                    pipe.decode(alone.image_embeds, x_T=noise[i:i + 1].expand(2, -1, -1, -1).clone(),
                                                progress=False), rtol=1e-3, atol=1e-3)

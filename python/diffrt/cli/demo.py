@@ -58,14 +58,14 @@ def demo(args) -> List[Path]:
     model, encode = text_to_image_model(bundle)
     small = F.interpolate(scene, size=(base.config.image_size,) * 2, mode="area")
     edit = DiffEditPipeline(model, bundle.noise_schedule("base"), encode, num_steps=args.steps)
-    # DiffEdit's captions describe the whole image (§3.2): the scene's Full caption, and the same caption with
-    # the object made a blue square, so the two differ in that object's words alone
+    # DiffEdit and the text diff read captions of the whole image (DiffEdit §3.2, unCLIP §3.3): the scene's Full
+    # caption, and the same caption with the object made a blue square, so the two differ in its words alone
     spec, target_object = world.scene(0), max(sample["target"], 0)
     source = sample["captions"]["simple"]
     as_square = [dataclasses.replace(o, colour="blue", rgb=COLOUR_RGB["blue"], shape="square")
                  if i == target_object else o for i, o in enumerate(spec.objects)]
-    edited = edit(small, caption_full(spec), caption_full(dataclasses.replace(spec, objects=tuple(as_square))),
-                  generator=g, output_type="pt", progress=not quiet, **DIFFEDIT_MASK)
+    full_source, full_target = caption_full(spec), caption_full(dataclasses.replace(spec, objects=tuple(as_square)))
+    edited = edit(small, full_source, full_target, generator=g, output_type="pt", progress=not quiet, **DIFFEDIT_MASK)
     written += stage(f"diffedit: {source} -> a blue square (input, its automatic mask, the edit)", edited.images,
                      inputs=torch.cat([small, _overlay(small, edited.mask)]))
     target = "a green " + source.split()[-1]
@@ -87,8 +87,8 @@ def demo(args) -> List[Path]:
                          inputs=torch.cat([clip_in, F.interpolate(generated.images[:1].float(),
                                                                   size=clip_in.shape[-2:], mode="area")]))
         written += stage(f"text diff: input, then moved from '{source}' to 'a blue square' by 0, 0.3, 0.6",
-                         unclip.text_diff(clip_in, source, "a blue square", (0.0, 0.3, 0.6), generator=g,
-                                          output_type="pt", progress=not quiet).images, inputs=clip_in)
+                         unclip.text_diff(clip_in, full_source, full_target, (0.0, 0.3, 0.6), output_type="pt",
+                                          progress=not quiet).images, inputs=clip_in)
     sheet_path = out / "contact_sheet.png"
     contact_sheet(rows).save(sheet_path)
     return written + [sheet_path]

@@ -121,7 +121,7 @@ def unclip_command(args) -> List[Path]:
     bundle = load_bundle(args.model)
     _require_parts(bundle, args, ("clip", "decoder"), "the unCLIP evaluation")
     result = unclip.run_unclip(bundle, items=args.items, variations=args.variations, steps=args.steps,
-                               guidance=args.guidance, variation_guidance=args.variation_guidance, eta=args.eta,
+                               guidance=args.guidance, inversion_guidance=args.inversion_guidance, eta=args.eta,
                                amounts=args.amounts, seed=args.seed,
                                batch_size=args.batch_size, bench_seed=args.bench_seed, progress=not args.quiet)
     name = Path(args.model).resolve().name if args.model else "default"
@@ -230,9 +230,10 @@ def add_commands(sub) -> None:
                    help="variations per input and method (default 2; 2 or more measure diversity)")
     u.add_argument("--steps", type=int_at_least(1), default=25, help="DDIM steps of the decoder (default 25)")
     u.add_argument("--guidance", type=guidance_arg, default=3.0,
-                   help="decoder guidance weight of interpolations, text diffs and the embedding-only row (default 3)")
-    u.add_argument("--variation-guidance", type=guidance_arg, default=1.0,
-                   help="decoder guidance weight of the variations (default 1: the inversion's own model)")
+                   help="decoder guidance weight of interpolations and the embedding-only row (default 3)")
+    u.add_argument("--inversion-guidance", type=guidance_arg, default=1.0,
+                   help="decoder guidance weight of the variations and text diffs, which decode the input's DDIM "
+                        "inversion (default 1: the inversion's own model)")
     u.add_argument("--eta", type=eta_arg, default=0.1,
                    help="the variations' DDIM η (default 0.1; the paper's 1 discards the inverted noise on a "
                         "zero-terminal-SNR schedule)")

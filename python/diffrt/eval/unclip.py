@@ -25,7 +25,8 @@ A's labels, t = 1 against B's. Midpoint: its background colour and its object co
 of the two endpoints' (an interpolation between two scenes, not a third scene).
 
 **Text diffs.** z_θ = slerp(z_i, |z_i|·normalise(z_t − z_t0), θ) for the input's Full caption t0 and
-the target caption t (`UnCLIPPipeline.text_diff`), for each amount θ: **moved** — the object colour
+the target caption t (`UnCLIPPipeline.text_diff`, from the input's DDIM inversion at η = 0, as the
+paper's Figure 5), for each amount θ: **moved** — the object colour
 reads the target's; **background kept**, **position kept** — against the input; and moved with both
 kept. θ = 0 decodes the input's own embedding: its "moved" is the floor.
 
@@ -178,14 +179,15 @@ def check_amounts(amounts: Sequence[float]) -> List[float]:
 
 @torch.no_grad()
 def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps: int = 25, guidance: float = 3.0,
-               eta: float = 0.1, variation_guidance: Optional[float] = 1.0, amounts: Sequence[float] = DEFAULT_AMOUNTS, seed: int = 0, batch_size: int = 12,
+               eta: float = 0.1, inversion_guidance: Optional[float] = 1.0, amounts: Sequence[float] = DEFAULT_AMOUNTS, seed: int = 0, batch_size: int = 12,
                bench_seed: int = DEFAULT_BENCH_SEED, examples: int = 6, progress: bool = True) -> Dict[str, Any]:
     """Variations, interpolations and text diffs of ``items`` inputs with the bundle's CLIP, prior-free
     decoder (the ``decoder`` part) and text encoder; see the module docstring for the measures.
 
     ``variations`` outputs per input and method (≥ 2 for diversity); ``steps`` DDIM steps of the decoder
-    with classifier-free guidance ``guidance`` (the variations' ``variation_guidance``, None: the
-    same; `UnCLIPPipeline.variations` says why its default is 1); ``eta`` the variations' DDIM η; ``amounts`` the text
+    with classifier-free guidance ``guidance`` (``inversion_guidance`` for the variations and text
+    diffs, which decode the input's DDIM inversion; None: the same; `UnCLIPPipeline.variations` says
+    why its default is 1); ``eta`` the variations' DDIM η; ``amounts`` the text
     diff's θ values. Returns {"config", "summary" (`summarize`), "records", "examples" (not JSON)}."""
     items = check_positive("items", items)
     variations = check_positive("variations", variations)
@@ -194,9 +196,9 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
     seed = check_positive("seed", seed, allow_zero=True)
     bench_seed = check_positive("bench_seed", bench_seed, allow_zero=True)
     examples = check_positive("examples", examples, allow_zero=True)
-    if variation_guidance is None:
-        variation_guidance = guidance
-    for name, value in (("guidance", guidance), ("variation_guidance", variation_guidance), ("eta", eta)):
+    if inversion_guidance is None:
+        inversion_guidance = guidance
+    for name, value in (("guidance", guidance), ("inversion_guidance", inversion_guidance), ("eta", eta)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     amounts = check_amounts(amounts)
@@ -227,7 +229,7 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
             clip_images = to_clip(images)
             z = clip.encode_image(clip_images)
             var = pipe.variations(clip_images, num_variations=variations, eta=float(eta),
-                                  guidance=float(variation_guidance), output_type="pt", progress=False,
+                                  guidance=float(inversion_guidance), output_type="pt", progress=False,
                                   generator=seeded_generator(seed, start, VARIATION_KEY)).images
             g = seeded_generator(seed, start, EMBEDDING_KEY)
             noise = torch.randn((len(batch) * variations, decoder.in_channels, side, side), generator=g)
@@ -264,8 +266,8 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
                         "mid_background_either": bool(mid_a["background"] or mid_b["background"]),
                         "mid_colour_either": bool(mid_a["colour"] or mid_b["colour"])})
             diffs = pipe.text_diff(clip_images, [it.source.prompt for it in batch], [it.target_prompt for it in batch],
-                                   amounts, generator=seeded_generator(seed, start, TEXT_DIFF_KEY),
-                                   **options).images.float().clamp(-1, 1).cpu()
+                                   amounts, guidance=float(inversion_guidance), output_type="pt", progress=False,
+                                   generator=seeded_generator(seed, start, TEXT_DIFF_KEY)).images.float().clamp(-1, 1).cpu()
             diffs = diffs.view(len(batch), len(amounts), *diffs.shape[1:])
             for b, it in enumerate(batch):
                 for a, amount in enumerate(amounts):
@@ -282,7 +284,7 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
             bar.update(len(batch))
     bar.close()
     config = {"items": items, "bench_seed": bench_seed, "seed": seed, "variations": variations, "steps": steps,
-              "guidance": guidance, "variation_guidance": variation_guidance, "eta": eta, "amounts": amounts, "interpolation_ts": list(INTERPOLATION_TS),
+              "guidance": guidance, "inversion_guidance": inversion_guidance, "eta": eta, "amounts": amounts, "interpolation_ts": list(INTERPOLATION_TS),
               "spacing": "trailing", "batch_size": step, "resolution": side, "clip_resolution": clip_side,
               "prompts_truncated": truncated}
     return {"config": config, "summary": summarize(records), "records": records, "examples": shown}

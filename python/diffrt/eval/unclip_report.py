@@ -34,7 +34,8 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
              f"{c['items']} single-object scenes of the t2i benchmark (seed {c['bench_seed']}) at {c['resolution']} px "
              f"(CLIP at {c['clip_resolution']} px); the decoder alone, DDIM ({c['spacing']} spacing) with {c['steps']} "
              f"steps and guidance {c['guidance']}; {c['variations']} variations per input and method, variation "
-             f"η {c['eta']} and guidance {c.get('variation_guidance', c['guidance'])}; sampling seed {c['seed']}, batches of {c['batch_size']}.", "",
+             f"η {c['eta']}; variations and text diffs decode the input's DDIM inversion at guidance "
+             f"{c.get('inversion_guidance', c['guidance'])}; sampling seed {c['seed']}, batches of {c['batch_size']}.", "",
              "Every output is checked with the t2i checks against the labels of the scene it should keep: the "
              "background's colour, the object's colour, its 3×3 cell and (on shape-checkable items) its shape. "
              "Diversity: RMS pixel distance between two outputs of one input; distance: of an output from its "
@@ -69,8 +70,8 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
             for amount in td]
     lines += ["", "## Text diffs", "",
               "The input's embedding moved towards the difference of the text embeddings of its Full caption and "
-              "the caption with the object in another colour, by θ (the paper's z_θ = slerp(z_i, z_d, θ)); θ = 0 "
-              "decodes the input's own embedding.", "",
+              "the caption with the object in another colour, by θ (the paper's z_θ = slerp(z_i, z_d, θ)), decoded "
+              "from the input's DDIM inversion; θ = 0 decodes the input's own embedding.", "",
               *markdown_table(["Amount", *(TEXT_DIFF_NAMES[m] for m in measures), "outputs"], rows)]
     if c.get("prompts_truncated"):
         lines += ["", f"Note: {c['prompts_truncated']} of the {2 * c['items']} captions are longer than the text "

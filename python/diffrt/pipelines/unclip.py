@@ -48,6 +48,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return F.normalize(direction, dim=-1) * ((1 - t) * na + t * nb)
 
 
+TEXT_DIFF_NOISES = ("inverted", "shared")  # text_diff's x_T: the image's DDIM inversion, or fresh noise
+
+
 def _check_count(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -189,13 +192,17 @@ class UnCLIPPipeline:
         _check_eta(eta)
         guidance = check_guidance("guidance", guidance)  # before the inversion, not after
         z = self._embed(image)
-        empty = self.text_encoder([""] * image.shape[0])
-        x_T = ddim_invert(self.decoder, self._decoder_input(image), self.schedule,
-                          cond=self._decoder_cond(empty, z), progress=progress)[-1]
+        x_T = self._invert(image, z, progress)
         z = z.repeat_interleave(num_variations, 0)
         x_T = x_T.repeat_interleave(num_variations, 0)
         images = self.decode(z, x_T=x_T, guidance=guidance, eta=eta, generator=generator, progress=progress)
         return UnCLIPOutput(convert_output(images, output_type), z)
+
+    def _invert(self, image: torch.Tensor, embeds: torch.Tensor, progress: bool) -> torch.Tensor:
+        """x_T of the bipartite latent (z_i, x_T): the decoder's unguided DDIM inversion of the image."""
+        empty = self.text_encoder([""] * image.shape[0])
+        return ddim_invert(self.decoder, self._decoder_input(image), self.schedule,
+                           cond=self._decoder_cond(empty, embeds), progress=progress)[-1]
 
     def _shared_noise(self, batch: int, generator) -> torch.Tensor:
         """One x_T per input, (batch, C, s, s): every output made from an input shares its noise."""
@@ -223,12 +230,18 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def text_diff(self, image: torch.Tensor, source_caption: Union[str, Sequence[str]],
                   target_caption: Union[str, Sequence[str]], amounts: Sequence[float] = (0.0, 0.25, 0.5), *,
-                  guidance: Guidance = 3.0, generator=None, output_type: str = "pil",
+                  guidance: Guidance = 1.0, noise: str = "inverted", generator=None, output_type: str = "pil",
                   progress: bool = True) -> UnCLIPOutput:
         """Move each image's embedding towards its caption change: z_θ = slerp(z_i, |z_i|·z_d, θ) with
-        z_d = normalise(z_t − z_t0), every θ from one shared x_T per image. A batch of B images takes
-        one caption pair (for all) or B of each, and gives B·len(amounts) images, image-major."""
+        z_d = normalise(z_t − z_t0) (§3.3), every θ from one x_T per image: with ``noise="inverted"``
+        the image's DDIM inversion, decoded at η = 0 so that θ = 0 gives the input back at guidance 1
+        (the paper's Figure 5; `variations` says why guidance > 1 loses the layout); with "shared" a
+        fresh x_T from ``generator``. A batch of B images takes one caption pair (for all) or B of each,
+        and gives B·len(amounts) images, image-major."""
         amounts = _check_weights("amounts", amounts)
+        if noise not in TEXT_DIFF_NOISES:
+            raise ValueError(f"noise must be one of {TEXT_DIFF_NOISES}, got {noise!r}")
+        guidance = check_guidance("guidance", guidance)  # before the inversion, not after
         z_i = self._embed(image)
         b = z_i.shape[0]
         sources, targets = prompt_list("source_caption", source_caption), prompt_list("target_caption", target_caption)
@@ -238,7 +251,8 @@ class UnCLIPPipeline:
         sources, targets = sources * (b // len(sources)), targets * (b // len(targets))
         pooled = self.text_encoder(sources + targets)["pooled"]
         z_d = F.normalize(pooled[b:] - pooled[:b], dim=-1) * z_i.norm(dim=-1, keepdim=True)
-        x_T = self._shared_noise(b, generator).repeat_interleave(len(amounts), 0)
+        x_T = self._invert(image, z_i, progress) if noise == "inverted" else self._shared_noise(b, generator)
+        x_T = x_T.repeat_interleave(len(amounts), 0)
         z = torch.stack([slerp(z_i, z_d, float(a)) for a in amounts], dim=1).flatten(0, 1)
         images = self.decode(z, x_T=x_T, guidance=guidance, progress=progress)
         return UnCLIPOutput(convert_output(images, output_type), z)
