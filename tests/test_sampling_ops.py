@@ -47,6 +47,35 @@ def test_ddim_step_matches_reference(isa, gen, dtype, shape, prediction_type, gu
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("prediction_type", ops.PREDICTION_TYPES)
+@pytest.mark.parametrize("guided", [False, True])
+def test_ddim_step_short_path_matches_the_general_path(gen, monkeypatch, dtype, prediction_type, guided):
+    """A sampling loop's call (float ᾱ and w) goes straight to the kernel; the same values as 0-d
+    tensors go the general way: the same bits. Invalid float calls still get the general errors."""
+    from diffrt.ops import sampling
+
+    x = rand(gen, 3, 4, 8, 8, dtype=dtype)
+    m = rand(gen, 6 if guided else 3, 4, 8, 8, dtype=dtype)
+    w = 5.0 if guided else None
+    as_tensor = lambda v: None if v is None else torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    general = ops.ddim_step(x, m, as_tensor(0.35), as_tensor(0.62), prediction_type=prediction_type,
+                            guidance_scale=as_tensor(w))
+    with monkeypatch.context() as patched:  # the short path runs none of the general checks
+        patched.setattr(sampling._checks, "tensor", lambda *a: pytest.fail("took the general path"))
+        short = ops.ddim_step(x, m, 0.35, 0.62, prediction_type=prediction_type, guidance_scale=w)
+    assert torch.equal(short, general)
+    for alpha_t, alpha_prev, match in ((1.5, 0.6, "alpha_t must lie in"), (0.3, -0.1, "alpha_prev must lie in"),
+                                       (math.nan, 0.6, "alpha_t must be finite")):
+        with pytest.raises(ValueError, match=match):
+            ops.ddim_step(x, m, alpha_t, alpha_prev, prediction_type=prediction_type, guidance_scale=w)
+    with pytest.raises(ValueError, match="model_output must"):
+        ops.ddim_step(x, m[:1], 0.35, 0.62, prediction_type=prediction_type, guidance_scale=w)
+    if guided:
+        with pytest.raises(ValueError, match="guidance_scale must be finite"):
+            ops.ddim_step(x, m, 0.35, 0.62, prediction_type=prediction_type, guidance_scale=math.inf)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("eta", [0.5, 1.0])
 def test_ddim_step_with_noise_and_x0(isa, gen, dtype, eta):
     shape = (3, 5, 31, 17)

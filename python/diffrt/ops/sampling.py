@@ -309,6 +309,33 @@ def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta,
 
 
 _DDIM_IMPLS = {"cuda": _ddim_compiled, "cpu": _ddim_compiled, "torch": _ddim_torch}
+_Tensor, _is_compiling, _dispatch_modes = torch.Tensor, torch.compiler.is_compiling, torch._C._len_torch_dispatch_stack
+
+
+def _ddim_fast(sample, model_output, alpha_t: float, alpha_prev: float, guidance: Optional[float],
+               prediction_type: str):
+    """A sampling loop's call — float ᾱ and w, η = 0, no clipping, plain tensors of one dtype on one
+    device, nothing to differentiate or trace — checked in a few comparisons and run on the kernel:
+    half of a small step's time went to the general checks. None sends the call the general way,
+    which also gives every invalid call its error."""
+    if (type(sample) is not _Tensor or type(model_output) is not _Tensor or model_output.dtype is not sample.dtype
+            or prediction_type not in PREDICTIONS or not 0.0 <= alpha_prev <= 1.0
+            or not (0.0 < alpha_t < 1.0 or (alpha_t == 0.0 and prediction_type != "epsilon"))
+            or (guidance is not None and not -math.inf < guidance < math.inf)
+            or _is_compiling() or _dispatch_modes()
+            or (torch.is_grad_enabled() and (sample.requires_grad or model_output.requires_grad))):
+        return None
+    xs, ms = sample.shape, model_output.shape
+    if not xs or ms[1:] != xs[1:] or ms[0] != (xs[0] if guidance is None else 2 * xs[0]) \
+            or model_output.device != sample.device:
+        return None
+    impl = dispatch("ddim_step", _DDIM_IMPLS, sample.device, sample.dtype, None)
+    if impl is not _ddim_compiled:
+        return None
+    n = xs[0]
+    return _ddim_compiled(sample, model_output, None, [alpha_t] * n, [alpha_prev] * n,
+                          None if guidance is None else [guidance] * n, 0.0, 0.0, prediction_type, _NO_CLIP, False,
+                          False)
 
 
 def ddim_step(
@@ -368,6 +395,14 @@ def ddim_step(
     dynamic-threshold quantile are torch's subgradients. The other scalars have no gradient; a
     tensor of them that requires grad is an error.
     """
+    if (type(alpha_t) is float and type(alpha_prev) is float and (guidance_scale is None or type(guidance_scale) is float)
+            and noise is None and backend is None and (eta == 0 if type(eta) in (float, int) else False)
+            and clip_sample_range is None and dynamic_threshold is None and dynamic_threshold_max is None
+            and type(guidance_rescale) in (float, int) and guidance_rescale == 0
+            and use_clipped_model_output is False and return_x0 is False):
+        out = _ddim_fast(sample, model_output, alpha_t, alpha_prev, guidance_scale, prediction_type)
+        if out is not None:
+            return out
     _checks.tensor("sample", sample)
     _checks.tensor("model_output", model_output)
     if sample.dim() == 0:
