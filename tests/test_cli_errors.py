@@ -85,8 +85,8 @@ BAD_OPTIONS = [
     ("imagic", "--finetune-steps", "-1"), ("demo", "--embedding-steps", "-1"), ("demo", "--finetune-steps", "-3"),
     ("diffedit", "--strength", "0"), ("diffedit", "--strength", "1.5"), ("diffedit", "--strength", "nan"),
     ("diffedit", "--strength", "-0.2"), ("interpolate", "--frames", "0"), ("interpolate", "--frames", "1"),
-    ("diffedit", "--mask-strength", "0"), ("diffedit", "--mask-threshold", "1"), ("diffedit", "--mask-threshold", "-0.1"),
-    ("diffedit", "--mask-smooth", "-1"),
+    ("diffedit", "--mask-strength", "0"), ("diffedit", "--mask-threshold", "1"),
+    ("diffedit", "--mask-threshold", "-0.1"), ("diffedit", "--mask-smooth", "-1"),
 ]
 
 

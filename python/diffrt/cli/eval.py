@@ -16,7 +16,8 @@ from ..eval import (DEFAULT_ITEMS, DEFAULT_SEED, compare_editbench, diffedit, di
 from ..eval import imagic, imagic_report
 from .errors import CommandError
 from .files import load_bundle
-from .options import (MODEL_HELP, add_mask_options, add_threshold_option, eta_arg, finite_arg, guidance_arg, int_at_least, seed_arg,
+from .options import (MODEL_HELP, add_mask_options, add_threshold_option, eta_arg, finite_arg, guidance_arg,
+                      int_at_least, seed_arg,
                       strength_arg)
 
 

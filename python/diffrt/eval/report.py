@@ -89,9 +89,9 @@ def markdown_report(result: EditBenchResult) -> str:
              f"{', with super-resolution' if c['super_resolution'] else ''}); {c['steps']} DDIM steps, guidance "
              f"{c['guidance']}, dynamic thresholding {threshold_label(c)}, "
              f"sampling seed {c['seed']}, benchmark seed {c['bench_seed']}; DiffEdit masks from "
-             f"{c['diffedit_n']} noise draws at strength {c['diffedit_strength']} ({c.get('diffedit_normalise', 'mean')}-"
-             f"normalised, smoothed over {c.get('diffedit_smooth', 0)} px, threshold "
-             f"{c.get('diffedit_threshold', 0.5)}). Mask sizes: small < "
+             f"{c['diffedit_n']} noise draws at strength {c['diffedit_strength']} "
+             f"({c.get('diffedit_normalise', 'mean')}-normalised, smoothed over {c.get('diffedit_smooth', 0)} px, "
+             f"threshold {c.get('diffedit_threshold', 0.5)}). Mask sizes: small < "
              f"{c['mask_size_bins'][0]:.1%} ≤ medium < {c['mask_size_bins'][1]:.1%} ≤ large (of the image).",
              "", "Attribute acc. checks the attribute each item edits; colour, shape and count accuracy are "
              "checked on every item. Background PSNR is over the pixels outside the mask, on the model's raw "

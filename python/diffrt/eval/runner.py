@@ -79,8 +79,9 @@ def run_editbench(bundle, *, unet=None, noise_schedule=None, text_encoder=None, 
     PSNR measures what the model kept. DiffEdit's mask comes from the same base model used as
     text-to-image (source = the source object's prompt, target = the edited one, same prompt type),
     from ``diffedit_n`` noise draws at ``diffedit_strength`` with `DiffEditPipeline.generate_mask`'s
-    ``normalise``, ``smooth`` and ``threshold`` (the paper's by default); ``diffedit_n = 0`` skips it. Items are rendered at ``resolution`` (default: the output side) and
-    resized to the model's input side when it differs.
+    ``normalise``, ``smooth`` and ``threshold`` (the paper's by default); ``diffedit_n = 0`` skips it.
+    Items are rendered at ``resolution`` (default: the output side) and resized to the model's input
+    side when it differs.
     """
     steps = check_positive("steps", steps)
     batch_size = check_positive("batch_size", batch_size)

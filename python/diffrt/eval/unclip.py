@@ -179,7 +179,8 @@ def check_amounts(amounts: Sequence[float]) -> List[float]:
 
 @torch.no_grad()
 def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps: int = 25, guidance: float = 3.0,
-               eta: float = 0.1, inversion_guidance: Optional[float] = 1.0, amounts: Sequence[float] = DEFAULT_AMOUNTS, seed: int = 0, batch_size: int = 12,
+               eta: float = 0.1, inversion_guidance: Optional[float] = 1.0,
+               amounts: Sequence[float] = DEFAULT_AMOUNTS, seed: int = 0, batch_size: int = 12,
                bench_seed: int = DEFAULT_BENCH_SEED, examples: int = 6, progress: bool = True) -> Dict[str, Any]:
     """Variations, interpolations and text diffs of ``items`` inputs with the bundle's CLIP, prior-free
     decoder (the ``decoder`` part) and text encoder; see the module docstring for the measures.
@@ -267,7 +268,8 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
                         "mid_colour_either": bool(mid_a["colour"] or mid_b["colour"])})
             diffs = pipe.text_diff(clip_images, [it.source.prompt for it in batch], [it.target_prompt for it in batch],
                                    amounts, guidance=float(inversion_guidance), output_type="pt", progress=False,
-                                   generator=seeded_generator(seed, start, TEXT_DIFF_KEY)).images.float().clamp(-1, 1).cpu()
+                                   generator=seeded_generator(seed, start, TEXT_DIFF_KEY)).images
+            diffs = diffs.float().clamp(-1, 1).cpu()
             diffs = diffs.view(len(batch), len(amounts), *diffs.shape[1:])
             for b, it in enumerate(batch):
                 for a, amount in enumerate(amounts):
@@ -284,7 +286,8 @@ def run_unclip(bundle, *, items: int = DEFAULT_ITEMS, variations: int = 2, steps
             bar.update(len(batch))
     bar.close()
     config = {"items": items, "bench_seed": bench_seed, "seed": seed, "variations": variations, "steps": steps,
-              "guidance": guidance, "inversion_guidance": inversion_guidance, "eta": eta, "amounts": amounts, "interpolation_ts": list(INTERPOLATION_TS),
+              "guidance": guidance, "inversion_guidance": inversion_guidance, "eta": eta, "amounts": amounts,
+              "interpolation_ts": list(INTERPOLATION_TS),
               "spacing": "trailing", "batch_size": step, "resolution": side, "clip_resolution": clip_side,
               "prompts_truncated": truncated}
     return {"config": config, "summary": summarize(records), "records": records, "examples": shown}

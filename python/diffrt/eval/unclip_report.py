@@ -35,7 +35,8 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
              f"(CLIP at {c['clip_resolution']} px); the decoder alone, DDIM ({c['spacing']} spacing) with {c['steps']} "
              f"steps and guidance {c['guidance']}; {c['variations']} variations per input and method, variation "
              f"η {c['eta']}; variations and text diffs decode the input's DDIM inversion at guidance "
-             f"{c.get('inversion_guidance', c['guidance'])}; sampling seed {c['seed']}, batches of {c['batch_size']}.", "",
+             f"{c.get('inversion_guidance', c['guidance'])}; sampling seed {c['seed']}, batches of "
+             f"{c['batch_size']}.", "",
              "Every output is checked with the t2i checks against the labels of the scene it should keep: the "
              "background's colour, the object's colour, its 3×3 cell and (on shape-checkable items) its shape. "
              "Diversity: RMS pixel distance between two outputs of one input; distance: of an output from its "

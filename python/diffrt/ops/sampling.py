@@ -395,7 +395,8 @@ def ddim_step(
     dynamic-threshold quantile are torch's subgradients. The other scalars have no gradient; a
     tensor of them that requires grad is an error.
     """
-    if (type(alpha_t) is float and type(alpha_prev) is float and (guidance_scale is None or type(guidance_scale) is float)
+    if (type(alpha_t) is float and type(alpha_prev) is float
+            and (guidance_scale is None or type(guidance_scale) is float)
             and noise is None and backend is None and (eta == 0 if type(eta) in (float, int) else False)
             and clip_sample_range is None and dynamic_threshold is None and dynamic_threshold_max is None
             and type(guidance_rescale) in (float, int) and guidance_rescale == 0

@@ -228,8 +228,9 @@ class DiffEditPipeline:
         ``mask_encode_strength``; ``mask_normalise``, ``mask_smooth`` and ``mask_guidance`` are
         :meth:`generate_mask`'s ``normalise``, ``smooth`` and ``guidance``). ``guidance`` guides the
         decoding: a number, a 1-D tensor of one weight per image, or a schedule (step, num_steps) -> w,
-        as in :func:`ddim_sample`. The image is encoded once; with posterior="sample" the inversion and then the mask each draw their
-        latents from ``generator`` (in that order, from the one posterior)."""
+        as in :func:`ddim_sample`. The image is encoded once; with posterior="sample" the inversion
+        and then the mask each draw their latents from ``generator`` (in that order, from the one
+        posterior)."""
         guidance = check_guidance("guidance", guidance)
         b = check_image("image", image).shape[0]
         if mask is None:
@@ -247,9 +248,9 @@ class DiffEditPipeline:
         src = prompt_list("source_prompt", source_prompt, b, allow_empty=True)
         tgt = prompt_list("target_prompt", target_prompt, b)
         if mask is None:
-            mask = self._mask(encoded, src, tgt, n=n, strength=mask_strength, clamp_ratio=clamp_ratio, threshold=threshold,
-                              smooth=mask_smooth, dilate=0, normalise=mask_normalise, weight=weight,
-                              generator=generator)
+            mask = self._mask(encoded, src, tgt, n=n, strength=mask_strength, clamp_ratio=clamp_ratio,
+                              threshold=threshold, smooth=mask_smooth, dilate=0, normalise=mask_normalise,
+                              weight=weight, generator=generator)
         elif mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != x0.shape[-2:]:
             raise ValueError(f"mask must have shape (B or 1, 1, {x0.shape[-2]}, {x0.shape[-1]}), got {tuple(mask.shape)}")
         mask = mask.to(x0.dtype)
