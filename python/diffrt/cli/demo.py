@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ProceduralDataset
-from ..data.world import COLOUR_RGB, caption_full
+from ..data.world import caption_full
+from ..eval.items import with_value
 from ..images import contact_sheet
 from ..pipelines import DiffEditPipeline
 from .files import write_images
@@ -62,8 +63,8 @@ def demo(args) -> List[Path]:
     # caption, and the same caption with the object made a blue square, so the two differ in its words alone
     spec, target_object = world.scene(0), max(sample["target"], 0)
     source = sample["captions"]["simple"]
-    as_square = [dataclasses.replace(o, colour="blue", rgb=COLOUR_RGB["blue"], shape="square")
-                 if i == target_object else o for i, o in enumerate(spec.objects)]
+    as_square = [with_value(with_value(o, "colour", "blue"), "shape", "square") if i == target_object else o
+                 for i, o in enumerate(spec.objects)]
     full_source, full_target = caption_full(spec), caption_full(dataclasses.replace(spec, objects=tuple(as_square)))
     edited = edit(small, full_source, full_target, generator=g, output_type="pt", progress=not quiet, **DIFFEDIT_MASK)
     written += stage(f"diffedit: {source} -> a blue square (input, its automatic mask, the edit)", edited.images,

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from ..models.bundle import PARTS
+from ..pipelines.diffedit import MASK_NORMALISATIONS
 
 DEFAULT_OUT = "diffrt-out"
 BACKENDS = ("torch", "compile", "openvino")  # --backend: what runs the denoisers
@@ -81,7 +82,7 @@ def add_mask_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-strength", type=strength_arg, default=m["mask_strength"],
                    help=f"encoding ratio at which the mask is estimated (default {m['mask_strength']}, chosen for "
                         f"the shipped models; the paper's: the edit's --strength)")
-    p.add_argument("--mask-normalise", choices=("mean", "max"), default=m["mask_normalise"],
+    p.add_argument("--mask-normalise", choices=MASK_NORMALISATIONS, default=m["mask_normalise"],
                    help="max: keep the pixels within --mask-threshold of the strongest response; mean: the paper's, "
                         f"clamp at 3x the mean and keep what lies above the threshold of that (default "
                         f"{m['mask_normalise']})")

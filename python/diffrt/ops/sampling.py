@@ -309,7 +309,6 @@ def _ddim_torch(sample, model_output, noise, alpha_t, alpha_prev, guidance, eta,
 
 
 _DDIM_IMPLS = {"cuda": _ddim_compiled, "cpu": _ddim_compiled, "torch": _ddim_torch}
-_Tensor, _is_compiling, _dispatch_modes = torch.Tensor, torch.compiler.is_compiling, torch._C._len_torch_dispatch_stack
 
 
 def _ddim_fast(sample, model_output, alpha_t: float, alpha_prev: float, guidance: Optional[float],
@@ -318,12 +317,10 @@ def _ddim_fast(sample, model_output, alpha_t: float, alpha_prev: float, guidance
     device, nothing to differentiate or trace — checked in a few comparisons and run on the kernel:
     half of a small step's time went to the general checks. None sends the call the general way,
     which also gives every invalid call its error."""
-    if (type(sample) is not _Tensor or type(model_output) is not _Tensor or model_output.dtype is not sample.dtype
-            or prediction_type not in PREDICTIONS or not 0.0 <= alpha_prev <= 1.0
+    if (prediction_type not in PREDICTIONS or not 0.0 <= alpha_prev <= 1.0
             or not (0.0 < alpha_t < 1.0 or (alpha_t == 0.0 and prediction_type != "epsilon"))
             or (guidance is not None and not -math.inf < guidance < math.inf)
-            or _is_compiling() or _dispatch_modes()
-            or (torch.is_grad_enabled() and (sample.requires_grad or model_output.requires_grad))):
+            or not direct(sample, model_output) or model_output.dtype is not sample.dtype):
         return None
     xs, ms = sample.shape, model_output.shape
     if not xs or ms[1:] != xs[1:] or ms[0] != (xs[0] if guidance is None else 2 * xs[0]) \
