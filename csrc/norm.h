@@ -166,6 +166,7 @@ namespace avx2 { extern const NormKernels norm_kernels; }
 namespace avx512 { extern const NormKernels norm_kernels; }
 namespace avx512_bf16 { extern const NormKernels norm_kernels; }
 namespace neon { extern const NormKernels norm_kernels; }
+namespace neon_bf16 { extern const NormKernels norm_kernels; }
 
 const NormKernels& norm_kernels();  // table of the active ISA (cpu/norm_dispatch.cpp)
 

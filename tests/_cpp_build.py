@@ -48,7 +48,9 @@ def build_harness(cxx: str, arch: str, out_dir: Path, link_flags=()) -> Path:
     for cmd, result in zip(jobs, results):
         assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
     binary = out_dir / f"cpu_kernels_check_{arch}"
-    link = [cxx, *COMMON_FLAGS, "-O2", *link_flags, str(HARNESS), *(str(ROOT / s) for s in DISPATCH_SOURCES),
+    # As CMakeLists.txt's DIFFRT_DISPATCH_DEFINITIONS: the selectors list neon_bf16 when it is compiled.
+    dispatch_defs = ["-DDIFFRT_WITH_NEON_BF16=1"] if "neon_bf16" in isa_flags(arch) else []
+    link = [cxx, *COMMON_FLAGS, *dispatch_defs, "-O2", *link_flags, str(HARNESS), *(str(ROOT / s) for s in DISPATCH_SOURCES),
             *(job[-1] for job in jobs), "-o", str(binary)]
     result = subprocess.run(link, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(link)}\n{result.stderr}"

@@ -1,5 +1,6 @@
 // Fused multi-head attention on the CPU, FlashAttention-style: the Lq×Lk score matrix is never
-// materialised. Compiled once per ISA (DIFFRT_ISA = scalar, avx2, avx512, avx512_bf16), like sampler_kernels.cpp.
+// materialised. Compiled once per ISA (DIFFRT_ISA = scalar, avx2, avx512, avx512_bf16, neon, neon_bf16), like
+// sampler_kernels.cpp.
 //
 // Forward, per (batch·head, query tile of kQueryTile rows), over key tiles of ≤ kKeyTile keys, in the
 // log2 domain t = scale·log2(e)·q·k (so the softmax exponential is a cheap exp2):
@@ -15,7 +16,9 @@
 // (d × tile) for Q·Kᵀ, V (keys × d) for P·V; the head dim is padded to a multiple of W.
 // bfloat16 on AVX512-BF16: every product (Q·Kᵀ and P·V forward; all five backward) runs on
 // _mm512_dpbf16_ps (pairs along the reduction dim packed next to each other; P and dS rounded to bfloat16
-// as FlashAttention does), all sums in float32. Elsewhere bfloat16 inputs are widened to float32 while packing.
+// as FlashAttention does), all sums in float32. On Arm BF16 (neon_bf16) the forward's two products run on
+// vbfdotq_f32, the same pair dot product on 4 lanes. Elsewhere bfloat16 is widened to float32 while packing.
+// aarch64's neon sets use the float32 micro-kernels on 4-lane NEON vectors (an 8 × 12 register tile).
 //
 // Masked keys (key_padding_mask, and the padding of Lk to a multiple of W) take no part at all, whatever
 // their k and v hold: their score is replaced (selected, not added: NaN + −inf is NaN) by −inf, whose
@@ -41,13 +44,22 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/attention_kernels.h"
+#include "cpu/kernels.h"
+#include "cpu/parallel.h"
+
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-
-#include "cpu/attention_kernels.h"
-#include "cpu/parallel.h"
-#include "cpu/parallel.h"
+// aarch64: the neon sets use intrinsics; the scalar set is the portable code (a fallback for debugging).
+#if defined(__aarch64__) && !DIFFRT_ISA_IS(scalar)
+#define DIFFRT_ATTENTION_NEON 1
+#include <arm_neon.h>
+#endif
+// bfloat16 dot products: _mm512_dpbf16_ps (AVX512-BF16) or vbfdotq_f32 (Armv8.6 BF16, forward only).
+#if defined(__AVX512BF16__) || (defined(DIFFRT_ATTENTION_NEON) && defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC))
+#define DIFFRT_BF16_DOT 1
+#endif
 
 #ifndef DIFFRT_ISA
 #error "DIFFRT_ISA must name the instruction set this file is compiled for"
@@ -145,6 +157,40 @@ inline vf vexp2(vf x) {
 }
 // x where the key is attended (bias +0), −inf where it is masked (bias −inf: blendv reads the sign bit).
 inline vf vkeep(vf x, vf bias) { return _mm256_blendv_ps(x, bias, bias); }
+#elif defined(DIFFRT_ATTENTION_NEON)
+constexpr int W = 4;
+// 24 accumulators + 3 vectors of B + 1 broadcast of 32 q registers (the usual 8×12 Arm sgemm tile).
+constexpr int kRows = 8, kMaxNC = 3;
+using vf = float32x4_t;
+inline vf vzero() { return vdupq_n_f32(0.f); }
+inline vf vset1(float x) { return vdupq_n_f32(x); }
+inline vf vload(const float* p) { return vld1q_f32(p); }
+inline void vstore(float* p, vf v) { vst1q_f32(p, v); }
+inline vf vfma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
+inline vf vmul(vf a, vf b) { return vmulq_f32(a, b); }
+inline vf vadd(vf a, vf b) { return vaddq_f32(a, b); }
+inline vf vsub(vf a, vf b) { return vsubq_f32(a, b); }
+inline vf vmax(vf a, vf b) { return vmaxq_f32(a, b); }  // FMAX: NaN if either is NaN
+inline float hmax(vf v) { return vmaxvq_f32(v); }
+inline float hsum(vf v) { return vaddvq_f32(v); }
+// As the AVX2 version: 2^n built in the exponent bits, x < −126 (−inf included) gives 0; NaN passes (the
+// keep mask is "not less than", and FMAX and the polynomial keep NaN).
+inline vf vexp2(vf x) {
+  const uint32x4_t keep = vmvnq_u32(vcltq_f32(x, vdupq_n_f32(-126.f)));
+  x = vmaxq_f32(vdupq_n_f32(-126.f), x);
+  const vf n = vrndnq_f32(x);
+  const vf f = vsubq_f32(x, n);
+  vf p = vdupq_n_f32(1.3264727080430985e-3f);
+  p = vfmaq_f32(vdupq_n_f32(9.671512862324629e-3f), p, f);
+  p = vfmaq_f32(vdupq_n_f32(5.550733745645653e-2f), p, f);
+  p = vfmaq_f32(vdupq_n_f32(2.4022242081840833e-1f), p, f);
+  p = vfmaq_f32(vdupq_n_f32(6.931469775965884e-1f), p, f);
+  p = vfmaq_f32(vdupq_n_f32(1.f), p, f);
+  const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+  return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(vmulq_f32(p, vreinterpretq_f32_s32(e))), keep));
+}
+// x where the key is attended (bias +0), −inf where it is masked (bias −inf).
+inline vf vkeep(vf x, vf bias) { return vbslq_f32(vcltzq_f32(bias), bias, x); }
 #else
 constexpr int W = 1;
 constexpr int kRows = 4, kMaxNC = 4;
@@ -164,7 +210,7 @@ inline vf vexp2(vf x) { return std::exp2(x); }
 inline vf vkeep(vf x, vf bias) { return bias < 0.f ? bias : x; }
 #endif
 
-#if defined(__AVX512BF16__)
+#if defined(DIFFRT_BF16_DOT)
 constexpr bool kBf16Dot = true;
 #else
 constexpr bool kBf16Dot = false;
@@ -239,27 +285,40 @@ void gemm_block(int64_t K, const float* A, int64_t a_rs, int64_t a_ks, const flo
   store_block<R, NC, init>(acc, C, c_rs, row_aux, out_scale, bias);
 }
 
+#if defined(DIFFRT_BF16_DOT)
+// W lanes of bfloat16 pairs, and the pair dot product: lane j += a[2j]·b[2j] + a[2j+1]·b[2j+1] (float32).
 #if defined(__AVX512BF16__)
-// The bfloat16 twin: A and B hold bfloat16 pairs along the reduction dim; one _mm512_dpbf16_ps adds
+using vbf = __m512bh;
+inline vbf bf_load(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+inline vbf bf_broadcast(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(int(pair)); }
+inline vf bf_dot(vf acc, vbf a, vbf b) { return _mm512_dpbf16_ps(acc, a, b); }
+#else
+using vbf = bfloat16x8_t;
+inline vbf bf_load(const uint16_t* p) { return vreinterpretq_bf16_u16(vld1q_u16(p)); }
+inline vbf bf_broadcast(uint32_t pair) { return vreinterpretq_bf16_u32(vdupq_n_u32(pair)); }
+inline vf bf_dot(vf acc, vbf a, vbf b) { return vbfdotq_f32(acc, a, b); }
+#endif
+
+// The bfloat16 twin: A and B hold bfloat16 pairs along the reduction dim; one bf_dot adds
 // A[r][2p]·B[2p][j] + A[r][2p+1]·B[2p+1][j] into float32 lane j. A row r: uint32 pairs at r·a_rs + p·a_ks;
 // B: pair row p at p·b_ks (bfloat16 elements), lane j's pair at 2j.
 template <int R, int NC, Init init>
 void gemm_block_bf16(int64_t K_pairs, const uint32_t* A, int64_t a_rs, int64_t a_ks, const uint16_t* B, int64_t b_ks,
                      float* C, int64_t c_rs, float* row_aux, float out_scale, const float* bias) {
-  __m512 acc[R][NC];
+  vf acc[R][NC];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NC; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NC; ++v) acc[r][v] = vzero();
   for (int64_t p = 0; p < K_pairs; ++p) {
-    __m512bh b[NC];
+    vbf b[NC];
 #pragma GCC unroll 8
-    for (int v = 0; v < NC; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + p * b_ks + v * 2 * W);
+    for (int v = 0; v < NC; ++v) b[v] = bf_load(B + p * b_ks + v * 2 * W);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(A[r * a_rs + p * a_ks]));
+      const vbf a = bf_broadcast(A[r * a_rs + p * a_ks]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NC; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+      for (int v = 0; v < NC; ++v) acc[r][v] = bf_dot(acc[r][v], a, b[v]);
     }
   }
   store_block<R, NC, init>(acc, C, c_rs, row_aux, out_scale, bias);
@@ -347,7 +406,7 @@ void gemm(int64_t rows, int64_t col_vecs, int64_t K, const float* A, int64_t a_r
   }
 }
 
-#if defined(__AVX512BF16__)
+#if defined(DIFFRT_BF16_DOT)
 using GemmBf16Fn = void (*)(int64_t, const uint32_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t,
                             float*, float, const float*);
 template <Init init, int R, int... NC>
@@ -457,7 +516,7 @@ inline void load_row(const float* s, int64_t d, int64_t dp, float* o) {
   }
 #else
   int64_t c = 0;
-#if defined(__AVX2__)
+#if defined(__AVX2__) || defined(DIFFRT_ATTENTION_NEON)
   for (; c + W <= d; c += W) vstore(o + c, vload(s + c));
 #endif
   for (; c < d; ++c) o[c] = s[c];
@@ -478,6 +537,9 @@ inline void load_row(const bf16* s, int64_t d, int64_t dp, float* o) {
     const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + c));
     _mm256_storeu_ps(o + c, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16)));
   }
+#elif defined(DIFFRT_ATTENTION_NEON)
+  for (; c + W <= d; c += W)  // bfloat16 bits are the top half of the float32
+    vst1q_f32(o + c, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(&s[c].bits), 16)));
 #endif
   for (; c < d; ++c) o[c] = load(s[c]);
   for (; c < dp; ++c) o[c] = 0.f;
@@ -509,6 +571,9 @@ inline void store_row(const float* src, float scale, int64_t d, bf16* dst) {
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(bits, bits), 0xd8);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), _mm256_castsi256_si128(packed));
   }
+#elif defined(DIFFRT_BF16_DOT) && defined(DIFFRT_ATTENTION_NEON)
+  for (; c + W <= d; c += W)  // BFCVTN: round to nearest even, NaN stays NaN
+    vst1_u16(&dst[c].bits, vreinterpret_u16_bf16(vcvt_bf16_f32(vmulq_f32(vld1q_f32(src + c), vdupq_n_f32(scale)))));
 #endif
   for (; c < d; ++c) dst[c] = to_bf16(src[c] * scale);
 }
@@ -579,6 +644,11 @@ void softmax_step(int64_t rows, int64_t width, float* t, const float* row_max, f
 #if defined(__AVX512BF16__)
       if (p_bf16) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p_bf16 + r * width + v * W), (__m256i)_mm512_cvtneps_pbh(p));
+        continue;
+      }
+#elif defined(DIFFRT_BF16_DOT)
+      if (p_bf16) {  // BFCVTN: round to nearest even, as cvtneps_pbh
+        vst1_u16(p_bf16 + r * width + v * W, vreinterpret_u16_bf16(vcvt_bf16_f32(p)));
         continue;
       }
 #endif
@@ -699,7 +769,7 @@ void forward_typed(const AttentionForwardArgs& a) {
         const float* bias = kb.biased(b, t) ? kb.row(b) + k0 : nullptr;
         std::fill(s.row_max.begin(), s.row_max.end(), kMasked);
         // t = c·Q·Kᵀ + bias (rows × w) and its row max (the reduction runs over d, not the padded dp), then the online-softmax step, then O = O·alpha + P·V.
-#if defined(__AVX512BF16__)
+#if defined(DIFFRT_BF16_DOT)
         if (kDot) {
           const uint16_t* ktile = kt_b16.get() + bh * head_elems + k0 * dp;
           const uint16_t* vtile = v_b16.get() + bh * head_elems + k0 * dp;

@@ -27,12 +27,18 @@
 #error "DIFFRT_ISA must name the instruction set this file is compiled for"
 #endif
 
-// Vector width and accumulator budget per ISA (32 zmm / 16 ymm / 16 xmm registers; the rest hold the
-// weight vectors and the broadcast pixel).
+// Vector width and accumulator budget per ISA (32 zmm / 16 ymm / 32 NEON q / 16 xmm registers; the rest
+// hold the weight vectors and the broadcast pixel).
 #if defined(__AVX512F__)
 #define DIFFRT_DS_LANES 16
 #define DIFFRT_DS_ACC_REGS 24
 #define DIFFRT_DS_MAX_NV 4
+#define DIFFRT_DS_WIDE_REGISTER_FILE 1
+#elif defined(__aarch64__)
+#define DIFFRT_DS_LANES 4
+#define DIFFRT_DS_ACC_REGS 24
+#define DIFFRT_DS_MAX_NV 4
+#define DIFFRT_DS_WIDE_REGISTER_FILE 1
 #elif defined(__AVX2__)
 #define DIFFRT_DS_LANES 8
 #define DIFFRT_DS_ACC_REGS 12
@@ -88,9 +94,9 @@ inline void gemm_micro_kernel(const float* const* rows, int64_t offset, int64_t 
     for (int v = 0; v < NV; ++v) sum[r][v] = loadv(init + r * init_stride + v * kLanes);
   for (int64_t j = 0; j < nrows; ++j) {
     const float* src = rows[j] + offset;
-    // Not unrolled below AVX-512: unrolling kx lets the compiler hoist the next steps' loads, which
-    // spills an accumulator with 16 vector registers (R·NV + NV + 1 live values); 32 have room.
-#if !defined(__AVX512F__)
+    // Unrolled only with 32 vector registers (AVX-512, aarch64): unrolling kx lets the compiler hoist the
+    // next steps' loads, which spills an accumulator with 16 (R·NV + NV + 1 live values); 32 have room.
+#if !defined(DIFFRT_DS_WIDE_REGISTER_FILE)
 #pragma GCC unroll 1
 #endif
     for (int64_t kx = 0; kx < k; ++kx, w += NV * kLanes) {

@@ -44,6 +44,7 @@ namespace avx2 { extern const DownsampleKernels downsample_kernels; }
 namespace avx512 { extern const DownsampleKernels downsample_kernels; }
 namespace avx512_bf16 { extern const DownsampleKernels downsample_kernels; }
 namespace neon { extern const DownsampleKernels downsample_kernels; }
+namespace neon_bf16 { extern const DownsampleKernels downsample_kernels; }
 
 const DownsampleKernels& downsample_kernels();  // table of the active ISA
 

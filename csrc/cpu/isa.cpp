@@ -1,6 +1,7 @@
 // Run-time instruction-set dispatch: on x86-64 CPUID (with the OS's XSAVE state check) picks the widest
-// kernel table the CPU can run; on aarch64 that is neon (Advanced SIMD is part of the base architecture).
-// DIFFRT_CPU_ISA (x86-64: scalar|avx2|avx512|avx512_bf16, aarch64: scalar|neon) or set_active_isa() lowers it
+// kernel table the CPU can run; on aarch64 that is neon (Advanced SIMD is part of the base architecture), or
+// neon_bf16 where the OS reports the BF16 extension (Linux: HWCAP2_BF16; macOS: hw.optional.arm.FEAT_BF16).
+// DIFFRT_CPU_ISA (x86-64: scalar|avx2|avx512|avx512_bf16, aarch64: scalar|neon|neon_bf16) or set_active_isa() lowers it
 // (a bad DIFFRT_CPU_ISA falls back to the widest, with a warning: isa_env_warning()).
 #include <atomic>
 #include <cstdlib>
@@ -11,12 +12,20 @@
 
 #include "cpu/kernels.h"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
 namespace diffrt::cpu {
 
 namespace {
 // The kernel sets CMakeLists.txt compiles for this architecture, narrowest first; an ISA can run when
 // it comes no later in this list than best_supported_isa().
-#if defined(__aarch64__)
+#if defined(__aarch64__) && defined(DIFFRT_WITH_NEON_BF16)  // CMakeLists.txt: when the compiler has +bf16
+constexpr Isa kCompiledIsas[] = {Isa::scalar, Isa::neon, Isa::neon_bf16};
+#elif defined(__aarch64__)
 constexpr Isa kCompiledIsas[] = {Isa::scalar, Isa::neon};
 #else
 constexpr Isa kCompiledIsas[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16};
@@ -44,6 +53,7 @@ const char* isa_name(Isa isa) {
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     case Isa::neon: return "neon";
+    case Isa::neon_bf16: return "neon_bf16";
     default: return "scalar";
   }
 }
@@ -54,9 +64,26 @@ std::vector<std::string> compiled_isas() {
   return names;
 }
 
+namespace {
+// Whether the OS reports the Armv8.6 BF16 extension (BFDOT, BFMMLA, BFCVT) for this CPU.
+[[maybe_unused]] bool cpu_has_arm_bf16() {
+#if defined(__aarch64__) && defined(__linux__)
+  constexpr unsigned long kHwcap2Bf16 = 1ul << 14;  // HWCAP2_BF16 of <asm/hwcap.h>
+  return (getauxval(AT_HWCAP2) & kHwcap2Bf16) != 0;
+#elif defined(__aarch64__) && defined(__APPLE__)
+  int value = 0;
+  size_t size = sizeof(value);
+  return sysctlbyname("hw.optional.arm.FEAT_BF16", &value, &size, nullptr, 0) == 0 && value != 0;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
 Isa best_supported_isa() {
 #if defined(__aarch64__)
-  return Isa::neon;  // Advanced SIMD is mandatory in AArch64 (Linux, macOS and Windows all require it)
+  // Advanced SIMD is mandatory in AArch64 (Linux, macOS and Windows all require it).
+  return rank(Isa::neon_bf16) >= 0 && cpu_has_arm_bf16() ? Isa::neon_bf16 : Isa::neon;
 #elif defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -136,6 +163,9 @@ const SamplerKernels& sampler_kernels() {
   switch (active_isa()) {
 #if defined(__aarch64__)
     case Isa::neon: return neon::sampler_kernels;
+#if defined(DIFFRT_WITH_NEON_BF16)
+    case Isa::neon_bf16: return neon_bf16::sampler_kernels;
+#endif
 #else
     case Isa::avx512: return avx512::sampler_kernels;
     case Isa::avx512_bf16: return avx512_bf16::sampler_kernels;

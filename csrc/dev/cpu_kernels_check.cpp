@@ -5,11 +5,11 @@
 // No Python, no torch, no OpenMP runtime API: plain g++ builds it for the host or a cross target, e.g.
 // aarch64 (tests/test_aarch64_cross.py runs that build under qemu-aarch64):
 //
-//   CXX=aarch64-linux-gnu-g++; isas="scalar neon"   # x86-64: CXX=g++; isas="scalar avx2 avx512"
+//   CXX=aarch64-linux-gnu-g++; isas="scalar neon neon_bf16"   # x86-64: CXX=g++; isas="scalar avx2 avx512 avx512_bf16"
 //   for isa in $isas; do for f in sampler attention downsample_cond norm; do   # flags: CMakeLists.txt's
 //     $CXX -std=c++17 -O3 -fopenmp -Icsrc -DDIFFRT_ISA=$isa $DIFFRT_ISA_FLAGS_<arch>_$isa
 //          -c csrc/cpu/${f}_kernels.cpp -o $isa-$f.o; done; done
-//   $CXX -std=c++17 -O2 -fopenmp -static -Icsrc csrc/dev/cpu_kernels_check.cpp csrc/cpu/isa.cpp
+//   $CXX -std=c++17 -O2 -fopenmp -static -Icsrc -DDIFFRT_WITH_NEON_BF16=1 csrc/dev/cpu_kernels_check.cpp csrc/cpu/isa.cpp
 //        csrc/cpu/*_dispatch.cpp *.o -o check && qemu-aarch64 ./check --no-timing neon
 //
 // Arguments: the ISAs to check (default: every one this CPU supports); --no-timing skips the speed runs
@@ -620,7 +620,8 @@ int main(int argc, char** argv) {
       std::printf("cannot check ISA %s: %s\nFAILED\n", name.c_str(), e.what());
       return 2;
     }
-    std::printf("==== ISA %s\n", cpu::isa_name(cpu::active_isa()));
+    std::printf("==== ISA %s (bfloat16 attention: %s)\n", cpu::isa_name(cpu::active_isa()),
+                cpu::attention_kernels().bf16_dot_product ? "bfloat16 dot products" : "widened to float32");
     rng.seed(seed);
     check_sampler_kernels();
     check_attention_kernels();

@@ -28,7 +28,10 @@ CPU_ISA_PATHS = {
     "avx512": "512-bit AVX-512 F/BW/VL/DQ, float32 math; bfloat16 converted on load (for CPUs "
               "without AVX512-BF16: Skylake-X to Ice Lake)",
     "avx512_bf16": "512-bit AVX-512 with AVX512-BF16: attention's bfloat16 products on bf16 dot products",
-    "neon": "128-bit Advanced SIMD (aarch64), the portable kernels vectorised by the compiler",
+    "neon": "128-bit Advanced SIMD (aarch64): attention in NEON intrinsics, the other kernels "
+            "vectorised by the compiler; bfloat16 converted to float32 on load",
+    "neon_bf16": "neon plus the Armv8.6 BF16 extension: attention's bfloat16 forward on BFDOT "
+                 "(Graviton 3/4, Neoverse V1/V2/N2, Apple M2 and later)",
 }
 
 
