@@ -1,5 +1,9 @@
 // The pool behind run_on_pool (see thread_pool.h for why it is not OpenMP).
 //
+// Sleeping uses pthread's mutex and condition variable directly, and the one-fork-at-a-time guard is an
+// atomic flag: std::condition_variable::wait and std::mutex::try_lock would tie the library to
+// GLIBCXX_3.4.30 (GCC 12's libstdc++) and glibc 2.34, which the portable wheel's manylinux_2_28 forbids.
+//
 // Protocol. A fork, under `m`: publish the task, open `seats` = helpers, bump `generation`, notify.
 // A pool thread that sees the new generation takes a seat under `m` (seats > 0 and the task still
 // published), counts itself in `running`, runs the task, counts itself out. The caller runs the task
@@ -12,8 +16,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <mutex>
 #include <thread>
 
 namespace diffrt::cpu {
@@ -34,10 +36,22 @@ constexpr auto kSpin = std::chrono::microseconds(50);
 // Threads beyond this are never started (a request for more runs on this many).
 constexpr int kMaxThreads = 256;
 
+// pthread_mutex_t under a scope (std::lock_guard's role).
+class Locked {
+ public:
+  explicit Locked(pthread_mutex_t& m) : m_(m) { pthread_mutex_lock(&m_); }
+  ~Locked() { pthread_mutex_unlock(&m_); }
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+
+ private:
+  pthread_mutex_t& m_;
+};
+
 struct Pool {
-  std::mutex submit;  // held for one whole fork
-  std::mutex m;
-  std::condition_variable wake;
+  std::atomic<bool> submitting{false};  // set for one whole fork
+  pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
   std::atomic<uint64_t> generation{0};
   const TaskRef* task = nullptr;  // guarded by m
   int seats = 0;                  // guarded by m
@@ -55,14 +69,14 @@ void worker(Pool* pool) {
     for (int i = 0; pool->generation.load(std::memory_order_acquire) == seen; ++i) {
       cpu_relax();
       if ((i & 255) == 255 && std::chrono::steady_clock::now() > spin_until) {
-        std::unique_lock<std::mutex> lock(pool->m);
-        pool->wake.wait(lock, [&] { return pool->generation.load(std::memory_order_relaxed) != seen; });
+        Locked lock(pool->m);
+        while (pool->generation.load(std::memory_order_relaxed) == seen) pthread_cond_wait(&pool->wake, &pool->m);
         break;
       }
     }
     const TaskRef* task = nullptr;
     {
-      std::lock_guard<std::mutex> lock(pool->m);
+      Locked lock(pool->m);
       seen = pool->generation.load(std::memory_order_relaxed);
       if (pool->task && pool->seats > 0) {
         --pool->seats;
@@ -94,21 +108,21 @@ const int g_atfork_registered = pthread_atfork(nullptr, nullptr, reset_after_for
 
 void run_on_pool(int helpers, TaskRef participant) {
   Pool* pool = g_pool;
-  if (helpers <= 0 || !pool->submit.try_lock()) {
+  if (helpers <= 0 || pool->submitting.exchange(true, std::memory_order_acquire)) {
     participant();
     return;
   }
   ensure_threads(pool, helpers);
   {
-    std::lock_guard<std::mutex> lock(pool->m);
+    Locked lock(pool->m);
     pool->task = &participant;
     pool->seats = helpers;
     pool->generation.fetch_add(1, std::memory_order_release);
   }
-  pool->wake.notify_all();
+  pthread_cond_broadcast(&pool->wake);
   participant();
   {
-    std::lock_guard<std::mutex> lock(pool->m);
+    Locked lock(pool->m);
     pool->task = nullptr;
     pool->seats = 0;
   }
@@ -117,7 +131,7 @@ void run_on_pool(int helpers, TaskRef participant) {
     if (i < 4096) cpu_relax();
     else std::this_thread::yield();
   }
-  pool->submit.unlock();
+  pool->submitting.store(false, std::memory_order_release);
 }
 
 int pool_thread_count() { return g_pool->threads.load(); }
