@@ -292,11 +292,14 @@ using vbf = __m512bh;
 inline vbf bf_load(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
 inline vbf bf_broadcast(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(int(pair)); }
 inline vf bf_dot(vf acc, vbf a, vbf b) { return _mm512_dpbf16_ps(acc, a, b); }
+// W floats → W bfloat16 at dst, rounded to nearest even (NaN stays NaN).
+inline void bf_store(uint16_t* dst, vf x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(x)); }
 #else
 using vbf = bfloat16x8_t;
 inline vbf bf_load(const uint16_t* p) { return vreinterpretq_bf16_u16(vld1q_u16(p)); }
 inline vbf bf_broadcast(uint32_t pair) { return vreinterpretq_bf16_u32(vdupq_n_u32(pair)); }
 inline vf bf_dot(vf acc, vbf a, vbf b) { return vbfdotq_f32(acc, a, b); }
+inline void bf_store(uint16_t* dst, vf x) { vst1_u16(dst, vreinterpret_u16_bf16(vcvt_bf16_f32(x))); }  // BFCVTN
 #endif
 
 // The bfloat16 twin: A and B hold bfloat16 pairs along the reduction dim; one bf_dot adds
@@ -554,11 +557,8 @@ inline void store_row(const float* src, float scale, int64_t d, float* dst) {
 }
 inline void store_row(const float* src, float scale, int64_t d, bf16* dst) {
   int64_t c = 0;
-#if defined(__AVX512BF16__)
-  for (; c + W <= d; c += W) {
-    const __m256bh x = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(src + c), _mm512_set1_ps(scale)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), (__m256i)x);
-  }
+#if defined(DIFFRT_BF16_DOT)
+  for (; c + W <= d; c += W) bf_store(&dst[c].bits, vmul(vload(src + c), vset1(scale)));
 #elif defined(__AVX2__) && !defined(__AVX512F__)
   // to_bf16 on 8 lanes: round to nearest even, (u + 0x7fff + bit 16 of u) >> 16; NaN → (u >> 16) | 0x40.
   for (; c + W <= d; c += W) {
@@ -571,9 +571,6 @@ inline void store_row(const float* src, float scale, int64_t d, bf16* dst) {
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(bits, bits), 0xd8);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c), _mm256_castsi256_si128(packed));
   }
-#elif defined(DIFFRT_BF16_DOT) && defined(DIFFRT_ATTENTION_NEON)
-  for (; c + W <= d; c += W)  // BFCVTN: round to nearest even, NaN stays NaN
-    vst1_u16(&dst[c].bits, vreinterpret_u16_bf16(vcvt_bf16_f32(vmulq_f32(vld1q_f32(src + c), vdupq_n_f32(scale)))));
 #endif
   for (; c < d; ++c) dst[c] = to_bf16(src[c] * scale);
 }
@@ -641,14 +638,9 @@ void softmax_step(int64_t rows, int64_t width, float* t, const float* row_max, f
     for (int64_t v = 0; v < nv; ++v) {
       const vf p = vexp2(vsub(vload(row + v * W), mu));
       sum = vadd(sum, p);
-#if defined(__AVX512BF16__)
+#if defined(DIFFRT_BF16_DOT)
       if (p_bf16) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p_bf16 + r * width + v * W), (__m256i)_mm512_cvtneps_pbh(p));
-        continue;
-      }
-#elif defined(DIFFRT_BF16_DOT)
-      if (p_bf16) {  // BFCVTN: round to nearest even, as cvtneps_pbh
-        vst1_u16(p_bf16 + r * width + v * W, vreinterpret_u16_bf16(vcvt_bf16_f32(p)));
+        bf_store(p_bf16 + r * width + v * W, p);
         continue;
       }
 #endif
