@@ -297,6 +297,22 @@ def test_a_kernel_refuses_a_required_field_never_set():
                                   guidance_scale=[1.0], guidance_rescale=0.0), 1)
 
 
+def test_the_uniform_ddim_entry_checks_its_arguments():
+    """_C.ddim_step_uniform (the sampling loop's one-call DDIM step) refuses what the argument structs refuse."""
+    x, m, out = torch.randn(2, 8), torch.randn(4, 8), torch.empty(2, 8)
+    good = [x.data_ptr(), m.data_ptr(), out.data_ptr(), _C.DType.float32, 2, 8, 0.4, 0.6, 3.0, _C.Prediction.epsilon, 1]
+    _C.ddim_step_uniform(*good)
+    torch.testing.assert_close(out, ops.ddim_step_ref(x, m, 0.4, 0.6, guidance_scale=3.0))
+    with pytest.raises(TypeError, match="takes 11 positional arguments, got 10"):
+        _C.ddim_step_uniform(*good[:10])
+    for i, bad, error, match in ((0, 0, ValueError, "need addresses"), (4, -1, ValueError, "must be >= 0"),
+                                 (3, 1, TypeError, "expected diffrt._C.DType"), (6, "0.4", TypeError, "a float"),
+                                 (9, 0, TypeError, "expected diffrt._C.Prediction"),
+                                 (3, _C.DType.float16, ValueError, "do not take dtype")):
+        with pytest.raises(error, match=match):
+            _C.ddim_step_uniform(*good[:i], bad, *good[i + 1:])
+
+
 def test_codes_come_from_C():
     from diffrt.ops import _codes
 

@@ -60,10 +60,14 @@ def test_ddim_step_short_path_matches_the_general_path(gen, monkeypatch, dtype, 
     as_tensor = lambda v: None if v is None else torch.tensor(v, dtype=torch.float64)  # noqa: E731
     general = ops.ddim_step(x, m, as_tensor(0.35), as_tensor(0.62), prediction_type=prediction_type,
                             guidance_scale=as_tensor(w))
+    uniform_calls = []
     with monkeypatch.context() as patched:  # the short path runs none of the general checks
         patched.setattr(sampling._checks, "tensor", lambda *a: pytest.fail("took the general path"))
+        entry = sampling._C.ddim_step_uniform
+        patched.setattr(sampling._C, "ddim_step_uniform", lambda *a: uniform_calls.append(a) or entry(*a))
         short = ops.ddim_step(x, m, 0.35, 0.62, prediction_type=prediction_type, guidance_scale=w)
     assert torch.equal(short, general)
+    assert len(uniform_calls) == 1  # the CPU's one-call entry
     for alpha_t, alpha_prev, match in ((1.5, 0.6, "alpha_t must lie in"), (0.3, -0.1, "alpha_prev must lie in"),
                                        (math.nan, 0.6, "alpha_t must be finite")):
         with pytest.raises(ValueError, match=match):

@@ -9,7 +9,7 @@ required field never set raises TypeError naming it. ``num_threads`` (CPU) or ``
 the kernel call's own arguments.
 """
 
-from typing import Any, ClassVar, Dict, List, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 __version__: str
 
@@ -284,6 +284,10 @@ class TimestepMlpArgs:
 
 # CPU kernels (OpenMP threads); they release the GIL.
 def ddim_step(args: DdimStepArgs, num_threads: int) -> None: ...
+def ddim_step_uniform(sample: int, model: int, out: int, dtype: DType, batch: int, numel: int, alpha_t: float,
+                      alpha_prev: float, guidance: Optional[float], prediction: Prediction, num_threads: int) -> None:
+    """A sampling loop's DDIM step: one alpha_t, alpha_prev and guidance (None: unguided) for the batch, eta = 0,
+    no clipping; with guidance ``model`` is the batched [uncond; cond] output."""
 def cfg_combine(args: CfgCombineArgs, num_threads: int) -> None: ...
 def mask_blend(args: MaskBlendArgs, num_threads: int) -> None: ...
 def diffedit_mask(args: DiffEditMaskArgs, num_threads: int) -> None: ...
