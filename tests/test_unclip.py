@@ -114,7 +114,9 @@ def test_batched_interpolation_and_text_diff_match_one_input_at_a_time(pipe):
         alone = pipe.text_diff(images[i:i + 1], sources[i], targets[i], amounts=(0.0, 0.5), output_type="pt",
                                progress=False)
         torch.testing.assert_close(diff.image_embeds[2 * i: 2 * i + 2], alone.image_embeds)
-        torch.testing.assert_close(inverted.images[2 * i: 2 * i + 2], alone.images, rtol=1e-3, atol=1e-3)
+        # The DDIM inversion amplifies float32 rounding, which differs between a batch of 2 and of 1 in
+        # torch's convolutions (with 1 thread, one pixel in 1536 came out 1.5e-3 apart).
+        torch.testing.assert_close(inverted.images[2 * i: 2 * i + 2], alone.images, rtol=1e-3, atol=5e-3)
         torch.testing.assert_close(diff.images[2 * i: 2 * i + 2],
                                    pipe.decode(alone.image_embeds, x_T=noise[i:i + 1].expand(2, -1, -1, -1).clone(),
                                                progress=False), rtol=1e-3, atol=1e-3)
