@@ -162,11 +162,14 @@ def test_diffedit_pipeline_matches_untouched_with_both_schedulers_fused():
     assert type(pipe.inverse_scheduler).__name__ == "FusedDDIMInverseScheduler"
     mask, latents, got = run_diffedit(pipe)
     assert torch.equal(mask, want_mask)
-    assert_close_to_ref(latents, want_latents, dtype=torch.float32, scale=want_latents.abs().max().item())
     # Inverting and regenerating amplifies rounding: x̂0 = (x − √(1−ᾱ)·ε)/√ᾱ scales an error by 1/√ᾱ on the way
-    # to noise and again on the way back, so by up to 1/ᾱ at the noisiest timestep (measured: 3e-5 here).
-    amplification = 1.0 / float(pipe.scheduler.alphas_cumprod[pipe.scheduler.timesteps[0]])
-    assert_close_to_ref(got, want, dtype=torch.float32, scale=amplification)
+    # to noise and again on the way back, so by up to 1/ᾱ at the noisiest timestep. Measured on AVX2 (torch's
+    # convolutions round differently per ISA): 3.0e-5 in the inverted latents, 5.7e-5 in the output, about
+    # 0.3 of each bound below.
+    alpha_noisiest = float(pipe.scheduler.alphas_cumprod[pipe.scheduler.timesteps[0]])
+    assert_close_to_ref(latents, want_latents, dtype=torch.float32,
+                        scale=want_latents.abs().max().item() / alpha_noisiest ** 0.5)
+    assert_close_to_ref(got, want, dtype=torch.float32, scale=1.0 / alpha_noisiest)
     undo(pipe)
     assert pipe.inverse_scheduler is inverse
     again = run_diffedit(pipe)
