@@ -11,6 +11,7 @@ from PIL import Image
 
 from diffrt.eval import intervals as iv
 from diffrt.eval import t2i as et
+from diffrt.eval import t2i_report
 from diffrt.models.bundle import DEFAULT_DIRECTORY, Bundle
 from diffrt.cli import main
 from diffrt.data.world import COLOUR_RGB, COLOURS, SceneSpec, caption_full, render, spatial_phrase
@@ -201,6 +202,8 @@ def test_t2i_cli_writes_the_report(tmp_path, bundle_dir, capsys):  # noqa: F811
     assert set(report["text_sensitivity"]) == set(et.SENSITIVITY_ATTRIBUTES)
     assert all(0 <= v["pooled"] <= 2 for v in report["text_sensitivity"].values())
     assert "## What the text encoder passes on" in md and "| position |" in md
+    assert set(report["shape_confusion"]) <= set(et.SHAPES)
+    assert "medium+large" in report["summary"]["by_size_group_category"]
     with Image.open(out / "t2i_samples.png") as grid:
         assert grid.size[0] > 4 * 96
     assert str(out / "t2i.json") in printed
@@ -265,6 +268,33 @@ def test_summary_gives_intervals_and_pools_medium_and_large():
             lo, hi = cell["ci95"][check]
             assert lo <= cell[check] <= hi
 
+
+
+def test_medium_and_large_split_into_shapes_and_glyphs_and_the_confusion_counts_reads():
+    def record(size, cat, shape, read, checkable=True):
+        return {"labels": {"background": "plain", "size": size, "category": cat, "shape": shape},
+                "shape_checkable": checkable, "predicted": {"shape": read},
+                "checks": {"background": True, "colour": True, "position": True, "colour_position": True,
+                           "shape": read == shape}}
+    records = [record("large", "shape", "star", "circle"), record("medium", "shape", "star", "star"),
+               record("large", "shape", "circle", "circle"), record("medium", "shape", "cross", None),
+               record("large", "glyph", "A", "circle"), record("medium", "glyph", "7", "7"),
+               record("medium", "glyph", "K", "K", checkable=False),
+               record("small", "shape", "star", "star")]  # small: outside the pooled group
+    s = et.summarize(records)
+    split = s["by_size_group_category"]["medium+large"]
+    assert split["shape"]["n_shape"] == 4 and split["shape"]["shape"] == 0.5
+    assert split["glyph"]["n"] == 3 and split["glyph"]["n_shape"] == 2 and split["glyph"]["shape"] == 0.5
+    assert s["by_size_group"]["medium+large"]["shape"] == pytest.approx(3 / 6)
+    confusion = et.shape_confusion(records)
+    assert confusion == {"circle": {"circle": 1}, "star": {"circle": 1, "star": 1}, "cross": {"none": 1}}
+    assert list(confusion) == [sh for sh in et.SHAPES if sh in confusion]  # rows in the world's order
+    md = t2i_report.markdown_report({"config": {"items": 8, "bench_seed": 0, "resolution": 32, "spacing": "trailing",
+                                                "steps": 1, "guidance": 3, "seed": 0, "dynamic_threshold": None},
+                                     "summary": s, "ground_truth": s, "shape_confusion": confusion}, "m")
+    assert "| medium+large, shapes | 0.500" in md and "| medium+large, glyphs | 0.500" in md
+    assert "## Which shape is drawn" in md
+    assert "| Prompted | circle | star | none | right |" in md and "| star | 1 | 1 | 0 | 0.50 |" in md
 
 # -- two-object prompts ------------------------------------------------------------------------
 

@@ -633,7 +633,27 @@ def summarize(records: Sequence[Dict[str, Any]], key: str = "checks") -> Dict[st
                                  if (rows := [r for r in records if r["labels"][name] == v])}
     summary["by_size_group"] = {"+".join(group): mean(rows) for group in SIZE_GROUPS
                                 if (rows := [r for r in records if r["labels"]["size"] in group])}
+    # Shapes and glyphs apart within each group: 6 shapes (chance 1/6) against 14 glyphs in a 5×7 font
+    # whose strokes are a pixel or two wide at 32 px, so the pooled figure mixes two different tasks.
+    summary["by_size_group_category"] = {
+        "+".join(group): {cat: mean(rows) for cat in CATEGORIES
+                          if (rows := [r for r in records
+                                       if r["labels"]["size"] in group and r["labels"]["category"] == cat])}
+        for group in SIZE_GROUPS}
     return summary
+
+
+def shape_confusion(records: Sequence[Dict[str, Any]], sizes: Sequence[str] = SIZE_GROUPS[0]) -> Dict[str, Dict[str, int]]:
+    """How often each prompted shape (geometric shapes only, shape-checkable items of ``sizes``) was read
+    back as each shape: {prompted: {read: count}}, "none" where no object was found. Shows which shapes
+    the model draws as which (a star drawn as a blob reads as a circle)."""
+    table: Dict[str, Dict[str, int]] = {shape: {} for shape in SHAPES}
+    for r in records:
+        if r["shape_checkable"] and r["labels"]["size"] in sizes and r["labels"]["category"] == "shape":
+            read = r["predicted"]["shape"] or "none"
+            row = table[r["labels"]["shape"]]
+            row[read] = row.get(read, 0) + 1
+    return {shape: row for shape, row in table.items() if row}
 
 
 # -- what the text encoder passes on -----------------------------------------------------------
@@ -720,7 +740,8 @@ def run_t2i(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, guidance: fl
     TWO_OBJECT_STREAM). Items are rendered at the base model's resolution.
 
     Returns {"config", "summary" (the model's accuracies, `summarize`), "ground_truth" (the same
-    checks on the ground-truth renderings: each metric's ceiling), "text_sensitivity", "records"
+    checks on the ground-truth renderings: each metric's ceiling), "shape_confusion" (medium and large
+    shapes: prompted against read back, `shape_confusion`), "text_sensitivity", "records"
     (per item: prompt, labels, predictions and checks), "images" ((N, 3, H, W) samples in [−1, 1];
     not JSON), and with pairs "two_object" ({"summary", "ground_truth"} by `summarize_pairs`,
     "records") and "pair_images" (not JSON)}.
@@ -792,7 +813,8 @@ def run_t2i(bundle, *, items: int = DEFAULT_ITEMS, steps: int = 25, guidance: fl
               "max_blobs": MAX_BLOBS, "prompts_truncated": truncated}
     sensitivity = text_sensitivity(bundle.text_encoder, scenes)
     result = {"config": config, "summary": summarize(records), "ground_truth": summarize(records, "truth_checks"),
-              "text_sensitivity": sensitivity, "records": records, "images": torch.cat(samples)}
+              "shape_confusion": shape_confusion(records), "text_sensitivity": sensitivity, "records": records,
+              "images": torch.cat(samples)}
     if pairs:
         result["two_object"] = {"summary": summarize_pairs(pair_records),
                                 "ground_truth": summarize_pairs(pair_records, "truth_checks"),

@@ -40,8 +40,10 @@ def _cell(summary_cell: Dict[str, Any], check: str) -> str:
 def _size_rows(s: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     """(label, summary cell) for each size class, each pooled group and all sizes."""
     rows = [(v, s["by_size"][v]) for v in SIZES if v in s["by_size"]]
-    rows += [(g, s["by_size_group"][g]) for g in ("+".join(group) for group in SIZE_GROUPS)
-             if g in s.get("by_size_group", {})]
+    for g in ("+".join(group) for group in SIZE_GROUPS):
+        if g in s.get("by_size_group", {}):
+            rows.append((g, s["by_size_group"][g]))
+            rows += [(f"{g}, {cat}s", cell) for cat, cell in s.get("by_size_group_category", {}).get(g, {}).items()]
     return rows + [("all", s["overall"])]
 
 
@@ -74,8 +76,11 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
                   for (label, cell), (_, gt_cell) in zip(_size_rows(s), _size_rows(gt))]
     lines += ["", "## Shape by size class", "",
               "Shape accuracy over the shape-checkable items of each size class; medium+large pools the two "
-              "classes whose shapes a 32-px image can show.", "",
+              "classes whose shapes a 32-px image can show, then splits them into geometric shapes (6, chance "
+              "1/6) and glyphs (14 letters and digits of a 5×7 font).", "",
               *markdown_table(["Size", f"Shape: {name}", "Shape: ground truth", "shape-checkable", "items"], shape_rows)]
+    if result.get("shape_confusion"):
+        lines += ["", *_confusion_section(result["shape_confusion"])]
     for key, values in BREAKDOWNS.items():
         rows = [row(v, s[f"by_{key}"][v]) for v in values if v in s[f"by_{key}"]]
         lines += ["", f"## By {BREAKDOWN_NAMES[key].lower()}", "", *markdown_table(header, rows)]
@@ -96,6 +101,18 @@ def markdown_report(result: Dict[str, Any], name: str = "model") -> str:
         lines += ["", f"Note: {c['prompts_truncated']} of the {c['items'] + pairs} prompts are longer than the text "
                       "encoder's context and were truncated."]
     return "\n".join(lines) + "\n"
+
+
+def _confusion_section(confusion: Dict[str, Dict[str, int]]) -> List[str]:
+    """Prompted shape (rows) against the shape read back (columns), medium and large shapes."""
+    seen = {k for row in confusion.values() for k in row}
+    read = [k for k in confusion if k in seen] + sorted(seen - set(confusion) - {"none"}) + ["none"] * ("none" in seen)
+    rows = [[shape, *(str(row.get(k, 0)) for k in read), f"{row.get(shape, 0) / sum(row.values()):.2f}"]
+            for shape, row in confusion.items()]
+    return ["## Which shape is drawn", "",
+            "Medium and large geometric shapes: the prompted shape (rows) against the shape read back from the "
+            "sample (columns; a glyph when a glyph fitted best, none when no object was found), and the share "
+            "read back right.", "", *markdown_table(["Prompted", *read, "right"], rows)]
 
 
 def _two_object_section(two: Dict[str, Any], name: str) -> List[str]:
