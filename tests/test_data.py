@@ -472,6 +472,27 @@ def test_minimal_pairs_put_each_scene_beside_its_variant_in_one_batch():
         ProceduralStream(32, batch_size=2, rank=0, world_size=1, minimal_pairs=1)
 
 
+def test_shapes_sizes_and_p_glyph_weight_what_the_world_draws():
+    objects = lambda **kw: [o for i in range(600) for o in world.scene_at(3, i, **kw).objects]  # noqa: E731
+    drawn = objects(p_glyph=0.0, shapes=("star", "star", "cross"), sizes=("large",))
+    stars = sum(o.shape == "star" for o in drawn)
+    assert {o.shape for o in drawn} == {"star", "cross"} and {o.size for o in drawn} == {"large"}
+    # a scene never repeats a shape, so a second object is the other shape: the share of stars among the
+    # first objects is the listed 2/3 (binomial, 5 standard deviations)
+    first = [world.scene_at(3, i, p_glyph=0.0, shapes=("star", "star", "cross")).objects[0].shape for i in range(600)]
+    share = first.count("star") / len(first)
+    assert abs(share - 2 / 3) < 5 * (2 / 9 / len(first)) ** 0.5, share
+    assert stars > len(drawn) / 2
+    assert all(o.is_glyph for o in objects(p_glyph=1.0))
+    # the defaults draw every shape and size alike, and the same scenes as before the options existed
+    assert world.scene_at(5, 7) == world.scene_at(5, 7, shapes=world.SHAPES, sizes=world.SIZES)
+    for bad in ({"shapes": ("A",)}, {"shapes": ()}, {"sizes": ("huge",)}, {"p_glyph": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            world.scene_at(0, 0, **bad)
+    with pytest.raises(ValueError, match="shapes"):
+        ProceduralStream(32, batch_size=2, rank=0, world_size=1, shapes=("hexagon",))
+
+
 def test_pair_attributes_choose_what_a_minimal_pair_changes():
     stream = ProceduralStream(32, seed=6, batch_size=2, rank=0, world_size=1, masking=FullMasking(), minimal_pairs=True,
                               pair_attributes=("shape",))

@@ -200,7 +200,7 @@ def test_shipped_models_load_the_schedule_they_were_trained_with():
     tables = [json.loads(f.read_text()) for f in DEFAULT_DIRECTORY.glob(f"*/{DIFFUSION_FILE}")]
     tables += [tomllib.loads(f.read_text())["diffusion"] for f in SHIPPED_CONFIGS
                if f.stem != "clip"]
-    assert len(tables) == 4 + 19
+    assert len(tables) == 4 + 20
     for table in tables:
         torch.testing.assert_close(NoiseSchedule.from_config(table).alphas_cumprod,
                                    trained[table["beta_schedule"]].alphas_cumprod, rtol=0, atol=0)

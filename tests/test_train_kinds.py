@@ -175,6 +175,21 @@ def test_minimal_pairs_reach_the_training_batches():
         batch_factory({"minimal_pairs": True, "resolution": 32}, 3, FullMasking())(0)
 
 
+def test_the_data_mix_is_checked_and_reaches_the_training_batches():
+    from diffrt.data import FullMasking
+    from diffrt.train.kinds import DataOptions, batch_factory
+
+    mix = {"resolution": 32, "seed": 4, "p_glyph": 0, "shapes": ["cross", "cross", "star"], "sizes": ["large"]}
+    assert DataOptions.from_table(mix).shapes == ("cross", "cross", "star") and DataOptions.from_table(mix).p_glyph == 0.0
+    batch = next(batch_factory(mix, 8, FullMasking())(0))
+    drawn = [o for labels in batch["labels"] for o in labels]
+    assert {o["shape"] for o in drawn} <= {"cross", "star"} and {o["size"] for o in drawn} == {"large"}
+    for bad, message in (({"p_glyph": 2}, "p_glyph must be in"), ({"shapes": ["K"]}, "shapes must name"),
+                         ({"sizes": []}, "sizes must name"), ({"sizes": "large"}, r"\[data\] sizes must be")):
+        with pytest.raises(ValueError, match=message):
+            DataOptions.from_table(bad)
+
+
 def test_pair_attributes_are_checked_in_the_data_section():
     from diffrt.train.kinds import DataOptions
 

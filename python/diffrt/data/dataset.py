@@ -16,20 +16,22 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .masking import MaskingStrategy, default_masking
-from .world import VARIED_ATTRIBUTES, check_int, check_resolution, check_varied_attributes, render, scene_at, vary
+from .world import SHAPES, SIZES, VARIED_ATTRIBUTES, check_int, check_resolution, check_varied_attributes, render, scene_at, vary
 
 
 class _SampleMaker:
     def __init__(self, resolution: int, seed: int, masking: Optional[MaskingStrategy], max_objects: int,
                  p_glyph: float, antialias: bool, minimal_pairs: bool = False,
-                 pair_attributes: Sequence[str] = VARIED_ATTRIBUTES):
+                 pair_attributes: Sequence[str] = VARIED_ATTRIBUTES, shapes: Sequence[str] = SHAPES,
+                 sizes: Sequence[str] = SIZES):
         self.resolution = check_resolution(resolution)
         self.seed = check_int("seed", seed, 0)
         if masking is not None and not callable(masking):
             raise TypeError(f"masking must be a masking strategy (called as masking(scene, rng)), got {masking!r}")
         self.masking = default_masking() if masking is None else masking
-        self.scene_kwargs = {"max_objects": max_objects, "p_glyph": p_glyph}
-        scene_at(self.seed, 0, **self.scene_kwargs)  # validates max_objects and p_glyph now, not in a worker
+        self.scene_kwargs = {"max_objects": max_objects, "p_glyph": p_glyph,
+                             "shapes": tuple(shapes), "sizes": tuple(sizes)}
+        scene_at(self.seed, 0, **self.scene_kwargs)  # validates the scene options now, not in a worker
         self.antialias = antialias
         if not isinstance(minimal_pairs, bool):
             raise TypeError(f"minimal_pairs must be True or False, got {minimal_pairs!r}")
@@ -82,10 +84,11 @@ class ProceduralDataset(Dataset):
 
     def __init__(self, resolution: int = 64, *, length: int = 100_000, seed: int = 0,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
-                 antialias: bool = True, minimal_pairs: bool = False, pair_attributes: Sequence[str] = VARIED_ATTRIBUTES):
+                 antialias: bool = True, minimal_pairs: bool = False, pair_attributes: Sequence[str] = VARIED_ATTRIBUTES,
+                 shapes: Sequence[str] = SHAPES, sizes: Sequence[str] = SIZES):
         self.length = check_int("length", length, 1)
         self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs,
-                                  pair_attributes)
+                                  pair_attributes, shapes, sizes)
 
     def __len__(self) -> int:
         return self.length
@@ -122,7 +125,8 @@ class ProceduralStream(IterableDataset):
     def __init__(self, resolution: int = 64, *, seed: int = 0, start: int = 0, stop: Optional[int] = None,
                  batch_size: int = 1, rank: Optional[int] = None, world_size: Optional[int] = None,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
-                 antialias: bool = True, minimal_pairs: bool = False, pair_attributes: Sequence[str] = VARIED_ATTRIBUTES):
+                 antialias: bool = True, minimal_pairs: bool = False, pair_attributes: Sequence[str] = VARIED_ATTRIBUTES,
+                 shapes: Sequence[str] = SHAPES, sizes: Sequence[str] = SIZES):
         self.start = check_int("start", start, 0)
         self.stop = None if stop is None else check_int("stop", stop, self.start)
         self.batch_size = check_int("batch_size", batch_size, 1)
@@ -135,7 +139,7 @@ class ProceduralStream(IterableDataset):
         self.world_size = check_int("world_size", world_size, 1)
         self.rank = check_int("rank", rank, 0, self.world_size - 1)
         self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs,
-                                  pair_attributes)
+                                  pair_attributes, shapes, sizes)
         if minimal_pairs and (self.batch_size % 2 or self.start % 2):
             raise ValueError(f"minimal_pairs needs an even batch_size and start (a pair shares its batch), got "
                              f"batch_size={self.batch_size}, start={self.start}")

@@ -273,12 +273,26 @@ def place(rng: np.random.Generator, radius: float, count: int, taken: Sequence[D
     return tuple((x, y) for x, y, _ in placed)
 
 
-def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: float = 0.3) -> SceneSpec:
+def check_drawn(name: str, values: Sequence[str], allowed: Sequence[str]) -> Tuple[str, ...]:
+    """``values`` as a tuple, if it is a non-empty list of ``allowed`` (a value listed twice is drawn twice as often)."""
+    values = tuple(values) if not isinstance(values, str) else (values,)
+    if not values or not set(values) <= set(allowed):
+        raise ValueError(f"{name} must name values of {tuple(allowed)} (repeats allowed), got {list(values)}")
+    return values
+
+
+def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: float = 0.3,
+                 shapes: Sequence[str] = SHAPES, sizes: Sequence[str] = SIZES) -> SceneSpec:
     """Draw a scene: a background and 1..max_objects objects, each with its own shape and colour
-    (and colours unlike the background's), so that every Mask-Simple caption names one object."""
+    (and colours unlike the background's), so that every Mask-Simple caption names one object.
+    An object is a glyph with probability ``p_glyph``, else a shape drawn uniformly from ``shapes``;
+    its size class is drawn uniformly from ``sizes``. Both are lists in which a value listed twice is
+    drawn twice as often (a training mix that favours, say, stars and large objects); the defaults
+    draw every shape and size equally often."""
     max_objects = check_int("max_objects", max_objects, 1, 4)
     if not 0.0 <= p_glyph <= 1.0:
         raise ValueError(f"p_glyph must be in [0, 1], got {p_glyph}")
+    shapes, sizes = check_drawn("shapes", shapes, SHAPES), check_drawn("sizes", sizes, SIZES)
     kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     n_bg = 2 if kind in ("stripes", "painting") else 1
     bg_colours = tuple(COLOURS[i] for i in rng.choice(len(COLOURS), size=n_bg, replace=False))
@@ -295,10 +309,10 @@ def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: flo
             if rng.random() < p_glyph:
                 shape = str(GLYPHS[rng.integers(len(GLYPHS))])
             else:
-                shape = str(SHAPES[rng.integers(len(SHAPES))])
+                shape = str(shapes[rng.integers(len(shapes))])
             colour = free_colours[rng.integers(len(free_colours))]
             texture = TEXTURES[rng.integers(len(TEXTURES))]
-            size = SIZES[rng.integers(len(SIZES))]
+            size = sizes[rng.integers(len(sizes))]
             count = int(COUNTS[rng.integers(len(COUNTS))])
             radius = float(rng.uniform(*SIZE_RADIUS[size]))
             if shape in used_shapes:
@@ -311,9 +325,10 @@ def sample_scene(rng: np.random.Generator, *, max_objects: int = 2, p_glyph: flo
             free_colours.remove(colour)
             taken.extend(occupied(objects[-1]))
             break
-    if not objects:  # practically unreachable; a scene always has an object
-        objects.append(ObjectSpec("circle", free_colours[0], COLOUR_RGB[free_colours[0]], "solid", "medium", 0.12,
-                                  ((0.5, 0.5),)))
+    if not objects:  # eight crowded draws (rare, likelier with only large sizes): one instance in the middle
+        shape, size = (GLYPHS[0] if p_glyph == 1.0 else shapes[0]), sizes[0]
+        objects.append(ObjectSpec(shape, free_colours[0], COLOUR_RGB[free_colours[0]], "solid", size,
+                                  float(np.mean(SIZE_RADIUS[size])), ((0.5, 0.5),)))
     return SceneSpec(background, tuple(objects))
 
 

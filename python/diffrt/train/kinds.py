@@ -37,7 +37,7 @@ from torch import nn
 
 from ..data import FullMasking, MixedMasking, ObjectMasking, ProceduralStream, RandomMasking, collate
 from ..data.dataset import ignore_stop_signals
-from ..data.world import VARIED_ATTRIBUTES, check_varied_attributes
+from ..data.world import SHAPES, SIZES, VARIED_ATTRIBUTES, check_drawn, check_varied_attributes
 from ..models.bundle import DIFFUSION_FILE
 from ..models.clip import CLIP, CLIPConfig
 from ..models.prior import DiffusionPrior, PriorConfig
@@ -102,6 +102,9 @@ class DataOptions(_Section):
     workers: int = 0  # data-loader processes
     minimal_pairs: bool = False  # odd samples repeat the previous scene with one object attribute changed
     pair_attributes: Tuple[str, ...] = VARIED_ATTRIBUTES  # what a pair may change; listed twice = drawn more
+    p_glyph: float = 0.3  # share of objects that are glyphs (letters and digits)
+    shapes: Tuple[str, ...] = SHAPES  # the other objects' shapes; listed twice = drawn twice as often
+    sizes: Tuple[str, ...] = SIZES  # size classes; listed twice = drawn twice as often
 
     def __post_init__(self):
         problems = self._check({"resolution": 1, "workers": 0})
@@ -109,10 +112,13 @@ class DataOptions(_Section):
             problems.append(f"masking must be one of {MASKINGS}, got {self.masking!r}")
         problems += [_probability("p_full", self.p_full),
                      _probability("object_full_caption", self.object_full_caption)]
-        try:
-            check_varied_attributes("pair_attributes", self.pair_attributes)
-        except ValueError as e:
-            problems.append(str(e))
+        problems.append(_probability("p_glyph", self.p_glyph))
+        for check in (lambda: check_varied_attributes("pair_attributes", self.pair_attributes),
+                      lambda: check_drawn("shapes", self.shapes, SHAPES), lambda: check_drawn("sizes", self.sizes, SIZES)):
+            try:
+                check()
+            except ValueError as e:
+                problems.append(str(e))
         self._raise_problems(problems)
 
 
@@ -243,7 +249,8 @@ def batch_factory(data: Union[DataOptions, Mapping[str, Any]], micro_batch: int,
     def make_batches(start: int):
         stream = ProceduralStream(data.resolution, seed=data.seed, batch_size=micro_batch, rank=rank, world_size=world,
                                   masking=masking, minimal_pairs=data.minimal_pairs,
-                                  pair_attributes=data.pair_attributes)
+                                  pair_attributes=data.pair_attributes, p_glyph=data.p_glyph, shapes=data.shapes,
+                                  sizes=data.sizes)
         stream.start = stream.resume_start(start)
         # The samples are a pure function of their index; a generator of the loader's own keeps it
         # from drawing its workers' base seed from the global RNG, which a resume restores exactly.
