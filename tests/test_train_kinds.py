@@ -180,7 +180,8 @@ def test_the_data_mix_is_checked_and_reaches_the_training_batches():
     from diffrt.train.kinds import DataOptions, batch_factory
 
     mix = {"resolution": 32, "seed": 4, "p_glyph": 0, "shapes": ["cross", "cross", "star"], "sizes": ["large"]}
-    assert DataOptions.from_table(mix).shapes == ("cross", "cross", "star") and DataOptions.from_table(mix).p_glyph == 0.0
+    options = DataOptions.from_table(mix)
+    assert options.shapes == ("cross", "cross", "star") and options.p_glyph == 0.0
     batch = next(batch_factory(mix, 8, FullMasking())(0))
     drawn = [o for labels in batch["labels"] for o in labels]
     assert {o["shape"] for o in drawn} <= {"cross", "star"} and {o["size"] for o in drawn} == {"large"}

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from .masking import MaskingStrategy, default_masking
-from .world import SHAPES, SIZES, VARIED_ATTRIBUTES, check_int, check_resolution, check_varied_attributes, render, scene_at, vary
+from .world import (SHAPES, SIZES, VARIED_ATTRIBUTES, check_int, check_resolution, check_varied_attributes, render,
+                    scene_at, vary)
 
 
 class _SampleMaker:
@@ -84,8 +85,9 @@ class ProceduralDataset(Dataset):
 
     def __init__(self, resolution: int = 64, *, length: int = 100_000, seed: int = 0,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
-                 antialias: bool = True, minimal_pairs: bool = False, pair_attributes: Sequence[str] = VARIED_ATTRIBUTES,
-                 shapes: Sequence[str] = SHAPES, sizes: Sequence[str] = SIZES):
+                 antialias: bool = True, minimal_pairs: bool = False,
+                 pair_attributes: Sequence[str] = VARIED_ATTRIBUTES, shapes: Sequence[str] = SHAPES,
+                 sizes: Sequence[str] = SIZES):
         self.length = check_int("length", length, 1)
         self._make = _SampleMaker(resolution, seed, masking, max_objects, p_glyph, antialias, minimal_pairs,
                                   pair_attributes, shapes, sizes)
@@ -125,8 +127,9 @@ class ProceduralStream(IterableDataset):
     def __init__(self, resolution: int = 64, *, seed: int = 0, start: int = 0, stop: Optional[int] = None,
                  batch_size: int = 1, rank: Optional[int] = None, world_size: Optional[int] = None,
                  masking: Optional[MaskingStrategy] = None, max_objects: int = 2, p_glyph: float = 0.3,
-                 antialias: bool = True, minimal_pairs: bool = False, pair_attributes: Sequence[str] = VARIED_ATTRIBUTES,
-                 shapes: Sequence[str] = SHAPES, sizes: Sequence[str] = SIZES):
+                 antialias: bool = True, minimal_pairs: bool = False,
+                 pair_attributes: Sequence[str] = VARIED_ATTRIBUTES, shapes: Sequence[str] = SHAPES,
+                 sizes: Sequence[str] = SIZES):
         self.start = check_int("start", start, 0)
         self.stop = None if stop is None else check_int("stop", stop, self.start)
         self.batch_size = check_int("batch_size", batch_size, 1)

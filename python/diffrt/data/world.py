@@ -274,7 +274,8 @@ def place(rng: np.random.Generator, radius: float, count: int, taken: Sequence[D
 
 
 def check_drawn(name: str, values: Sequence[str], allowed: Sequence[str]) -> Tuple[str, ...]:
-    """``values`` as a tuple, if it is a non-empty list of ``allowed`` (a value listed twice is drawn twice as often)."""
+    """``values`` as a tuple, if it is a non-empty list of ``allowed`` (repeats allowed: a value listed
+    twice is drawn twice as often)."""
     values = tuple(values) if not isinstance(values, str) else (values,)
     if not values or not set(values) <= set(allowed):
         raise ValueError(f"{name} must name values of {tuple(allowed)} (repeats allowed), got {list(values)}")
@@ -337,10 +338,7 @@ VARIED_ATTRIBUTES = ("colour", "shape", "size", "position")
 
 def check_varied_attributes(name: str, attributes: Sequence[str]) -> Tuple[str, ...]:
     """``attributes`` as a tuple, if it is a non-empty list of :data:`VARIED_ATTRIBUTES` (repeats allowed)."""
-    attributes = tuple(attributes)
-    if not attributes or not set(attributes) <= set(VARIED_ATTRIBUTES):
-        raise ValueError(f"{name} must name attributes of {VARIED_ATTRIBUTES}, got {list(attributes)}")
-    return attributes
+    return check_drawn(name, attributes, VARIED_ATTRIBUTES)
 
 
 def vary(scene: SceneSpec, rng: np.random.Generator, attributes: Sequence[str] = VARIED_ATTRIBUTES

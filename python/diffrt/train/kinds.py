@@ -114,7 +114,8 @@ class DataOptions(_Section):
                      _probability("object_full_caption", self.object_full_caption)]
         problems.append(_probability("p_glyph", self.p_glyph))
         for check in (lambda: check_varied_attributes("pair_attributes", self.pair_attributes),
-                      lambda: check_drawn("shapes", self.shapes, SHAPES), lambda: check_drawn("sizes", self.sizes, SIZES)):
+                      lambda: check_drawn("shapes", self.shapes, SHAPES),
+                      lambda: check_drawn("sizes", self.sizes, SIZES)):
             try:
                 check()
             except ValueError as e:
